@@ -1,0 +1,471 @@
+"""Networks used by Arazo et al. (2019), in Flax NNX, NHWC, float32.
+
+- `PreActResNet18`: the CIFAR network of the published code (Kuang Liu's pytorch-cifar
+  `PreActResNet18`, copied as `ResNet18` in PaulAlbert31/LabelNoiseCorrection `PreResNet.py`):
+  3x3 stem conv with no BN/ReLU after it, four stages of two pre-activation blocks, *no* final
+  BN/ReLU, average pool, linear head.
+- `ResNet50`: torchvision's `resnet50` (v1.5: stride on the 3x3 conv of the bottleneck), the
+  network of the TinyImageNet experiment (ImageNet-pretrained, backbone frozen, head trained).
+  Module and attribute names follow torchvision so that `load_resnet50_weights` /
+  `save_resnet50_weights` map every variable to its `state_dict` key by path.
+- `SmallCNN`: a few conv+BN+ReLU layers for quick starts and tests on tiny images.
+
+Every model takes `train` as a call argument and forwards `use_running_average=not train` to each
+BatchNorm, so one merged model can run a train-mode and an eval-mode forward inside one jitted step.
+BatchNorm matches PyTorch's defaults (flax momentum 0.9 == PyTorch momentum 0.1, eps 1e-5), except
+that flax keeps the *biased* batch variance in the running average where PyTorch keeps the unbiased
+one (a factor n/(n-1) with n = batch*height*width values per channel; < 0.1% at batch 128).
+
+Functional use (the train step)::
+
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        logits = model(x, train=True)                     # batch stats, updates running averages
+        return loss(logits), nnx.state(model, nnx.BatchStat)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "MODEL_NAMES",
+    "PreActBlock",
+    "PreActResNet18",
+    "SmallCNN",
+    "Bottleneck",
+    "ResNet50",
+    "create_model",
+    "head_name",
+    "trainable_filter",
+    "load_resnet50_weights",
+    "save_resnet50_weights",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "small_cnn", "resnet50")
+
+# BatchNorm as torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch; eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# PyTorch's default init of nn.Conv2d / nn.Linear weights: kaiming_uniform_(a=sqrt(5)), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); fan_in = in_channels * kh * kw (flax's fan_in of HWIO too).
+torch_default_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torchvision ResNet convs: kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2/fan_out),
+# fan_out = out_channels * kh * kw; not truncated.
+torchvision_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_default_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default bias init for `fan_in` inputs: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _conv(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    rngs: nnx.Rngs,
+    kernel_init: Callable[..., jax.Array] = torch_default_kernel_init,
+) -> nnx.Conv:
+    """Bias-free conv with PyTorch's symmetric padding (kernel // 2), not XLA's 'SAME'."""
+    pad = kernel // 2
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=kernel_init,
+        rngs=rngs,
+    )
+
+
+def _bn(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm with torch.nn.BatchNorm2d's defaults (scale 1, bias 0, momentum 0.1, eps 1e-5)."""
+    return nnx.BatchNorm(
+        num_features,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        use_fast_variance=False,  # two-pass variance, as PyTorch; E[x^2]-E[x]^2 loses precision
+        rngs=rngs,
+    )
+
+
+def _linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """Linear layer with PyTorch's default nn.Linear init."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=torch_default_kernel_init,
+        bias_init=torch_default_bias_init(in_features),
+        rngs=rngs,
+    )
+
+
+def _global_avg_pool(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# PreActResNet18 (Kuang Liu's pytorch-cifar; the network of Arazo et al.'s CIFAR experiments)
+# --------------------------------------------------------------------------------------------
+
+
+class PreActBlock(nnx.Module):
+    """Pre-activation basic block: relu(bn1(x)) -> conv1 -> relu(bn2) -> conv2, plus shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rngs: nnx.Rngs):
+        self.bn1 = _bn(in_planes, rngs=rngs)
+        self.conv1 = _conv(in_planes, planes, 3, stride, rngs=rngs)
+        self.bn2 = _bn(planes, rngs=rngs)
+        self.conv2 = _conv(planes, planes, 3, 1, rngs=rngs)
+        # 1x1 projection (no BN) of the *pre-activated* input when the shape changes.
+        self.shortcut = (
+            _conv(in_planes, planes, 1, stride, rngs=rngs)
+            if stride != 1 or in_planes != planes
+            else None
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, in_planes) -> (B, H/stride, W/stride, planes)."""
+        out = jax.nn.relu(self.bn1(x, use_running_average=not train))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(jax.nn.relu(self.bn2(out, use_running_average=not train)))
+        return out + shortcut
+
+
+class PreActResNet18(nnx.Module):
+    """PreActResNet18 as the published code (no BN/ReLU after the stem or before the pool)."""
+
+    def __init__(self, num_classes: int, *, width: int = 64, in_channels: int = 3, rngs: nnx.Rngs):
+        self.conv1 = _conv(in_channels, width, 3, 1, rngs=rngs)
+        in_planes = width
+        layers = []
+        for i, stride in enumerate((1, 2, 2, 2)):
+            planes = width * 2**i
+            blocks = []
+            for s in (stride, 1):
+                blocks.append(PreActBlock(in_planes, planes, s, rngs=rngs))
+                in_planes = planes
+            layers.append(nnx.List(blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = _linear(in_planes, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, C) float32 -> logits (B, num_classes)."""
+        out = self.conv1(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                out = block(out, train=train)
+        # The published code uses F.avg_pool2d(out, 4): the same as a global pool on 32x32 input.
+        return self.linear(_global_avg_pool(out))
+
+
+# --------------------------------------------------------------------------------------------
+# SmallCNN (quick starts, tests)
+# --------------------------------------------------------------------------------------------
+
+
+class SmallCNN(nnx.Module):
+    """Three conv3x3+BN+ReLU layers (widths w, 2w, 4w; strides 1, 2, 2), global avg pool, linear."""
+
+    def __init__(self, num_classes: int, *, width: int = 32, in_channels: int = 3, rngs: nnx.Rngs):
+        chans = (in_channels, width, 2 * width, 4 * width)
+        self.convs = nnx.List(
+            [_conv(chans[i], chans[i + 1], 3, s, rngs=rngs) for i, s in enumerate((1, 2, 2))]
+        )
+        self.bns = nnx.List([_bn(c, rngs=rngs) for c in chans[1:]])
+        self.head = _linear(chans[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, C) float32 -> logits (B, num_classes)."""
+        for conv, bn in zip(self.convs, self.bns):
+            x = jax.nn.relu(bn(conv(x), use_running_average=not train))
+        return self.head(_global_avg_pool(x))
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-50 (torchvision naming and init)
+# --------------------------------------------------------------------------------------------
+
+
+class Bottleneck(nnx.Module):
+    """torchvision Bottleneck (v1.5): 1x1 -> 3x3 (stride) -> 1x1 (x4), each + BN; ReLU after add."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rngs: nnx.Rngs):
+        out_planes = planes * self.expansion
+        kinit = torchvision_conv_init
+        self.conv1 = _conv(in_planes, planes, 1, rngs=rngs, kernel_init=kinit)
+        self.bn1 = _bn(planes, rngs=rngs)
+        self.conv2 = _conv(planes, planes, 3, stride, rngs=rngs, kernel_init=kinit)
+        self.bn2 = _bn(planes, rngs=rngs)
+        self.conv3 = _conv(planes, out_planes, 1, rngs=rngs, kernel_init=kinit)
+        self.bn3 = _bn(out_planes, rngs=rngs)
+        # torchvision: downsample = Sequential(conv1x1(stride), BatchNorm2d) -> keys downsample.0/1
+        self.downsample = (
+            nnx.List(
+                [
+                    _conv(in_planes, out_planes, 1, stride, rngs=rngs, kernel_init=kinit),
+                    _bn(out_planes, rngs=rngs),
+                ]
+            )
+            if stride != 1 or in_planes != out_planes
+            else None
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, in_planes) -> (B, H/stride, W/stride, 4*planes)."""
+        ura = not train
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        out = jax.nn.relu(self.bn2(self.conv2(out), use_running_average=ura))
+        out = self.bn3(self.conv3(out), use_running_average=ura)
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            x = bn(conv(x), use_running_average=ura)
+        return jax.nn.relu(out + x)
+
+
+class ResNet50(nnx.Module):
+    """torchvision resnet50: 7x7/2 stem, BN, ReLU, 3x3/2 maxpool, bottleneck stages [3, 4, 6, 3]."""
+
+    def __init__(self, num_classes: int, *, in_channels: int = 3, width: int = 64, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(
+            in_channels,
+            width,
+            (7, 7),
+            strides=2,
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            kernel_init=torchvision_conv_init,
+            rngs=rngs,
+        )
+        self.bn1 = _bn(width, rngs=rngs)
+        in_planes = width
+        layers = []
+        for i, (n_blocks, stride) in enumerate(zip((3, 4, 6, 3), (1, 2, 2, 2))):
+            planes = width * 2**i
+            blocks = []
+            for j in range(n_blocks):
+                blocks.append(Bottleneck(in_planes, planes, stride if j == 0 else 1, rngs=rngs))
+                in_planes = planes * Bottleneck.expansion
+            layers.append(nnx.List(blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        # torchvision leaves fc at nn.Linear's default init.
+        self.fc = _linear(in_planes, num_classes, rngs=rngs)
+
+    def features(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, C) float32 -> pooled backbone features (B, 32 * width)."""
+        ura = not train
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        # MaxPool2d(3, stride 2, padding 1); flax pads with -inf like PyTorch.
+        out = nnx.max_pool(out, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                out = block(out, train=train)
+        return _global_avg_pool(out)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, C) float32 -> logits (B, num_classes)."""
+        return self.fc(self.features(x, train=train))
+
+
+# --------------------------------------------------------------------------------------------
+# Factory and optimizer filter
+# --------------------------------------------------------------------------------------------
+
+_HEADS: dict[str, str] = {"preact_resnet18": "linear", "small_cnn": "head", "resnet50": "fc"}
+
+
+def _check_name(name: str) -> None:
+    """Raise ValueError for a model name outside MODEL_NAMES."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; allowed names: {', '.join(MODEL_NAMES)}")
+
+
+def create_model(
+    name: str, num_classes: int, *, width: int, in_channels: int, rngs: nnx.Rngs
+) -> nnx.Module:
+    """Build the model called `name` (one of MODEL_NAMES)."""
+    _check_name(name)
+    cls = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN, "resnet50": ResNet50}[name]
+    return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs)
+
+
+def head_name(name: str) -> str:
+    """Attribute name of the final linear layer of model `name` ('linear', 'head' or 'fc')."""
+    _check_name(name)
+    return _HEADS[name]
+
+
+def trainable_filter(name: str, freeze_backbone: bool) -> nnx.filterlib.Filter:
+    """NNX filter of the variables the optimizer trains: every nnx.Param, or only the head's.
+
+    With `freeze_backbone` (the TinyImageNet setting: pretrained ResNet-50, only the last linear
+    layer trained) the filter is `All(Param, PathContains(<head attribute>))`. Use it as
+
+        optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(name, freeze))
+
+    or, in a functional step, split the trainable part off and differentiate only w.r.t. it:
+
+        graphdef, trainable, frozen, stats = nnx.split(
+            model, trainable_filter(name, freeze), nnx.Param, nnx.BatchStat)
+        def loss_fn(trainable):
+            m = nnx.merge(graphdef, trainable, frozen, stats, copy=True)
+            ...
+
+    The filter only concerns Params; whether the frozen backbone's BatchNorm running statistics
+    move is decided by the `train` flag of the forward pass, not by this filter.
+    """
+    if not freeze_backbone:
+        _check_name(name)
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.PathContains(head_name(name)))
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision resnet50 state_dict <-> ResNet50, through a local .npz
+# --------------------------------------------------------------------------------------------
+
+# Last path element of an NNX variable -> suffix of the torchvision key.
+_TORCH_SUFFIX = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+
+def _to_torch(arr: np.ndarray) -> np.ndarray:
+    """NNX layout -> PyTorch layout: conv HWIO -> OIHW, linear (in, out) -> (out, in)."""
+    if arr.ndim == 4:
+        return arr.transpose(3, 2, 0, 1)
+    if arr.ndim == 2:
+        return arr.T
+    return arr
+
+
+def _from_torch(arr: np.ndarray) -> np.ndarray:
+    """PyTorch layout -> NNX layout: conv OIHW -> HWIO, linear (out, in) -> (in, out)."""
+    if arr.ndim == 4:
+        return arr.transpose(2, 3, 1, 0)
+    if arr.ndim == 2:
+        return arr.T
+    return arr
+
+
+def _torch_keyed_state(model: ResNet50) -> dict[str, tuple[tuple[Any, ...], nnx.Variable]]:
+    """torchvision state_dict key -> (NNX path, Variable) for every Param/BatchStat of `model`."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        key = ".".join(str(p) for p in path[:-1]) + "." + _TORCH_SUFFIX[path[-1]]
+        out[key] = (path, var)
+    return out
+
+
+def _bn_counter_keys(keys: Sequence[str]) -> list[str]:
+    """The `num_batches_tracked` keys torchvision has beside every BatchNorm's running_mean."""
+    return [
+        k[: -len("running_mean")] + "num_batches_tracked"
+        for k in keys
+        if k.endswith("running_mean")
+    ]
+
+
+def save_resnet50_weights(model: ResNet50, path: str) -> None:
+    """Write `model` to `path` as an .npz of torchvision resnet50 state_dict names and layouts.
+
+    The file also holds `*.num_batches_tracked` (0, int64) so that it loads into torchvision with
+    `load_state_dict(strict=True)`; `path` is written as given (no '.npz' is appended).
+    """
+    state = _torch_keyed_state(model)
+    arrays = {k: _to_torch(np.asarray(var[...])) for k, (_, var) in state.items()}
+    for k in _bn_counter_keys(list(state)):
+        arrays[k] = np.zeros((), np.int64)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_resnet50_weights(model: ResNet50, path: str) -> None:
+    """Load a torchvision-named resnet50 .npz (OIHW convs) into `model` in place.
+
+    Every backbone key must be present with the right shape, and no other key may appear
+    (`*.num_batches_tracked` is accepted and ignored); otherwise ValueError lists the problems and
+    nothing is changed. The head (`fc.weight`, `fc.bias`) is loaded only if its shape matches the
+    model's (same num_classes); if only its number of classes differs it is left at init.
+    """
+    with np.load(path) as f:
+        ckpt = {k: f[k] for k in f.files}
+    state = _torch_keyed_state(model)
+    expected = set(state)
+    ignorable = set(_bn_counter_keys(list(state)))
+    missing = sorted(expected - set(ckpt))
+    unexpected = sorted(set(ckpt) - expected - ignorable)
+
+    head_keys = ("fc.weight", "fc.bias")
+    mismatched = []
+    for k in sorted(expected & set(ckpt)):
+        want = tuple(state[k][1][...].shape)
+        got = _from_torch(ckpt[k]).shape
+        if got != want:
+            mismatched.append((k, got, want))
+    # A head that differs only in its number of classes is skipped, not an error.
+    head_only = [m for m in mismatched if m[0] in head_keys]
+    load_head = not head_only
+    if head_only:
+        in_features = state["fc.weight"][1][...].shape[0]
+        fc_w = ckpt.get("fc.weight")
+        if fc_w is not None and fc_w.ndim == 2 and fc_w.shape[1] == in_features:
+            mismatched = [m for m in mismatched if m[0] not in head_keys]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected}")
+        if mismatched:
+            parts.append(
+                "shape mismatches (key, file shape as HWIO/(in,out), model shape): "
+                + str(mismatched)
+            )
+        raise ValueError(f"cannot load {path} into ResNet50: " + "; ".join(parts))
+
+    new_flat = []
+    for k, (p, var) in state.items():
+        if k in head_keys and not load_head:
+            continue
+        new_flat.append((p, var.replace(jnp.asarray(_from_torch(ckpt[k]), dtype=var[...].dtype))))
+    nnx.update(model, nnx.from_flat_state(new_flat))
+    if load_head:
+        log.info("loaded %s: backbone and head (fc)", path)
+    else:
+        log.info(
+            "loaded %s: backbone only; head (fc) left at init (file has %d classes, model %d)",
+            path,
+            ckpt["fc.weight"].shape[0],
+            state["fc.weight"][1][...].shape[1],
+        )
