@@ -258,24 +258,25 @@ class _Listing:
 
 def _class_dirs(split_dir: Path) -> list[str]:
     """Sorted non-hidden subfolder names of split_dir."""
-    return sorted(
-        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
-    )
+    with os.scandir(split_dir) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
 def _list_images(class_dir: Path, hasher: Any) -> list[str]:
     """Sorted image file names in class_dir, feeding (name, size, mtime) to hasher."""
     entries = []
-    for e in os.scandir(class_dir):
-        if e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if e.is_file():
-            st = e.stat()
-            entries.append((e.name, st.st_size, st.st_mtime_ns))
+    with os.scandir(class_dir) as it:
+        for e in it:
+            name = e.name
+            if name[0] == "." or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            if e.is_file():
+                st = e.stat()
+                entries.append((name, st.st_size, st.st_mtime_ns))
     entries.sort()
-    for fname, size, mtime in entries:
-        hasher.update(f"{class_dir.name}/{fname}\0{size}\0{mtime}\n".encode())
-    return [fname for fname, _, _ in entries]
+    hasher.update(class_dir.name.encode() + b"\0")
+    hasher.update("".join(f"{n}\0{size}\0{mtime}\n" for n, size, mtime in entries).encode())
+    return [name for name, _, _ in entries]
 
 
 def _scan_folder(root: Path) -> _Listing:
@@ -314,7 +315,8 @@ def _scan_folder(root: Path) -> _Listing:
                     f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
                 )
             label = classes.index(cname)
-            items.extend((f"{split}/{cname}/{f}", label) for f in files)
+            prefix = os.path.join(split, cname, "")
+            items.extend((prefix + f, label) for f in files)
         splits[split] = items
     return _Listing(classes, splits["train"], splits["test"], hasher.hexdigest())
 
@@ -437,6 +439,7 @@ def load_image_folder(root: str, *, cache_dir: str | None = None) -> Dataset:
             "class_names": np.asarray(listing.class_names, dtype=str),
         }
         _write_cache(cache_path, data)
+    root_str = str(root_path)
     return Dataset(
         train_images=data["train_images"],
         train_labels=data["train_labels"],
@@ -444,7 +447,7 @@ def load_image_folder(root: str, *, cache_dir: str | None = None) -> Dataset:
         test_labels=data["test_labels"],
         class_names=listing.class_names,
         name=root_path.name,
-        train_paths=[str(root_path / p) for p, _ in listing.train],
+        train_paths=[os.path.join(root_str, p) for p, _ in listing.train],
     )
 
 

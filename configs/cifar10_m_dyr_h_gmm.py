@@ -1,0 +1,11 @@
+"""CIFAR-10, M-DYR-H with a Gaussian mixture noise model (the published comparison)."""
+
+from configs import default
+
+
+def get_config():
+    """M-DYR-H with GMM (noisy component: the larger mean)."""
+    c = default.get_config()
+    c.noise_model = "gmm"
+    c.noisy_component = "max_mean"
+    return c

@@ -1,0 +1,75 @@
+"""Shared base config: CIFAR-10, PreAct ResNet-18, the published mixup schedule.
+
+Every other config imports this and says only what differs. Usage:
+
+    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5 --workdir runs/x
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The base config; fields are documented inline."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # one seed drives init, noise injection, shuffling, augmentation and mixup
+
+    # --- data -------------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # "tfds" | "folder" (ROOT/{train,test}/<class>/<img>) | "digits"
+    c.data.name = "cifar10"  # tfds dataset name (source="tfds")
+    c.data.root = ""  # image-folder root (source="folder")
+    c.data.data_dir = ""  # tfds data_dir ("" = tfds default)
+    c.data.cache_dir = ""  # decoded-array cache for image folders ("" = beside the images)
+    c.data.subset_per_class = 0  # >0: class-balanced subset of the training set (reduced runs)
+    c.data.crop_padding = 4  # random crop of the original size after this much zero padding
+    c.data.flip = True  # random horizontal flips
+
+    # --- label noise ------------------------------------------------------------------------
+    c.noise = 0.0  # noise level r in [0, 1]
+    c.noise_kind = "symmetric"  # "none"|"symmetric"|"symmetric_exclusive"|"asymmetric"|"human"
+    c.label_file = ""  # noisy label file for noise_kind="human" (e.g. CIFAR-10N), .npy/.csv/...
+    c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
+
+    # --- model ------------------------------------------------------------------------------
+    c.model = "preact_resnet18"  # "preact_resnet18" | "small_cnn" | "resnet50"
+    c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
+    c.weights = ""  # local .npz of pretrained weights (resnet50, torchvision names)
+    c.freeze_backbone = False  # train only the linear head (published TinyImageNet setting)
+
+    # --- method -----------------------------------------------------------------------------
+    c.method = "M-DYR-H"  # "CE" | "M" | "M-DYR-H" | "M-DYR-S" | "MD-DYR-SH"
+    c.noise_model = "bmm"  # "bmm" | "gmm": the mixture fitted to the per-sample losses
+    c.noisy_component = "initial"  # "initial" (original code) | "max_mean" (extension)
+    c.em_iters = 10  # EM iterations of the mixture fit
+    c.posterior_lookup = True  # batch posteriors from the original's 100-bin lookup table
+    c.posterior_source = "batch"  # "batch": per-step eval forward (published) | "epoch": from
+    # the end-of-epoch tracking pass (one forward fewer per step)
+    c.track_augment = False  # augment the tracking pass as the published code did
+    c.mixup_alpha = 32.0  # static mixup: delta ~ Beta(alpha, alpha)
+    c.mixup_draw = "none"  # dynamic mixup weight: "none" | "beta" | "binomial" (extensions)
+    c.binomial_n = 10000  # n of the Binomial draw
+    c.reg_weight = 1.0  # eta, weight of the class-balance regulariser
+    c.loss_pair_weight = "published"  # "published": as the original code (M-DYR-H and plain
+    # mixup weight the two targets by delta, M-DYR-S and MD-DYR-SH by 0.5) | "mix": by the
+    # mixing weight, as eq. 8 reads
+
+    # --- schedule (epochs are 1-based, as in the paper) -------------------------------------
+    c.epochs = 300  # total epochs
+    c.batch_size = 128
+    c.optimizer = "sgd"  # "sgd" (momentum) | "adam"
+    c.lr = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.lr_milestones = (100, 250)  # lr is multiplied by lr_gamma after each of these epochs
+    c.lr_gamma = 0.1
+    c.bootstrap_start_epoch = 106  # M-DYR-H/S: bootstrapping from this epoch (mixup before)
+    c.dynamic_start_epoch = 106  # MD-DYR-SH: dynamic mixup from this epoch
+    c.soft_to_hard_start_epoch = 111  # MD-DYR-SH: soft-to-hard bootstrapping from this epoch
+    c.temperature_epochs = 89  # temperature goes linearly 1 -> final over this many epochs
+    c.final_temperature = 0.001
+
+    # --- evaluation, logging, checkpoints ---------------------------------------------------
+    c.eval_batch_size = 1000  # chunk size of the tracking pass and the test evaluation
+    c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
+    c.keep_checkpoints = 2  # how many epoch checkpoints to keep
+    return c

@@ -1,0 +1,30 @@
+"""Quickstart: offline, on scikit-learn's embedded digits (1,797 real 8x8 images), in minutes.
+
+    python main.py --config configs/quickstart.py                       # M-DYR-H, 50% noise
+    python main.py --config configs/quickstart.py --config.method=CE    # the baseline
+"""
+
+from configs import default
+
+
+def get_config():
+    """A small CNN on digits with 50% symmetric noise and a short mixup schedule."""
+    c = default.get_config()
+    c.data.source = "digits"
+    c.data.name = "digits"
+    c.data.crop_padding = 1
+    c.data.flip = False  # digits are not mirror-symmetric
+    c.noise = 0.5
+    c.model = "small_cnn"
+    c.width = 32
+    c.batch_size = 64
+    c.eval_batch_size = 500
+    c.lr = 0.05
+    c.epochs = 60
+    c.lr_milestones = (40,)
+    c.bootstrap_start_epoch = 16
+    c.dynamic_start_epoch = 16
+    c.soft_to_hard_start_epoch = 19
+    c.temperature_epochs = 20
+    c.log_every_steps = 5
+    return c

@@ -1,0 +1,475 @@
+"""The training loop: jitted train step, tracking pass, on-device mixture fit, evaluation.
+
+Data flows one way:
+
+    config -> data (uint8 arrays on device) -> noise (noisy labels + mask)
+    -> per epoch: train steps (jit) -> tracking pass (per-sample loss, jit)
+       -> mixture fit (jit, on device) -> posteriors for the next epoch; test evaluation
+
+One train step serves every method: the config's method and the epoch select a static ``Phase``
+(mixup kind, bootstrapping kind, regulariser, pair weighting), and each distinct phase compiles
+once. Nothing per-sample crosses to the host inside an epoch; at the end of an epoch a handful of
+scalars do (metrics), and the per-sample arrays of the last epoch are written to the workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxnoise import checkpoint as ckpt_lib
+from jaxnoise import config as config_lib
+from jaxnoise import data as data_lib
+from jaxnoise import losses
+from jaxnoise import metrics as metrics_lib
+from jaxnoise import mixture
+from jaxnoise import models
+from jaxnoise import noise as noise_lib
+from jaxnoise.progress import Progress, log
+
+# ------------------------------------------------------------------------------------------------
+# Data preparation (host, once per run).
+
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+    """Load the configured dataset (and subset it), returning host uint8 arrays."""
+    d = config.data
+    ds = data_lib.load(
+        d.source,
+        name=d.name,
+        root=d.root,
+        data_dir=d.data_dir or None,
+        cache_dir=d.cache_dir or None,
+    )
+    if d.subset_per_class > 0:
+        ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
+    return ds
+
+
+def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
+    """Noisy labels and the noise mask for the training set."""
+    dataset = {"cifar10": "cifar10", "cifar100": "cifar100"}.get(ds.name, ds.name)
+    return noise_lib.apply(
+        config.noise_kind,
+        ds.train_labels,
+        num_classes=ds.num_classes,
+        rate=config.noise,
+        seed=config.noise_seed,
+        dataset=dataset,
+        human_labels=config.label_file or None,
+    )
+
+
+def validate_against_data(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> None:
+    """Checks that need the dataset's size (still before anything is compiled)."""
+    n = ds.train_images.shape[0]
+    if config.batch_size > n:
+        raise ValueError(
+            f"config.batch_size = {config.batch_size} is larger than the training set ({n} "
+            "samples): use a batch size <= the number of training samples"
+        )
+    h, w = ds.image_shape[:2]
+    if config.data.crop_padding > max(h, w):
+        raise ValueError(
+            f"config.data.crop_padding = {config.data.crop_padding} exceeds the image size {h}x{w}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Model and optimizer.
+
+
+def create_model(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> nnx.Module:
+    """Build the configured model (and load local weights if given)."""
+    model = models.create_model(
+        config.model,
+        ds.num_classes,
+        width=config.width,
+        in_channels=ds.image_shape[-1],
+        rngs=nnx.Rngs(config.seed),
+    )
+    if config.weights:
+        models.load_resnet50_weights(model, config.weights)
+    return model
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum and PyTorch-style (coupled) weight decay, or Adam; lr set per epoch."""
+
+    def make(learning_rate):
+        decay = optax.add_decayed_weights(config.weight_decay)
+        if config.optimizer == "sgd":
+            return optax.chain(decay, optax.sgd(learning_rate, momentum=config.momentum))
+        return optax.chain(decay, optax.adam(learning_rate))
+
+    return optax.inject_hyperparams(make)(learning_rate=config.lr)
+
+
+def split_model(model: nnx.Module, config: ml_collections.ConfigDict):
+    """(graphdef, trainable params, frozen params, batch stats)."""
+    trainable = models.trainable_filter(config.model, config.freeze_backbone)
+    return nnx.split(model, trainable, nnx.Param, nnx.BatchStat)
+
+
+# ------------------------------------------------------------------------------------------------
+# The train step.
+
+
+def _apply(graphdef, params, frozen, stats, x, train: bool):
+    """Forward pass of the merged model; returns (logits, new batch stats)."""
+    model = nnx.merge(graphdef, params, frozen, stats, copy=True)
+    logits = model(x, train=train)
+    return logits, nnx.state(model, nnx.BatchStat)
+
+
+def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
+                    num_classes: int, mean: np.ndarray, std: np.ndarray):  # fmt: skip
+    """Build the jitted train step for one phase.
+
+    The step gathers its batch from the device-resident training set, augments, (optionally)
+    computes the batch posteriors and clean predictions, mixes, and takes one optimizer step.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    B = config.batch_size
+
+    def step(state, data, aux, perm, step_idx, key, temperature):
+        k_aug, k_mix, k_lam, k_loss = jax.random.split(key, 4)
+        idx = jax.lax.dynamic_slice_in_dim(perm, step_idx * B, B)
+        x = data_lib.augment(
+            data["images"][idx], k_aug, padding=config.data.crop_padding, flip=config.data.flip
+        )
+        x = data_lib.normalize(x, mean, std)
+        y = data["labels"][idx]
+        params, frozen, stats = state["params"], state["frozen"], state["stats"]
+
+        # Clean predictions z (train mode, as the published code) and noisy-posteriors w.
+        logits_clean = None
+        if phase.needs_clean_logits:
+            if config.posterior_source == "epoch":
+                logits_clean = aux["logits"][idx]
+            else:
+                logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
+                logits_clean = jax.lax.stop_gradient(logits_clean)
+        w = None
+        if phase.needs_posteriors:
+            if config.posterior_source == "epoch":
+                w = aux["p_noisy"][idx]
+            else:
+                logits_eval, _ = _apply(graphdef, params, frozen, stats, x, False)
+                batch_loss = losses.cross_entropy(logits_eval, y)
+                w = mixture.posterior_noisy(
+                    state["mixture"], batch_loss, lookup=config.posterior_lookup
+                )
+            w = losses.clip_posteriors(jax.lax.stop_gradient(w))
+
+        # Mixing.
+        pair = losses.mixup_pairs(k_mix, B)
+        if phase.mixup == "static":
+            lam = losses.sample_mixup_lambda(k_lam, config.mixup_alpha)
+            x_in = losses.mix(x, pair, lam)
+        elif phase.mixup == "dynamic":
+            lam = losses.dynamic_mixup_lambda(
+                k_lam, w, pair, draw=config.mixup_draw, n=config.binomial_n
+            )
+            x_in = losses.mix(x, pair, lam)
+        else:
+            lam, x_in = jnp.ones((), jnp.float32), x
+        if phase.pair_weight == "half":
+            pair_w = jnp.full((), 0.5, jnp.float32)
+        elif phase.pair_weight == "beta":
+            pair_w = losses.sample_mixup_lambda(k_loss, config.mixup_alpha)
+        else:
+            pair_w = lam
+
+        def loss_fn(p):
+            logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
+            if phase.mixup == "none":
+                loss = jnp.mean(losses.cross_entropy(logits, y))
+            elif phase.bootstrap == "none":
+                loss = losses.mixup_ce_loss(logits, y, pair, pair_w)
+            else:
+                loss = losses.mixup_bootstrap_loss(
+                    logits, y, w, logits_clean, pair, pair_w, num_classes=num_classes,
+                    mode=phase.bootstrap, temperature=temperature,
+                )  # fmt: skip
+            if phase.regularize:
+                loss = loss + config.reg_weight * losses.class_balance_regularizer(logits)
+            return loss, new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = dict(state, params=new_params, stats=new_stats, opt_state=opt_state)
+        new_state["loss_sum"] = state["loss_sum"] + loss
+        new_state["step"] = state["step"] + 1
+        return new_state
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std):
+    """Jitted eval-mode forward on one chunk of indices: per-sample loss, logits."""
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+    @functools.partial(jax.jit, static_argnames=("augment",))
+    def chunk(state, images, labels, idx, key, augment: bool = False):
+        x = images[idx]
+        if augment:
+            x = data_lib.augment(x, key, padding=config.data.crop_padding, flip=config.data.flip)
+        x = data_lib.normalize(x, mean, std)
+        logits, _ = _apply(graphdef, state["params"], state["frozen"], state["stats"], x, False)
+        return losses.cross_entropy(logits, labels[idx]), logits
+
+    return chunk
+
+
+def forward_all(chunk_fn, state, images, labels, chunk: int, key=None, augment=False,
+                progress: str | None = None):  # fmt: skip
+    """Eval-mode pass over a whole device-resident split in fixed-size chunks.
+
+    Returns per-sample losses (N,) and logits (N, C), both on device.
+    """
+    n = images.shape[0]
+    chunk = min(chunk, n)
+    steps = -(-n // chunk)
+    all_idx = jnp.arange(steps * chunk) % n  # the tail chunk wraps around; trimmed below
+    outs_l, outs_z = [], []
+    bar = Progress(steps, progress) if progress else None
+    for s in range(steps):
+        idx = all_idx[s * chunk : (s + 1) * chunk]
+        k = jax.random.fold_in(key, s) if key is not None else None
+        l, z = chunk_fn(state, images, labels, idx, k, augment=augment)
+        outs_l.append(l)
+        outs_z.append(z)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return jnp.concatenate(outs_l)[:n], jnp.concatenate(outs_z)[:n]
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+
+def _config_fingerprint(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, fresh: bool = False) -> dict:  # fmt: skip
+    """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config."""
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    resolved = _config_fingerprint(config)
+    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh)
+
+    t0 = time.time()
+    ds = load_data(config)
+    validate_against_data(config, ds)
+    noisy_labels, noise_mask = inject_noise(config, ds)
+    log(
+        f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} "
+        f"classes {ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
+        f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)"
+    )
+    mean, std = ds.mean_std()
+    n_train, num_classes = ds.train_images.shape[0], ds.num_classes
+    steps_per_epoch = n_train // config.batch_size
+
+    # Device-resident data.
+    data = {
+        "images": jnp.asarray(ds.train_images),
+        "labels": jnp.asarray(noisy_labels, jnp.int32),
+    }
+    true_labels = jnp.asarray(ds.train_labels, jnp.int32)
+    mask_dev = jnp.asarray(noise_mask)
+    test_images = jnp.asarray(ds.test_images)
+    test_labels = jnp.asarray(ds.test_labels, jnp.int32)
+
+    model = create_model(config, ds)
+    graphdef, params, frozen, stats = split_model(model, config)
+    tx = create_optimizer(config)
+    state = {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+        "mixture": mixture.initial_state(config.noise_model),
+        "step": jnp.zeros((), jnp.int32),
+        "loss_sum": jnp.zeros((), jnp.float32),
+    }
+    aux = {
+        "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
+        "logits": jnp.zeros((n_train, num_classes), jnp.float32),
+    }
+    manager = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    history: list[dict] = []
+    best_acc, start_epoch = 0.0, 1
+    restored = manager.restore_latest({"state": state, "aux": aux, "labels": data["labels"]})
+    if restored is not None:
+        tree, meta = restored
+        state, aux = tree["state"], tree["aux"]
+        if not np.array_equal(np.asarray(tree["labels"]), noisy_labels):
+            raise RuntimeError(
+                f"checkpoint in {workdir} holds different noisy labels than this config produces"
+            )
+        history, best_acc = meta["history"], meta["best_acc"]
+        start_epoch = meta["epoch"] + 1
+        log(f"resumed from {workdir} after epoch {meta['epoch']}")
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(resolved, f, indent=2, sort_keys=True)
+
+    eval_chunk = make_eval_chunk(graphdef, config, mean, std)
+    steps_cache: dict[config_lib.Phase, Any] = {}
+    root_key = jax.random.key(config.seed)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    last_arrays = None
+
+    with ckpt_lib.PreemptionGuard() as guard:
+        for epoch in range(start_epoch, config.epochs + 1):
+            phase = config_lib.phase_for_epoch(config, epoch)
+            if phase not in steps_cache:
+                steps_cache[phase] = make_train_step(
+                    graphdef, tx, config, phase, num_classes, mean, std
+                )
+            train_step = steps_cache[phase]
+            lr = config_lib.lr_for_epoch(config, epoch)
+            state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+            temperature = jnp.asarray(config_lib.temperature_for_epoch(config, epoch), jnp.float32)
+            perm_key, track_key, step_key = jax.random.split(jax.random.fold_in(root_key, epoch), 3)
+            perm = jax.random.permutation(perm_key, n_train)
+            state["loss_sum"] = jnp.zeros((), jnp.float32)
+
+            # --- train epoch -------------------------------------------------------------
+            t_train = time.time()
+            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}")
+            for s in range(steps_per_epoch):
+                state = train_step(
+                    state, data, aux, perm, jnp.int32(s), jax.random.fold_in(step_key, s),
+                    temperature,
+                )  # fmt: skip
+                if (s + 1) % config.log_every_steps == 0 or s + 1 == steps_per_epoch:
+                    bar.update(
+                        (s + 1) - bar.n,
+                        loss=float(state["loss_sum"]) / (s + 1),
+                        images_per_s=(s + 1) * config.batch_size / (time.time() - t_train),
+                    )
+                if guard.stop_requested:
+                    break
+            train_loss = float(state["loss_sum"]) / max(1, s + 1)
+            bar.close()
+            t_train = time.time() - t_train
+            if guard.stop_requested:
+                log(f"stop requested during epoch {epoch}: keeping the checkpoint of epoch "
+                    f"{epoch - 1}; re-run the same command to resume")  # fmt: skip
+                break
+            if not np.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({train_loss}) in epoch {epoch}; the last good "
+                    f"checkpoint (epoch {epoch - 1}) is kept in {workdir}"
+                )
+
+            # --- tracking pass + mixture fit ---------------------------------------------
+            t_track = time.time()
+            track_loss, track_logits = forward_all(
+                eval_chunk, state, data["images"], data["labels"], config.eval_batch_size,
+                key=track_key, augment=config.track_augment,
+            )  # fmt: skip
+            jax.block_until_ready(track_loss)
+            t_track = time.time() - t_track
+            t_fit = time.time()
+            mix_state = mixture.fit(
+                config.noise_model, track_loss, max_iters=config.em_iters,
+                noisy=config.noisy_component,
+            )  # fmt: skip
+            # The posterior the next epoch trains with (the lookup table by default).
+            p_noisy = mixture.posterior_noisy(
+                mix_state, track_loss, lookup=config.posterior_lookup
+            )
+            jax.block_until_ready(p_noisy)
+            t_fit = time.time() - t_fit
+            state["mixture"] = mix_state
+            aux = {"p_noisy": p_noisy, "logits": track_logits}
+            p_exact = mixture.posterior_noisy(mix_state, track_loss, lookup=False)
+
+            # --- evaluation ----------------------------------------------------------------
+            t_eval = time.time()
+            test_loss, test_logits = forward_all(
+                eval_chunk, state, test_images, test_labels, config.eval_batch_size
+            )
+            test_acc = 100.0 * float(jnp.mean(jnp.argmax(test_logits, -1) == test_labels))
+            t_eval = time.time() - t_eval
+            best_acc = max(best_acc, test_acc)
+            det = jax.device_get(metrics_lib.detection_metrics(p_noisy, track_loss, mask_dev))
+            det["auroc_exact"] = metrics_lib.auroc(p_exact, mask_dev)
+            quant = jax.device_get(metrics_lib.loss_quantiles(track_loss, mask_dev))
+            record = {
+                "epoch": epoch,
+                "phase": phase.name,
+                "lr": lr,
+                "temperature": float(temperature),
+                "train_loss": train_loss,
+                "test_loss": float(jnp.mean(test_loss)),
+                "test_acc": test_acc,
+                "best_acc": best_acc,
+                **{k: float(v) for k, v in det.items()},
+                "loss_quantiles_clean": [float(v) for v in quant["clean"]],
+                "loss_quantiles_noisy": [float(v) for v in quant["noisy"]],
+                "mixture": mixture.summary(mix_state),
+                "seconds": {
+                    "train": t_train, "track": t_track, "fit": t_fit, "eval": t_eval,
+                },  # fmt: skip
+                "images_per_s": steps_per_epoch * config.batch_size / max(t_train, 1e-9),
+            }
+            if not record["mixture"]["valid"]:
+                log(f"epoch {epoch}: the mixture fit was degenerate; posteriors are 0.5")
+            history.append(record)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(
+                f"epoch {epoch}: train loss {train_loss:.4f}  test acc {test_acc:.2f}% "
+                f"(best {best_acc:.2f}%)  noise AUROC {record['auroc']:.4f}  "
+                f"P/R@0.5 {record['precision']:.3f}/{record['recall']:.3f}  "
+                f"[{t_train:.1f}s train, {t_track:.1f}s track, {t_fit * 1e3:.0f}ms fit]"
+            )
+            manager.save(
+                epoch,
+                {"state": state, "aux": aux, "labels": data["labels"]},
+                {"epoch": epoch, "history": history, "best_acc": best_acc},
+            )
+            last_arrays = (track_loss, p_noisy, track_logits)
+            if guard.stop_requested:
+                log(f"stop requested: checkpoint of epoch {epoch} saved; re-run to resume")
+                break
+    manager.wait()
+
+    if last_arrays is not None:
+        track_loss, p_noisy, track_logits = jax.device_get(last_arrays)
+        np.savez(
+            os.path.join(workdir, "per_sample.npz"),
+            loss=track_loss,
+            p_noisy=p_noisy,
+            prediction=np.argmax(track_logits, -1).astype(np.int32),
+            noisy_label=noisy_labels,
+            true_label=ds.train_labels.astype(np.int32),
+            noise_mask=noise_mask,
+        )
+    summary = {
+        "best_acc": best_acc,
+        "last_acc": history[-1]["test_acc"] if history else float("nan"),
+        "epochs_done": history[-1]["epoch"] if history else 0,
+        "auroc": history[-1]["auroc"] if history else float("nan"),
+        "history": history,
+    }
+    return summary

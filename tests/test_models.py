@@ -1,0 +1,339 @@
+"""Tests of jaxnoise.models: shapes, parameter counts, BatchNorm semantics, weight files, filters.
+
+References are plain numpy or literal numbers from PyTorch/torchvision (never imported from here).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxnoise import models
+from jaxnoise.models import (
+    PreActResNet18,
+    ResNet50,
+    SmallCNN,
+    create_model,
+    load_resnet50_weights,
+    save_resnet50_weights,
+    trainable_filter,
+)
+
+
+def _n_params(module: nnx.Module) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def _np_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """Reference NHWC x HWIO convolution with PyTorch's symmetric zero padding."""
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = w.shape[:2]
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i : i + stride * ho : stride, j : j + stride * wo : stride, :]
+            out += patch @ w[i, j]
+    return out
+
+
+def _random_images(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+# ------------------------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize(
+    "name,width,shape",
+    [
+        ("small_cnn", 4, (2, 8, 8, 1)),
+        ("small_cnn", 4, (2, 32, 32, 3)),
+        ("preact_resnet18", 4, (2, 32, 32, 3)),
+        ("preact_resnet18", 4, (2, 8, 8, 1)),
+        ("resnet50", 8, (2, 32, 32, 3)),
+    ],
+)
+def test_output_shapes(name: str, width: int, shape: tuple[int, ...]) -> None:
+    # Abstract evaluation (no compute); the jitted numeric runs are in the functional tests below.
+    model = nnx.eval_shape(
+        lambda: create_model(name, 7, width=width, in_channels=shape[-1], rngs=nnx.Rngs(0))
+    )
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    for train in (True, False):
+        y = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=train), state, x)
+        assert y.shape == (shape[0], 7)
+        assert y.dtype == jnp.float32
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="wide_resnet.*preact_resnet18.*small_cnn.*resnet50"):
+        create_model("wide_resnet", 10, width=4, in_channels=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="allowed"):
+        trainable_filter("wide_resnet", freeze_backbone=True)
+
+
+# ------------------------------------------------------------------------- parameter counts
+
+
+def test_preact_resnet18_param_count_matches_pytorch() -> None:
+    # Formula for Kuang Liu's PreActResNet18 (w = 64, bias-free convs, 2 BN params per channel).
+    w, c = 64, 10
+    stem = 3 * 3 * 3 * w
+    total, cin = stem, w
+    for i in range(4):
+        planes = w * 2**i
+        for b in range(2):
+            total += (
+                2 * cin + 9 * cin * planes + 2 * planes + 9 * planes * planes
+            )  # bn1 conv1 bn2 conv2
+            if b == 0 and cin != planes:
+                total += cin * planes  # 1x1 shortcut
+            cin = planes
+    total += cin * c + c
+    assert total == 11_171_146  # also counted on torch 2.13: sum(p.numel()) of the published model
+    model = nnx.eval_shape(lambda: PreActResNet18(10, rngs=nnx.Rngs(0)))
+    assert _n_params(model) == 11_171_146
+
+
+def test_resnet50_param_count_matches_torchvision() -> None:
+    model = nnx.eval_shape(lambda: ResNet50(1000, rngs=nnx.Rngs(0)))
+    assert _n_params(model) == 25_557_032  # torchvision.models.resnet50()
+
+
+# ------------------------------------------------------------------------------- structure
+
+
+def test_preact_resnet18_structure_matches_published_code() -> None:
+    model = nnx.eval_shape(lambda: PreActResNet18(10, width=4, rngs=nnx.Rngs(0)))
+    mods = [m for _, m in nnx.iter_graph(model)]
+    assert sum(isinstance(m, nnx.BatchNorm) for m in mods) == 16  # 2 per block, none elsewhere
+    assert sum(isinstance(m, nnx.Conv) for m in mods) == 1 + 16 + 3  # stem, blocks, 3 shortcuts
+    assert all(not m.use_bias for m in mods if isinstance(m, nnx.Conv))
+    # Projection shortcuts exactly where shape changes: first block of stages 2-4.
+    has_sc = [
+        [b.shortcut is not None for b in layer]
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
+    ]
+    assert has_sc == [[False, False], [True, False], [True, False], [True, False]]
+    assert model.linear.in_features == 32 and model.linear.use_bias
+
+
+def test_convs_pad_like_pytorch() -> None:
+    # Stride-2 3x3 conv, padding=1 on both sides (XLA 'SAME' would pad (0, 1) on even inputs).
+    model = PreActResNet18(10, width=4, rngs=nnx.Rngs(0))
+    conv = model.layer2[0].conv1
+    x = np.asarray(_random_images((2, 8, 8, 4)))
+    want = _np_conv(x, np.asarray(conv.kernel[...]), stride=2, pad=1)
+    np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))), want, rtol=1e-4, atol=1e-5)
+
+
+def test_init_matches_pytorch_defaults() -> None:
+    # PyTorch default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std = bound / sqrt(3).
+    block = models.PreActBlock(64, 64, rngs=nnx.Rngs(0))
+    k = np.asarray(block.conv1.kernel[...])  # (3, 3, 64, 64), fan_in 576
+    bound = 1 / np.sqrt(9 * 64)
+    assert np.abs(k).max() <= bound
+    assert abs(k.std() - bound / np.sqrt(3)) < 0.03 * bound
+    head = models.SmallCNN(10, width=32, rngs=nnx.Rngs(0)).head  # 128 -> 10
+    b = np.asarray(head.bias[...])
+    assert 0 < np.abs(b).max() <= 1 / np.sqrt(128)
+    # torchvision ResNet convs: kaiming_normal_(fan_out, relu): N(0, 2 / (out * kh * kw)).
+    w = np.asarray(models.Bottleneck(256, 64, rngs=nnx.Rngs(0)).conv2.kernel[...])  # (3, 3, 64, 64)
+    assert abs(w.std() - np.sqrt(2 / (64 * 9))) < 0.03 * np.sqrt(2 / (64 * 9))
+    assert abs(w.mean()) < 0.003 and np.abs(w).max() > 3.5 * w.std()  # a normal, not truncated
+
+
+def test_batchnorm_settings_and_running_average() -> None:
+    # torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch stat (biased var in flax), eps 1e-5.
+    model = SmallCNN(3, width=4, in_channels=1, rngs=nnx.Rngs(0))
+    bn = model.bns[0]
+    assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
+    x = np.asarray(_random_images((4, 8, 8, 1)))
+    h = _np_conv(x, np.asarray(model.convs[0].kernel[...]), stride=1, pad=1)  # (4, 8, 8, 4)
+    model(jnp.asarray(x), train=True)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4)
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    model(jnp.asarray(x), train=False)
+    after = nnx.state(model, nnx.BatchStat)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
+
+
+# --------------------------------------------------------------- functional train step (jit)
+
+
+@pytest.mark.parametrize(
+    "name,width,shape",
+    [
+        ("small_cnn", 4, (4, 8, 8, 1)),
+        ("preact_resnet18", 4, (4, 16, 16, 3)),
+        ("resnet50", 8, (4, 32, 32, 3)),
+    ],
+)
+def test_functional_split_merge_train_and_eval(
+    name: str, width: int, shape: tuple[int, ...]
+) -> None:
+    model = create_model(name, 5, width=width, in_channels=shape[-1], rngs=nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    x = _random_images(shape, seed=1)
+    labels = jnp.arange(shape[0]) % 5
+
+    @jax.jit
+    def step(params, stats):
+        def loss_fn(params):
+            m = nnx.merge(graphdef, params, stats, copy=True)
+            logits = m(x, train=True)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            eval_logits = m(x, train=False)  # same merged model, no mode toggling
+            return loss, (nnx.state(m, nnx.BatchStat), logits, eval_logits)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, aux, grads
+
+    @jax.jit
+    def eval_step(params, stats):
+        m = nnx.merge(graphdef, params, stats, copy=True)
+        return m(x, train=False), nnx.state(m, nnx.BatchStat)
+
+    loss, (new_stats, train_logits, eval_logits), grads = step(params, stats)
+    assert np.isfinite(float(loss))
+    # Train mode moved every running average; grads have the structure of params.
+    old_leaves = jax.tree.leaves(stats)
+    new_leaves = jax.tree.leaves(new_stats)
+    assert len(old_leaves) == len(new_leaves) > 0
+    assert all(not np.allclose(a, b) for a, b in zip(old_leaves, new_leaves))
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    # Train mode (batch stats) and eval mode (running stats) differ.
+    assert not np.allclose(train_logits, eval_logits)
+    # Eval mode leaves BatchStat untouched, and uses the stats it is given.
+    y0, same_stats = eval_step(params, stats)
+    jax.tree.map(np.testing.assert_array_equal, stats, same_stats)
+    y1, _ = eval_step(params, new_stats)
+    assert not np.allclose(y0, y1)
+    # The original (stateful) model was not mutated by the functional step.
+    jax.tree.map(np.testing.assert_array_equal, stats, nnx.state(model, nnx.BatchStat))
+
+
+# ------------------------------------------------------------------- ResNet-50 weight files
+
+
+@pytest.fixture(scope="module")
+def tiny_r50_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ResNet50, jax.Array]:
+    """A width-8, 10-class ResNet50 with non-trivial running stats, saved in torchvision format."""
+    model = ResNet50(10, width=8, rngs=nnx.Rngs(0))
+    x = _random_images((2, 32, 32, 3), seed=3)
+    model(x, train=True)  # move running averages off their init
+    path = str(tmp_path_factory.mktemp("r50") / "tiny_resnet50.npz")
+    save_resnet50_weights(model, path)
+    return path, model, x
+
+
+def test_save_uses_torchvision_names_and_layouts(tiny_r50_file) -> None:
+    path, model, _ = tiny_r50_file
+    with np.load(path) as f:
+        ckpt = {k: f[k] for k in f.files}
+    assert len(ckpt) == 320  # len(torchvision.models.resnet50().state_dict())
+    assert sum(k.endswith("num_batches_tracked") for k in ckpt) == 53
+    assert ckpt["conv1.weight"].shape == (8, 3, 7, 7)  # OIHW
+    assert ckpt["layer1.0.downsample.0.weight"].shape == (32, 8, 1, 1)
+    assert ckpt["layer4.2.conv2.weight"].shape == (64, 64, 3, 3)
+    assert ckpt["fc.weight"].shape == (10, 256) and ckpt["fc.bias"].shape == (10,)
+    np.testing.assert_array_equal(
+        ckpt["layer2.0.conv2.weight"],
+        np.asarray(model.layer2[0].conv2.kernel[...]).transpose(3, 2, 0, 1),
+    )
+    np.testing.assert_array_equal(ckpt["bn1.running_var"], np.asarray(model.bn1.var[...]))
+    np.testing.assert_array_equal(
+        ckpt["layer3.1.bn2.weight"], np.asarray(model.layer3[1].bn2.scale[...])
+    )
+    np.testing.assert_array_equal(ckpt["fc.weight"], np.asarray(model.fc.kernel[...]).T)
+
+
+def test_resnet50_weights_round_trip(tiny_r50_file) -> None:
+    path, model, x = tiny_r50_file
+    other = ResNet50(10, width=8, rngs=nnx.Rngs(1))
+    assert not np.allclose(other(x, train=False), model(x, train=False))
+    load_resnet50_weights(other, path)
+    np.testing.assert_array_equal(other(x, train=False), model(x, train=False))
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(other), nnx.state(model))
+
+
+def test_resnet50_head_mismatch_keeps_head_at_init(tiny_r50_file, caplog) -> None:
+    path, model, x = tiny_r50_file
+    other = ResNet50(5, width=8, rngs=nnx.Rngs(2))
+    head_before = jax.tree.map(np.asarray, nnx.state(other.fc))
+    with caplog.at_level(logging.INFO, logger="jaxnoise.models"):
+        load_resnet50_weights(other, path)
+    assert "head (fc) left at init" in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, head_before, nnx.state(other.fc))
+    np.testing.assert_array_equal(other.features(x, train=False), model.features(x, train=False))
+
+
+def test_resnet50_bad_files_raise(tiny_r50_file, tmp_path) -> None:
+    path, _, _ = tiny_r50_file
+    with np.load(path) as f:
+        ckpt = {k: f[k] for k in f.files}
+    target = ResNet50(10, width=8, rngs=nnx.Rngs(3))
+    before = jax.tree.map(np.asarray, nnx.state(target))
+
+    def write(d: dict[str, np.ndarray]) -> str:
+        p = str(tmp_path / "bad.npz")
+        with open(p, "wb") as f:
+            np.savez(f, **d)
+        return p
+
+    extra = dict(ckpt, **{"layer5.0.conv1.weight": np.zeros((1,))})
+    with pytest.raises(ValueError, match=r"unexpected keys: \['layer5.0.conv1.weight'\]"):
+        load_resnet50_weights(target, write(extra))
+    missing = {k: v for k, v in ckpt.items() if k != "layer2.1.bn1.running_mean"}
+    with pytest.raises(ValueError, match=r"missing keys: \['layer2.1.bn1.running_mean'\]"):
+        load_resnet50_weights(target, write(missing))
+    wrong = dict(ckpt, **{"layer1.0.conv2.weight": np.zeros((8, 8, 1, 1), np.float32)})
+    with pytest.raises(ValueError, match="shape mismatch.*layer1.0.conv2.weight"):
+        load_resnet50_weights(target, write(wrong))
+    with pytest.raises(ValueError, match="shape mismatch"):  # a whole file of another width
+        load_resnet50_weights(nnx.eval_shape(lambda: ResNet50(10, width=4, rngs=nnx.Rngs(0))), path)
+    # Nothing was written into the model by the failed loads.
+    jax.tree.map(np.testing.assert_array_equal, before, nnx.state(target))
+
+
+# ---------------------------------------------------------------------------- optimizer filter
+
+
+@pytest.mark.parametrize(
+    "name,head", [("resnet50", "fc"), ("preact_resnet18", "linear"), ("small_cnn", "head")]
+)
+def test_trainable_filter_selects_head_when_frozen(name: str, head: str) -> None:
+    model = nnx.eval_shape(lambda: create_model(name, 10, width=8, in_channels=3, rngs=nnx.Rngs(0)))
+    frozen = nnx.to_flat_state(nnx.state(model, trainable_filter(name, freeze_backbone=True)))
+    assert sorted(p for p, _ in frozen) == [(head, "bias"), (head, "kernel")]
+    full = nnx.state(model, trainable_filter(name, freeze_backbone=False))
+    assert jax.tree.structure(full) == jax.tree.structure(nnx.state(model, nnx.Param))
+
+
+def test_optimizer_with_frozen_backbone_updates_only_head() -> None:
+    model = SmallCNN(4, width=4, in_channels=1, rngs=nnx.Rngs(0))
+    wrt = trainable_filter("small_cnn", freeze_backbone=True)
+    optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=wrt)
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    x, y = _random_images((4, 8, 8, 1)), jnp.arange(4)
+
+    def loss_fn(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x, train=True), y).mean()
+
+    grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
+    optimizer.update(model, grads)
+    after = nnx.state(model, nnx.Param)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(before), nnx.to_flat_state(after)):
+        changed = not np.array_equal(np.asarray(a), np.asarray(b))
+        assert changed == (path[0] == "head"), path
