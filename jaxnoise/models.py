@@ -429,7 +429,7 @@ def load_resnet50_weights(model: ResNet50, path: str) -> None:
     head_keys = ("fc.weight", "fc.bias")
     mismatched = []
     for k in sorted(expected & set(ckpt)):
-        want = tuple(state[k][1][...].shape)
+        want = tuple(state[k][1].shape)
         got = _from_torch(ckpt[k]).shape
         if got != want:
             mismatched.append((k, got, want))
@@ -437,7 +437,7 @@ def load_resnet50_weights(model: ResNet50, path: str) -> None:
     head_only = [m for m in mismatched if m[0] in head_keys]
     load_head = not head_only
     if head_only:
-        in_features = state["fc.weight"][1][...].shape[0]
+        in_features = state["fc.weight"][1].shape[0]
         fc_w = ckpt.get("fc.weight")
         if fc_w is not None and fc_w.ndim == 2 and fc_w.shape[1] == in_features:
             mismatched = [m for m in mismatched if m[0] not in head_keys]
@@ -458,7 +458,7 @@ def load_resnet50_weights(model: ResNet50, path: str) -> None:
     for k, (p, var) in state.items():
         if k in head_keys and not load_head:
             continue
-        new_flat.append((p, var.replace(jnp.asarray(_from_torch(ckpt[k]), dtype=var[...].dtype))))
+        new_flat.append((p, var.replace(jnp.asarray(_from_torch(ckpt[k]), dtype=var.dtype))))
     nnx.update(model, nnx.from_flat_state(new_flat))
     if load_head:
         log.info("loaded %s: backbone and head (fc)", path)
@@ -467,5 +467,5 @@ def load_resnet50_weights(model: ResNet50, path: str) -> None:
             "loaded %s: backbone only; head (fc) left at init (file has %d classes, model %d)",
             path,
             ckpt["fc.weight"].shape[0],
-            state["fc.weight"][1][...].shape[1],
+            state["fc.weight"][1].shape[1],
         )

@@ -121,6 +121,28 @@ def split_model(model: nnx.Module, config: ml_collections.ConfigDict):
     return nnx.split(model, trainable, nnx.Param, nnx.BatchStat)
 
 
+def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
+    """(graphdef, optimizer, train state, per-sample aux) for a fresh run."""
+    model = create_model(config, ds)
+    graphdef, params, frozen, stats = split_model(model, config)
+    tx = create_optimizer(config)
+    n_train = ds.train_images.shape[0]
+    state = {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+        "mixture": mixture.initial_state(config.noise_model),
+        "step": jnp.zeros((), jnp.int32),
+        "loss_sum": jnp.zeros((), jnp.float32),
+    }
+    aux = {  # per-sample posteriors and clean logits from the last tracking pass
+        "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
+        "logits": jnp.zeros((n_train, ds.num_classes), jnp.float32),
+    }
+    return graphdef, tx, state, aux
+
+
 # ------------------------------------------------------------------------------------------------
 # The train step.
 
@@ -266,9 +288,13 @@ def _config_fingerprint(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, fresh: bool = False) -> dict:  # fmt: skip
-    """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False,
+                       stop_after_epoch: int | None = None) -> dict:  # fmt: skip
+    """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config.
+
+    ``stop_after_epoch`` ends this call after that epoch's checkpoint (as a preemption would);
+    calling again resumes.
+    """
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
     resolved = _config_fingerprint(config)
@@ -297,22 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     test_images = jnp.asarray(ds.test_images)
     test_labels = jnp.asarray(ds.test_labels, jnp.int32)
 
-    model = create_model(config, ds)
-    graphdef, params, frozen, stats = split_model(model, config)
-    tx = create_optimizer(config)
-    state = {
-        "params": params,
-        "frozen": frozen,
-        "stats": stats,
-        "opt_state": tx.init(params),
-        "mixture": mixture.initial_state(config.noise_model),
-        "step": jnp.zeros((), jnp.int32),
-        "loss_sum": jnp.zeros((), jnp.float32),
-    }
-    aux = {
-        "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
-        "logits": jnp.zeros((n_train, num_classes), jnp.float32),
-    }
+    graphdef, tx, state, aux = init_train_state(config, ds)
     manager = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     history: list[dict] = []
     best_acc, start_epoch = 0.0, 1
@@ -451,6 +462,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             last_arrays = (track_loss, p_noisy, track_logits)
             if guard.stop_requested:
                 log(f"stop requested: checkpoint of epoch {epoch} saved; re-run to resume")
+                break
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
     manager.wait()
 

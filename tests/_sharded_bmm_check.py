@@ -36,9 +36,9 @@ def main() -> int:
 
     failures: list[str] = []
 
-    def check(label, fn):
+    def check(label, fn, *args):
         try:
-            fn()
+            fn(*args)
         except Exception as e:  # noqa: BLE001 - report every failing check
             msg = str(e).strip().replace("\n", " | ")
             failures.append(f"{label}: {type(e).__name__}: {msg[:600]}")
@@ -48,6 +48,12 @@ def main() -> int:
             np.asarray(b, np.float64), np.asarray(a, np.float64), rtol=rtol, atol=atol
         )
 
+    def posterior_pair(s1, s8, lookup):
+        p1 = mixture.posterior_noisy(s1, single, lookup=lookup)
+        p8 = mixture.posterior_noisy(s8, sharded, lookup=lookup)
+        assert np.shape(p8) == (n,)
+        close(p1, p8, 1e-5, 1e-6)
+
     for fit, names in (
         (mixture.fit_bmm, ("alphas", "betas", "weights", "lo", "hi")),
         (mixture.fit_gmm, ("means", "variances", "weights", "lo", "hi")),
@@ -56,21 +62,22 @@ def main() -> int:
         s1 = fit(single)
         s8 = fit(sharded)
         for name in names:
-            check(f"{fname}.{name}", lambda: close(getattr(s1, name), getattr(s8, name), 1e-5, 0))
-        check(f"{fname}.lookup", lambda: close(s1.lookup, s8.lookup, 1e-5, 1e-6))
+            check(f"{fname}.{name}", close, getattr(s1, name), getattr(s8, name), 1e-5, 0)
+        check(f"{fname}.lookup", close, s1.lookup, s8.lookup, 1e-5, 1e-6)
         check(
             f"{fname}.noisy_component",
-            lambda: np.testing.assert_equal(int(s8.noisy_component), int(s1.noisy_component)),
+            np.testing.assert_equal,
+            int(s8.noisy_component),
+            int(s1.noisy_component),
         )
         for lookup in (False, True):
-
-            def post(lookup=lookup):
-                p1 = mixture.posterior_noisy(s1, single, lookup=lookup)
-                p8 = mixture.posterior_noisy(s8, sharded, lookup=lookup)
-                assert np.shape(p8) == (n,)
-                close(p1, p8, 1e-5, 1e-6)
-
-            check(f"{fname} posterior_noisy(sharded losses, lookup={lookup})", post)
+            check(
+                f"{fname} posterior_noisy(sharded losses, lookup={lookup})",
+                posterior_pair,
+                s1,
+                s8,
+                lookup,
+            )
 
     if failures:
         print("\n".join(failures))

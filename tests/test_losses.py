@@ -94,6 +94,22 @@ def _ref_reg(logits, prior=None):
 # ----------------------------------------------------------------- data
 
 
+def _binned_gof_pvalue(samples, dist, nbins=20):
+    """Chi-square goodness of fit on equiprobable bins of ``dist``.
+
+    Used instead of KS because float32 draws of e.g. Beta(0.857, 0.143) round ~9% of the
+    mass (everything above 1 - 6e-8) to exactly 1.0; KS treats such ties as a jump of the
+    empirical CDF and rejects a correct sampler. Bin edges above 1 - 1e-6 (below 1e-30) are
+    merged so every bin is resolvable in float32.
+    """
+    edges = dist.ppf(np.linspace(0, 1, nbins + 1)[1:-1])
+    edges = np.unique(edges[(edges > 1e-30) & (edges < 1 - 1e-6)])
+    edges = np.concatenate([[-np.inf], edges, [np.inf]])
+    counts = np.histogram(samples, bins=edges)[0]
+    probs = np.diff(dist.cdf(np.clip(edges, 0, 1)))
+    return stats.chisquare(counts, probs / probs.sum() * len(samples)).pvalue
+
+
 def _batch(seed=0, scale=3.0, b=B, c=C):
     r = np.random.default_rng(seed)
     logits = (scale * r.standard_normal((b, c))).astype(np.float32)
@@ -238,7 +254,7 @@ def test_dynamic_mixup_lambda_none_exact():
 
 def test_dynamic_mixup_lambda_beta_mean():
     """(L5) draw="beta": lam ~ Beta(delta, 1 - delta); per-block mean ~ delta (5 SE), variance
-    ~ delta(1 - delta)/2, KS vs scipy Beta; values finite in [0, 1]."""
+    ~ delta(1 - delta)/2, binned chi-square vs scipy Beta; values finite in [0, 1]."""
     w, perm, delta, blocks = _dyn_setup()
     lam = _a(
         losses.dynamic_mixup_lambda(
@@ -253,7 +269,7 @@ def test_dynamic_mixup_lambda_beta_mean():
         var = d * (1 - d) / 2.0  # Var Beta(a, b) = ab / ((a+b)^2 (a+b+1)), a+b = 1
         assert abs(s.mean() - d) < 5 * np.sqrt(var / len(s)), (d, s.mean())
         assert 0.8 * var < s.var() < 1.2 * var, (d, s.var(), var)
-        _, pval = stats.kstest(s, stats.beta(d, 1 - d).cdf)
+        pval = _binned_gof_pvalue(s, stats.beta(d, 1 - d))
         assert pval > 1e-4, (d, pval)
 
 

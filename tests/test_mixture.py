@@ -264,6 +264,18 @@ def test_bmm_lookup_table_and_posterior_match_reference(case, noisy, cases, bmm_
     assert len(bad) <= 10, len(bad)
 
 
+@pytest.mark.parametrize("case", ["a", "b", "c", "d"])
+def test_bmm_lookup_table_finite_and_last_entry(case, cases, bmm_fits):
+    """(Q2): every table entry is finite, and the last entry (xl = 1 - 1e-12, where the
+    noisy component dominates for these cases) equals the float64 reference at rtol 1e-4.
+    The grid point 1 - 1e-12 is not representable in float32 (it rounds to 1.0), so a
+    float32 evaluation there gives NaN or 0/0-clamped values."""
+    ref = _ref_bmm(cases[case])
+    t = _f(bmm_fits[case, "initial"].lookup)
+    assert np.all(np.isfinite(t)), f"non-finite lookup entries at {np.flatnonzero(~np.isfinite(t))}"
+    np.testing.assert_allclose(t[-1], ref["lookup"][-1], rtol=RTOL)
+
+
 def test_bmm_initial_vs_max_mean_differ_on_constructed_case(cases, bmm_fits):
     """(N1): on case "d" the fitted component 0 has the larger mean a/(a+b), so "initial"
     (component 1) and "max_mean" (component 0) select different components and their
@@ -304,6 +316,24 @@ def test_bmm_accepts_jax_array_and_is_pytree(cases, bmm_fits):
     np.testing.assert_allclose(
         _f(post), _f(mixture.posterior_noisy(st_np, cases["a"])), rtol=1e-6, atol=1e-7
     )
+
+
+def test_posterior_keeps_shape_of_losses(cases, bmm_fits):
+    """(Q1)/(Q2) are elementwise: a (100, 200) array of raw losses gives the reshaped 1-D
+    posteriors, for BMM and GMM, exact and lookup."""
+    raw = cases["a"]
+    for st_ in (bmm_fits["a", "initial"], mixture.fit_gmm(raw)):
+        for lk in (False, True):
+            flat = _f(mixture.posterior_noisy(st_, raw, lookup=lk))
+            grid = _f(mixture.posterior_noisy(st_, raw.reshape(100, 200), lookup=lk))
+            assert grid.shape == (100, 200)
+            np.testing.assert_allclose(grid, flat.reshape(100, 200), rtol=1e-6, atol=1e-7)
+
+
+def test_gmm_noisy_initial_is_component_one(cases):
+    """(N1) for the GMM: noisy="initial" selects component 1 regardless of the means."""
+    st_ = mixture.fit_gmm(cases["a"], noisy="initial")
+    assert int(st_.noisy_component) == 1
 
 
 def test_bad_noisy_argument_raises(cases):
@@ -373,17 +403,53 @@ def test_property_posteriors_bounded_and_lookup_flat_after_argmax(
 def test_property_fit_invariant_to_sample_permutation(
     seed, frac_noisy, clean_scale, noisy_mean, noisy_sd, perm_seed
 ):
-    """(P1)-(E3) are permutation-invariant functions of the sample multiset: parameters of
-    the fit on permuted losses equal the original to ~1e-5 relative."""
+    """(P1)-(E3) are permutation-invariant functions of the sample multiset (broad box).
+
+    lo/hi (exact order statistics) must be bit-identical. The EM parameters are float32 sums
+    whose rounding depends on sample order; 10 EM steps amplify it, strongly so when a
+    component is a narrow spike (large alpha, beta). Measured over sweeps of this box
+    (corners included): typical <= 3e-5 relative, worst 2.9e-4 relative on alpha/beta
+    (seed=2, frac_noisy=0.3, clean_scale=0.2, noisy_mean=5, noisy_sd=0.05; in such corners
+    the float64 reference itself moves ~2e-4 when the losses move by one float32 ulp),
+    weights 4e-5 absolute, exact posteriors 1.3e-4 absolute. Tolerances here: rtol 1e-3,
+    atol 1e-4 (weights), atol 5e-4 (posteriors) -- an order bug would be far larger. The
+    ~1e-5 target is asserted on the well-conditioned fixed cases in the next test.
+    """
     l = _prop_losses(seed, frac_noisy, clean_scale, noisy_mean, noisy_sd)  # noqa: E741
     lp = np.random.default_rng(perm_seed).permutation(l)
-    a, b = mixture.fit_bmm(l), mixture.fit_bmm(lp)
-    for name in ("alphas", "betas", "weights", "lo", "hi"):
-        np.testing.assert_allclose(_f(getattr(b, name)), _f(getattr(a, name)), rtol=1e-5)
-    assert int(a.noisy_component) == int(b.noisy_component)
-    g, gp = mixture.fit_gmm(l), mixture.fit_gmm(lp)
-    for name in ("means", "variances", "weights"):
-        np.testing.assert_allclose(_f(getattr(gp, name)), _f(getattr(g, name)), rtol=1e-5)
+    for fit, names in (
+        (mixture.fit_bmm, ("alphas", "betas")),
+        (mixture.fit_gmm, ("means", "variances")),
+    ):
+        a, b = fit(l), fit(lp)
+        for name in ("lo", "hi"):
+            np.testing.assert_array_equal(_f(getattr(b, name)), _f(getattr(a, name)))
+        for name in names:
+            np.testing.assert_allclose(_f(getattr(b, name)), _f(getattr(a, name)), rtol=1e-3)
+        np.testing.assert_allclose(_f(b.weights), _f(a.weights), rtol=0, atol=1e-4)
+        assert int(a.noisy_component) == int(b.noisy_component)
+        np.testing.assert_allclose(
+            _f(mixture.posterior_noisy(b, l)), _f(mixture.posterior_noisy(a, l)), atol=5e-4
+        )
+
+
+@pytest.mark.parametrize("case", ["a", "b", "c"])
+def test_fit_invariant_to_permutation_fixed_cases(case, cases):
+    """(P1)-(E3) permutation invariance at ~1e-5 on the well-conditioned fixed cases
+    (measured <= 5e-6 over 5 permutations; case "d", a narrow spike, reaches 3e-5 and is
+    covered by the broad property test instead)."""
+    raw = cases[case]
+    for fit, names in (
+        (mixture.fit_bmm, ("alphas", "betas", "weights")),
+        (mixture.fit_gmm, ("means", "variances", "weights")),
+    ):
+        a = fit(raw)
+        for ps in range(3):
+            b = fit(np.random.default_rng(ps).permutation(raw))
+            for name in ("lo", "hi"):
+                np.testing.assert_array_equal(_f(getattr(b, name)), _f(getattr(a, name)))
+            for name in names:
+                np.testing.assert_allclose(_f(getattr(b, name)), _f(getattr(a, name)), rtol=1e-5)
 
 
 # =========================================================================== degenerate input
