@@ -395,6 +395,15 @@ def test_trainable_filter_selects_head_when_frozen(name: str, head: str) -> None
     assert sorted(p for p, _ in frozen) == [(head, "bias"), (head, "kernel")]
     full = nnx.state(model, trainable_filter(name, freeze_backbone=False))
     assert jax.tree.structure(full) == jax.tree.structure(nnx.state(model, nnx.Param))
+    # The functional form documented in trainable_filter: trainable / frozen params / stats.
+    _, trainable, rest, stats = nnx.split(
+        model, trainable_filter(name, freeze_backbone=True), nnx.Param, nnx.BatchStat
+    )
+    n_head = sum(x.size for x in jax.tree.leaves(trainable))
+    features = {"small_cnn": 4 * 8, "preact_resnet18": 8 * 8, "resnet50": 32 * 8}[name]
+    assert n_head == features * 10 + 10
+    assert n_head + sum(x.size for x in jax.tree.leaves(rest)) == _n_params(model)
+    assert len(jax.tree.leaves(stats)) > 0
 
 
 def test_optimizer_with_frozen_backbone_updates_only_head() -> None:
