@@ -185,6 +185,9 @@ def _prepare(losses: jax.Array):
 def _lookup_table(posterior_fn) -> jax.Array:
     """The original's 100-bin posterior table, made monotone from its argmax on."""
     grid = jnp.linspace(_EPS_NAN, 1.0 - _EPS_NAN, LOOKUP_RESOLUTION, dtype=jnp.float32)
+    # In float32 1 - 1e-12 rounds to 1.0, where log(1 - x) = -inf (NaN or 0 posteriors in the
+    # last bin); the nearest float32 below 1 plays the role of the original's float64 grid end.
+    grid = jnp.minimum(grid, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
     t = posterior_fn(grid)
     i = jnp.argmax(t)
     return jnp.where(jnp.arange(LOOKUP_RESOLUTION) >= i, t[i], t)
@@ -241,9 +244,9 @@ def fit_bmm(losses: jax.Array, *, max_iters: int = 10, noisy: Noisy = "initial")
     def em_step(_, params):
         alphas, betas, weights, shift = params
         p0, p1 = (jnp.maximum(p, _EPS_NAN) for p in _bmm_weighted_likelihoods(lx, l1x, *params[:3]))
-        r0 = mask * p0 / (p0 + p1)  # floored, normalised responsibilities; r1 = mask - r0
+        inv = mask / (p0 + p1)  # floored, normalised responsibilities r_k = p_k * inv
         new_a, new_b, sums = [], [], []
-        for k, rk in enumerate((r0, mask - r0)):
+        for k, rk in enumerate((p0 * inv, p1 * inv)):
             # Sums of r, r (x - c), r (x - c)^2 with c the previous mean, which keeps the
             # float32 variance free of cancellation. (Plain jnp.sum: XLA:CPU vectorises these
             # and sums pairwise-accurately; a variadic reduce is neither.)
@@ -320,9 +323,9 @@ def fit_gmm(
     def em_step(_, params):
         means, variances, weights = params
         logp = _gmm_log_weighted(x, means, variances, weights)
-        r0 = mask * jnp.exp(logp[0] - jax.nn.logsumexp(logp, axis=0))
+        log_norm = jax.nn.logsumexp(logp, axis=0)
         new = []
-        for k, rk in enumerate((r0, mask - r0)):
+        for k, rk in enumerate(mask * jnp.exp(logp[k] - log_norm) for k in range(2)):
             d = x - means[k]  # shift by the previous mean (see fit_bmm)
             s0, s1, s2 = jnp.sum(rk), jnp.sum(rk * d), jnp.sum(rk * d * d)
             mean_d = s1 / s0
@@ -368,7 +371,8 @@ def posterior_noisy(state: MixtureState, losses: jax.Array, *, lookup: bool = Fa
     x = normalize_losses(losses, state.lo, state.hi)
     if lookup:
         idx = jnp.clip((LOOKUP_RESOLUTION * x).astype(jnp.int32), 0, LOOKUP_RESOLUTION - 1)
-        p = state.lookup[idx]
+        # Explicit-sharding meshes need the output sharding of a gather from a replicated table.
+        p = state.lookup.at[idx].get(out_sharding=jax.typeof(idx).sharding)
     elif isinstance(state, BMMState):
         wl = _bmm_weighted_likelihoods(
             jnp.log(x), jnp.log1p(-x), state.alphas, state.betas, state.weights

@@ -1,0 +1,136 @@
+"""Images/s of one train step per algorithm (PreAct ResNet-18, batch 128, 32x32x3), vs CE.
+
+    python benchmarks/bench_step.py                      # width 16 (1/4) and 64, writes results
+    python benchmarks/bench_step.py --widths 16 --rounds 3 --no-write
+
+Each algorithm's step is the real jaxnoise step of its bootstrapping phase (the most expensive
+phase of the method), compiled once; the algorithms are timed in interleaved rounds (so machine
+noise hits all alike) and reported as the median seconds per step and the cost relative to CE,
+measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import default  # noqa: E402
+from jaxnoise import config as config_lib  # noqa: E402
+from jaxnoise import data as data_lib  # noqa: E402
+from jaxnoise import mixture, train  # noqa: E402
+
+ALGOS = {
+    "CE": dict(method="CE"),
+    "M": dict(method="M"),
+    "M-DYR-H (batch)": dict(method="M-DYR-H"),
+    "M-DYR-H (epoch)": dict(method="M-DYR-H", posterior_source="epoch"),
+    "M-DYR-S (batch)": dict(method="M-DYR-S"),
+    "MD-DYR-SH (batch)": dict(method="MD-DYR-SH"),
+    "MD-DYR-SH (epoch)": dict(method="MD-DYR-SH", posterior_source="epoch"),
+}
+
+
+def fake_cifar(n: int = 1024) -> data_lib.Dataset:
+    """Random CIFAR-shaped data (the step's cost does not depend on the pixels)."""
+    rng = np.random.default_rng(0)
+    return data_lib.Dataset(
+        train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        train_labels=rng.integers(0, 10, n).astype(np.int32),
+        test_images=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+        test_labels=rng.integers(0, 10, 10).astype(np.int32),
+        class_names=[str(i) for i in range(10)],
+        name="fake",
+    )
+
+
+def build(width: int, ds: data_lib.Dataset):
+    """One compiled step (and its inputs) per algorithm."""
+    steps = {}
+    for name, over in ALGOS.items():
+        c = default.get_config()
+        c.width = width
+        for k, v in over.items():
+            setattr(c, k, v)
+        graphdef, tx, state, aux = train.init_train_state(c, ds)
+        losses = jnp.asarray(np.random.default_rng(1).gamma(1.0, 1.0, len(ds.train_labels)))
+        state["mixture"] = mixture.fit(c.noise_model, losses)
+        aux["p_noisy"] = mixture.posterior_noisy(state["mixture"], losses)
+        phase = config_lib.phase_for_epoch(c, c.epochs)  # the method's final (full) phase
+        mean, std = ds.mean_std()
+        fn = train.make_train_step(graphdef, tx, c, phase, 10, mean, std)
+        data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}
+        perm = jnp.arange(len(ds.train_labels))
+        steps[name] = [fn, state, data, aux, perm]
+    return steps
+
+
+def run_step(entry, i: int) -> float:
+    """Time one step (blocking)."""
+    fn, state, data, aux, perm = entry
+    t = time.perf_counter()
+    state = fn(state, data, aux, perm, jnp.int32(i % 8), jax.random.key(i), jnp.float32(0.5))
+    jax.block_until_ready(state["loss_sum"])
+    entry[1] = state
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    """Measure and print (and by default write) the table."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    ds = fake_cifar()
+    sections = []
+    for width in args.widths:
+        rounds = args.rounds if width <= 16 else max(2, args.rounds // 2)
+        steps = build(width, ds)
+        for entry in steps.values():  # compile + warm up
+            run_step(entry, 0)
+            run_step(entry, 1)
+        times = {name: [] for name in steps}
+        for r in range(rounds):
+            for name, entry in steps.items():
+                times[name].append(run_step(entry, 2 + r))
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        lines = [
+            f"### width {width} ({'full' if width == 64 else f'1/{64 // width}'}), batch 128",
+            "",
+            "| algorithm | s/step | images/s | cost vs CE |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, s in med.items():
+            lines.append(f"| {name} | {s:.3f} | {128 / s:.0f} | {s / med['CE']:.2f}x |")
+            print(f"width {width:3d}  {name:20s} {s:.3f} s/step  {128 / s:7.0f} img/s  "
+                  f"{s / med['CE']:.2f}x CE", flush=True)  # fmt: skip
+        sections.append("\n".join(lines))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    text = (
+        "# Train-step cost per algorithm\n\n"
+        f"Command: `python benchmarks/bench_step.py --rounds {args.rounds}`  \n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jaxnoise "
+        f"commit {commit}. Median over interleaved rounds, one run. Each algorithm's step is its "
+        "bootstrapping phase (the most expensive one).\n\n" + "\n\n".join(sections) + "\n"
+    )
+    print(text)
+    if not args.no_write:
+        with open(os.path.join(ROOT, "benchmarks", "results", "step.md"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
