@@ -1,4 +1,6 @@
-"""Train with noisy labels: ``python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5``.
+"""Train with noisy labels.
+
+    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5
 
 The workdir (default ``runs/<config name>``) holds the resolved config, metrics.jsonl, the
 checkpoints and the last epoch's per-sample arrays; re-running the same command resumes.

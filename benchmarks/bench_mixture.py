@@ -121,12 +121,14 @@ def main() -> None:
         f"{jax.devices()[0].platform}; jaxnoise commit {commit}; median of {args.repeats} "
         "interleaved repeats, measured in one run.",
         "",
-        "| N | numpy/scipy (ms) | jaxnoise (ms) | speed-up | alpha rel. diff | max abs posterior diff |",
+        "| N | numpy/scipy (ms) | jaxnoise (ms) | speed-up | alpha rel. diff "
+        "| max abs posterior diff |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for n, m_np, m_jax, r, a_rel, p_err in rows:
         lines.append(
-            f"| {n:,} | {m_np * 1e3:.1f} | {m_jax * 1e3:.1f} | {r:.1f}x | {a_rel:.1e} | {p_err:.1e} |"
+            f"| {n:,} | {m_np * 1e3:.1f} | {m_jax * 1e3:.1f} | {r:.1f}x | {a_rel:.1e} "
+            f"| {p_err:.1e} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -1,7 +1,7 @@
 """Quickstart: offline, on scikit-learn's embedded digits (1,797 real 8x8 images), in minutes.
 
-    python main.py --config configs/quickstart.py                       # M-DYR-H, 50% noise
-    python main.py --config configs/quickstart.py --config.method=CE    # the baseline
+python main.py --config configs/quickstart.py                       # M-DYR-H, 50% noise
+python main.py --config configs/quickstart.py --config.method=CE    # the baseline
 """
 
 from configs import default

@@ -62,9 +62,9 @@ def validate(config: Any) -> None:
     if not (0.0 < config.lr_gamma <= 1.0):
         _fail("lr_gamma", config.lr_gamma, "a number in (0, 1]")
     ms = tuple(config.lr_milestones)
-    if any((not isinstance(m, int)) or m < 1 or m >= config.epochs for m in ms) or list(ms) != sorted(
-        set(ms)
-    ):
+    if any((not isinstance(m, int)) or m < 1 or m >= config.epochs for m in ms) or list(
+        ms
+    ) != sorted(set(ms)):
         _fail(
             "lr_milestones",
             ms,

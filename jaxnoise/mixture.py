@@ -11,9 +11,9 @@ Preprocessing (the published code's ``track_training_loss``):
    here the four order statistics the two percentiles need are found by a 32-step bisection over
    the float32 bit patterns (each step one fused counting pass), which is exact and ~10x cheaper.
 2. The fit uses only the samples with ``p5 <= l <= p95``.
-3. ``x = (l - lo) / (hi - lo + 1e-6)`` with ``lo = p5 + 1e-5``, ``hi = p95``; then ``x >= 1`` becomes
-   ``1 - 1e-3`` and ``x <= 0`` becomes ``1e-3``. Posteriors of new losses use the same mapping
-   with the stored ``lo``/``hi``.
+3. ``x = (l - lo) / (hi - lo + 1e-6)`` with ``lo = p5 + 1e-5``, ``hi = p95``; then ``x >= 1``
+   becomes ``1 - 1e-3`` and ``x <= 0`` becomes ``1e-3``. Posteriors of new losses use the same
+   mapping with the stored ``lo``/``hi``.
 
 BMM EM (paper eqs. 4-6): init ``alpha = (1, 2)``, ``beta = (2, 1)``, ``pi = (0.5, 0.5)``;
 observations bounded to ``[1e-4, 1 - 1e-4]``; E-step responsibilities ``pi_k Beta(x | a_k, b_k)``

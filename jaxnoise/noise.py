@@ -106,7 +106,7 @@ def asymmetric(
     dataset: str = "cifar10",
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class-pair flips with probability ``rate`` (CIFAR-10 pairs, or CIFAR-100 superclass cycles)."""
+    """Class-pair flips with probability ``rate`` (CIFAR-10 pairs / CIFAR-100 superclass cycles)."""
     if dataset == "cifar10":
         num_classes = 10
         target = np.arange(10)

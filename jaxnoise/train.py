@@ -30,10 +30,8 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import losses
+from jaxnoise import losses, mixture, models
 from jaxnoise import metrics as metrics_lib
-from jaxnoise import mixture
-from jaxnoise import models
 from jaxnoise import noise as noise_lib
 from jaxnoise.progress import Progress, log
 
@@ -270,8 +268,8 @@ def forward_all(chunk_fn, state, images, labels, chunk: int, key=None, augment=F
     for s in range(steps):
         idx = all_idx[s * chunk : (s + 1) * chunk]
         k = jax.random.fold_in(key, s) if key is not None else None
-        l, z = chunk_fn(state, images, labels, idx, k, augment=augment)
-        outs_l.append(l)
+        loss, z = chunk_fn(state, images, labels, idx, k, augment=augment)
+        outs_l.append(loss)
         outs_z.append(z)
         if bar:
             bar.update(1)
@@ -318,7 +316,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         "images": jnp.asarray(ds.train_images),
         "labels": jnp.asarray(noisy_labels, jnp.int32),
     }
-    true_labels = jnp.asarray(ds.train_labels, jnp.int32)
     mask_dev = jnp.asarray(noise_mask)
     test_images = jnp.asarray(ds.test_images)
     test_labels = jnp.asarray(ds.test_labels, jnp.int32)
@@ -405,9 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                 noisy=config.noisy_component,
             )  # fmt: skip
             # The posterior the next epoch trains with (the lookup table by default).
-            p_noisy = mixture.posterior_noisy(
-                mix_state, track_loss, lookup=config.posterior_lookup
-            )
+            p_noisy = mixture.posterior_noisy(mix_state, track_loss, lookup=config.posterior_lookup)
             jax.block_until_ready(p_noisy)
             t_fit = time.time() - t_fit
             state["mixture"] = mix_state
@@ -439,7 +434,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                 "loss_quantiles_noisy": [float(v) for v in quant["noisy"]],
                 "mixture": mixture.summary(mix_state),
                 "seconds": {
-                    "train": t_train, "track": t_track, "fit": t_fit, "eval": t_eval,
+                    "train": t_train,
+                    "track": t_track,
+                    "fit": t_fit,
+                    "eval": t_eval,
                 },  # fmt: skip
                 "images_per_s": steps_per_epoch * config.batch_size / max(t_train, 1e-9),
             }
