@@ -337,6 +337,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         log(f"resumed from {workdir} after epoch {meta['epoch']}")
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(resolved, f, indent=2, sort_keys=True)
+    with open(os.path.join(workdir, "dataset.json"), "w") as f:
+        json.dump(
+            {
+                "name": ds.name,
+                "class_names": list(ds.class_names),
+                "num_train": n_train,
+                # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
+                "noise_known": config.noise_kind != "none",
+                "train_paths": list(ds.train_paths) if ds.train_paths else None,
+            },
+            f,
+        )
 
     eval_chunk = make_eval_chunk(graphdef, config, mean, std)
     steps_cache: dict[config_lib.Phase, Any] = {}
