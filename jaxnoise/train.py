@@ -484,6 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             loss=track_loss,
             p_noisy=p_noisy,
             prediction=np.argmax(track_logits, -1).astype(np.int32),
+            logits=track_logits.astype(np.float32),
             noisy_label=noisy_labels,
             true_label=ds.train_labels.astype(np.int32),
             noise_mask=noise_mask,
