@@ -11,6 +11,15 @@ norm (to show whether a flag changes the numbers).
 
 Reference point: PyTorch (CPU, 2 threads) takes about 3.85 s for the same step at full width and
 batch 128.
+
+Findings with jax 0.10.2 on a 2-core x86 machine (timings there are noisy when other jobs run;
+compare min s/step of runs made back to back):
+- the default XLA:CPU pipeline already runs convolutions as YNNPACK custom fusions (`__ynn_fusion`
+  in the optimized HLO, see `--xla_dump_to`); default was ~3.6-3.8 s/step on a quiet machine;
+- the xnnpack / onednn flags below leave the optimized HLO unchanged in this jaxlib build (same
+  loss and gradient norm to the last bit), so any difference between them is noise;
+- `ynn_conv_dot` also sends dots to YNNPACK: slightly different numbers, and slower (~4.9 s);
+- `--xla_cpu_use_thunk_runtime=false` is accepted but ignored ("no longer supported").
 """
 
 from __future__ import annotations

@@ -68,6 +68,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.temperature_epochs = 89  # temperature goes linearly 1 -> final over this many epochs
     c.final_temperature = 0.001
 
+    # --- devices ----------------------------------------------------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = 0  # data-parallel devices (0 = all devices of all processes)
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.auto = False  # jax.distributed.initialize() from the cluster (SLURM, TPU, ...)
+    c.distributed.coordinator_address = ""  # or explicit: "host:port" of process 0 ...
+    c.distributed.num_processes = 1  # ... the number of processes ...
+    c.distributed.process_id = 0  # ... and this process's id
+
     # --- evaluation, logging, checkpoints ---------------------------------------------------
     c.eval_batch_size = 1000  # chunk size of the tracking pass and the test evaluation
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)

@@ -17,7 +17,7 @@ import signal
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 # Fields that do not change results: a resumed run may differ in these.
@@ -78,9 +78,13 @@ class Checkpointer:
         return {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}, treedef
 
     def save(self, epoch: int, tree: Any, meta: dict) -> None:
-        """Save the pytree (copied to host first, so its buffers may be donated afterwards)."""
+        """Save the pytree of (possibly sharded, multi-host) arrays; collective on all hosts.
+
+        The arrays are copied on device first, so the caller may donate its buffers to the next
+        step while orbax writes in the background.
+        """
         flat, _ = self._leaves(tree)
-        flat = {k: np.asarray(v) for k, v in jax.device_get(flat).items()}
+        flat = {k: jnp.array(v, copy=True) for k, v in flat.items()}
         self.manager.save(
             epoch,
             args=ocp.args.Composite(
@@ -89,19 +93,21 @@ class Checkpointer:
         )
 
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
-        """Restore the newest checkpoint into the structure of ``template``; None if none."""
+        """Restore the newest checkpoint into the structure and shardings of ``template``."""
         step = self.manager.latest_step()
         if step is None:
             return None
         flat, treedef = self._leaves(template)
-        target = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
+        target = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in flat.items()
+        }
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
             ),
         )
-        leaves = [jax.numpy.asarray(restored.state[k]) for k in sorted(restored.state)]
+        leaves = [restored.state[k] for k in sorted(restored.state)]
         if len(leaves) != treedef.num_leaves:
             raise RuntimeError(f"checkpoint {step} in {self.directory} has a different structure")
         return jax.tree_util.tree_unflatten(treedef, leaves), dict(restored.meta)

@@ -528,6 +528,14 @@ def balanced_subset(ds: Dataset, per_class: int, *, seed: int) -> Dataset:
     )
 
 
+def take_train(ds: Dataset, n: int) -> Dataset:
+    """Keep the first `n` training samples (test split untouched)."""
+    paths = None if ds.train_paths is None else list(ds.train_paths[:n])
+    return dataclasses.replace(
+        ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n], train_paths=paths
+    )
+
+
 # --------------------------------------------------------------------------------------
 # device side
 

@@ -30,7 +30,7 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import losses, mixture, models
+from jaxnoise import losses, mixture, models, parallel
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise.progress import Progress, log
@@ -68,9 +68,16 @@ def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
     )
 
 
-def validate_against_data(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> None:
+def validate_against_data(
+    config: ml_collections.ConfigDict, ds: data_lib.Dataset, num_devices: int = 1
+) -> None:
     """Checks that need the dataset's size (still before anything is compiled)."""
     n = ds.train_images.shape[0]
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"config.batch_size = {config.batch_size} must be divisible by the number of devices "
+            f"({num_devices}) for data parallelism"
+        )
     if config.batch_size > n:
         raise ValueError(
             f"config.batch_size = {config.batch_size} is larger than the training set ({n} "
@@ -119,8 +126,11 @@ def split_model(model: nnx.Module, config: ml_collections.ConfigDict):
     return nnx.split(model, trainable, nnx.Param, nnx.BatchStat)
 
 
-def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
-    """(graphdef, optimizer, train state, per-sample aux) for a fresh run."""
+def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, mesh=None):
+    """(graphdef, optimizer, train state, per-sample aux) for a fresh run.
+
+    With a mesh, the state is replicated and the per-sample aux arrays are sharded over it.
+    """
     model = create_model(config, ds)
     graphdef, params, frozen, stats = split_model(model, config)
     tx = create_optimizer(config)
@@ -134,11 +144,35 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
         "step": jnp.zeros((), jnp.int32),
         "loss_sum": jnp.zeros((), jnp.float32),
     }
-    aux = {  # per-sample posteriors and clean logits from the last tracking pass
-        "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
-        "logits": jnp.zeros((n_train, ds.num_classes), jnp.float32),
+    if mesh is None:
+        aux = {  # per-sample posteriors and clean logits from the last tracking pass
+            "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
+            "logits": jnp.zeros((n_train, ds.num_classes), jnp.float32),
+        }
+        return graphdef, tx, state, aux
+    state = parallel.put_replicated(mesh, state)
+    aux = {
+        "p_noisy": parallel.zeros_like_sharded(mesh, (n_train,), jnp.float32, 0.5),
+        "logits": parallel.zeros_like_sharded(mesh, (n_train, ds.num_classes), jnp.float32),
     }
     return graphdef, tx, state, aux
+
+
+# ------------------------------------------------------------------------------------------------
+# Randomness: every key derives from (seed, epoch, step) inside jit, so nothing random needs
+# checkpointing and every process of a multi-host job draws the same values.
+
+
+def epoch_keys(seed: int, epoch) -> jax.Array:
+    """(permutation key, tracking key, step key) of an epoch."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), epoch), 3)
+
+
+def make_permutation_fn(seed: int, n: int, mesh=None):
+    """Jitted epoch -> permutation of the training set (replicated over the mesh)."""
+    out = parallel.replicated(mesh) if mesh is not None else None
+    return jax.jit(lambda epoch: jax.random.permutation(epoch_keys(seed, epoch)[0], n),
+                   out_shardings=out)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +187,8 @@ def _apply(graphdef, params, frozen, stats, x, train: bool):
 
 
 def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
-                    num_classes: int, mean: np.ndarray, std: np.ndarray):  # fmt: skip
+                    num_classes: int, mean: np.ndarray, std: np.ndarray,
+                    mesh=None):  # fmt: skip
     """Build the jitted train step for one phase.
 
     The step gathers its batch from the device-resident training set, augments, (optionally)
@@ -162,28 +197,29 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: conf
     mean, std = jnp.asarray(mean), jnp.asarray(std)
     B = config.batch_size
 
-    def step(state, data, aux, perm, step_idx, key, temperature):
+    def step(state, data, aux, perm, step_idx, epoch, temperature):
+        key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], step_idx)
         k_aug, k_mix, k_lam, k_loss = jax.random.split(key, 4)
         idx = jax.lax.dynamic_slice_in_dim(perm, step_idx * B, B)
-        x = data_lib.augment(
-            data["images"][idx], k_aug, padding=config.data.crop_padding, flip=config.data.flip
-        )
+        # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
+        x = parallel.constrain_batch(data["images"][idx], mesh)
+        y = parallel.constrain_batch(data["labels"][idx], mesh)
+        x = data_lib.augment(x, k_aug, padding=config.data.crop_padding, flip=config.data.flip)
         x = data_lib.normalize(x, mean, std)
-        y = data["labels"][idx]
         params, frozen, stats = state["params"], state["frozen"], state["stats"]
 
         # Clean predictions z (train mode, as the published code) and noisy-posteriors w.
         logits_clean = None
         if phase.needs_clean_logits:
             if config.posterior_source == "epoch":
-                logits_clean = aux["logits"][idx]
+                logits_clean = parallel.constrain_batch(aux["logits"][idx], mesh)
             else:
                 logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
                 logits_clean = jax.lax.stop_gradient(logits_clean)
         w = None
         if phase.needs_posteriors:
             if config.posterior_source == "epoch":
-                w = aux["p_noisy"][idx]
+                w = parallel.constrain_batch(aux["p_noisy"][idx], mesh)
             else:
                 logits_eval, _ = _apply(graphdef, params, frozen, stats, x, False)
                 batch_loss = losses.cross_entropy(logits_eval, y)
@@ -237,45 +273,61 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: conf
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std):
+def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh=None):
     """Jitted eval-mode forward on one chunk of indices: per-sample loss, logits."""
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     @functools.partial(jax.jit, static_argnames=("augment",))
-    def chunk(state, images, labels, idx, key, augment: bool = False):
-        x = images[idx]
+    def chunk(state, images, labels, idx, epoch, chunk_idx, augment: bool = False):
+        x = parallel.constrain_batch(images[idx], mesh)
         if augment:
+            key = jax.random.fold_in(epoch_keys(config.seed, epoch)[1], chunk_idx)
             x = data_lib.augment(x, key, padding=config.data.crop_padding, flip=config.data.flip)
         x = data_lib.normalize(x, mean, std)
         logits, _ = _apply(graphdef, state["params"], state["frozen"], state["stats"], x, False)
-        return losses.cross_entropy(logits, labels[idx]), logits
+        return losses.cross_entropy(logits, parallel.constrain_batch(labels[idx], mesh)), logits
 
     return chunk
 
 
-def forward_all(chunk_fn, state, images, labels, chunk: int, key=None, augment=False,
-                progress: str | None = None):  # fmt: skip
+def forward_all(chunk_fn, state, images, labels, chunk: int, epoch: int = 0, augment=False,
+                progress: str | None = None, mesh=None):  # fmt: skip
     """Eval-mode pass over a whole device-resident split in fixed-size chunks.
 
-    Returns per-sample losses (N,) and logits (N, C), both on device.
+    Returns per-sample losses (N,) and logits (N, C), both on device (sharded over the mesh).
     """
     n = images.shape[0]
-    chunk = min(chunk, n)
+    d = mesh.size if mesh is not None else 1
+    chunk = max(d, min(chunk, n) // d * d)
     steps = -(-n // chunk)
-    all_idx = jnp.arange(steps * chunk) % n  # the tail chunk wraps around; trimmed below
+    all_idx = np.arange(steps * chunk, dtype=np.int32) % n  # the tail wraps; trimmed below
     outs_l, outs_z = [], []
     bar = Progress(steps, progress) if progress else None
     for s in range(steps):
         idx = all_idx[s * chunk : (s + 1) * chunk]
-        k = jax.random.fold_in(key, s) if key is not None else None
-        loss, z = chunk_fn(state, images, labels, idx, k, augment=augment)
+        loss, z = chunk_fn(
+            state, images, labels, idx, np.int32(epoch), np.int32(s), augment=augment
+        )
         outs_l.append(loss)
         outs_z.append(z)
         if bar:
             bar.update(1)
     if bar:
         bar.close()
-    return jnp.concatenate(outs_l)[:n], jnp.concatenate(outs_z)[:n]
+    return _concat(n, mesh)(outs_l, outs_z)
+
+
+@functools.cache
+def _concat(n: int, mesh):
+    """Jitted concatenation of per-chunk outputs into per-sample arrays (sharded on a mesh)."""
+    out = None
+    if mesh is not None and n % mesh.size == 0:  # the training set; the test set is replicated
+        out = (parallel.sample_sharding(mesh, 1), parallel.sample_sharding(mesh, 2))
+    elif mesh is not None:
+        out = (parallel.replicated(mesh), parallel.replicated(mesh))
+    return jax.jit(
+        lambda ls, zs: (jnp.concatenate(ls)[:n], jnp.concatenate(zs)[:n]), out_shardings=out
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +338,24 @@ def _config_fingerprint(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def _write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config) -> None:
+    """config.json and dataset.json (class names, image paths, whether the noise is known)."""
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(resolved, f, indent=2, sort_keys=True)
+    with open(os.path.join(workdir, "dataset.json"), "w") as f:
+        json.dump(
+            {
+                "name": ds.name,
+                "class_names": list(ds.class_names),
+                "num_train": int(ds.train_images.shape[0]),
+                # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
+                "noise_known": config.noise_kind != "none",
+                "train_paths": list(ds.train_paths) if ds.train_paths else None,
+            },
+            f,
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False,
                        stop_after_epoch: int | None = None) -> dict:  # fmt: skip
     """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config.
@@ -294,14 +364,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     calling again resumes.
     """
     config_lib.validate(config)
+    parallel.initialize(config)
+    mesh = parallel.make_mesh(config.mesh.num_devices)
+    main_process = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     resolved = _config_fingerprint(config)
-    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh)
+    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh and main_process)
 
     t0 = time.time()
     ds = load_data(config)
-    validate_against_data(config, ds)
+    validate_against_data(config, ds, mesh.size)
     noisy_labels, noise_mask = inject_noise(config, ds)
+    n_use = parallel.usable_samples(ds.train_images.shape[0], mesh)
+    if n_use < ds.train_images.shape[0]:  # per-sample arrays shard evenly over the mesh
+        log(f"using the first {n_use} of {ds.train_images.shape[0]} training samples "
+            f"(divisible by the {mesh.size} devices)")  # fmt: skip
+        ds = data_lib.take_train(ds, n_use)
+        noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
     log(
         f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} "
         f"classes {ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
@@ -311,16 +390,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     n_train, num_classes = ds.train_images.shape[0], ds.num_classes
     steps_per_epoch = n_train // config.batch_size
 
-    # Device-resident data.
+    # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
+    # process places only its block), the (small) test set replicated.
     data = {
-        "images": jnp.asarray(ds.train_images),
-        "labels": jnp.asarray(noisy_labels, jnp.int32),
+        "images": parallel.put_samples(mesh, ds.train_images),
+        "labels": parallel.put_samples(mesh, noisy_labels.astype(np.int32)),
     }
-    mask_dev = jnp.asarray(noise_mask)
-    test_images = jnp.asarray(ds.test_images)
-    test_labels = jnp.asarray(ds.test_labels, jnp.int32)
+    mask_dev = parallel.put_samples(mesh, noise_mask)
+    test_images, test_labels = parallel.put_replicated(
+        mesh, (ds.test_images, ds.test_labels.astype(np.int32))
+    )
+    log(f"devices: {mesh.size} ({jax.devices()[0].platform}, {jax.process_count()} process(es))")
 
-    graphdef, tx, state, aux = init_train_state(config, ds)
+    graphdef, tx, state, aux = init_train_state(config, ds, mesh)
     manager = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     history: list[dict] = []
     best_acc, start_epoch = 0.0, 1
@@ -328,31 +410,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     if restored is not None:
         tree, meta = restored
         state, aux = tree["state"], tree["aux"]
-        if not np.array_equal(np.asarray(tree["labels"]), noisy_labels):
+        if not np.array_equal(parallel.gather_to_host(tree["labels"]), noisy_labels):
             raise RuntimeError(
                 f"checkpoint in {workdir} holds different noisy labels than this config produces"
             )
         history, best_acc = meta["history"], meta["best_acc"]
         start_epoch = meta["epoch"] + 1
         log(f"resumed from {workdir} after epoch {meta['epoch']}")
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2, sort_keys=True)
-    with open(os.path.join(workdir, "dataset.json"), "w") as f:
-        json.dump(
-            {
-                "name": ds.name,
-                "class_names": list(ds.class_names),
-                "num_train": n_train,
-                # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
-                "noise_known": config.noise_kind != "none",
-                "train_paths": list(ds.train_paths) if ds.train_paths else None,
-            },
-            f,
-        )
+    if main_process:
+        _write_run_info(workdir, resolved, ds, config)
 
-    eval_chunk = make_eval_chunk(graphdef, config, mean, std)
+    eval_chunk = make_eval_chunk(graphdef, config, mean, std, mesh)
     steps_cache: dict[config_lib.Phase, Any] = {}
-    root_key = jax.random.key(config.seed)
+    permutation = make_permutation_fn(config.seed, n_train, mesh)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     last_arrays = None
 
@@ -361,23 +431,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             phase = config_lib.phase_for_epoch(config, epoch)
             if phase not in steps_cache:
                 steps_cache[phase] = make_train_step(
-                    graphdef, tx, config, phase, num_classes, mean, std
+                    graphdef, tx, config, phase, num_classes, mean, std, mesh
                 )
             train_step = steps_cache[phase]
             lr = config_lib.lr_for_epoch(config, epoch)
-            state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-            temperature = jnp.asarray(config_lib.temperature_for_epoch(config, epoch), jnp.float32)
-            perm_key, track_key, step_key = jax.random.split(jax.random.fold_in(root_key, epoch), 3)
-            perm = jax.random.permutation(perm_key, n_train)
-            state["loss_sum"] = jnp.zeros((), jnp.float32)
+            state["opt_state"].hyperparams["learning_rate"] = parallel.put_replicated(
+                mesh, np.float32(lr)
+            )
+            temperature = np.float32(config_lib.temperature_for_epoch(config, epoch))
+            perm = permutation(np.int32(epoch))
+            state["loss_sum"] = parallel.put_replicated(mesh, np.float32(0.0))
 
             # --- train epoch -------------------------------------------------------------
             t_train = time.time()
             bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}")
             for s in range(steps_per_epoch):
                 state = train_step(
-                    state, data, aux, perm, jnp.int32(s), jax.random.fold_in(step_key, s),
-                    temperature,
+                    state, data, aux, perm, np.int32(s), np.int32(epoch), temperature,
                 )  # fmt: skip
                 if (s + 1) % config.log_every_steps == 0 or s + 1 == steps_per_epoch:
                     bar.update(
@@ -404,7 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             t_track = time.time()
             track_loss, track_logits = forward_all(
                 eval_chunk, state, data["images"], data["labels"], config.eval_batch_size,
-                key=track_key, augment=config.track_augment,
+                epoch=epoch, augment=config.track_augment, mesh=mesh,
             )  # fmt: skip
             jax.block_until_ready(track_loss)
             t_track = time.time() - t_track
@@ -424,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             # --- evaluation ----------------------------------------------------------------
             t_eval = time.time()
             test_loss, test_logits = forward_all(
-                eval_chunk, state, test_images, test_labels, config.eval_batch_size
+                eval_chunk, state, test_images, test_labels, config.eval_batch_size, mesh=mesh
             )
             test_acc = 100.0 * float(jnp.mean(jnp.argmax(test_logits, -1) == test_labels))
             t_eval = time.time() - t_eval
@@ -456,8 +526,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             if not record["mixture"]["valid"]:
                 log(f"epoch {epoch}: the mixture fit was degenerate; posteriors are 0.5")
             history.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if main_process:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             log(
                 f"epoch {epoch}: train loss {train_loss:.4f}  test acc {test_acc:.2f}% "
                 f"(best {best_acc:.2f}%)  noise AUROC {record['auroc']:.4f}  "
@@ -478,7 +549,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     manager.wait()
 
     if last_arrays is not None:
-        track_loss, p_noisy, track_logits = jax.device_get(last_arrays)
+        track_loss, p_noisy, track_logits = (parallel.gather_to_host(a) for a in last_arrays)
+    if last_arrays is not None and main_process:
         np.savez(
             os.path.join(workdir, "per_sample.npz"),
             loss=track_loss,

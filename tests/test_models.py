@@ -78,13 +78,20 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *, train: b
     return nnx.merge(graphdef, state, copy=True)(x, train=train)
 
 
+def _states_equal(a: nnx.Module | nnx.State, b: nnx.Module | nnx.State) -> bool:
+    sa = a if isinstance(a, nnx.State) else nnx.state(a)
+    sb = b if isinstance(b, nnx.State) else nnx.state(b)
+    eq = jax.tree.map(lambda u, v: bool(np.array_equal(np.asarray(u), np.asarray(v))), sa, sb)
+    return all(jax.tree.leaves(eq))
+
+
 def _random_images(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
     return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
 
 
 @pytest.fixture(scope="module")
 def tiny_r50() -> ResNet50:
-    """A width-8, 10-class ResNet50, built once (eager init compiles one program per shape)."""
+    """A width-8, 10-class ResNet50, built once per test session (init is the costly part)."""
     return _init(_make_r50, seed=0)
 
 
@@ -126,7 +133,7 @@ def test_unknown_model_name() -> None:
 
 
 def test_preact_resnet18_param_count_matches_pytorch() -> None:
-    # Formula for Kuang Liu's PreActResNet18 (w = 64, bias-free convs, 2 BN params per channel).
+    # Formula for the published PreActResNet18 (w = 64, bias-free convs, 2 BN params per channel).
     w, c = 64, 10
     stem = 3 * 3 * 3 * w
     total, cin = stem, w
@@ -140,9 +147,14 @@ def test_preact_resnet18_param_count_matches_pytorch() -> None:
                 total += cin * planes  # 1x1 shortcut
             cin = planes
     total += cin * c + c
-    assert total == 11_171_146  # also counted on torch 2.13: sum(p.numel()) of the published model
-    model = nnx.eval_shape(lambda: PreActResNet18(10, rngs=nnx.Rngs(0)))
+    # Kuang Liu's pytorch-cifar PreActResNet18: sum(p.numel()) on torch 2.13 is 11,171,146.
+    assert total == 11_171_146
+    model = nnx.eval_shape(lambda: PreActResNet18(10, stem_bn=False, rngs=nnx.Rngs(0)))
     assert _n_params(model) == 11_171_146
+    # LabelNoiseCorrection's PreResNet.ResNet18 adds bn1 after the stem: 11,171,274 on torch 2.13.
+    assert total + 2 * w == 11_171_274
+    model = nnx.eval_shape(lambda: PreActResNet18(10, rngs=nnx.Rngs(0)))
+    assert _n_params(model) == 11_171_274
 
 
 def test_resnet50_param_count_matches_torchvision() -> None:
@@ -153,10 +165,13 @@ def test_resnet50_param_count_matches_torchvision() -> None:
 # ------------------------------------------------------------------------------- structure
 
 
-def test_preact_resnet18_structure_matches_published_code() -> None:
-    model = nnx.eval_shape(lambda: PreActResNet18(10, width=4, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize("stem_bn", [True, False])
+def test_preact_resnet18_structure_matches_published_code(stem_bn: bool) -> None:
+    model = nnx.eval_shape(lambda: PreActResNet18(10, width=4, stem_bn=stem_bn, rngs=nnx.Rngs(0)))
     mods = [m for _, m in nnx.iter_graph(model)]
-    assert sum(isinstance(m, nnx.BatchNorm) for m in mods) == 16  # 2 per block, none elsewhere
+    # 2 per block, one after the stem in Arazo et al.'s code, none before the pool.
+    assert sum(isinstance(m, nnx.BatchNorm) for m in mods) == 16 + stem_bn
+    assert (model.bn1 is not None) == stem_bn
     assert sum(isinstance(m, nnx.Conv) for m in mods) == 1 + 16 + 3  # stem, blocks, 3 shortcuts
     assert all(not m.use_bias for m in mods if isinstance(m, nnx.Conv))
     # Projection shortcuts exactly where shape changes: first block of stages 2-4.
@@ -166,6 +181,12 @@ def test_preact_resnet18_structure_matches_published_code() -> None:
     ]
     assert has_sc == [[False, False], [True, False], [True, False], [True, False]]
     assert model.linear.in_features == 32 and model.linear.use_bias
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    assert jax.eval_shape(functools.partial(_forward, graphdef, train=True), state, x).shape == (
+        2,
+        10,
+    )
 
 
 def test_convs_pad_like_pytorch() -> None:
@@ -204,13 +225,20 @@ def test_batchnorm_settings_and_running_average() -> None:
     assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
     x = np.asarray(_random_images((4, 8, 8, 1)))
     h = _np_conv(x, np.asarray(model.convs[0].kernel[...]), stride=1, pad=1)  # (4, 8, 8, 4)
-    model(jnp.asarray(x), train=True)
+    graphdef, state = nnx.split(model)
+
+    def run(state: nnx.State, x: jax.Array, *, train: bool) -> nnx.State:
+        m = nnx.merge(graphdef, state, copy=True)
+        m(x, train=train)
+        return nnx.state(m, nnx.BatchStat)
+
+    x = jnp.asarray(x)
+    nnx.update(model, _fast_jit(functools.partial(run, train=True), state, x)(state, x))
     np.testing.assert_allclose(bn.mean[...], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4)
-    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
-    model(jnp.asarray(x), train=False)
-    after = nnx.state(model, nnx.BatchStat)
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
+    state = nnx.state(model)
+    after_eval = _fast_jit(functools.partial(run, train=False), state, x)(state, x)
+    assert _states_equal(after_eval, nnx.state(model, nnx.BatchStat))
 
 
 # --------------------------------------------------------------- functional train step (jit)
@@ -294,13 +322,6 @@ def tiny_r50_file(
     path = str(tmp_path_factory.mktemp("r50") / "tiny_resnet50.npz")
     save_resnet50_weights(model, path)
     return path, model
-
-
-def _states_equal(a: nnx.Module | nnx.State, b: nnx.Module | nnx.State) -> bool:
-    sa = a if isinstance(a, nnx.State) else nnx.state(a)
-    sb = b if isinstance(b, nnx.State) else nnx.state(b)
-    eq = jax.tree.map(lambda u, v: bool(np.array_equal(np.asarray(u), np.asarray(v))), sa, sb)
-    return all(jax.tree.leaves(eq))
 
 
 def test_save_uses_torchvision_names_and_layouts(tiny_r50_file) -> None:

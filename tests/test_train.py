@@ -55,7 +55,7 @@ def warm(digits):
     step = train.make_train_step(graphdef, tx, c, config_lib.phase_for_epoch(c, 1), 10, mean, std)
     perm = jax.random.permutation(jax.random.key(0), len(noisy))
     for s in range(len(noisy) // c.batch_size):
-        state = step(state, data, aux, perm, jnp.int32(s), jax.random.key(s), jnp.float32(1.0))
+        state = step(state, data, aux, perm, np.int32(s), np.int32(1), np.float32(1.0))
     chunk = train.make_eval_chunk(graphdef, c, mean, std)
     loss, logits = train.forward_all(chunk, state, data["images"], data["labels"], 500)
     state["mixture"] = mixture.fit_bmm(loss)
@@ -112,9 +112,7 @@ def test_each_method_step_reduces_its_loss(warm, case):
     losses = []
     for s in range(40):
         before = float(state["loss_sum"])
-        state = step(
-            state, data, aux, perm, jnp.int32(0), jax.random.key(100 + s), jnp.float32(0.5)
-        )
+        state = step(state, data, aux, perm, np.int32(0), np.int32(100 + s), np.float32(0.5))
         losses.append(float(state["loss_sum"]) - before)
     assert np.all(np.isfinite(losses)), losses
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
