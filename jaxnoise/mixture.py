@@ -361,6 +361,7 @@ def fit_gmm(
 # Posteriors.
 
 
+@functools.partial(jax.jit, static_argnames=("lookup",))
 def posterior_noisy(state: MixtureState, losses: jax.Array, *, lookup: bool = False) -> jax.Array:
     """p(noisy | raw loss) for any array of raw losses, with the bounds stored in ``state``.
 
