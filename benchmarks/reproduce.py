@@ -1,0 +1,224 @@
+"""Reproduce the published CIFAR-10 tables: named protocols of (method, noise) cells.
+
+    python benchmarks/reproduce.py --protocol reduced --root runs/reproduce     # all cells
+    python benchmarks/reproduce.py --protocol reduced --cells M-DYR-H@0.8 CE@0.8
+    python benchmarks/reproduce.py --protocol reduced --collect-only           # table only
+
+Every cell is a normal jaxnoise run in its own workdir under --root, so an interrupted
+reproduction resumes where it stopped (run the same command again), and cells can run in the
+background. The table (best and last test accuracy, noise-detection AUROC after warm-up and at
+the end, minutes per run) goes to benchmarks/results/reproduce_<protocol>.{md,json}.
+
+Protocols:
+- ``paper``: the published settings (PreAct ResNet-18, full CIFAR-10, 300 epochs with mixup /
+  120 without); for GPU users.
+- ``reduced``: the same schedules scaled down in proportion so that a cell runs in about 20
+  minutes on a 2-core CPU: a width-16 PreAct ResNet-18 on a class-balanced 5,000-image subset
+  of the real CIFAR-10 training images (../shared/data JPEGs), all schedule epochs divided by
+  10, the full 10,000-image test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
+
+# (method, noise, overrides): the published rows. Keys are "METHOD@noise[/variant]".
+CELLS = {
+    **{f"{m}@{r}": (m, r, {}) for m in ("CE", "M", "M-DYR-H") for r in (0.0, 0.5, 0.8)},
+    "M-DYR-H@0.8/gmm": ("M-DYR-H", 0.8, {"noise_model": "gmm", "noisy_component": "max_mean"}),
+    "MD-DYR-SH@0.9": ("MD-DYR-SH", 0.9, {}),
+    "MD-DYR-SH@0.9/beta": ("MD-DYR-SH", 0.9, {"mixup_draw": "beta"}),
+    "MD-DYR-SH@0.9/binomial": ("MD-DYR-SH", 0.9, {"mixup_draw": "binomial"}),
+}
+CONFIG_FILE = {
+    "CE": "cifar10_ce",
+    "M": "cifar10_m",
+    "M-DYR-H": "cifar10_m_dyr_h",
+    "M-DYR-S": "cifar10_m_dyr_s",
+    "MD-DYR-SH": "cifar10_md_dyr_sh",
+}
+
+
+def scale_schedule(c, factor: int) -> None:
+    """Divide every epoch count of the schedule by ``factor`` (rounded, kept consistent)."""
+
+    def s(e: int) -> int:
+        return max(1, round(e / factor))
+
+    c.epochs = s(c.epochs)
+    c.lr_milestones = tuple(sorted({min(s(m), c.epochs - 1) for m in c.lr_milestones}))
+    c.bootstrap_start_epoch = max(2, s(c.bootstrap_start_epoch))
+    c.dynamic_start_epoch = max(2, s(c.dynamic_start_epoch))
+    c.soft_to_hard_start_epoch = max(c.dynamic_start_epoch + 1, s(c.soft_to_hard_start_epoch))
+    c.temperature_epochs = max(1, s(c.temperature_epochs))
+
+
+def cifar_folder(extract_to: str) -> str:
+    """Extract the shared CIFAR-10 JPEGs once and return the image-folder root."""
+    root = os.path.join(extract_to, "cifar10-jpeg")
+    if not os.path.isdir(os.path.join(root, "train")):
+        if not os.path.exists(SHARED_TAR):
+            raise FileNotFoundError(f"{SHARED_TAR} not found: the reduced protocol needs it")
+        os.makedirs(root, exist_ok=True)
+        with tarfile.open(SHARED_TAR) as t:
+            t.extractall(root, filter="data")
+        # The tarball may hold a top-level folder: find the one with train/ and test/.
+        for dirpath, dirnames, _ in os.walk(root):
+            if "train" in dirnames and "test" in dirnames:
+                return dirpath
+    for dirpath, dirnames, _ in os.walk(root):
+        if "train" in dirnames and "test" in dirnames:
+            return dirpath
+    raise FileNotFoundError(f"no train/ and test/ folders under {root}")
+
+
+def make_config(protocol: str, cell: str, data_root: str | None):
+    """The full config of one cell under a protocol."""
+    import importlib
+
+    method, noise, over = CELLS[cell]
+    c = importlib.import_module(f"configs.{CONFIG_FILE[method]}").get_config()
+    c.noise = float(noise)
+    for k, v in over.items():
+        setattr(c, k, v)
+    if protocol == "reduced":
+        c.data.source = "folder"
+        c.data.root = data_root
+        c.data.subset_per_class = 500
+        c.width = 16
+        scale_schedule(c, 10)
+    elif protocol != "paper":
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: 'reduced', 'paper'")
+    return c
+
+
+def command_for(cell: str) -> str:
+    """The exact full-scale command of a published row (README table)."""
+    method, noise, over = CELLS[cell]
+    extra = "".join(f" --config.{k}={v}" for k, v in over.items())
+    return f"python main.py --config configs/{CONFIG_FILE[method]}.py --config.noise={noise}{extra}"
+
+
+def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
+    """One record of the results table."""
+    method, noise, _ = CELLS[cell]
+    warm = max(1, min(config.bootstrap_start_epoch, config.dynamic_start_epoch) - 1)
+    if method in ("CE", "M"):
+        warm = max(1, config.bootstrap_start_epoch - 1)
+    by_epoch = {r["epoch"]: r for r in history}
+    return {
+        "cell": cell,
+        "method": method,
+        "noise": noise,
+        "mixture": config.noise_model,
+        "mixup_draw": config.mixup_draw,
+        "epochs": config.epochs,
+        "epochs_done": history[-1]["epoch"] if history else 0,
+        "best_acc": max(r["test_acc"] for r in history) if history else None,
+        "last_acc": history[-1]["test_acc"] if history else None,
+        "auroc_warmup": by_epoch.get(warm, {}).get("auroc"),
+        "auroc_final": history[-1]["auroc"] if history else None,
+        "minutes": minutes,
+    }
+
+
+def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict:
+    """Run (or resume, or just read) one cell's workdir and summarise it."""
+    from jaxnoise import train
+
+    c = make_config(protocol, cell, data_root)
+    wd = os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
+    timing = os.path.join(wd, "minutes.json")
+    spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
+    t = time.time()
+    s = train.train_and_evaluate(c, wd)
+    spent += (time.time() - t) / 60.0
+    with open(timing, "w") as f:
+        json.dump({"minutes": spent}, f)
+    return summarize(cell, c, s["history"], spent)
+
+
+def read_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict | None:
+    """Summarise a cell from its workdir without training (None if it has not started)."""
+    c = make_config(protocol, cell, data_root)
+    wd = os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
+    path = os.path.join(wd, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    history = [json.loads(x) for x in open(path) if x.strip()]
+    timing = os.path.join(wd, "minutes.json")
+    minutes = json.load(open(timing))["minutes"] if os.path.exists(timing) else float("nan")
+    return summarize(cell, c, history, minutes)
+
+
+def write_table(protocol: str, records: list[dict], command: str) -> None:
+    """benchmarks/results/reproduce_<protocol>.{md,json}."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    out = os.path.join(ROOT, "benchmarks", "results", f"reproduce_{protocol}")
+    meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "commit": commit}  # fmt: skip
+    with open(out + ".json", "w") as f:
+        json.dump({"meta": meta, "records": records}, f, indent=1)
+
+    def fmt(v, spec):
+        return "–" if v is None else format(v, spec)
+
+    lines = [
+        f"# Reproduction, protocol `{protocol}`",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {meta['machine']}; jaxnoise commit {commit}.",
+        "",
+        "| cell | method | noise | mixture | draw | epochs done | best acc | last acc "
+        "| AUROC after warm-up | AUROC final | minutes |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['cell']} | {r['method']} | {r['noise']} | {r['mixture']} | {r['mixup_draw']} "
+            f"| {r['epochs_done']}/{r['epochs']} | {fmt(r['best_acc'], '.2f')} "
+            f"| {fmt(r['last_acc'], '.2f')} | {fmt(r['auroc_warmup'], '.4f')} "
+            f"| {fmt(r['auroc_final'], '.4f')} | {fmt(r['minutes'], '.1f')} |"
+        )
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    """Run the requested cells (resuming), then write the table of every started cell."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--protocol", default="reduced", choices=["reduced", "paper"])
+    ap.add_argument("--cells", nargs="*", default=list(CELLS))
+    ap.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"))
+    ap.add_argument("--data-dir", default="/tmp/jaxnoise_data")
+    ap.add_argument("--collect-only", action="store_true")
+    args = ap.parse_args()
+    unknown = [c for c in args.cells if c not in CELLS]
+    if unknown:
+        raise SystemExit(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+    data_root = cifar_folder(args.data_dir) if args.protocol == "reduced" else None
+    if not args.collect_only:
+        for cell in args.cells:
+            print(f"=== {cell}", flush=True)
+            run_cell(args.protocol, cell, args.root, data_root)
+    records = [r for cell in CELLS if (r := read_cell(args.protocol, cell, args.root, data_root))]
+    command = " ".join(["python", "benchmarks/reproduce.py", *sys.argv[1:]])
+    write_table(args.protocol, records, command)
+
+
+if __name__ == "__main__":
+    main()
