@@ -28,10 +28,10 @@ def worker(num_devices: int, sizes: list[int], steps: int) -> dict:
     import jax
     import numpy as np
 
+    from benchmarks.bench_step import fake_cifar
     from configs import default
     from jaxnoise import config as config_lib
     from jaxnoise import mixture, parallel, train
-    from benchmarks.bench_step import fake_cifar
 
     mesh = parallel.make_mesh(num_devices)
     ds = fake_cifar(2048)

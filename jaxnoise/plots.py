@@ -1,0 +1,219 @@
+"""Figures of a run: loss histogram with mixture fits, loss quantiles, accuracy/AUROC, posteriors.
+
+Every function takes plain arrays and records (``metrics.jsonl`` lines, ``mixture.summary``
+dicts), writes one PNG and returns its path. Figures are built on ``matplotlib.figure.Figure``
+with the Agg canvas, so nothing touches pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 120
+CLEAN, NOISY, UNKNOWN = "tab:blue", "tab:red", "tab:gray"
+MODEL_STYLE = {"bmm": dict(color="black", ls="-"), "gmm": dict(color="tab:green", ls="--")}
+_NORM_EPS = 1e-6  # the normalisation x = (l - lo) / (hi - lo + 1e-6) of jaxnoise.mixture
+
+
+def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig: Figure, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _get(params: Any, name: str) -> np.ndarray:
+    """A parameter from a ``mixture.summary`` dict or a BMMState/GMMState."""
+    v = params[name] if isinstance(params, Mapping) else getattr(params, name)
+    return np.asarray(v, np.float64)
+
+
+def mixture_density_normalised(params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Density of a fitted BMM/GMM over normalised losses ``x``: (total, per-component (2, N))."""
+    x = np.asarray(x, np.float64)
+    w = _get(params, "weights")
+    comps = np.zeros((2, x.size))
+    is_beta = "alphas" in params if isinstance(params, Mapping) else hasattr(params, "alphas")
+    if is_beta:
+        a, b = _get(params, "alphas"), _get(params, "betas")
+        inside = (x > 0) & (x < 1)
+        xi = x[inside]
+        for k in range(2):
+            lbeta = math.lgamma(a[k]) + math.lgamma(b[k]) - math.lgamma(a[k] + b[k])
+            comps[k, inside] = np.exp((a[k] - 1) * np.log(xi) + (b[k] - 1) * np.log1p(-xi) - lbeta)
+    else:
+        m, v = _get(params, "means"), _get(params, "variances")
+        for k in range(2):
+            comps[k] = np.exp(-0.5 * (x - m[k]) ** 2 / v[k]) / np.sqrt(2 * np.pi * v[k])
+    comps = w[:, None] * comps
+    return comps.sum(0), comps
+
+
+def mixture_density(params: Any, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Density of a fitted BMM/GMM on the raw-loss axis: (total, per-component (2, N)).
+
+    The mixtures live on ``x = (l - lo) / (hi - lo + 1e-6)``; the density over raw losses is
+    the density over ``x`` divided by ``hi - lo + 1e-6`` (the Jacobian). It describes the
+    samples between the 5th and 95th loss percentiles, which the fit uses.
+    """
+    lo, hi = float(_get(params, "lo")), float(_get(params, "hi"))
+    scale = hi - lo + _NORM_EPS
+    total, comps = mixture_density_normalised(params, (np.asarray(losses, np.float64) - lo) / scale)
+    return total / scale, comps / scale
+
+
+def loss_histogram(
+    path: str,
+    losses: np.ndarray,
+    *,
+    noise_mask: np.ndarray | None = None,
+    mixtures: Mapping[str, Any] | None = None,
+    bins: int = 80,
+    title: str = "Per-sample training loss (last epoch)",
+) -> str:
+    """Histogram of the losses (clean/noisy stacked when known) with the fitted mixture densities.
+
+    ``mixtures`` maps a label ('bmm', 'gmm', or any) to ``mixture.summary``-style parameters;
+    each density is scaled by the fraction of samples inside the fitted range so that it sits
+    on the density histogram of all samples (the paper's Figure 2).
+    """
+    losses = np.asarray(losses, np.float64)
+    finite = np.isfinite(losses)
+    losses = losses[finite]
+    fig, (ax,) = _figure()
+    lo_edge, hi_edge = (losses.min(), losses.max()) if losses.size else (0.0, 1.0)
+    if hi_edge <= lo_edge:  # all losses equal
+        lo_edge, hi_edge = lo_edge - 0.5, hi_edge + 0.5
+    edges = np.linspace(lo_edge, hi_edge, bins + 1)
+    wt = 1.0 / (max(losses.size, 1) * (edges[1] - edges[0]))
+    if noise_mask is not None:
+        m = np.asarray(noise_mask, bool)[finite]
+        groups = [losses[~m], losses[m]]
+        ax.hist(groups, bins=edges, stacked=True, color=[CLEAN, NOISY], alpha=0.6,
+                weights=[np.full(g.size, wt) for g in groups],
+                label=[f"clean ({(~m).sum()})", f"noisy ({m.sum()})"])  # fmt: skip
+    else:
+        ax.hist(losses, bins=edges, color=UNKNOWN, alpha=0.6, weights=np.full(losses.size, wt),
+                label=f"all samples ({losses.size})")  # fmt: skip
+    hist_max = np.histogram(losses, bins=edges)[0].max() * wt
+    for name, params in (mixtures or {}).items():
+        lo, hi = float(_get(params, "lo")), float(_get(params, "hi"))
+        grid = np.linspace(lo, hi, 400)[1:-1]
+        frac = float(np.mean((losses >= lo - 1e-5) & (losses <= hi)))
+        total, _ = mixture_density(params, grid)
+        style = MODEL_STYLE.get(name.lower(), dict(color=None, ls="-"))
+        ax.plot(grid, frac * total, lw=1.8, label=f"{name.upper()} fit", **style)
+    if hist_max > 0:
+        ax.set_ylim(0, 1.25 * hist_max)
+    ax.set_xlabel("cross-entropy loss (w.r.t. the given label)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper center")
+    return _save(fig, path)
+
+
+def loss_quantiles_over_epochs(path: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """Median and interquartile range of clean and noisy samples' losses per epoch (Figure 1)."""
+    fig, (ax,) = _figure()
+    epochs = np.array([r["epoch"] for r in records])
+    for key, color, label in (("loss_quantiles_clean", CLEAN, "clean"),
+                              ("loss_quantiles_noisy", NOISY, "noisy")):  # fmt: skip
+        q = np.array([r[key] for r in records], np.float64)
+        ax.plot(epochs, q[:, 1], color=color, lw=1.8, label=f"{label}: median")
+        ax.fill_between(epochs, q[:, 0], q[:, 2], color=color, alpha=0.25,
+                        label=f"{label}: 25-75%")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("per-sample loss")
+    ax.set_title("Training loss of clean and mislabeled samples")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def accuracy_and_auroc(
+    path: str, records: Sequence[Mapping[str, Any]], *, noise_known: bool = True
+) -> str:
+    """Test accuracy (and best) per epoch; detection AUROC when known, else the flagged fraction."""
+    fig, (ax_acc, ax_det) = _figure(2, width=10.0)
+    epochs = np.array([r["epoch"] for r in records])
+    ax_acc.plot(epochs, [r["test_acc"] for r in records], label="test accuracy", lw=1.8)
+    ax_acc.plot(epochs, [r["best_acc"] for r in records], label="best so far", ls="--")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("Test accuracy")
+    ax_acc.legend()
+    ax_acc.grid(alpha=0.3)
+    if noise_known:
+        ax_det.plot(epochs, [r["auroc"] for r in records], lw=1.8, label="p(noisy) (as trained)")
+        if all("auroc_loss" in r for r in records):
+            ax_det.plot(epochs, [r["auroc_loss"] for r in records], ls="--", label="raw loss")
+        ax_det.set_ylabel("AUROC")
+        ax_det.set_title("Detection of the mislabeled samples")
+    else:
+        frac = [100.0 * r.get("flagged_fraction", float("nan")) for r in records]
+        ax_det.plot(epochs, frac, lw=1.8, color=NOISY, label="p(noisy) > 0.5")
+        ax_det.set_ylabel("flagged samples (%)")
+        ax_det.set_title("Samples the noise model calls mislabeled")
+    ax_det.set_xlabel("epoch")
+    for a in (ax_acc, ax_det):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_det.legend()
+    ax_det.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def posterior_vs_loss(
+    path: str,
+    losses: np.ndarray,
+    p_noisy: np.ndarray,
+    *,
+    noise_mask: np.ndarray | None = None,
+    curves: Mapping[str, tuple] | None = None,
+    max_points: int = 5000,
+    seed: int = 0,
+) -> str:
+    """Scatter of each sample's p(noisy) against its loss, with the model's posterior curve(s).
+
+    ``curves`` maps a legend label to ``(x, y)`` or ``(x, y, matplotlib line style dict)``.
+    """
+    losses, p_noisy = np.asarray(losses), np.asarray(p_noisy)
+    idx = np.arange(losses.size)
+    if losses.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(losses.size, max_points, replace=False))
+    fig, (ax,) = _figure()
+    kw = dict(s=10, alpha=0.5, linewidths=0, zorder=2)
+    if noise_mask is not None:
+        m = np.asarray(noise_mask, bool)[idx]
+        ax.scatter(losses[idx][~m], p_noisy[idx][~m], color=CLEAN, label="clean", **kw)
+        ax.scatter(losses[idx][m], p_noisy[idx][m], color=NOISY, label="noisy", **kw)
+    else:
+        ax.scatter(losses[idx], p_noisy[idx], color=UNKNOWN, label="samples", **kw)
+    for name, curve in (curves or {}).items():
+        x, y = curve[0], curve[1]
+        style = dict(curve[2]) if len(curve) > 2 else {}
+        if not style:
+            style = dict(MODEL_STYLE.get(name.split()[0].lower(), {}))
+        ax.plot(x, y, lw=style.pop("lw", 1.5), label=name, zorder=1, **style)
+    ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("cross-entropy loss (w.r.t. the given label)")
+    ax.set_ylabel("p(noisy | loss)")
+    ax.set_title("Posterior probability of a wrong label")
+    ax.legend(loc="best", markerscale=2, fontsize="small")
+    return _save(fig, path)

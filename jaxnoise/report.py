@@ -1,0 +1,288 @@
+"""A run's report: figures and the list of training labels the noise model calls wrong.
+
+    python -m jaxnoise.report WORKDIR [--threshold 0.5]
+
+reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metrics.jsonl``,
+``per_sample.npz``) and writes
+
+- ``figures/loss_histogram.png``: last epoch's losses with the BMM and GMM fits (paper Fig. 2),
+- ``figures/loss_quantiles.png``: clean/noisy loss quantiles over epochs (Fig. 1; known noise),
+- ``figures/accuracy_auroc.png``: test accuracy and detection AUROC over epochs,
+- ``figures/posterior_vs_loss.png``: p(noisy) against the loss with the posterior curves,
+- ``label_issues.csv``: every training sample with p(noisy) > threshold, most suspect first,
+- ``label_issues_summary.json``: counts, and precision/recall of the list when the noise is known.
+
+The BMM and GMM are refitted on the saved last-epoch losses; the fits are deterministic, so the
+refit of the run's own model is the run's last fit exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from jaxnoise import mixture, plots
+
+REQUIRED = ("config.json", "metrics.jsonl", "per_sample.npz")
+PER_SAMPLE_KEYS = ("loss", "p_noisy", "prediction", "noisy_label", "true_label", "noise_mask")
+
+
+class WorkdirError(FileNotFoundError):
+    """The workdir does not hold a (finished epoch of a) training run."""
+
+
+def load_workdir(workdir: str) -> dict[str, Any]:
+    """Read a run's config, dataset info, per-epoch metrics and last-epoch per-sample arrays."""
+    if not os.path.isdir(workdir):
+        raise WorkdirError(f"{workdir!r} is not a directory")
+    missing = [f for f in REQUIRED if not os.path.exists(os.path.join(workdir, f))]
+    if missing:
+        raise WorkdirError(
+            f"{workdir!r} lacks {', '.join(missing)}: it does not hold a run with at least one "
+            "finished epoch (train first: python main.py --config CONFIG --workdir WORKDIR)"
+        )
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    by_epoch: dict[int, dict] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                by_epoch[int(r["epoch"])] = r  # a resumed epoch's later line wins
+    records = [by_epoch[e] for e in sorted(by_epoch)]
+    with np.load(os.path.join(workdir, "per_sample.npz")) as d:
+        arrays = {k: d[k] for k in d.files}
+    absent = [k for k in PER_SAMPLE_KEYS if k not in arrays]
+    if absent:
+        raise WorkdirError(f"{workdir}/per_sample.npz lacks {', '.join(absent)}")
+    n = arrays["loss"].shape[0]
+    ds_path = os.path.join(workdir, "dataset.json")
+    if os.path.exists(ds_path):
+        with open(ds_path) as f:
+            dataset = json.load(f)
+    else:  # runs from before dataset.json existed
+        num_classes = int(max(arrays["noisy_label"].max(), arrays["prediction"].max())) + 1
+        dataset = {
+            "name": config.get("data", {}).get("name", ""),
+            "class_names": [str(i) for i in range(num_classes)],
+            "num_train": n,
+            "noise_known": config.get("noise_kind", "symmetric") != "none",
+            "train_paths": None,
+        }
+    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays}
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise models refitted on the saved losses.
+
+
+def refit_mixtures(losses: np.ndarray, config: dict) -> dict[str, Any]:
+    """BMM and GMM fitted to the losses with the run's EM iterations and noisy-component rule."""
+    kw = dict(
+        max_iters=int(config.get("em_iters", 10)),
+        noisy=config.get("noisy_component", "initial"),
+    )
+    losses = np.asarray(losses, np.float32)
+    return {"bmm": mixture.fit_bmm(losses, **kw), "gmm": mixture.fit_gmm(losses, **kw)}
+
+
+def mixture_log_likelihood(state: Any, losses: np.ndarray) -> float:
+    """Mean log-likelihood per fitted sample (5th-95th loss percentile), on the normalised axis.
+
+    Both models are densities over the same normalised losses ``x`` (the EM observations, made
+    as in ``jaxnoise.mixture``), so their values are directly comparable: higher fits better.
+    """
+    params = mixture.summary(state)
+    losses = np.asarray(losses, np.float64)
+    lo, hi = params["lo"], params["hi"]
+    x = (losses - lo) / (hi - lo + 1e-6)
+    x = np.where(x >= 1.0, 1.0 - 1e-3, x)
+    x = np.clip(np.where(x <= 0.0, 1e-3, x), 1e-4, 1.0 - 1e-4)
+    inside = (losses >= lo - 1e-5) & (losses <= hi)
+    dens, _ = plots.mixture_density_normalised(params, x[inside])
+    return float(np.mean(np.log(np.maximum(dens, 1e-300))))
+
+
+def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -> dict:
+    """p(noisy | loss) over a loss grid for each model; the run's own model as it trained."""
+    grid = np.linspace(float(np.min(losses)), float(np.max(losses)), 500).astype(np.float32)
+    own = config.get("noise_model", "bmm")
+    lookup = bool(config.get("posterior_lookup", True))
+    curves = {}
+    for name, st in states.items():
+        if name == own and lookup:
+            y = np.asarray(mixture.posterior_noisy(st, grid, lookup=True))
+            style = dict(color="black", lw=1.8, drawstyle="steps-post")
+            curves[f"{name.upper()}: 100-bin lookup (as trained)"] = (grid, y, style)
+        y = np.asarray(mixture.posterior_noisy(st, grid, lookup=False))
+        style = dict(color="0.35" if name == "bmm" else "tab:green", lw=1.3,
+                     ls=":" if name == "bmm" else "--")  # fmt: skip
+        curves[f"{name.upper()}: exact posterior"] = (grid, y, style)
+    return curves
+
+
+# ------------------------------------------------------------------------------------------------
+# Label issues.
+
+
+def label_issues(
+    per_sample: dict[str, np.ndarray],
+    dataset: dict[str, Any],
+    *,
+    threshold: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Rows of the samples with p(noisy) > threshold, by p(noisy) descending (ties: larger loss)."""
+    p = np.asarray(per_sample["p_noisy"], np.float64)
+    loss = np.asarray(per_sample["loss"], np.float64)
+    order = np.lexsort((np.arange(p.size), -loss, -p))
+    order = order[p[order] > threshold]
+    names = list(dataset.get("class_names") or [])
+    paths = dataset.get("train_paths")
+    rows = []
+    for i in order:
+        given, pred = int(per_sample["noisy_label"][i]), int(per_sample["prediction"][i])
+        row: dict[str, Any] = {"index": int(i)}
+        if paths:
+            row["path"] = paths[i]
+        row.update(
+            given_label=given,
+            given_class=names[given] if given < len(names) else str(given),
+            predicted_label=pred,
+            predicted_class=names[pred] if pred < len(names) else str(pred),
+            p_noisy=float(p[i]),
+            loss=float(loss[i]),
+        )
+        rows.append(row)
+    return rows
+
+
+def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool) -> str:
+    """Write the rows as CSV (header even when empty); returns the path."""
+    cols = ["index", *(["path"] if with_path else []), "given_label", "given_class",
+            "predicted_label", "predicted_class", "p_noisy", "loss"]  # fmt: skip
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "p_noisy": f"{r['p_noisy']:.6g}", "loss": f"{r['loss']:.6g}"})
+    return path
+
+
+def list_quality(flagged_index: np.ndarray, noise_mask: np.ndarray) -> dict[str, float | None]:
+    """Precision, recall and F1 of a list of flagged indices against the true noise mask."""
+    noise_mask = np.asarray(noise_mask, bool)
+    tp = int(noise_mask[np.asarray(flagged_index, np.int64)].sum())
+    n, pos = len(flagged_index), int(noise_mask.sum())
+    precision = tp / n if n else None
+    recall = tp / pos if pos else None
+    f1 = None
+    if precision is not None and recall is not None and precision + recall > 0:
+        f1 = 2 * precision * recall / (precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1, "true_positives": tp}
+
+
+# ------------------------------------------------------------------------------------------------
+# The report.
+
+
+def write_report(workdir: str, *, threshold: float = 0.5) -> dict[str, Any]:
+    """Write the figures, label_issues.csv and label_issues_summary.json; return a summary dict."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    run = load_workdir(workdir)
+    config, dataset, records, ps = run["config"], run["dataset"], run["records"], run["per_sample"]
+    known = bool(dataset.get("noise_known", True))
+    mask = np.asarray(ps["noise_mask"], bool) if known else None
+    fig_dir = os.path.join(workdir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+
+    states = refit_mixtures(ps["loss"], config)
+    valid = {k: s for k, s in states.items() if bool(s.valid)}
+    figures = {
+        "loss_histogram": plots.loss_histogram(
+            os.path.join(fig_dir, "loss_histogram.png"),
+            ps["loss"],
+            noise_mask=mask,
+            mixtures={k: mixture.summary(s) for k, s in valid.items()},
+            title=f"{dataset.get('name') or 'run'}: per-sample loss, epoch "
+            f"{records[-1]['epoch'] if records else '?'}",
+        ),
+        "accuracy_auroc": plots.accuracy_and_auroc(
+            os.path.join(fig_dir, "accuracy_auroc.png"), records, noise_known=known
+        ),
+        "posterior_vs_loss": plots.posterior_vs_loss(
+            os.path.join(fig_dir, "posterior_vs_loss.png"),
+            ps["loss"],
+            ps["p_noisy"],
+            noise_mask=mask,
+            curves=posterior_curves(valid, config, ps["loss"]),
+        ),
+    }
+    if known and records and all("loss_quantiles_clean" in r for r in records):
+        figures["loss_quantiles"] = plots.loss_quantiles_over_epochs(
+            os.path.join(fig_dir, "loss_quantiles.png"), records
+        )
+
+    rows = label_issues(ps, dataset, threshold=threshold)
+    csv_path = write_label_issues(
+        os.path.join(workdir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths"))
+    )
+    summary: dict[str, Any] = {
+        "threshold": threshold,
+        "num_train": int(ps["loss"].shape[0]),
+        "num_flagged": len(rows),
+        "noise_known": known,
+    }
+    if known:
+        summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
+        summary["num_noisy"] = int(mask.sum())
+    summary_path = os.path.join(workdir, "label_issues_summary.json")
+    with open(summary_path, "w") as f:
+        json.dump(summary, f, indent=2)
+    return {
+        **summary,
+        "figures": figures,
+        "label_issues_csv": csv_path,
+        "summary_json": summary_path,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write the report of a workdir and print where it went."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxnoise.report",
+        description="Figures and the label-issue list (label_issues.csv) of a jaxnoise run.",
+    )
+    parser.add_argument("workdir", help="a training run's --workdir")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="list the samples with p(noisy) > this (default 0.5)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.threshold < 1.0:
+        parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    try:
+        out = write_report(args.workdir, threshold=args.threshold)
+    except WorkdirError as e:
+        parser.error(str(e))
+    for path in out["figures"].values():
+        print(f"figure: {path}")
+    print(f"label issues: {out['label_issues_csv']} ({out['num_flagged']} of {out['num_train']} "
+          f"samples with p(noisy) > {args.threshold:g})")  # fmt: skip
+    if out["noise_known"]:
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+        print(
+            f"against the known noise ({out['num_noisy']} wrong labels): precision "
+            f"{fmt(out['precision'])}  recall {fmt(out['recall'])}  F1 {fmt(out['f1'])}"
+        )
+    else:
+        print("the true noise is unknown for this run: no precision/recall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
