@@ -7,6 +7,7 @@ checkpoints and the last epoch's per-sample arrays; re-running the same command 
 """
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -40,8 +41,24 @@ def main(argv):
         workdir = os.path.join("runs", name)
     try:
         summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint, the last committed one stays
+        print(f"interrupted: the last saved checkpoint in {workdir} is kept", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    if summary["interrupted"]:
+        # Preempted (SIGTERM) or Ctrl-C: a checkpoint of the exact position was saved. Exit with
+        # the shell's code for that signal (143 / 130), so schedulers and scripts can tell an
+        # interrupted run (re-run the same command to resume) from a finished one (0).
+        name = summary["signal"]  # None: another process of a multi-process job was signalled
+        at = summary["checkpoint_at"]
+        saved = f"the checkpoint at {at} is saved in {workdir}" if at else "nothing to save yet"
+        print(
+            f"stopped by {name or 'a signal to another process of the job'}: {saved}; re-run "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.Signals[name or "SIGTERM"].value)
     print(
         f"done: {config.method} noise={config.noise} best test acc {summary['best_acc']:.2f}% "
         f"last {summary['last_acc']:.2f}%  noise-detection AUROC {summary['auroc']:.4f}  "

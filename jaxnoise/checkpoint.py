@@ -1,11 +1,16 @@
 """Checkpoints (orbax), config checks on resume, and clean stops on SIGTERM/SIGINT.
 
 A checkpoint holds every array of the train state (params, optimizer, batch statistics, mixture
-state, step), the per-sample posteriors/predictions used by the next epoch, the noisy labels,
-and JSON metadata (epoch, best accuracy, metric history). Randomness is derived from
-``fold_in(seed, epoch, step)``, so nothing else is needed for an exact resume. orbax writes each
-checkpoint to a temporary directory and renames it when complete, so a process killed while
-writing leaves the previous checkpoint restorable.
+state, step, the running loss sum), the per-sample posteriors/predictions used by the next epoch,
+the noisy labels, and JSON metadata (last completed epoch, steps done in the current epoch, best
+accuracy, metric history). Randomness is derived from ``fold_in(seed, epoch, step)``, so nothing
+else is needed for an exact resume, also from the middle of an epoch. The orbax step number of a
+checkpoint is the number of train steps done, so checkpoints order correctly whether they were
+taken at the end of an epoch or by a preemption in the middle of one.
+
+orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
+killed while writing leaves the previous checkpoint restorable; the unfinished temporary
+directory is removed when the next run opens the workdir.
 """
 
 from __future__ import annotations
@@ -14,32 +19,60 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-# Fields that do not change results: a resumed run may differ in these.
-_NON_RESULT_FIELDS = {"log_every_steps", "keep_checkpoints", "data.cache_dir", "data.data_dir"}
+from jaxnoise import config as config_lib
+
+# Fields that do not change results: a resumed run may differ in these. (The coordinator address
+# of a multi-process job changes when a preempted job is rescheduled, and every process has its
+# own process_id, while config.json is written by process 0.)
+_NON_RESULT_FIELDS = {
+    "log_every_steps",
+    "keep_checkpoints",
+    "data.cache_dir",
+    "data.data_dir",
+    "distributed.auto",
+    "distributed.coordinator_address",
+    "distributed.process_id",
+}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def atomic_write(path: str, write) -> None:
+    """Write a file atomically: ``write(binary file)`` into a temporary file, then rename.
+
+    A process killed while writing leaves the previous version of ``path`` (or none), never a
+    truncated file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """:func:`atomic_write` of a text file."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
     """Refuse to resume a workdir that holds a run with a different config (unless fresh)."""
     path = os.path.join(workdir, "config.json")
     if fresh:
-        for name in ("checkpoints", "metrics.jsonl", "config.json", "per_sample.npz"):
+        names = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
+        for name in names:
             p = os.path.join(workdir, name)
             if os.path.isdir(p):
                 shutil.rmtree(p)
@@ -48,9 +81,15 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        old = _flat(json.load(f))
-    new = _flat(resolved)
+    try:
+        with open(path) as f:
+            old = config_lib.flatten(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
+            "or pass --fresh to discard that run and start again"
+        ) from None
+    new = config_lib.flatten(resolved)
     diff = sorted(
         k for k in set(old) | set(new) if k not in _NON_RESULT_FIELDS and old.get(k) != new.get(k)
     )
@@ -63,13 +102,18 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
 
 
 class Checkpointer:
-    """Epoch checkpoints of an arbitrary pytree of arrays plus JSON metadata."""
+    """Checkpoints of an arbitrary pytree of arrays plus JSON metadata, numbered by train step."""
 
     def __init__(self, workdir: str, *, keep: int = 2):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                # Remove temporary directories of saves that a killed process never finished.
+                cleanup_tmp_directories=True,
+            ),
         )
 
     @staticmethod
@@ -77,7 +121,7 @@ class Checkpointer:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         return {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}, treedef
 
-    def save(self, epoch: int, tree: Any, meta: dict) -> None:
+    def save(self, step: int, tree: Any, meta: dict) -> None:
         """Save the pytree of (possibly sharded, multi-host) arrays; collective on all hosts.
 
         The arrays are copied on device first, so the caller may donate its buffers to the next
@@ -86,7 +130,7 @@ class Checkpointer:
         flat, _ = self._leaves(tree)
         flat = {k: jnp.array(v, copy=True) for k, v in flat.items()}
         self.manager.save(
-            epoch,
+            step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)
             ),
@@ -119,16 +163,23 @@ class Checkpointer:
 
 class PreemptionGuard:
     """Turn SIGTERM/SIGINT into a request to stop at the next safe point (a second SIGINT
-    interrupts at once)."""
+    interrupts at once). ``signum`` is the first signal received."""
 
     def __init__(self):
         self.stop_requested = False
+        self.signum: int | None = None
         self._old: dict = {}
 
     def _handler(self, signum, frame):
         if self.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop_requested = True
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "stop request"
 
     def __enter__(self) -> PreemptionGuard:
         for sig in (signal.SIGTERM, signal.SIGINT):

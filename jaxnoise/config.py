@@ -1,8 +1,20 @@
-"""Config validation (before any data is loaded or anything compiled) and method phases."""
+"""Config validation (before any data is loaded or anything compiled) and method phases.
+
+:func:`validate` is total: for any value of any field (wrong type, NaN, huge, a tuple where a
+number belongs, a misspelt or missing field) it either returns or raises ``ValueError`` with a
+message that names the field, the value and what is allowed. It checks, in order: the set of
+fields (every field of ``configs/default.py``, no other), each field's type and range, that local
+files the config names exist, and the consistency of the schedule.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import numbers
+import os
+from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import noise as noise_lib
@@ -21,89 +33,238 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("tfds", "folder", "digits"),
 }
 
+INT_MAX = 2**31 - 1  # epochs, steps and sizes reach jitted code as int32
+SEED_MAX = 2**32 - 1
 
-def _get(config: Any, dotted: str) -> Any:
-    obj = config
-    for part in dotted.split("."):
-        obj = obj[part]
-    return obj
+
+# ------------------------------------------------------------------------------------------------
+# Field checks: each returns None if the value is allowed, else a description of what is.
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _int(lo: int, hi: int = INT_MAX) -> Callable[[Any], str | None]:
+    def check(v):
+        if _is_int(v) and lo <= v <= hi:
+            return None
+        if lo == 1 and hi == INT_MAX:
+            return "a positive integer (at most 2**31 - 1)"
+        return f"an integer in [{lo}, {hi}]"
+
+    return check
+
+
+def _real(lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False):
+    def check(v):
+        if _is_real(v):
+            x = float(v)
+            ok_lo = x > lo if lo_open else x >= lo
+            ok_hi = x < hi if hi_open else x <= hi
+            if ok_lo and ok_hi:
+                return None
+        if hi == math.inf:
+            return "a finite number " + ("> " if lo_open else ">= ") + f"{lo:g}"
+        return f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "True or False"
+
+
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) else "a string"
+
+
+def _choice(field: str) -> Callable[[Any], str | None]:
+    def check(v):
+        if isinstance(v, str) and v in CHOICES[field]:
+            return None
+        return "one of " + ", ".join(repr(a) for a in CHOICES[field])
+
+    return check
+
+
+def _milestones(v: Any) -> str | None:
+    if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
+        return None
+    return "a tuple of whole epochs >= 1"
+
+
+# Every config field (configs/default.py documents them) and its type/range check.
+FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "seed": _int(0, SEED_MAX),
+    "data.source": _choice("data.source"),
+    "data.name": _str,
+    "data.root": _str,
+    "data.data_dir": _str,
+    "data.cache_dir": _str,
+    "data.subset_per_class": _int(0),
+    "data.crop_padding": _int(0),
+    "data.flip": _bool,
+    "noise": _real(0.0, 1.0),
+    "noise_kind": _choice("noise_kind"),
+    "label_file": _str,
+    "noise_seed": _int(0, SEED_MAX),
+    "model": _choice("model"),
+    "width": _int(1),
+    "weights": _str,
+    "freeze_backbone": _bool,
+    "method": _choice("method"),
+    "noise_model": _choice("noise_model"),
+    "noisy_component": _choice("noisy_component"),
+    "em_iters": _int(1),
+    "posterior_lookup": _bool,
+    "posterior_source": _choice("posterior_source"),
+    "track_augment": _bool,
+    "mixup_alpha": _real(0.0),
+    "mixup_draw": _choice("mixup_draw"),
+    "binomial_n": _int(1),
+    "reg_weight": _real(0.0),
+    "loss_pair_weight": _choice("loss_pair_weight"),
+    "epochs": _int(1),
+    "batch_size": _int(1),
+    "optimizer": _choice("optimizer"),
+    "lr": _real(0.0, lo_open=True),
+    "momentum": _real(0.0, 1.0, hi_open=True),
+    "weight_decay": _real(0.0),
+    "lr_milestones": _milestones,
+    "lr_gamma": _real(0.0, 1.0, lo_open=True),
+    "bootstrap_start_epoch": _int(1),
+    "dynamic_start_epoch": _int(1),
+    "soft_to_hard_start_epoch": _int(1),
+    "temperature_epochs": _int(1),
+    "final_temperature": _real(0.0, lo_open=True),
+    "mesh.num_devices": _int(0),
+    "distributed.auto": _bool,
+    "distributed.coordinator_address": _str,
+    "distributed.num_processes": _int(1),
+    "distributed.process_id": _int(0),
+    "eval_batch_size": _int(1),
+    "log_every_steps": _int(1),
+    "keep_checkpoints": _int(1),
+}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b": value}."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _as_flat_dict(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):  # ml_collections.ConfigDict (resolves FieldReferences)
+        tree = config.to_dict()
+    elif isinstance(config, dict):
+        tree = config
+    else:
+        raise ValueError(
+            f"config must be an ml_collections.ConfigDict, got {type(config).__name__}"
+        )
+    return flatten(tree)
+
+
+def _show(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 120 else r[:117] + "..."
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"config.{field} = {value!r} is not allowed: {allowed}")
+    raise ValueError(f"config.{field} = {_show(value)} is not allowed: {allowed}")
 
 
 def validate(config: Any) -> None:
     """Check every field's type, range and consistency; raise ValueError naming the field."""
-    for field, allowed in CHOICES.items():
-        value = _get(config, field)
-        if value not in allowed:
-            _fail(field, value, "one of " + ", ".join(repr(a) for a in allowed))
-    noise = config.noise
-    if not isinstance(noise, (int, float)) or not (0.0 <= float(noise) <= 1.0):
-        _fail("noise", noise, "a number in [0, 1]")
-    if config.noise_kind == "human" and not config.label_file:
-        _fail("label_file", config.label_file, "a label file path when noise_kind='human'")
-    for field in ("epochs", "batch_size", "width", "eval_batch_size", "em_iters",
-                  "log_every_steps", "keep_checkpoints", "binomial_n"):  # fmt: skip
-        value = _get(config, field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            _fail(field, value, "a positive integer")
-    for field in ("lr", "final_temperature"):
-        value = _get(config, field)
-        if not isinstance(value, (int, float)) or not value > 0:
-            _fail(field, value, "a positive number")
-    for field in ("weight_decay", "reg_weight", "mixup_alpha"):
-        value = _get(config, field)
-        if not isinstance(value, (int, float)) or value < 0:
-            _fail(field, value, "a non-negative number")
-    if not (0.0 <= config.momentum < 1.0):
-        _fail("momentum", config.momentum, "a number in [0, 1)")
-    if not (0.0 < config.lr_gamma <= 1.0):
-        _fail("lr_gamma", config.lr_gamma, "a number in (0, 1]")
-    ms = tuple(config.lr_milestones)
-    if any((not isinstance(m, int)) or m < 1 or m >= config.epochs for m in ms) or list(
-        ms
-    ) != sorted(set(ms)):
-        _fail(
-            "lr_milestones",
-            ms,
-            f"strictly increasing whole epochs in [1, epochs={config.epochs})",
+    flat = _as_flat_dict(config)
+    unknown = sorted(set(flat) - set(FIELDS))
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, list(FIELDS), n=1)
+        hint = f" (did you mean config.{close[0]}?)" if close else ""
+        raise ValueError(
+            f"config.{name} is not a config field{hint}; the fields are documented in "
+            "configs/default.py"
         )
-    if config.data.crop_padding < 0:
-        _fail("data.crop_padding", config.data.crop_padding, "an integer >= 0")
-    if config.data.subset_per_class < 0:
-        _fail("data.subset_per_class", config.data.subset_per_class, "an integer >= 0")
-    if config.data.source == "folder" and not config.data.root:
-        _fail("data.root", config.data.root, "an image-folder path when data.source='folder'")
-    if config.data.source == "tfds" and not config.data.name:
-        _fail("data.name", config.data.name, "a tfds dataset name when data.source='tfds'")
-    if config.weights and config.model != "resnet50":
-        _fail("weights", config.weights, "only with model='resnet50'")
-    if config.freeze_backbone and not config.weights:
+    missing = sorted(set(FIELDS) - set(flat))
+    if missing:
+        raise ValueError(
+            f"config.{missing[0]} is missing (build configs from configs/default.py, which sets "
+            f"every field; {len(missing)} missing in all)"
+        )
+    for field, check in FIELDS.items():
+        allowed = check(flat[field])
+        if allowed is not None:
+            _fail(field, flat[field], allowed)
+    _check_files(flat)
+    _check_consistency(flat)
+
+
+def _check_files(c: dict[str, Any]) -> None:
+    """Local files and folders named by the config must exist (checked before any data load)."""
+    if c["noise_kind"] == "human":
+        if not c["label_file"]:
+            _fail("label_file", c["label_file"], "a label file path when noise_kind='human'")
+        if not os.path.isfile(c["label_file"]):
+            _fail("label_file", c["label_file"], "an existing file (no such file)")
+    elif c["label_file"]:
+        _fail("label_file", c["label_file"], "'' unless noise_kind='human' (it would be ignored)")
+    if c["weights"] and not os.path.isfile(c["weights"]):
+        _fail("weights", c["weights"], "an existing .npz file (no such file)")
+    if c["data.source"] == "folder":
+        if not c["data.root"]:
+            _fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
+        if not os.path.isdir(c["data.root"]):
+            _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
+
+
+def _check_consistency(c: dict[str, Any]) -> None:
+    epochs = c["epochs"]
+    ms = tuple(c["lr_milestones"])
+    if any(m >= epochs for m in ms) or list(ms) != sorted(set(ms)):
+        _fail("lr_milestones", ms, f"strictly increasing whole epochs in [1, epochs={epochs})")
+    if c["data.source"] == "tfds" and not c["data.name"]:
+        _fail("data.name", c["data.name"], "a tfds dataset name when data.source='tfds'")
+    if c["weights"] and c["model"] != "resnet50":
+        _fail("weights", c["weights"], "only with model='resnet50'")
+    if c["freeze_backbone"] and not c["weights"]:
         _fail("freeze_backbone", True, "only with pretrained weights (config.weights)")
-    if config.temperature_epochs < 1:
-        _fail("temperature_epochs", config.temperature_epochs, "an integer >= 1")
     # Schedule consistency: a method's phase must start inside the run.
-    if config.method in ("M-DYR-H", "M-DYR-S"):
-        b = config.bootstrap_start_epoch
-        if not (2 <= b <= config.epochs):
+    if c["method"] in ("M-DYR-H", "M-DYR-S"):
+        b = c["bootstrap_start_epoch"]
+        if not (2 <= b <= epochs):
             _fail(
                 "bootstrap_start_epoch",
                 b,
-                f"an epoch in [2, epochs={config.epochs}] (bootstrapping needs a mixture fitted "
-                "after at least one epoch, and must start before the run ends)",
+                f"an epoch in [2, epochs={epochs}] (bootstrapping needs a mixture fitted after "
+                "at least one epoch of mixup warm-up, and must start before the run ends)",
             )
-    if config.method == "MD-DYR-SH":
-        d, s = config.dynamic_start_epoch, config.soft_to_hard_start_epoch
-        if not (2 <= d <= s <= config.epochs):
+    if c["method"] == "MD-DYR-SH":
+        d, s = c["dynamic_start_epoch"], c["soft_to_hard_start_epoch"]
+        if not (2 <= d <= s <= epochs):
             _fail(
                 "dynamic_start_epoch / soft_to_hard_start_epoch",
                 (d, s),
-                f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={config.epochs}",
+                f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={epochs} "
+                "(at least one epoch of mixup warm-up first)",
             )
-    if config.mixup_draw != "none" and config.method != "MD-DYR-SH":
-        _fail("mixup_draw", config.mixup_draw, "'none' unless method='MD-DYR-SH'")
+    if c["mixup_draw"] != "none" and c["method"] != "MD-DYR-SH":
+        _fail("mixup_draw", c["mixup_draw"], "'none' unless method='MD-DYR-SH'")
+    n, pid = c["distributed.num_processes"], c["distributed.process_id"]
+    if pid >= n:
+        _fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ Kinds (``apply(kind, ...)``):
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -41,18 +42,37 @@ CIFAR100_COARSE = np.array(
 )  # fmt: skip
 
 
+def _check_num_classes(num_classes: int) -> int:
+    """Return num_classes as int after checking it is an integer >= 2."""
+    if (
+        not isinstance(num_classes, numbers.Integral)
+        or isinstance(num_classes, bool)
+        or num_classes < 2
+    ):
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return int(num_classes)
+
+
 def _check_labels(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
     """Return labels as a 1-D int32 array after checking they lie in [0, num_classes)."""
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    arr = np.asarray(labels)
+    num_classes = _check_num_classes(num_classes)
+    try:
+        arr = np.asarray(labels)
+    except (TypeError, ValueError) as e:  # ragged nested sequences and the like
+        raise ValueError(f"labels must be a 1-D array of integers: {e}") from None
     if arr.ndim != 1:
         raise ValueError(f"labels must be a 1-D array, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    integer = np.issubdtype(arr.dtype, np.integer)
+    if not (integer or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
+    if arr.size and not integer:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
+            i = int(np.argmax(~np.isfinite(arr) | (arr != np.round(arr))))
+            raise ValueError(
+                f"labels must be integers, got dtype {arr.dtype} with value {arr[i]} at index {i}"
+            )
     if arr.size:
+        # Compare before converting, so huge or unsigned values are reported as they are.
         bad = (arr < 0) | (arr >= num_classes)
         if bad.any():
             i = int(np.argmax(bad))
@@ -64,13 +84,19 @@ def _check_labels(labels: np.ndarray | Sequence[int], num_classes: int) -> np.nd
 
 def _check_rate(rate: float) -> float:
     """Return rate as float after checking it is a probability."""
-    try:
-        r = float(rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}") from None
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
+        raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}")
+    r = float(rate)
     if not (0.0 <= r <= 1.0):  # also rejects NaN
         raise ValueError(f"noise rate must be in [0, 1], got {rate!r}")
     return r
+
+
+def _check_seed(seed: int) -> int:
+    """Return seed as int after checking it is a non-negative integer."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"noise seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def _result(labels: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +115,7 @@ def symmetric(
     """Redraw each label with probability ``rate``, uniformly over all (or the other) classes."""
     labels = _check_labels(labels, num_classes)
     rate = _check_rate(rate)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     selected = rng.random(labels.shape[0]) < rate
     if include_true:
         new = rng.integers(0, num_classes, size=labels.shape[0])
@@ -107,6 +133,8 @@ def asymmetric(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-pair flips with probability ``rate`` (CIFAR-10 pairs / CIFAR-100 superclass cycles)."""
+    if not isinstance(dataset, str):
+        raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
     if dataset == "cifar10":
         num_classes = 10
         target = np.arange(10)
@@ -124,7 +152,7 @@ def asymmetric(
         )
     labels = _check_labels(labels, num_classes)
     rate = _check_rate(rate)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     selected = rng.random(labels.shape[0]) < rate
     return _result(labels, np.where(selected, target[labels], labels))
 
@@ -140,6 +168,8 @@ def _read_label_file(path: str | os.PathLike) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise ValueError(f"label file {path!r} holds no arrays")
                 key = "labels" if "labels" in z.files else z.files[0]
                 return z[key]
         rows = []
@@ -157,6 +187,10 @@ def _read_label_file(path: str | os.PathLike) -> np.ndarray:
                         f"label file {path!r} line {lineno}: {field!r} is not an integer"
                     ) from None
         return np.asarray(rows, dtype=np.int64)
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"label file {path!r} is neither .npy/.npz nor text (one integer label per line)"
+        ) from None
     except (OSError, EOFError) as e:
         raise ValueError(f"cannot read label file {path!r}: {e}") from e
 
@@ -197,7 +231,15 @@ def apply(
     dataset: str = "cifar10",
     human_labels: np.ndarray | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inject label noise of the given kind; see the module docstring for the kinds."""
+    """Inject label noise of the given kind; see the module docstring for the kinds.
+
+    Every argument is checked first: bad input raises ``ValueError`` naming it and what is allowed.
+    """
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}; allowed: {', '.join(KINDS)}")
+    _check_num_classes(num_classes)
+    _check_rate(rate)
+    _check_seed(seed)
     if kind == "none":
         labels = _check_labels(labels, num_classes)
         return _result(labels, labels.copy())
@@ -206,6 +248,12 @@ def apply(
     if kind == "symmetric_exclusive":
         return symmetric(labels, rate=rate, num_classes=num_classes, seed=seed, include_true=False)
     if kind == "asymmetric":
+        expected = {"cifar10": 10, "cifar100": 100}.get(dataset) if isinstance(dataset, str) else 0
+        if expected and num_classes != expected:
+            raise ValueError(
+                f"asymmetric noise for {dataset!r} needs {expected} classes, but the dataset has "
+                f"{num_classes}"
+            )
         return asymmetric(labels, rate=rate, dataset=dataset, seed=seed)
     if kind == "human":
         if human_labels is None:

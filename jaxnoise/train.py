@@ -57,7 +57,7 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
 def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
     """Noisy labels and the noise mask for the training set."""
     dataset = {"cifar10": "cifar10", "cifar100": "cifar100"}.get(ds.name, ds.name)
-    return noise_lib.apply(
+    noisy, mask = noise_lib.apply(
         config.noise_kind,
         ds.train_labels,
         num_classes=ds.num_classes,
@@ -66,6 +66,11 @@ def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
         dataset=dataset,
         human_labels=config.label_file or None,
     )
+    if noisy.size and not (0 <= noisy.min() and noisy.max() < ds.num_classes):  # never trains
+        raise ValueError(  # on labels outside the model's classes (jax would not complain)
+            f"noise kind {config.noise_kind!r} produced labels outside [0, {ds.num_classes})"
+        )
+    return noisy, mask
 
 
 def validate_against_data(
@@ -73,6 +78,16 @@ def validate_against_data(
 ) -> None:
     """Checks that need the dataset's size (still before anything is compiled)."""
     n = ds.train_images.shape[0]
+    if ds.num_classes < 2:
+        raise ValueError(
+            f"dataset {ds.name!r} has {ds.num_classes} class(es) {ds.class_names}; learning "
+            "with noisy labels needs at least 2"
+        )
+    if n < mixture.MIN_SAMPLES:
+        raise ValueError(
+            f"dataset {ds.name!r} has {n} training samples; the noise model needs at least "
+            f"{mixture.MIN_SAMPLES}"
+        )
     if config.batch_size % num_devices:
         raise ValueError(
             f"config.batch_size = {config.batch_size} must be divisible by the number of devices "
@@ -339,32 +354,102 @@ def _config_fingerprint(config: ml_collections.ConfigDict) -> dict:
 
 
 def _write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config) -> None:
-    """config.json and dataset.json (class names, image paths, whether the noise is known)."""
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2, sort_keys=True)
-    with open(os.path.join(workdir, "dataset.json"), "w") as f:
-        json.dump(
-            {
-                "name": ds.name,
-                "class_names": list(ds.class_names),
-                "num_train": int(ds.train_images.shape[0]),
-                # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
-                "noise_known": config.noise_kind != "none",
-                "train_paths": list(ds.train_paths) if ds.train_paths else None,
-            },
-            f,
+    """config.json and dataset.json (class names, image paths, whether the noise is known).
+
+    Written atomically: a process killed meanwhile leaves the previous files, never torn ones.
+    """
+    ckpt_lib.atomic_write_text(
+        os.path.join(workdir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True)
+    )
+    info = {
+        "name": ds.name,
+        "class_names": list(ds.class_names),
+        "num_train": int(ds.train_images.shape[0]),
+        # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
+        "noise_known": config.noise_kind != "none",
+        "train_paths": list(ds.train_paths) if ds.train_paths else None,
+    }
+    ckpt_lib.atomic_write_text(os.path.join(workdir, "dataset.json"), json.dumps(info))
+
+
+def _check_same_dataset(workdir: str, ds: data_lib.Dataset) -> None:
+    """Refuse to resume checkpoints of a run whose dataset had other samples or classes."""
+    path = os.path.join(workdir, "dataset.json")
+    if not (os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return  # written atomically, so unreadable only if edited by hand: the restore decides
+    now = {"num_train": int(ds.train_images.shape[0]), "class_names": list(ds.class_names)}
+    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in now.items() if old.get(k) != v]
+    if diff:
+        raise ValueError(
+            f"workdir {workdir!r} holds a run on a different dataset ({'; '.join(diff)[:300]}); "
+            "use another --workdir, or pass --fresh to discard that run and start again"
         )
+
+
+@jax.jit
+def _tree_all_finite(tree) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite (one scalar)."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _stop_agreed(guard: ckpt_lib.PreemptionGuard, sync_point: bool) -> bool:
+    """Whether to stop now. With several processes, all must stop at the same step (the save
+    is collective), so they agree at sync points (log steps, epoch ends) on whether any of them
+    was signalled."""
+    if jax.process_count() == 1:
+        return guard.stop_requested
+    if not sync_point:
+        return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(guard.stop_requested))
+    return bool(np.any(flags))
+
+
+def _position(epoch_done: int, step_in_epoch: int, steps_per_epoch: int) -> str:
+    if step_in_epoch:
+        return f"step {step_in_epoch}/{steps_per_epoch} of epoch {epoch_done + 1}"
+    return f"the end of epoch {epoch_done}"
+
+
+def _degenerate_reason(track_loss: jax.Array) -> str:
+    p5, p95 = (float(v) for v in mixture.percentiles(track_loss, (5.0, 95.0)))
+    if p95 <= p5 + 1e-5:
+        return f"the 5th and 95th loss percentiles coincide ({p5:.6g}): the losses are ~all equal"
+    return "EM ended with non-finite or non-positive parameters"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False,
                        stop_after_epoch: int | None = None) -> dict:  # fmt: skip
     """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config.
 
-    ``stop_after_epoch`` ends this call after that epoch's checkpoint (as a preemption would);
-    calling again resumes.
+    ``stop_after_epoch`` ends this call after that epoch's checkpoint; calling again resumes.
+
+    SIGTERM or SIGINT (a preemption, Ctrl-C) lets the current train step finish, saves a
+    checkpoint of that exact position (epoch and step) and returns with
+    ``summary["interrupted"] = True`` (``summary["signal"]`` names the signal); calling again
+    resumes from that step and gives exactly the metrics of an uninterrupted run. A non-finite
+    loss (training loss, or any per-sample loss of the tracking pass) raises FloatingPointError
+    and keeps the last good checkpoint.
     """
     config_lib.validate(config)
+    # After jax.distributed.initialize, which installs its own SIGTERM notifier: ours replaces it.
     parallel.initialize(config)
+    with ckpt_lib.PreemptionGuard() as guard:
+        return _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard)
+
+
+def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict:
     mesh = parallel.make_mesh(config.mesh.num_devices)
     main_process = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -381,6 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             f"(divisible by the {mesh.size} devices)")  # fmt: skip
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
+    _check_same_dataset(workdir, ds)
     log(
         f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} "
         f"classes {ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
@@ -405,28 +491,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     graphdef, tx, state, aux = init_train_state(config, ds, mesh)
     manager = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     history: list[dict] = []
-    best_acc, start_epoch = 0.0, 1
+    best_acc, start_epoch, start_step = 0.0, 1, 0
+    last_good = "no checkpoint has been saved yet"
+    saved_at = None  # position of the newest checkpoint, for messages
     restored = manager.restore_latest({"state": state, "aux": aux, "labels": data["labels"]})
     if restored is not None:
         tree, meta = restored
         state, aux = tree["state"], tree["aux"]
         if not np.array_equal(parallel.gather_to_host(tree["labels"]), noisy_labels):
-            raise RuntimeError(
-                f"checkpoint in {workdir} holds different noisy labels than this config produces"
+            raise ValueError(
+                f"checkpoint in {workdir} holds different noisy labels than this config and "
+                "dataset produce; use another --workdir, or pass --fresh to start again"
             )
         history, best_acc = meta["history"], meta["best_acc"]
         start_epoch = meta["epoch"] + 1
-        log(f"resumed from {workdir} after epoch {meta['epoch']}")
+        start_step = int(meta.get("step_in_epoch", 0))
+        saved_at = _position(meta["epoch"], start_step, steps_per_epoch)
+        last_good = f"the checkpoint at {saved_at} in {manager.directory} is kept"
+        log(f"resumed from {workdir} at {saved_at}")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     if main_process:
         _write_run_info(workdir, resolved, ds, config)
+        # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
+        # whose checkpoint was being written) or a torn last line never appear twice.
+        ckpt_lib.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     eval_chunk = make_eval_chunk(graphdef, config, mean, std, mesh)
     steps_cache: dict[config_lib.Phase, Any] = {}
     permutation = make_permutation_fn(config.seed, n_train, mesh)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     last_arrays = None
+    interrupted = False
 
-    with ckpt_lib.PreemptionGuard() as guard:
+    def save(epoch_done: int, step_in_epoch: int) -> None:
+        # The orbax step is the number of train steps done: end-of-epoch and mid-epoch
+        # checkpoints order correctly.
+        nonlocal saved_at, last_good
+        manager.save(
+            epoch_done * steps_per_epoch + step_in_epoch,
+            {"state": state, "aux": aux, "labels": data["labels"]},
+            {"epoch": epoch_done, "step_in_epoch": step_in_epoch, "history": history,
+             "best_acc": best_acc},
+        )  # fmt: skip
+        saved_at = _position(epoch_done, step_in_epoch, steps_per_epoch)
+        last_good = f"the checkpoint at {saved_at} in {manager.directory} is kept"
+
+    def diverged(what: str) -> FloatingPointError:
+        return FloatingPointError(
+            f"{what}: training diverged; {last_good}. Training is deterministic, so re-running "
+            "the same command resumes from that checkpoint and diverges again unless the cause "
+            "was transient; to change the config (e.g. a lower config.lr) pass --fresh or use "
+            "another --workdir"
+        )
+
+    try:
         for epoch in range(start_epoch, config.epochs + 1):
             phase = config_lib.phase_for_epoch(config, epoch)
             if phase not in steps_cache:
@@ -440,35 +557,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             )
             temperature = np.float32(config_lib.temperature_for_epoch(config, epoch))
             perm = permutation(np.int32(epoch))
-            state["loss_sum"] = parallel.put_replicated(mesh, np.float32(0.0))
+            # A run resumed in the middle of this epoch continues its running loss sum.
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                state["loss_sum"] = parallel.put_replicated(mesh, np.float32(0.0))
+            if epoch == start_epoch and _stop_agreed(guard, True):
+                interrupted = True  # signalled while loading or restoring: nothing new to save
+                log(f"{guard.signal_name} before training resumed; {last_good}")
+                break
 
             # --- train epoch -------------------------------------------------------------
             t_train = time.time()
             bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}")
-            for s in range(steps_per_epoch):
+            bar.update(first)
+            done = first
+            for s in range(first, steps_per_epoch):
                 state = train_step(
                     state, data, aux, perm, np.int32(s), np.int32(epoch), temperature,
                 )  # fmt: skip
-                if (s + 1) % config.log_every_steps == 0 or s + 1 == steps_per_epoch:
+                done = s + 1
+                sync = done % config.log_every_steps == 0 or done == steps_per_epoch
+                if sync:
+                    running = float(state["loss_sum"]) / done
+                    if not np.isfinite(running):
+                        raise diverged(
+                            f"non-finite training loss ({running}) after step {done}/"
+                            f"{steps_per_epoch} of epoch {epoch}"
+                        )
                     bar.update(
-                        (s + 1) - bar.n,
-                        loss=float(state["loss_sum"]) / (s + 1),
-                        images_per_s=(s + 1) * config.batch_size / (time.time() - t_train),
+                        done - bar.n,
+                        loss=running,
+                        images_per_s=(done - first) * config.batch_size / (time.time() - t_train),
                     )
-                if guard.stop_requested:
+                if done < steps_per_epoch and _stop_agreed(guard, sync):
                     break
-            train_loss = float(state["loss_sum"]) / max(1, s + 1)
             bar.close()
             t_train = time.time() - t_train
-            if guard.stop_requested:
-                log(f"stop requested during epoch {epoch}: keeping the checkpoint of epoch "
-                    f"{epoch - 1}; re-run the same command to resume")  # fmt: skip
-                break
-            if not np.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"non-finite training loss ({train_loss}) in epoch {epoch}; the last good "
-                    f"checkpoint (epoch {epoch - 1}) is kept in {workdir}"
+            if done < steps_per_epoch:  # preempted: save this exact position and stop
+                if not bool(_tree_all_finite(state)):
+                    raise diverged(f"non-finite train state at step {done} of epoch {epoch}")
+                save(epoch - 1, done)
+                interrupted = True
+                log(
+                    f"{guard.signal_name} during epoch {epoch}: saved a checkpoint after step "
+                    f"{done}/{steps_per_epoch}; re-run the same command to resume from there"
                 )
+                break
+            train_loss = float(state["loss_sum"]) / steps_per_epoch
+            if not np.isfinite(train_loss):
+                raise diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}")
 
             # --- tracking pass + mixture fit ---------------------------------------------
             t_track = time.time()
@@ -476,7 +613,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                 eval_chunk, state, data["images"], data["labels"], config.eval_batch_size,
                 epoch=epoch, augment=config.track_augment, mesh=mesh,
             )  # fmt: skip
-            jax.block_until_ready(track_loss)
+            n_bad = int(jnp.sum(~jnp.isfinite(track_loss)))
+            if n_bad:  # the noise model cannot be fitted to a diverged model's losses
+                raise diverged(
+                    f"{n_bad} of {n_train} per-sample losses of the tracking pass after epoch "
+                    f"{epoch} are NaN or infinite"
+                )
             t_track = time.time() - t_track
             t_fit = time.time()
             mix_state = mixture.fit(
@@ -521,10 +663,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                     "fit": t_fit,
                     "eval": t_eval,
                 },  # fmt: skip
-                "images_per_s": steps_per_epoch * config.batch_size / max(t_train, 1e-9),
+                "images_per_s": (steps_per_epoch - first) * config.batch_size / max(t_train, 1e-9),
             }
             if not record["mixture"]["valid"]:
-                log(f"epoch {epoch}: the mixture fit was degenerate; posteriors are 0.5")
+                log(f"warning: epoch {epoch}: the {config.noise_model} fit was degenerate "
+                    f"({_degenerate_reason(track_loss)}); every p(noisy) is 0.5 for the next "
+                    "epoch (no sample is favoured)")  # fmt: skip
             history.append(record)
             if main_process:
                 with open(metrics_path, "a") as f:
@@ -535,24 +679,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                 f"P/R@0.5 {record['precision']:.3f}/{record['recall']:.3f}  "
                 f"[{t_train:.1f}s train, {t_track:.1f}s track, {t_fit * 1e3:.0f}ms fit]"
             )
-            manager.save(
-                epoch,
-                {"state": state, "aux": aux, "labels": data["labels"]},
-                {"epoch": epoch, "history": history, "best_acc": best_acc},
-            )
+            save(epoch, 0)
             last_arrays = (track_loss, p_noisy, track_logits)
-            if guard.stop_requested:
-                log(f"stop requested: checkpoint of epoch {epoch} saved; re-run to resume")
+            if epoch < config.epochs and _stop_agreed(guard, True):
+                interrupted = True
+                log(f"{guard.signal_name}: saved the checkpoint of epoch {epoch}; re-run the "
+                    "same command to resume")  # fmt: skip
                 break
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
-    manager.wait()
+    finally:
+        manager.wait()  # an asynchronous save in flight is completed, also when raising
 
     if last_arrays is not None:
         track_loss, p_noisy, track_logits = (parallel.gather_to_host(a) for a in last_arrays)
     if last_arrays is not None and main_process:
-        np.savez(
-            os.path.join(workdir, "per_sample.npz"),
+        arrays = dict(
             loss=track_loss,
             p_noisy=p_noisy,
             prediction=np.argmax(track_logits, -1).astype(np.int32),
@@ -561,11 +703,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
             true_label=ds.train_labels.astype(np.int32),
             noise_mask=noise_mask,
         )
+        ckpt_lib.atomic_write(
+            os.path.join(workdir, "per_sample.npz"), lambda f: np.savez(f, **arrays)
+        )
     summary = {
         "best_acc": best_acc,
         "last_acc": history[-1]["test_acc"] if history else float("nan"),
         "epochs_done": history[-1]["epoch"] if history else 0,
         "auroc": history[-1]["auroc"] if history else float("nan"),
         "history": history,
+        "interrupted": interrupted,
+        "signal": guard.signal_name if interrupted and guard.signum else None,
+        "checkpoint_at": saved_at,  # e.g. "step 5/23 of epoch 2" or "the end of epoch 3"
     }
+    if main_process and not interrupted and os.path.exists(os.path.join(workdir, "per_sample.npz")):
+        from jaxnoise import report  # matplotlib is imported only here
+
+        try:
+            out = report.write_report(workdir)
+            log(f"figures and label_issues.csv written to {workdir} ({out.get('num_flagged', '?')} "
+                "samples flagged as probably mislabeled)")  # fmt: skip
+        except Exception as e:  # the run's results are saved; a plotting failure must not hide it
+            log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
+                f"retry with: python -m jaxnoise.report {workdir}")  # fmt: skip
     return summary

@@ -151,9 +151,7 @@ def test_folder_cache_invalidated_when_files_change(tmp_path, monkeypatch) -> No
     _write(root / "train/dog/999.png", new)
     calls = []
     real_decode = data._decode_files
-    monkeypatch.setattr(
-        data, "_decode_files", lambda *a: calls.append(1) or real_decode(*a)
-    )
+    monkeypatch.setattr(data, "_decode_files", lambda *a: calls.append(1) or real_decode(*a))
     ds = data.load_image_folder(str(root), cache_dir=str(cache))
     assert calls and len(ds.train_labels) == 7
     np.testing.assert_array_equal(ds.train_images[-1], new)
@@ -346,8 +344,10 @@ def test_dataset_validates_shapes() -> None:
 def _images(b=16, h=6, w=5, c=2, seed=0) -> np.ndarray:
     """Images whose pixels are all distinct (ignoring zero), so windows are unique."""
     rng = np.random.default_rng(seed)
-    return rng.permutation(np.arange(1, b * h * w * c + 1) % 255 + 1).astype(np.uint8).reshape(
-        b, h, w, c
+    return (
+        rng.permutation(np.arange(1, b * h * w * c + 1) % 255 + 1)
+        .astype(np.uint8)
+        .reshape(b, h, w, c)
     )
 
 
@@ -372,9 +372,7 @@ def test_augment_is_a_window_of_the_zero_padded_image() -> None:
                 for i in range(2 * p + 1)
                 for j in range(2 * p + 1)
                 for f in ((False, True) if flip else (False,))
-                if np.array_equal(
-                    out[b], padded[b, i : i + h, j : j + w][:, :: -1 if f else 1]
-                )
+                if np.array_equal(out[b], padded[b, i : i + h, j : j + w][:, :: -1 if f else 1])
             ]
             assert found, f"sample {b} is not a (flipped) window of its padded image"
             offsets.add(found[0][:2])
@@ -461,8 +459,10 @@ class JaxnoiseOfflineFail(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             features=tfds.features.FeaturesDict(
-                {"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(
-                    num_classes=2)}
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=2),
+                }
             ),
         )
 
@@ -557,8 +557,16 @@ def test_folder_on_real_cifar10(cifar_root, tmp_path, monkeypatch) -> None:
     assert ds.train_images.shape == (50000, 32, 32, 3)
     assert ds.test_images.shape == (10000, 32, 32, 3)
     assert ds.class_names == [
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ]
     np.testing.assert_array_equal(np.bincount(ds.train_labels), [5000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.test_labels), [1000] * 10)

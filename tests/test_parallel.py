@@ -64,7 +64,11 @@ def test_two_processes_agree_with_one(single_and_multi_device, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "tests/_multiprocess_check.py", str(i), port, str(tmp_path / "wd")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]

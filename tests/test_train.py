@@ -13,23 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import quickstart
 from jaxnoise import config as config_lib
 from jaxnoise import mixture, train
+from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    """Quickstart shrunk for tests: width-8 CNN, short schedule."""
-    c = quickstart.get_config()
-    c.width = 8
-    c.epochs = 3
-    c.lr_milestones = (2,)
-    c.bootstrap_start_epoch = 2
-    c.dynamic_start_epoch = 2
-    c.soft_to_hard_start_epoch = 3
-    c.temperature_epochs = 2
+    """Quickstart shrunk for tests: width-8 CNN, 3-epoch schedule (shared with the signal tests)."""
+    c = _signal_run.get_config()
     for k, v in overrides.items():
         setattr(c, k, v)
     return c
