@@ -37,7 +37,8 @@ def main(argv):
 
     workdir = _WORKDIR.value
     if workdir is None:
-        name = os.path.splitext(os.path.basename(config_flags.get_config_filename(_CONFIG)))[0]
+        config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+        name = os.path.splitext(os.path.basename(config_path))[0]
         workdir = os.path.join("runs", name)
     try:
         summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)

@@ -229,3 +229,18 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
     assert s["epochs_done"] == 2
     assert np.isfinite(s["history"][-1]["train_loss"])
     assert 0.0 <= s["last_acc"] <= 100.0
+
+
+def test_main_without_workdir_uses_runs_config_name(tmp_path):
+    """The README's newcomer command has no --workdir: the run goes to runs/<config name>."""
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"),
+         "--config", os.path.join(ROOT, "configs", "quickstart.py"),
+         "--config.width=8", "--config.epochs=2", "--config.lr_milestones=(1,)",
+         "--config.bootstrap_start_epoch=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "done: M-DYR-H" in r.stdout
+    wd = tmp_path / "runs" / "quickstart"
+    assert (wd / "metrics.jsonl").exists() and (wd / "label_issues.csv").exists()
