@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.common import git_commit  # noqa: E402
 from configs import cifar10_m_dyr_h, quickstart  # noqa: E402
 from jaxnoise import train  # noqa: E402
 
@@ -200,9 +200,7 @@ def ensure_cifar(root: str) -> str | None:
 
 def markdown(results: list[dict], commands: list[str]) -> str:
     """The results page."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = git_commit()
     lines = [
         "# Label-issue detection: jaxnoise vs cleanlab",
         "",

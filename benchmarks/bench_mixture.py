@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -25,6 +24,7 @@ import numpy as np
 import scipy.stats as stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import git_commit  # noqa: E402
 from jaxnoise import mixture  # noqa: E402
 
 
@@ -123,9 +123,7 @@ def main() -> None:
             flush=True,
         )
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     lines = [
         "# BMM fit + posteriors: jaxnoise vs numpy/scipy",
         "",

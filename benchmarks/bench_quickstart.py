@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.common import git_commit  # noqa: E402
 from configs import quickstart  # noqa: E402
 from jaxnoise import train  # noqa: E402
 
@@ -32,9 +32,7 @@ def main() -> None:
         name = method if source == "batch" else f"{method} (posterior_source=epoch)"
         rows.append((name, s["best_acc"], s["last_acc"], s["auroc"], time.time() - t))
         shutil.rmtree(wd)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = git_commit()
     lines = [
         "# Quickstart: digits, 50% symmetric noise",
         "",

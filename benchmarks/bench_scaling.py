@@ -20,6 +20,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.common import git_commit  # noqa: E402
 
 
 def worker(num_devices: int, sizes: list[int], steps: int) -> dict:
@@ -105,8 +107,7 @@ def main() -> None:
               f"BMM fit + posteriors {fits}", flush=True)  # fmt: skip
     import jax
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    commit = git_commit()
     base = results[0]
     sizes = list(base["fit_s"])
     lines = [

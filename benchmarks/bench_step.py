@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -24,6 +23,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.common import git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import config as config_lib  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
@@ -115,9 +115,7 @@ def main() -> None:
             print(f"width {width:3d}  {name:20s} {s:.3f} s/step  {128 / s:7.0f} img/s  "
                   f"{s / med['CE']:.2f}x CE", flush=True)  # fmt: skip
         sections.append("\n".join(lines))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = git_commit()
     text = (
         "# Train-step cost per algorithm\n\n"
         f"Command: `python benchmarks/bench_step.py --rounds {args.rounds}`  \n"

@@ -24,13 +24,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tarfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.common import git_commit  # noqa: E402
 
 SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
 
@@ -165,8 +165,7 @@ def read_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dic
 
 def write_table(protocol: str, records: list[dict], command: str) -> None:
     """benchmarks/results/reproduce_<protocol>.{md,json}."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    commit = git_commit()
     out = os.path.join(ROOT, "benchmarks", "results", f"reproduce_{protocol}")
     meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "commit": commit}  # fmt: skip

@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from jaxnoise import data as data_lib
+from jaxnoise import losses, models
 from jaxnoise import noise as noise_lib
 
 METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
@@ -25,12 +27,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "noise_model": ("bmm", "gmm"),
     "noisy_component": ("initial", "max_mean"),
     "posterior_source": ("batch", "epoch"),
-    "mixup_draw": ("none", "beta", "binomial"),
+    "mixup_draw": losses.DRAWS,
     "loss_pair_weight": ("published", "mix"),
     "optimizer": ("sgd", "adam"),
     "noise_kind": noise_lib.KINDS,
-    "model": ("preact_resnet18", "small_cnn", "resnet50"),
-    "data.source": ("tfds", "folder", "digits"),
+    "model": models.MODEL_NAMES,
+    "data.source": data_lib.SOURCES,
 }
 
 INT_MAX = 2**31 - 1  # epochs, steps and sizes reach jitted code as int32

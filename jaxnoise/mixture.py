@@ -193,6 +193,18 @@ def _lookup_table(posterior_fn) -> jax.Array:
     return jnp.where(jnp.arange(LOOKUP_RESOLUTION) >= i, t[i], t)
 
 
+def _common_fields(weights, lo, hi, comp, posterior_fn, ok) -> dict:
+    """The state fields both mixtures share (an invalid fit gets neutral bounds)."""
+    return dict(
+        weights=weights,
+        lo=jnp.where(ok, lo, 0.0),
+        hi=jnp.where(ok, hi, 1.0),
+        noisy_component=comp,
+        lookup=_lookup_table(posterior_fn),
+        valid=ok,
+    )
+
+
 def _choose_noisy(means: jax.Array, noisy: str) -> jax.Array:
     if noisy == "initial":
         return jnp.asarray(1, jnp.int32)
@@ -274,16 +286,7 @@ def fit_bmm(losses: jax.Array, *, max_iters: int = 10, noisy: Noisy = "initial")
         wl = _bmm_weighted_likelihoods(jnp.log(xq), jnp.log1p(-xq), alphas, betas, weights)
         return jnp.where(comp == 1, wl[1], wl[0]) / (wl[0] + wl[1] + _EPS_NAN)
 
-    return BMMState(
-        alphas=alphas,
-        betas=betas,
-        weights=weights,
-        lo=jnp.where(ok, lo, 0.0),
-        hi=jnp.where(ok, hi, 1.0),
-        noisy_component=comp,
-        lookup=_lookup_table(post),
-        valid=ok,
-    )
+    return BMMState(alphas=alphas, betas=betas, **_common_fields(weights, lo, hi, comp, post, ok))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,14 +349,7 @@ def fit_gmm(
         return jnp.exp(logp[comp] - jax.nn.logsumexp(logp, axis=0))
 
     return GMMState(
-        means=means,
-        variances=variances,
-        weights=weights,
-        lo=jnp.where(ok, lo, 0.0),
-        hi=jnp.where(ok, hi, 1.0),
-        noisy_component=comp,
-        lookup=_lookup_table(post),
-        valid=ok,
+        means=means, variances=variances, **_common_fields(weights, lo, hi, comp, post, ok)
     )
 
 

@@ -156,7 +156,6 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
         "stats": stats,
         "opt_state": tx.init(params),
         "mixture": mixture.initial_state(config.noise_model),
-        "step": jnp.zeros((), jnp.int32),
         "loss_sum": jnp.zeros((), jnp.float32),
     }
     if mesh is None:
@@ -282,7 +281,6 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: conf
         new_params = optax.apply_updates(params, updates)
         new_state = dict(state, params=new_params, stats=new_stats, opt_state=opt_state)
         new_state["loss_sum"] = state["loss_sum"] + loss
-        new_state["step"] = state["step"] + 1
         return new_state
 
     return jax.jit(step, donate_argnums=(0,))
