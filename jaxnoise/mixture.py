@@ -183,13 +183,23 @@ def _prepare(losses: jax.Array):
 
 
 def _lookup_table(posterior_fn) -> jax.Array:
-    """The original's 100-bin posterior table, made monotone from its argmax on."""
+    """The original's 100-bin posterior table, made monotone from its argmax on.
+
+    ``posterior_fn`` returns the noisy posterior t and its complement c = 1 - t, each computed
+    directly. The original finds the argmax in float64; in float32, posteriors within ~1e-7 of
+    1 all round to 1.0 and ``argmax`` would pick the first of them. When the flat component
+    is the noisy one it wins at both ends of the grid (t = 1 - 1e-11 at x = 1e-12, above
+    the float64 values in the middle, below those at the top), so bin 0 would win the tie and
+    the whole table would become 1: every sample noisy. The complement keeps its relative
+    precision near 0, so its argmin is the float64 argmax.
+    """
     grid = jnp.linspace(_EPS_NAN, 1.0 - _EPS_NAN, LOOKUP_RESOLUTION, dtype=jnp.float32)
     # In float32 1 - 1e-12 rounds to 1.0, where log(1 - x) = -inf (NaN or 0 posteriors in the
     # last bin); the nearest float32 below 1 plays the role of the original's float64 grid end.
     grid = jnp.minimum(grid, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
-    t = posterior_fn(grid)
-    i = jnp.argmax(t)
+    t, c = posterior_fn(grid)
+    c = jnp.where(jnp.isnan(c), jnp.inf, c)
+    i = jnp.where(jnp.max(t) > 0.5, jnp.argmin(c), jnp.argmax(t))
     return jnp.where(jnp.arange(LOOKUP_RESOLUTION) >= i, t[i], t)
 
 
@@ -282,11 +292,20 @@ def fit_bmm(losses: jax.Array, *, max_iters: int = 10, noisy: Noisy = "initial")
     alphas, betas, weights = (jnp.where(ok, v, v0) for v, v0 in zip((alphas, betas, weights), init))
     comp = _choose_noisy(alphas / (alphas + betas), noisy)
 
+    post = _bmm_posterior_fn(alphas, betas, weights, comp)
+    return BMMState(alphas=alphas, betas=betas, **_common_fields(weights, lo, hi, comp, post, ok))
+
+
+def _bmm_posterior_fn(alphas, betas, weights, comp):
+    """x -> (p(noisy | x), 1 - p(noisy | x)) as the original computes them (lookup grid)."""
+
     def post(xq):
         wl = _bmm_weighted_likelihoods(jnp.log(xq), jnp.log1p(-xq), alphas, betas, weights)
-        return jnp.where(comp == 1, wl[1], wl[0]) / (wl[0] + wl[1] + _EPS_NAN)
+        total = wl[0] + wl[1] + _EPS_NAN
+        noisy_wl, clean_wl = jnp.where(comp == 1, wl[1], wl[0]), jnp.where(comp == 1, wl[0], wl[1])
+        return noisy_wl / total, (clean_wl + _EPS_NAN) / total
 
-    return BMMState(alphas=alphas, betas=betas, **_common_fields(weights, lo, hi, comp, post, ok))
+    return post
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +365,8 @@ def fit_gmm(
 
     def post(xq):
         logp = _gmm_log_weighted(xq, means, variances, weights)
-        return jnp.exp(logp[comp] - jax.nn.logsumexp(logp, axis=0))
+        lse = jax.nn.logsumexp(logp, axis=0)
+        return jnp.exp(logp[comp] - lse), jnp.exp(logp[1 - comp] - lse)
 
     return GMMState(
         means=means, variances=variances, **_common_fields(weights, lo, hi, comp, post, ok)
