@@ -177,7 +177,7 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
         json.dump({"meta": meta, "records": records}, f, indent=1)
 
     def fmt(v, spec):
-        return "–" if v is None else format(v, spec)
+        return "–" if v is None or v != v else format(v, spec)  # None or NaN (0% noise)
 
     lines = [
         f"# Reproduction, protocol `{protocol}`",
@@ -185,16 +185,33 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
         f"Command: `{command}`  ",
         f"Machine: {meta['machine']}; jaxnoise commit {commit}.",
         "",
+        *(
+            [
+                f"Protocol: width-{REDUCED['width']} PreAct ResNet-18, "
+                f"{REDUCED['subset_per_class']:,} training images per class (class-balanced "
+                "subset of the ../shared CIFAR-10 JPEGs), every schedule epoch divided by "
+                f"{REDUCED['schedule_divisor']}, the full 10,000-image test set. Why, and what "
+                "the numbers mean: `reproduce_reduced_notes.md`.",
+                "",
+            ]
+            if protocol == "reduced"
+            else []
+        ),
+        "AUROC: noise detection by the fitted mixture's posterior as used in training (the "
+        "lookup table); `loss` AUROC: by the raw per-sample loss.",
+        "",
         "| cell | method | noise | mixture | draw | epochs done | best acc | last acc "
-        "| AUROC after warm-up | AUROC final | minutes |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| AUROC after warm-up | loss AUROC after warm-up | AUROC final | loss AUROC final "
+        "| minutes |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         lines.append(
             f"| {r['cell']} | {r['method']} | {r['noise']} | {r['mixture']} | {r['mixup_draw']} "
             f"| {r['epochs_done']}/{r['epochs']} | {fmt(r['best_acc'], '.2f')} "
             f"| {fmt(r['last_acc'], '.2f')} | {fmt(r['auroc_warmup'], '.4f')} "
-            f"| {fmt(r['auroc_final'], '.4f')} | {fmt(r['minutes'], '.1f')} |"
+            f"| {fmt(r['auroc_loss_warmup'], '.4f')} | {fmt(r['auroc_final'], '.4f')} "
+            f"| {fmt(r['auroc_loss_final'], '.4f')} | {fmt(r['minutes'], '.1f')} |"
         )
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
