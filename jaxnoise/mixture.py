@@ -194,10 +194,10 @@ def _lookup_table(posterior_fn) -> jax.Array:
     precision near 0, so its argmin is the float64 argmax.
     """
     grid = jnp.linspace(_EPS_NAN, 1.0 - _EPS_NAN, LOOKUP_RESOLUTION, dtype=jnp.float32)
-    # In float32 1 - 1e-12 rounds to 1.0, where log(1 - x) = -inf (NaN or 0 posteriors in the
-    # last bin); the nearest float32 below 1 plays the role of the original's float64 grid end.
-    grid = jnp.minimum(grid, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
-    t, c = posterior_fn(grid)
+    # The grid is symmetric, 1 - x_i = x_(99-i): the reversed grid gives 1 - x exactly where
+    # float32 cannot (1 - 1e-12 rounds to 1.0), so a beta density with beta < 1 is evaluated
+    # at the original's last point 1 - 1e-12 and not at the nearest float32 below 1.
+    t, c = posterior_fn(grid, grid[::-1])
     c = jnp.where(jnp.isnan(c), jnp.inf, c)
     i = jnp.where(jnp.max(t) > 0.5, jnp.argmin(c), jnp.argmax(t))
     return jnp.where(jnp.arange(LOOKUP_RESOLUTION) >= i, t[i], t)
@@ -297,10 +297,10 @@ def fit_bmm(losses: jax.Array, *, max_iters: int = 10, noisy: Noisy = "initial")
 
 
 def _bmm_posterior_fn(alphas, betas, weights, comp):
-    """x -> (p(noisy | x), 1 - p(noisy | x)) as the original computes them (lookup grid)."""
+    """(x, 1 - x) -> (p(noisy | x), 1 - p(noisy | x)) as the original computes them."""
 
-    def post(xq):
-        wl = _bmm_weighted_likelihoods(jnp.log(xq), jnp.log1p(-xq), alphas, betas, weights)
+    def post(xq, one_minus_xq):
+        wl = _bmm_weighted_likelihoods(jnp.log(xq), jnp.log(one_minus_xq), alphas, betas, weights)
         total = wl[0] + wl[1] + _EPS_NAN
         noisy_wl, clean_wl = jnp.where(comp == 1, wl[1], wl[0]), jnp.where(comp == 1, wl[0], wl[1])
         return noisy_wl / total, (clean_wl + _EPS_NAN) / total
@@ -363,7 +363,7 @@ def fit_gmm(
     )
     comp = _choose_noisy(means, noisy)
 
-    def post(xq):
+    def post(xq, _):
         logp = _gmm_log_weighted(xq, means, variances, weights)
         lse = jax.nn.logsumexp(logp, axis=0)
         return jnp.exp(logp[comp] - lse), jnp.exp(logp[1 - comp] - lse)

@@ -532,6 +532,12 @@ _WEAK_FITS = [
      [0.5609738826751709, 0.43902620673179626]),
     ([18.6915283203125, 0.9700154066085815], [26.689266204833984, 0.7606579065322876],
      [0.43715208768844604, 0.5628478527069092]),
+    # MD-DYR-SH at 90%: beta < 1 for the flat component, so its density diverges at x -> 1
+    # and the last grid point must be the original's 1 - 1e-12, not the float32 below 1.
+    ([7.178736686706543, 0.659757673740387], [10.21670913696289, 0.564990222454071],
+     [0.606341540813446, 0.39365848898887634]),
+    ([2.2090206146240234, 0.907567024230957], [5.915393829345703, 0.8776397109031677],
+     [0.6169131994247437, 0.38308680057525635]),
 ]  # fmt: skip
 
 
@@ -539,7 +545,8 @@ _WEAK_FITS = [
 def test_lookup_table_argmax_as_float64_when_posteriors_round_to_one(fit_i):
     """Posteriors within 1e-7 of 1 at both grid ends must not tie in float32: the float64
     reference (the original's numpy) puts the argmax at the top end, so the table is not
-    constant. Regression: float32 ties sent the argmax to bin 0 and made every sample noisy."""
+    constant. Regression: float32 ties (and, for beta < 1, a last grid point at the float32
+    below 1 instead of 1 - 1e-12) sent the argmax to bin 0 and made every sample noisy."""
     a, b, w = (np.asarray(v, np.float64) for v in _WEAK_FITS[fit_i])
     ref = dict(alphas=a, betas=b, weights=w, noisy_component=1)
     xl = np.linspace(1e-12, 1 - 1e-12, 100)
