@@ -147,10 +147,13 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict
     timing = os.path.join(wd, "minutes.json")
     spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
     t = time.time()
-    s = train.train_and_evaluate(c, wd)
-    spent += (time.time() - t) / 60.0
-    with open(timing, "w") as f:
-        json.dump({"minutes": spent}, f)
+    try:
+        s = train.train_and_evaluate(c, wd)
+    finally:  # also when stopped by SIGTERM/SIGINT (a SIGKILLed run's time is lost)
+        spent += (time.time() - t) / 60.0
+        os.makedirs(wd, exist_ok=True)
+        with open(timing, "w") as f:
+            json.dump({"minutes": spent}, f)
     return summarize(cell, c, s["history"], spent)
 
 

@@ -471,3 +471,40 @@ def test_mixup_bootstrap_reduces_to_mixup_ce_when_w_zero():
         )
     )
     np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_one_class_fixed_point_of_hard_bootstrapping_with_regularizer(eta):
+    """When every flagged sample's own argmax is the same class k, eq. 8 (hard) + eta * eq. 10
+    has a stable minimum that predicts k everywhere: the regulariser only bounds its confidence.
+
+    Derived by hand (Lagrange, sum q = 1) for a batch sharing one softmax q, w = 1:
+    L(q) = -log q_k + eta sum_c (1/C) log((1/C) / q_c) is minimised at
+    q_k = (1 + eta/C) / (1 + eta), q_c = (eta/C) / (1 + eta) (c != k); for C = 10, eta = 1:
+    q_k = 0.55, L = 1.0512 - the softmax (0.548) and train loss (1.055) of the collapsed
+    MD-DYR-SH cells in benchmarks/results/reproduce_reduced_notes.md.
+    """
+    k, n = 3, 16
+    q = np.full(C, eta / C / (1 + eta))
+    q[k] = (1 + eta / C) / (1 + eta)
+    expected = -np.log(q[k]) + eta * np.sum((1 / C) * (np.log(1 / C) - np.log(q)))
+
+    labels = jnp.asarray(np.arange(n) % C, jnp.int32)  # the given labels do not matter at w = 1
+    w = jnp.ones((n,), jnp.float32)
+    clean = jnp.zeros((n, C), jnp.float32).at[:, k].set(1.0)  # argmax k for every sample
+    perm = jnp.asarray(np.random.default_rng(0).permutation(n), jnp.int32)
+
+    def objective(shared_logits):
+        logits = jnp.broadcast_to(shared_logits, (n, C))
+        boot = losses.mixup_bootstrap_loss(
+            logits, labels, w, clean, perm, jnp.float32(0.7), num_classes=C, mode="hard"
+        )
+        return boot + eta * losses.class_balance_regularizer(logits)
+
+    at_min = jnp.asarray(np.log(q), jnp.float32)
+    value, grad = jax.value_and_grad(objective)(at_min)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), 0.0, atol=1e-5)
+    # From uniform predictions the gradient pushes towards k (descent raises logit k).
+    g_uniform = np.asarray(jax.grad(objective)(jnp.zeros((C,), jnp.float32)))
+    assert g_uniform[k] < 0 and np.all(np.delete(g_uniform, k) > 0)
