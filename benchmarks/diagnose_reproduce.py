@@ -27,7 +27,7 @@ from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.reproduce import CELLS  # noqa: E402
+from benchmarks.reproduce import CELLS, cell_dir  # noqa: E402
 
 GRID = np.linspace(1e-12, 1 - 1e-12, 100)  # the published lookup grid
 
@@ -94,8 +94,7 @@ def main() -> None:
     ]
     all_fails = []
     for cell in args.cells:
-        path = os.path.join(args.root, args.protocol, cell.replace("@", "_").replace("/", "_"),
-                            "metrics.jsonl")  # fmt: skip
+        path = os.path.join(cell_dir(args.root, args.protocol, cell), "metrics.jsonl")
         if not os.path.exists(path):
             continue
         history = [json.loads(x) for x in open(path) if x.strip()]

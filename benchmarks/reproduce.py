@@ -138,12 +138,17 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     }
 
 
+def cell_dir(root: str, protocol: str, cell: str) -> str:
+    """The workdir of one cell, e.g. <root>/reduced/MD-DYR-SH_0.9_beta."""
+    return os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
+
+
 def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict:
     """Run (or resume, or just read) one cell's workdir and summarise it."""
     from jaxnoise import train
 
     c = make_config(protocol, cell, data_root)
-    wd = os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
+    wd = cell_dir(root, protocol, cell)
     timing = os.path.join(wd, "minutes.json")
     spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
     t = time.time()
@@ -160,7 +165,7 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict
 def read_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict | None:
     """Summarise a cell from its workdir without training (None if it has not started)."""
     c = make_config(protocol, cell, data_root)
-    wd = os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
+    wd = cell_dir(root, protocol, cell)
     path = os.path.join(wd, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -182,24 +187,23 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
     def fmt(v, spec):
         return "–" if v is None or v != v else format(v, spec)  # None or NaN (0% noise)
 
+    protocol_lines = []
+    if protocol == "reduced":
+        protocol_lines = [
+            f"Protocol: width-{REDUCED['width']} PreAct ResNet-18, "
+            f"{REDUCED['subset_per_class']:,} training images per class (class-balanced "
+            "subset of the ../shared CIFAR-10 JPEGs), every schedule epoch divided by "
+            f"{REDUCED['schedule_divisor']}, the full 10,000-image test set. Why, and what "
+            "the numbers mean: `reproduce_reduced_notes.md`.",
+            "",
+        ]
     lines = [
         f"# Reproduction, protocol `{protocol}`",
         "",
         f"Command: `{command}`  ",
         f"Machine: {meta['machine']}; jaxnoise commit {commit}.",
         "",
-        *(
-            [
-                f"Protocol: width-{REDUCED['width']} PreAct ResNet-18, "
-                f"{REDUCED['subset_per_class']:,} training images per class (class-balanced "
-                "subset of the ../shared CIFAR-10 JPEGs), every schedule epoch divided by "
-                f"{REDUCED['schedule_divisor']}, the full 10,000-image test set. Why, and what "
-                "the numbers mean: `reproduce_reduced_notes.md`.",
-                "",
-            ]
-            if protocol == "reduced"
-            else []
-        ),
+        *protocol_lines,
         "AUROC: noise detection by the fitted mixture's posterior as used in training (the "
         "lookup table); `loss` AUROC: by the raw per-sample loss.",
         "",
