@@ -2,10 +2,18 @@
 
     python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5
 
-The workdir (default ``runs/<config name>``) holds the resolved config, metrics.jsonl, the
-checkpoints and the last epoch's per-sample arrays; re-running the same command resumes.
+The workdir (default ``runs/<config name>-<data source>``) holds the resolved config,
+metrics.jsonl, the checkpoints and the last epoch's per-sample arrays; re-running the same
+command resumes. ``python main.py --help`` lists every config field.
+
+Exit codes: 0 finished; 2 the command line was refused (a flag, a config field or value, a file
+the config names, a workdir holding another run), before anything was loaded or compiled;
+1 failed later (data that cannot be loaded or prepared, a diverged run); 143 / 130 stopped by
+SIGTERM / SIGINT with a checkpoint saved.
 """
 
+import ast
+import difflib
 import os
 import signal
 import sys
@@ -16,37 +24,224 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (default: runs/<config name>-<data source>)."
+)
 _FRESH = flags.DEFINE_bool("fresh", False, "Discard a previous run in the workdir and start again.")
 flags.mark_flags_as_required(["config"])
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+SOURCE_HELP = {  # --help's line for each data source
+    "tfds": "a tensorflow-datasets dataset (--config.data.name=cifar10, cifar100, ...); "
+    "prepared on first use, which needs network access and TensorFlow: "
+    "pip install -e '.[prepare]'",
+    "folder": "your own images: --config.data.root=ROOT with ROOT/{train,test}/<class>/<image>",
+    "digits": "scikit-learn's embedded 8x8 digits (offline; configs/quickstart.py)",
+}
+
+
+def refuse(message: str) -> None:
+    """Print `error: message` as one line on stderr and exit with code 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+# ------------------------------------------------------------------------------------------------
+# --help: the config fields with their comments, read from configs/default.py.
+
+
+def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
+    """(field, default value, comment) of every field set in configs/default.py, in order.
+
+    A field's comment is the one on its line plus the comment-only lines right below it.
+    """
+    with open(path) as f:
+        source = f.read()
+    lines = source.splitlines()
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        parts = []
+        while isinstance(target, ast.Attribute):
+            parts.append(target.attr)
+            target = target.value
+        if not (isinstance(target, ast.Name) and target.id == "c" and parts):
+            continue
+        if isinstance(node.value, ast.Call):  # c.data = ml_collections.ConfigDict()
+            continue
+        value = ast.get_source_segment(source, node.value) or ""
+        line = lines[node.end_lineno - 1]
+        comment = [line.split("#", 1)[1].strip()] if "#" in line[node.end_col_offset :] else []
+        for nxt in lines[node.end_lineno :]:
+            s = nxt.strip()
+            if not s.startswith("#") or s.startswith("# ---"):
+                break
+            comment.append(s[1:].strip())
+        out.append((node.lineno, ".".join(reversed(parts)), value, " ".join(comment)))
+    return [t[1:] for t in sorted(out)]
+
+
+def help_text() -> str:
+    """What `python main.py --help` prints."""
+    from jaxnoise.data import SOURCES  # the sources the library really has
+
+    configs = sorted(
+        f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py") and f[0] != "_"
+    )
+    out = [
+        "usage: python main.py --config CONFIG [--config.FIELD=VALUE ...] [--workdir DIR] "
+        "[--fresh]",
+        "",
+        "Learning with noisy labels (Arazo et al., ICML 2019) in JAX: train, fit the noise model "
+        "after every epoch, correct the loss, and list the labels that are probably wrong.",
+        "",
+        "flags:",
+        "  --config CONFIG        a config file: " + ", ".join(f"configs/{c}" for c in configs),
+        "  --config.FIELD=VALUE   override one field of it (the fields are below)",
+        "  --workdir DIR          run directory (default runs/<config name>-<data source>); "
+        "re-running the same command resumes there",
+        "  --fresh                discard the run in the workdir and start again",
+        "  --help                 this text",
+        "",
+        "data sources (--config.data.source=SOURCE):",
+        *(f"  {s:<8} {SOURCE_HELP.get(s, 'see configs/default.py')}" for s in SOURCES),
+        "",
+        "config fields (defaults from configs/default.py; each config file states what differs):",
+    ]
+    for field, value, comment in default_fields():
+        out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
+    out += [
+        "",
+        "after (or during) a run:",
+        "  python -m jaxnoise.report WORKDIR [--threshold T]   figures and label_issues.csv "
+        "(the samples with p(noisy) > T) of a run",
+        "",
+        "exit codes: 0 done; 2 command line refused; 1 failed (data, divergence); "
+        "143 / 130 stopped by SIGTERM / SIGINT with a checkpoint saved (re-run to resume)",
+    ]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Flag parsing: every refusal is one line.
+
+
+def _config_overrides(argv: list[str]) -> list[str]:
+    """The FIELD of every --config.FIELD[=VALUE] argument."""
+    names = []
+    for a in argv:
+        for prefix in ("--config.", "-config."):
+            if a.startswith(prefix):
+                names.append(a[len(prefix) :].split("=", 1)[0])
+    return names
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(("--config=", "-config=")):
+            return a.split("=", 1)[1]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with --help exiting 0 and every refusal one line with exit code 2."""
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(help_text())
+        sys.exit(0)
+    path = _config_path(argv[1:])
+    if path is None:
+        refuse("--config CONFIG is required, e.g. python main.py --config configs/quickstart.py; "
+               "python main.py --help lists the configs and fields")  # fmt: skip
+    fields = [f for f, _, _ in default_fields()]
+    for name in _config_overrides(argv[1:]):
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            refuse(f"--config.{name}: not a config field{hint}; python main.py --help lists them")
+    if not os.path.isfile(path.split(":", 1)[0]):
+        refuse(f"--config {path}: no such file (the configs are in configs/)")
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        refuse(f"{e}; python main.py --help lists the flags and fields")
+    except Exception as e:  # a config file that raises, or an override ml_collections refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        refuse(f"--config {path}: {type(e).__name__}: {first}")
+    if len(rest) > 1:
+        refuse(f"unexpected argument {rest[1]!r} (flags are --name=value)")
+    return rest
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+
+def default_workdir(config) -> str:
+    """runs/<config file name>-<data source>, e.g. runs/cifar10_m_dyr_h-tfds."""
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join("runs", f"{name}-{config.data.source}")
+
+
+def _first_missing_dir(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (None if `path` exists)."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
+
+
+def _remove_new_empty_dirs(top: str | None) -> None:
+    """Remove the folders under `top` (created by this run) that hold no file, and `top`."""
+    if top is None or not os.path.isdir(top):
+        return
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(dirpath)  # fails (and keeps it) unless empty
+        except OSError:
+            return
 
 
 def main(argv):
     """Validate the config, then train and evaluate."""
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from jaxnoise import checkpoint as ckpt_lib
     from jaxnoise import config as config_lib
 
     config = _CONFIG.value
     try:
         config_lib.validate(config)  # before any data is loaded or anything is compiled
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        refuse(e)
 
+    from jaxnoise import data as data_lib
     from jaxnoise import train
 
-    workdir = _WORKDIR.value
-    if workdir is None:
-        config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-        name = os.path.splitext(os.path.basename(config_path))[0]
-        workdir = os.path.join("runs", name)
+    workdir = _WORKDIR.value or default_workdir(config)
+    created = _first_missing_dir(workdir)  # e.g. runs/ of runs/quickstart-digits
+    summary = None
     try:
         summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    except ckpt_lib.WorkdirConflict as e:
+        refuse(e)
+    except (ValueError, FileNotFoundError, FloatingPointError, data_lib.DatasetUnavailable) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint, the last committed one stays
         print(f"interrupted: the last saved checkpoint in {workdir} is kept", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+    finally:
+        if summary is None or summary["checkpoint_at"] is None:
+            _remove_new_empty_dirs(created)  # a failed start leaves no empty workdir behind
     if summary["interrupted"]:
         # Preempted (SIGTERM) or Ctrl-C: a checkpoint of the exact position was saved. Exit with
         # the shell's code for that signal (143 / 130), so schedulers and scripts can tell an
@@ -68,4 +263,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -80,5 +80,6 @@ def get_config() -> ml_collections.ConfigDict:
     # --- evaluation, logging, checkpoints ---------------------------------------------------
     c.eval_batch_size = 1000  # chunk size of the tracking pass and the test evaluation
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
+    c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)
     c.keep_checkpoints = 2  # how many checkpoints to keep (epoch ends and preemption saves)
     return c

@@ -33,6 +33,7 @@ from jaxnoise import config as config_lib
 # own process_id, while config.json is written by process 0.)
 _NON_RESULT_FIELDS = {
     "log_every_steps",
+    "log_every_seconds",
     "keep_checkpoints",
     "data.cache_dir",
     "data.data_dir",
@@ -40,6 +41,29 @@ _NON_RESULT_FIELDS = {
     "distributed.coordinator_address",
     "distributed.process_id",
 }
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race orbax's threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+# Files written through a temporary file get the mode a plain open() would give them (the
+# temporary file's own mode is 0600), so every file of a workdir shares one permission mode.
+FILE_MODE = 0o666 & ~_umask()
+
+
+class WorkdirConflict(ValueError):
+    """The workdir holds a run with another config (a refusal of the command line)."""
 
 
 def atomic_write(path: str, write) -> None:
@@ -55,6 +79,7 @@ def atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -85,7 +110,7 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         with open(path) as f:
             old = config_lib.flatten(json.load(f))
     except (OSError, ValueError) as e:
-        raise ValueError(
+        raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
             "or pass --fresh to discard that run and start again"
         ) from None
@@ -95,7 +120,7 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
     )
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
-        raise ValueError(
+        raise WorkdirConflict(
             f"workdir {workdir!r} holds a run with a different config ({shown}); use another "
             "--workdir, or pass --fresh to discard that run and start again"
         )

@@ -151,6 +151,8 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "distributed.process_id": _int(0),
     "eval_batch_size": _int(1),
     "log_every_steps": _int(1),
+    # cli/progress
+    "log_every_seconds": _real(0.0),
     "keep_checkpoints": _int(1),
 }
 

@@ -206,35 +206,124 @@ def _load_tfds_with_tf(name: str, data_dir: str | None, download: bool) -> Datas
     return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name)
 
 
-def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Load the 'train' and 'test' splits of a tfds dataset via tfds.data_source."""
+class DatasetUnavailable(RuntimeError):
+    """A tfds dataset is not prepared and cannot be prepared here (offline, no TensorFlow)."""
+
+
+_PREPARE_HINT = (
+    "on a machine with network access run pip install -e '.[prepare]' (TensorFlow CPU, "
+    "which tfds needs to build image datasets) and re-run the same command, or copy a prepared "
+    "tfds data_dir here (--config.data.data_dir=DIR)"
+)
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _unreachable_hosts(urls: Sequence[str], timeout: float = _PROBE_TIMEOUT_S) -> list[str]:
+    """Hosts of `urls` that a TCP connection cannot reach within `timeout` seconds.
+
+    Skipped (empty) when a proxy is configured: the proxy, not a direct connection, downloads.
+    """
+    import socket
+    import urllib.parse
+
+    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return []
+    bad = []
+    parts = [urllib.parse.urlsplit(u) for u in urls]
+    addresses = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in parts}
+    for host, port in sorted(a for a in addresses if a[0]):
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            bad.append(f"{host} ({type(err).__name__}: {err})")
+    return bad
+
+
+def _check_can_prepare(builder: Any, name: str, where: str) -> None:
+    """Fail in seconds, naming what is missing, before tfds retries a download for minutes."""
     import tensorflow_datasets as tfds
 
+    prepare = type(builder).download_and_prepare
+    if getattr(prepare, "__module__", "").startswith("tensorflow_datasets.testing"):
+        return  # tfds.testing.mock_data: nothing is downloaded or built
+    problems = []
+    unreachable = _unreachable_hosts(list(getattr(builder, "url_infos", None) or {}))
+    if unreachable:
+        problems.append(f"its download host is unreachable: {', '.join(unreachable)}")
+    needs_tf = type(builder).__module__.startswith("tensorflow_datasets.") and any(
+        isinstance(f, tfds.features.Image) for f in builder.info.features.values()
+    )  # tfds encodes numpy images with TensorFlow when it builds (tfds issue #11058)
+    if needs_tf and not _tf_importable():
+        problems.append("building its images needs TensorFlow, which is not installed")
+    if problems:
+        raise DatasetUnavailable(
+            f"tfds dataset {name!r} is not prepared in {where} and cannot be prepared here: "
+            f"{'; '.join(problems)}. To fix: {_PREPARE_HINT}. {_OFFLINE_HINT}"
+        )
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """'Type: last line of the message', shortened: the useful end of a chained error."""
+    lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {text[:limit]}"
+
+
+def _quietly(fn: Any) -> Any:
+    """fn() without absl's warnings (tfds warns that an unprepared folder has no info file)."""
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        # `file_format` must be given explicitly: tfds.data_source only defaults to
-        # ArrayRecord when neither data_dir nor builder_kwargs is passed.
+        return fn()
+    finally:
+        absl_logging.set_verbosity(old)
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """Load the 'train' and 'test' splits of a tfds dataset via tfds.data_source.
+
+    A dataset that is not prepared yet is downloaded and built first (``download=True``); when
+    that cannot work (no network, no TensorFlow) :class:`DatasetUnavailable` says so in seconds,
+    in one line, with what to run instead.
+    """
+    import tensorflow_datasets as tfds
+
+    where = data_dir or "the default tfds data_dir (~/tensorflow_datasets)"
+    # `file_format` must be given explicitly: tfds.data_source only defaults to ArrayRecord
+    # when neither data_dir nor builder_kwargs is passed.
+    builder_kwargs = {"file_format": "array_record"}
+    builder = tfds.builder(name, data_dir=data_dir, **builder_kwargs)  # unknown name: ValueError
+    if not _quietly(builder.is_prepared):
+        if not download:
+            raise DatasetUnavailable(
+                f"tfds dataset {name!r} is not prepared in {where} (download=False). To "
+                f"prepare it: {_PREPARE_HINT}. {_OFFLINE_HINT}"
+            )
+        _check_can_prepare(builder, name, where)
+    try:
         train_src, test_src = tfds.data_source(
             name,
             split=["train", "test"],
             data_dir=data_dir,
             download=download,
-            builder_kwargs={"file_format": "array_record"},
+            builder_kwargs=builder_kwargs,
         )
     except tfds.core.registered.DatasetNotFoundError:
         raise
     except Exception as err:
-        detail = f"{type(err).__name__}: {str(err)[:2000]}"
+        detail = _one_line(err)
         if _tf_importable():
             logger.warning("tfds.data_source failed (%s); falling back to tfds.load", detail)
             try:
                 return _load_tfds_with_tf(name, data_dir, download)
             except Exception as err2:
-                detail += f"; tfds.load fallback also failed: {type(err2).__name__}: {err2}"
-        where = data_dir or "the default tfds data_dir"
-        raise RuntimeError(
-            f"Downloading/building tfds dataset {name!r} (in {where}) failed: {detail}\n"
-            "Building a tfds dataset needs network access and, for most image datasets, "
-            f"TensorFlow (not a jaxnoise dependency). {_OFFLINE_HINT}"
+                detail += f"; the tfds.load fallback also failed: {_one_line(err2)}"
+        raise DatasetUnavailable(
+            f"preparing tfds dataset {name!r} in {where} failed: {detail}. Building a tfds "
+            f"dataset needs network access and, for most image datasets, TensorFlow: "
+            f"{_PREPARE_HINT}. {_OFFLINE_HINT}"
         ) from err
     xtr, ytr = _read_split(train_src, f"tfds {name!r} split 'train'")
     xte, yte = _read_split(test_src, f"tfds {name!r} split 'test'")

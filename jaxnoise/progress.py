@@ -1,9 +1,16 @@
-"""Progress bars and log lines (process 0 only; bars are quiet when not on a terminal)."""
+"""Progress on the main process: a tqdm bar on a terminal, timed log lines everywhere else.
+
+Under nohup, SLURM or a pipe there is no terminal to draw a bar on, so :class:`Progress` prints
+one line every ``log_every_seconds`` (step, s/step, images/s, ETA) when stdout is not a terminal.
+Both count only the steps of this process: a run resumed at step k starts its bar at k and its
+rates and ETA from there.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 from tqdm.auto import tqdm
@@ -20,20 +27,82 @@ def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-class Progress:
-    """A tqdm bar shown only on the main process and only on a terminal."""
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
-    def __init__(self, total: int, desc: str):
-        disable = (not is_main_process()) or not sys.stderr.isatty()
-        self._bar = tqdm(total=total, desc=desc, disable=disable, leave=False, unit="step")
-        self.n = 0
+
+def format_duration(seconds: float) -> str:
+    """Seconds as '42s', '7m05s' or '3h02m'."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    """A tqdm bar (main process, stderr a terminal) and/or timed log lines (stdout not one).
+
+    ``initial`` is the step a resumed run starts at: the bar shows it, and every rate counts
+    only the steps from there. ``items_per_step`` (the batch size) gives images/s.
+    ``log_every_seconds`` = 0 turns the log lines off. ``clock`` is for tests.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        initial: int = 0,
+        items_per_step: int = 0,
+        log_every_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        bar: bool | None = None,
+        lines: bool | None = None,
+    ):
+        main = is_main_process()
+        if bar is None:
+            bar = _isatty(sys.stderr)
+        if lines is None:
+            lines = not _isatty(sys.stdout)
+        self.total, self.desc, self.n = total, desc, initial
+        self._items = items_per_step
+        self._every = float(log_every_seconds)
+        self._lines = main and lines and self._every > 0
+        self._clock = clock
+        self._last_t = clock()
+        self._last_n = initial
+        self._bar = tqdm(total=total, desc=desc, initial=initial, disable=not (main and bar),
+                         leave=False, unit="step")  # fmt: skip
 
     def update(self, k: int, **postfix: float) -> None:
-        """Advance by k steps and show the given numbers."""
+        """Advance by k steps and show the given numbers (e.g. the running loss)."""
         self.n += k
         if postfix:
             self._bar.set_postfix({key: f"{v:.4g}" for key, v in postfix.items()}, refresh=False)
         self._bar.update(k)
+        if self._lines:
+            now = self._clock()
+            if now - self._last_t >= self._every and self.n > self._last_n:
+                log(self.line(now, postfix))
+                self._last_t, self._last_n = now, self.n
+
+    def line(self, now: float, postfix: dict[str, float] | None = None) -> str:
+        """The log line: rates over the steps since the previous line (or since the start)."""
+        steps = self.n - self._last_n
+        s_per_step = (now - self._last_t) / max(steps, 1)
+        parts = [f"{self.desc}: step {self.n}/{self.total}", f"{s_per_step:.3g} s/step"]
+        if self._items:
+            parts.append(f"{self._items / max(s_per_step, 1e-9):.0f} images/s")
+        parts.append(f"ETA {format_duration((self.total - self.n) * s_per_step)}")
+        for key, v in (postfix or {}).items():
+            if not (self._items and key == "images_per_s"):  # already shown, over this window
+                parts.append(f"{key} {v:.4g}")
+        return ", ".join(parts)
 
     def close(self) -> None:
         """Remove the bar."""

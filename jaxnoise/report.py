@@ -1,9 +1,9 @@
 """A run's report: figures and the list of training labels the noise model calls wrong.
 
-    python -m jaxnoise.report WORKDIR [--threshold 0.5]
+    python -m jaxnoise.report WORKDIR [--threshold 0.5] [--out DIR]
 
 reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metrics.jsonl``,
-``per_sample.npz``) and writes
+``per_sample.npz``) and writes, into the output directory,
 
 - ``figures/loss_histogram.png``: last epoch's losses with the BMM and GMM fits (paper Fig. 2),
 - ``figures/loss_quantiles.png``: clean/noisy loss quantiles over epochs (Fig. 1; known noise),
@@ -11,6 +11,10 @@ reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metri
 - ``figures/posterior_vs_loss.png``: p(noisy) against the loss with the posterior curves,
 - ``label_issues.csv``: every training sample with p(noisy) > threshold, most suspect first,
 - ``label_issues_summary.json``: counts, and precision/recall of the list when the noise is known.
+
+The end of a training run writes this report into the workdir itself. The command line never
+writes over a run's files: once the workdir holds its report (``label_issues.csv``), the output
+goes beside it, to ``WORKDIR/report-threshold-T/`` (or ``--out DIR``).
 
 The BMM and GMM are refitted on the saved last-epoch losses; the fits are deterministic, so the
 refit of the run's own model is the run's last fit exactly.
@@ -191,15 +195,26 @@ def list_quality(flagged_index: np.ndarray, noise_mask: np.ndarray) -> dict[str,
 # The report.
 
 
-def write_report(workdir: str, *, threshold: float = 0.5) -> dict[str, Any]:
-    """Write the figures, label_issues.csv and label_issues_summary.json; return a summary dict."""
+def default_out_dir(workdir: str, threshold: float) -> str:
+    """Where the command line writes: the workdir until it holds its report, then beside it."""
+    if not os.path.exists(os.path.join(workdir, "label_issues.csv")):
+        return workdir
+    return os.path.join(workdir, f"report-threshold-{threshold:g}")
+
+
+def write_report(
+    workdir: str, *, threshold: float = 0.5, out_dir: str | None = None
+) -> dict[str, Any]:
+    """Write the figures, label_issues.csv and label_issues_summary.json into out_dir (default
+    the workdir); return a summary dict."""
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     run = load_workdir(workdir)
     config, dataset, records, ps = run["config"], run["dataset"], run["records"], run["per_sample"]
     known = bool(dataset.get("noise_known", True))
     mask = np.asarray(ps["noise_mask"], bool) if known else None
-    fig_dir = os.path.join(workdir, "figures")
+    out_dir = workdir if out_dir is None else out_dir
+    fig_dir = os.path.join(out_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
 
     states = refit_mixtures(ps["loss"], config)
@@ -231,7 +246,7 @@ def write_report(workdir: str, *, threshold: float = 0.5) -> dict[str, Any]:
 
     rows = label_issues(ps, dataset, threshold=threshold)
     csv_path = write_label_issues(
-        os.path.join(workdir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths"))
+        os.path.join(out_dir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths"))
     )
     summary: dict[str, Any] = {
         "threshold": threshold,
@@ -242,7 +257,7 @@ def write_report(workdir: str, *, threshold: float = 0.5) -> dict[str, Any]:
     if known:
         summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
         summary["num_noisy"] = int(mask.sum())
-    summary_path = os.path.join(workdir, "label_issues_summary.json")
+    summary_path = os.path.join(out_dir, "label_issues_summary.json")
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2)
     return {
@@ -253,20 +268,34 @@ def write_report(workdir: str, *, threshold: float = 0.5) -> dict[str, Any]:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with every refusal as one line on stderr (exit code 2)."""
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())} (python -m jaxnoise.report --help)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the report of a workdir and print where it went."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m jaxnoise.report",
         description="Figures and the label-issue list (label_issues.csv) of a jaxnoise run.",
     )
     parser.add_argument("workdir", help="a training run's --workdir")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="list the samples with p(noisy) > this (default 0.5)")  # fmt: skip
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: the workdir until it holds its report, "
+                        "then WORKDIR/report-threshold-T; a run's own files are never "
+                        "rewritten)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold < 1.0:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
     try:
-        out = write_report(args.workdir, threshold=args.threshold)
+        out_dir = args.out or default_out_dir(args.workdir, args.threshold)
+        out = write_report(args.workdir, threshold=args.threshold, out_dir=out_dir)
     except WorkdirError as e:
         parser.error(str(e))
     for path in out["figures"].values():

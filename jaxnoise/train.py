@@ -303,6 +303,9 @@ def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh
     return chunk
 
 
+_COMPILED_EVAL: set = set()  # (eval function, split shape, chunk, augment) already compiled
+
+
 def forward_all(chunk_fn, state, images, labels, chunk: int, epoch: int = 0, augment=False,
                 progress: str | None = None, mesh=None):  # fmt: skip
     """Eval-mode pass over a whole device-resident split in fixed-size chunks.
@@ -315,6 +318,10 @@ def forward_all(chunk_fn, state, images, labels, chunk: int, epoch: int = 0, aug
     steps = -(-n // chunk)
     all_idx = np.arange(steps * chunk, dtype=np.int32) % n  # the tail wraps; trimmed below
     outs_l, outs_z = [], []
+    signature = (id(chunk_fn), images.shape, chunk, augment)
+    if signature not in _COMPILED_EVAL:  # the first call of this shape compiles
+        _COMPILED_EVAL.add(signature)
+        log(f"compiling the evaluation pass ({n} samples in chunks of {chunk}; first call)")
     bar = Progress(steps, progress) if progress else None
     for s in range(steps):
         idx = all_idx[s * chunk : (s + 1) * chunk]
@@ -545,6 +552,7 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
         for epoch in range(start_epoch, config.epochs + 1):
             phase = config_lib.phase_for_epoch(config, epoch)
             if phase not in steps_cache:
+                log(f"compiling the {phase.name} train step (first call)")
                 steps_cache[phase] = make_train_step(
                     graphdef, tx, config, phase, num_classes, mean, std, mesh
                 )
@@ -566,8 +574,9 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
 
             # --- train epoch -------------------------------------------------------------
             t_train = time.time()
-            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}")
-            bar.update(first)
+            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}",
+                           initial=first, items_per_step=config.batch_size,
+                           log_every_seconds=config.log_every_seconds)  # fmt: skip
             done = first
             for s in range(first, steps_per_epoch):
                 state = train_step(

@@ -133,4 +133,4 @@ if __name__ == "__main__":
     import main
 
     _install_hooks()
-    app.run(main.main)
+    app.run(main.main, flags_parser=main.parse_flags)

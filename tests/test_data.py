@@ -580,3 +580,115 @@ def test_folder_on_real_cifar10(cifar_root, tmp_path, monkeypatch) -> None:
     print(f"\nCIFAR-10 folder: first load {t1 - t0:.2f} s, cached load {t3 - t2:.2f} s")
     np.testing.assert_array_equal(cached.train_images[::997], ds.train_images[::997])
     np.testing.assert_array_equal(cached.train_labels, ds.train_labels)
+
+
+# --------------------------------------------------------------------------------------
+# preparing a real tfds builder (cifar10) from fake downloaded files, and the fast failures
+
+
+def write_fake_cifar10_download(root: Path, per_file: int = 3) -> dict[str, list]:
+    """The extracted cifar-10-binary.tar.gz layout with `per_file` random images per batch
+    file; returns {split: [(image, label), ...]}."""
+    rng = np.random.default_rng(10)
+    base = root / "cifar-10-batches-bin"
+    base.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
+    (base / "batches.meta.txt").write_text("\n".join(names) + "\n")
+    written: dict[str, list] = {"train": [], "test": []}
+    files = [(f"data_batch_{i}.bin", "train") for i in range(1, 6)] + [("test_batch.bin", "test")]
+    for fname, split in files:
+        chunks = []
+        for _ in range(per_file):
+            img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            label = int(rng.integers(0, 10))
+            chunks.append(bytes([label]) + img.transpose(2, 0, 1).tobytes())  # CHW on disk
+            written[split].append((img, label))
+        (base / fname).write_bytes(b"".join(chunks))
+    return written
+
+
+def test_tfds_cifar10_prepared_from_fake_download_and_read(tmp_path, monkeypatch) -> None:
+    """The real tfds cifar10 builder prepares from (fake) downloaded files, as tfds' own
+    DatasetBuilderTestCase does by patching download_and_extract; jaxnoise then reads the
+    freshly written ArrayRecord files. Needs TensorFlow: pip install -e '.[prepare]'."""
+    pytest.importorskip("tensorflow", reason="preparing cifar10 needs the prepare extra")
+    from unittest import mock
+
+    written = write_fake_cifar10_download(tmp_path / "download")
+    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])  # offline test machine
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract",
+        return_value=str(tmp_path / "download"),
+    ):  # fmt: skip
+        ds = data.load_tfds("cifar10", data_dir=str(tmp_path / "tfds"))
+    assert list((tmp_path / "tfds").glob("cifar10/*/cifar10-train.array_record*"))
+    assert ds.class_names[:3] == ["airplane", "automobile", "bird"]  # from batches.meta.txt
+    for split, n in (("train", 15), ("test", 3)):
+        images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
+        assert images.shape == (n, 32, 32, 3) and images.dtype == np.uint8
+        assert _sorted_pairs(images, labels) == sorted(
+            (img.tobytes(), y) for img, y in written[split]
+        )
+    # prepared: read again without any download
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                           side_effect=AssertionError("downloaded again")):  # fmt: skip
+        again = data.load_tfds("cifar10", data_dir=str(tmp_path / "tfds"), download=False)
+    np.testing.assert_array_equal(again.train_images, ds.train_images)
+
+
+def _no_prepare(*args, **kwargs):
+    raise AssertionError("download_and_prepare was called")
+
+
+def test_tfds_offline_fails_fast_with_a_blocked_network(tmp_path, monkeypatch) -> None:
+    """No network: a probe of the download host fails at once and nothing is downloaded (tfds
+    itself would retry for minutes); the error is one line naming the host and the fixes."""
+    import socket
+
+    def blocked(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "create_connection", blocked)
+    monkeypatch.setattr(data, "_tf_importable", lambda: True)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_prepare)
+    with pytest.raises(data.DatasetUnavailable) as info:
+        data.load_tfds("cifar10", data_dir=str(tmp_path))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "www.cs.toronto.edu (OSError: network blocked by the test)" in msg
+    assert "TensorFlow, which is not installed" not in msg
+    assert "pip install -e '.[prepare]'" in msg and "--config.data.source=digits" in msg
+
+
+def test_tfds_without_tensorflow_fails_fast(tmp_path, monkeypatch) -> None:
+    """Network up but no TensorFlow: refused before anything is downloaded, naming the extra."""
+    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])
+    monkeypatch.setattr(data, "_tf_importable", lambda: False)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_prepare)
+    with pytest.raises(data.DatasetUnavailable, match=r"needs TensorFlow, which is not installed"):
+        data.load_tfds("cifar100", data_dir=str(tmp_path))
+
+
+def test_unreachable_hosts_lists_each_host_once(monkeypatch) -> None:
+    import socket
+
+    tried = []
+
+    def fake(address, timeout):
+        tried.append(address)
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", fake)
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    bad = data._unreachable_hosts(
+        ["https://a.example/x.tgz", "https://a.example/y", "http://b.example:8080/z"]
+    )
+    assert tried == [("a.example", 443), ("b.example", 8080)]
+    assert bad == [
+        "a.example (ConnectionRefusedError: refused)",
+        "b.example (ConnectionRefusedError: refused)",
+    ]
+    monkeypatch.setenv("https_proxy", "http://proxy:3128")  # the proxy downloads: no probe
+    assert data._unreachable_hosts(["https://a.example/x.tgz"]) == []

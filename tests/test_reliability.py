@@ -116,7 +116,7 @@ def test_cli_missing_weights_file_fails_before_compute():
          "--config.weights=/nonexistent.npz", "--workdir", "/nonexistent/wd"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.returncode == 2, r.stderr[-2000:]  # a refusal of the command line
     assert "error: config.weights = '/nonexistent.npz' is not allowed" in r.stderr
     assert "Traceback" not in r.stderr and "data:" not in r.stdout
     assert time.time() - t0 < 60
@@ -554,7 +554,7 @@ def test_fresh_discards_a_run_with_another_config(reference, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(ref_wd, wd)
     child = Child(wd, "--config.noise=0.2", cache_dir=cache)
-    _assert_clean_exit(child, child.finish(), 1, "holds a run with a different config (noise: "
+    _assert_clean_exit(child, child.finish(), 2, "holds a run with a different config (noise: "
                        "0.5 -> 0.2)", "pass --fresh")  # fmt: skip
     child = Child(wd, "--config.noise=0.2", "--fresh", cache_dir=cache)
     _assert_clean_exit(child, child.finish(), 0, "done:")

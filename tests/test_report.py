@@ -276,14 +276,58 @@ def test_refit_reproduces_the_runs_last_fit(tiny_run):
     np.testing.assert_array_equal(p, run["per_sample"]["p_noisy"])
 
 
+def snapshot(workdir) -> dict[str, bytes]:
+    """Every file of a workdir and its bytes."""
+    out = {}
+    for d, _, files in os.walk(workdir):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), workdir)] = fh.read()
+    return out
+
+
+def assert_run_files_unchanged(before: dict[str, bytes], workdir) -> None:
+    """Every file the run had is still there, byte for byte (new files may sit beside them)."""
+    after = snapshot(workdir)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"the run's files were changed: {changed}"
+
+
+def test_cli_threshold_writes_beside_the_runs_files(tiny_run, capsys):
+    """`report WORKDIR --threshold 0.6` on a finished run writes WORKDIR/report-threshold-0.6/
+    and leaves the run's own report (label_issues.csv, figures/) byte-identical."""
+    before = snapshot(tiny_run)
+    assert "label_issues.csv" in before and "figures/loss_histogram.png" in before
+    assert report.main([tiny_run, "--threshold", "0.6"]) == 0
+    assert_run_files_unchanged(before, tiny_run)
+    out_dir = os.path.join(tiny_run, "report-threshold-0.6")
+    assert out_dir in capsys.readouterr().out
+    _, rows = read_csv(os.path.join(out_dir, "label_issues.csv"))
+    p = np.load(os.path.join(tiny_run, "per_sample.npz"))["p_noisy"]
+    assert len(rows) == int((p > 0.6).sum())
+    assert os.path.exists(os.path.join(out_dir, "figures", "loss_histogram.png"))
+
+
+def test_workdir_files_share_one_permission_mode(tiny_run):
+    """config.json, metrics.jsonl, per_sample.npz (written atomically), the report and orbax's
+    checkpoint files all get the same mode (no 0600 files beside 0644 ones)."""
+    modes = {}
+    for d, _, files in os.walk(tiny_run):
+        for f in files:
+            modes.setdefault(oct(os.stat(os.path.join(d, f)).st_mode & 0o777), []).append(f)
+    assert len(modes) == 1, {m: fs[:3] for m, fs in modes.items()}
+
+
 def test_notebook_executes(tiny_run, monkeypatch):
-    """notebooks/mixture_fits.ipynb runs top to bottom on the tiny run (JAXNOISE_WORKDIR)."""
+    """notebooks/mixture_fits.ipynb runs top to bottom on the tiny run (JAXNOISE_WORKDIR),
+    writing into WORKDIR/notebook/ and leaving the run's own files byte-identical."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs stored"
     monkeypatch.setenv("JAXNOISE_WORKDIR", tiny_run)
+    before = snapshot(tiny_run)
     client = nbclient.NotebookClient(
         nb, timeout=180, kernel_name="python3",
         resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
@@ -294,5 +338,6 @@ def test_notebook_executes(tiny_run, monkeypatch):
         for o in c.outputs
     )  # fmt: skip
     assert images >= 5
-    assert os.path.exists(os.path.join(tiny_run, "label_issues.csv"))
-    assert os.path.exists(os.path.join(tiny_run, "figures", "loss_histogram.png"))
+    assert_run_files_unchanged(before, tiny_run)
+    assert os.path.exists(os.path.join(tiny_run, "notebook", "label_issues.csv"))
+    assert os.path.exists(os.path.join(tiny_run, "notebook", "figures", "loss_histogram.png"))

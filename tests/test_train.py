@@ -242,5 +242,5 @@ def test_main_without_workdir_uses_runs_config_name(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "done: M-DYR-H" in r.stdout
-    wd = tmp_path / "runs" / "quickstart"
+    wd = tmp_path / "runs" / "quickstart-digits"  # runs/<config name>-<data source>
     assert (wd / "metrics.jsonl").exists() and (wd / "label_issues.csv").exists()
