@@ -92,8 +92,8 @@ def run_one(args) -> dict:
     }
 
 
-def collect() -> None:
-    """benchmarks/results/features.md from features.jsonl."""
+def collect(note: str = "") -> None:
+    """benchmarks/results/features.md from features.jsonl (with an optional note on conditions)."""
     rows = [json.loads(x) for x in open(OUT + ".jsonl") if x.strip()]
     lines = [
         "# Heads on features: epoch time and memory",
@@ -109,6 +109,7 @@ def collect() -> None:
         "`eval`: 10,000 test samples. Host memory: peak RSS of the process (the float32 features "
         "alone are `features GiB`); device memory: `peak_bytes_in_use` (not reported on CPU).",
         "",
+        *([note, ""] if note else []),
         "| N | D | head | device | train s | track s | fit s | eval s | epoch s | samples/s "
         "| features GiB | peak host GiB | peak device GiB |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -135,9 +136,10 @@ def main() -> None:
     ap.add_argument("--model", default="linear", choices=["linear", "mlp"])
     ap.add_argument("--hidden", type=int, nargs="*", default=[512])
     ap.add_argument("--collect", action="store_true")
+    ap.add_argument("--note", default="", help="with --collect: how the rows were measured")
     args = ap.parse_args()
     if args.collect:
-        collect()
+        collect(args.note)
         return
     rec = run_one(args)
     print(json.dumps(rec))

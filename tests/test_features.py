@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from configs import default, features_m_dyr_h
 from jaxnoise import config as config_lib
 from jaxnoise import data, extractors, features, train
 
@@ -245,11 +245,8 @@ def test_pair_problems_name_the_file(tmp_path):
 
 
 def _features_config(path: str):
-    c = default.get_config()
-    c.data.source, c.data.features = "features", path
-    c.data.crop_padding, c.data.flip, c.data.normalization = 0, False, "dataset"
-    c.track_augment = False
-    c.model, c.mlp_hidden = "mlp", (32,)
+    c = features_m_dyr_h.get_config()  # the README's config for your own embeddings
+    c.data.features, c.mlp_hidden = path, (32,)
     return c
 
 

@@ -1,0 +1,28 @@
+"""M-DYR-H on your own embeddings (data.source="features"): a head trained on frozen features.
+
+    python main.py --config configs/features_m_dyr_h.py --config.data.features=emb.npz \
+        --config.noise_kind=none --workdir runs/emb
+
+`emb.npz` holds train_features (N, D) float, train_labels (N,) int, test_features, test_labels
+and optionally class_names (or pass a train/test pair: data.features + data.test_features; see
+jaxnoise/features.py). `noise_kind=none` takes your labels as given; the run's
+label_issues.csv then lists the samples the noise model finds probably mislabeled. The
+published schedule (300 epochs, lr /10 from 100 and 250, bootstrapping from 106); the head
+and learning rate of the `features` protocol (benchmarks/results/features_notes.md).
+"""
+
+from configs import default
+
+
+def get_config():
+    """M-DYR-H with a 1-hidden-layer MLP head on standardised features, no augmentation."""
+    c = default.get_config()
+    c.method = "M-DYR-H"
+    c.data.source = "features"
+    c.data.name = "features"  # names the run; "cifar10"/"cifar100" select asymmetric-noise pairs
+    c.data.crop_padding, c.data.flip = 0, False  # feature vectors are not augmented
+    c.track_augment = False
+    c.data.normalization = "dataset"  # per-feature mean / std of the training features
+    c.model, c.mlp_hidden = "mlp", (128,)
+    c.lr = 0.02  # lr 0.1 diverged on standardised k-means features (features_notes.md)
+    return c
