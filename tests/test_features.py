@@ -349,3 +349,18 @@ def test_cache_is_reused_and_invalidated_by_settings_and_images(tmp_path, monkey
     features.extract_cached(dataclasses.replace(ds, train_labels=labels), "kmeans", kmeans=TINY,
                             cache_dir=tmp_path, batch=4)  # fmt: skip
     assert calls == [1, 1, 1]
+
+
+def test_features_protocol_runs_the_published_schedules(tmp_path):
+    from benchmarks import reproduce
+
+    cells = reproduce.cells_for("features")
+    assert set(reproduce.CELLS) < set(cells) and len(cells) == 16
+    for cell, (method, noise, over) in cells.items():
+        c = reproduce.make_config("features", cell, str(tmp_path), str(tmp_path / "cache"))
+        config_lib.validate(c)  # every cell is a valid run
+        paper = reproduce.make_config("paper", cell.split("/exclusive")[0], None)
+        assert (c.epochs, c.lr_milestones) == (paper.epochs, paper.lr_milestones)
+        assert c.epochs == (120 if method == "CE" else 300) and c.noise == noise
+        assert (c.data.extractor, c.data.crop_padding, c.data.flip) == ("kmeans", 0, False)
+        assert c.noise_kind == ("symmetric_exclusive" if "exclusive" in cell else "symmetric")
