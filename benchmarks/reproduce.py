@@ -44,6 +44,23 @@ CELLS = {
 }
 # The reduced protocol (chosen by measurement: benchmarks/results/reproduce_reduced.md).
 REDUCED = {"width": 8, "subset_per_class": 1000, "schedule_divisor": 10}
+# The features protocol: the published schedules on frozen k-means features of all 50,000
+# training images (chosen by measurement: benchmarks/results/features_notes.md).
+FEATURES = {"kmeans_centroids": 400, "kmeans_patches": 400_000, "kmeans_iters": 20,
+            "model": "mlp", "mlp_hidden": (128,), "lr": 0.02}  # fmt: skip
+# ... with its extra cells: 80% noise drawn over the *other* classes only.
+EXCLUSIVE = {"noise_kind": "symmetric_exclusive"}
+FEATURE_CELLS = {
+    **CELLS,
+    **{f"{m}@0.8/exclusive": (m, 0.8, EXCLUSIVE) for m in ("CE", "M", "M-DYR-H")},
+}
+
+
+def cells_for(protocol: str) -> dict:
+    """The cells of a protocol."""
+    return FEATURE_CELLS if protocol == "features" else CELLS
+
+
 CONFIG_FILE = {
     "CE": "cifar10_ce",
     "M": "cifar10_m",
@@ -61,7 +78,8 @@ def scale_schedule(c, factor: int) -> None:
 
     c.epochs = s(c.epochs)
     c.lr_milestones = tuple(sorted({min(s(m), c.epochs - 1) for m in c.lr_milestones}))
-    c.bootstrap_start_epoch = max(2, s(c.bootstrap_start_epoch))
+    if c.bootstrap_start_epoch:  # 0 (the published configs): lr_milestones[0] + 6, as the original
+        c.bootstrap_start_epoch = max(2, s(c.bootstrap_start_epoch))
     c.dynamic_start_epoch = max(2, s(c.dynamic_start_epoch))
     c.soft_to_hard_start_epoch = max(c.dynamic_start_epoch + 1, s(c.soft_to_hard_start_epoch))
     c.temperature_epochs = max(1, s(c.temperature_epochs))
@@ -86,11 +104,11 @@ def cifar_folder(extract_to: str) -> str:
     raise FileNotFoundError(f"no train/ and test/ folders under {root}")
 
 
-def make_config(protocol: str, cell: str, data_root: str | None):
+def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str = ""):
     """The full config of one cell under a protocol."""
     import importlib
 
-    method, noise, over = CELLS[cell]
+    method, noise, over = cells_for(protocol)[cell]
     c = importlib.import_module(f"configs.{CONFIG_FILE[method]}").get_config()
     c.noise = float(noise)
     for k, v in over.items():
@@ -101,24 +119,37 @@ def make_config(protocol: str, cell: str, data_root: str | None):
         c.data.subset_per_class = REDUCED["subset_per_class"]
         c.width = REDUCED["width"]
         scale_schedule(c, REDUCED["schedule_divisor"])
+    elif protocol == "features":  # the published schedule; a head on cached k-means features
+        c.data.source, c.data.root = "folder", data_root
+        c.data.cache_dir = cache_dir
+        c.data.extractor = "kmeans"
+        c.data.kmeans_centroids = FEATURES["kmeans_centroids"]
+        c.data.kmeans_patches = FEATURES["kmeans_patches"]
+        c.data.kmeans_iters = FEATURES["kmeans_iters"]
+        c.data.crop_padding, c.data.flip, c.track_augment = 0, False, False  # no augmentation
+        c.data.normalization = "dataset"  # per-feature standardisation (Coates et al.)
+        c.model, c.mlp_hidden, c.lr = FEATURES["model"], FEATURES["mlp_hidden"], FEATURES["lr"]
     elif protocol != "paper":
-        raise ValueError(f"unknown protocol {protocol!r}; allowed: 'reduced', 'paper'")
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: 'reduced', 'paper', 'features'")
     return c
 
 
 def command_for(cell: str) -> str:
     """The exact full-scale command of a published row (README table)."""
-    method, noise, over = CELLS[cell]
+    method, noise, over = FEATURE_CELLS[cell]
     extra = "".join(f" --config.{k}={v}" for k, v in over.items())
     return f"python main.py --config configs/{CONFIG_FILE[method]}.py --config.noise={noise}{extra}"
 
 
 def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     """One record of the results table."""
-    method, noise, _ = CELLS[cell]
-    warm = max(1, min(config.bootstrap_start_epoch, config.dynamic_start_epoch) - 1)
-    if method in ("CE", "M"):
-        warm = max(1, config.bootstrap_start_epoch - 1)
+    method, noise, _ = FEATURE_CELLS[cell]
+    from jaxnoise.config import bootstrap_start_epoch
+
+    # The fit the method's correction starts from: the epoch before bootstrapping (M-DYR-H/S; the
+    # same epoch for CE and M) or before dynamic mixup (MD-DYR-SH).
+    start = config.dynamic_start_epoch if method == "MD-DYR-SH" else bootstrap_start_epoch(config)
+    warm = max(1, start - 1)
     by_epoch = {r["epoch"]: r for r in history}
     return {
         "cell": cell,
@@ -126,6 +157,7 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
         "noise": noise,
         "mixture": config.noise_model,
         "mixup_draw": config.mixup_draw,
+        "noise_kind": config.noise_kind,
         "epochs": config.epochs,
         "epochs_done": history[-1]["epoch"] if history else 0,
         "best_acc": max(r["test_acc"] for r in history) if history else None,
@@ -147,7 +179,7 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict
     """Run (or resume, or just read) one cell's workdir and summarise it."""
     from jaxnoise import train
 
-    c = make_config(protocol, cell, data_root)
+    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"))
     wd = cell_dir(root, protocol, cell)
     timing = os.path.join(wd, "minutes.json")
     spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
@@ -164,7 +196,7 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict
 
 def read_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict | None:
     """Summarise a cell from its workdir without training (None if it has not started)."""
-    c = make_config(protocol, cell, data_root)
+    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"))
     wd = cell_dir(root, protocol, cell)
     path = os.path.join(wd, "metrics.jsonl")
     if not os.path.exists(path):
@@ -188,13 +220,25 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
         return "–" if v is None or v != v else format(v, spec)  # None or NaN (0% noise)
 
     protocol_lines = []
-    if protocol == "reduced":
+    if protocol.startswith("reduced"):
         protocol_lines = [
             f"Protocol: width-{REDUCED['width']} PreAct ResNet-18, "
             f"{REDUCED['subset_per_class']:,} training images per class (class-balanced "
             "subset of the ../shared CIFAR-10 JPEGs), every schedule epoch divided by "
             f"{REDUCED['schedule_divisor']}, the full 10,000-image test set. Why, and what "
             "the numbers mean: `reproduce_reduced_notes.md`.",
+            "",
+        ]
+    if protocol.startswith("features"):
+        f = FEATURES
+        head = f"{f['model']} head" + (f" {f['mlp_hidden']}" if f["model"] == "mlp" else "")
+        protocol_lines = [
+            f"Protocol: {head} (lr {f['lr']}) on frozen k-means features "
+            f"({f['kmeans_centroids']} centroids, {4 * f['kmeans_centroids']:,} features, "
+            "computed once and cached) of all 50,000 training images of the ../shared CIFAR-10 "
+            "JPEGs, the published schedules (300 epochs with mixup, 120 without), no "
+            "augmentation, the full 10,000-image test set. Why, and what the numbers mean: "
+            "`features_notes.md`.",
             "",
         ]
     lines = [
@@ -228,23 +272,27 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
 def main() -> None:
     """Run the requested cells (resuming), then write the table of every started cell."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--protocol", default="reduced", choices=["reduced", "paper"])
-    ap.add_argument("--cells", nargs="*", default=list(CELLS))
+    ap.add_argument("--protocol", default="reduced", choices=["reduced", "paper", "features"])
+    ap.add_argument("--cells", nargs="*", default=None)
     ap.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"))
     ap.add_argument("--data-dir", default="/tmp/jaxnoise_data")
     ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--results-suffix", default="",
+                    help="write benchmarks/results/reproduce_<protocol><suffix>.{md,json}")
     args = ap.parse_args()
-    unknown = [c for c in args.cells if c not in CELLS]
+    cells = cells_for(args.protocol)
+    args.cells = list(cells) if args.cells is None else args.cells
+    unknown = [c for c in args.cells if c not in cells]
     if unknown:
-        raise SystemExit(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
-    data_root = cifar_folder(args.data_dir) if args.protocol == "reduced" else None
+        raise SystemExit(f"unknown cells {unknown}; known: {', '.join(cells)}")
+    data_root = cifar_folder(args.data_dir) if args.protocol != "paper" else None
     if not args.collect_only:
         for cell in args.cells:
             print(f"=== {cell}", flush=True)
             run_cell(args.protocol, cell, args.root, data_root)
-    records = [r for cell in CELLS if (r := read_cell(args.protocol, cell, args.root, data_root))]
+    records = [r for cell in cells if (r := read_cell(args.protocol, cell, args.root, data_root))]
     command = " ".join(["python", "benchmarks/reproduce.py", *sys.argv[1:]])
-    write_table(args.protocol, records, command)
+    write_table(args.protocol + args.results_suffix, records, command)
 
 
 if __name__ == "__main__":

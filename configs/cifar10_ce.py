@@ -9,5 +9,4 @@ def get_config():
     c.method = "CE"
     c.epochs = 120
     c.lr_milestones = (30, 80, 110)
-    c.bootstrap_start_epoch = 31
     return c

@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.subset_per_class = 0  # >0: class-balanced subset of the training set (reduced runs)
     c.data.crop_padding = 4  # random crop of the original size after this much zero padding
     c.data.flip = True  # random horizontal flips
+    c.data.normalization = "published"  # "published": the original code's fixed CIFAR-10 mean
+    # (0.4914, 0.4822, 0.4465) / std (0.2023, 0.1994, 0.2010), also used for CIFAR-100 there;
+    # "dataset": per-channel mean / std of the training images
 
     # --- label noise ------------------------------------------------------------------------
     c.noise = 0.0  # noise level r in [0, 1]
@@ -33,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     # --- model ------------------------------------------------------------------------------
     c.model = "preact_resnet18"  # "preact_resnet18" | "small_cnn" | "resnet50"
     c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
+    c.shortcut = "preactivated"  # PreAct blocks' identity shortcut: "preactivated" = relu(bn1(x))
+    # as the published code's PreResNet.PreActBlock | "input" = x (He et al., pytorch-cifar)
     c.weights = ""  # local .npz of pretrained weights (resnet50, torchvision names)
     c.freeze_backbone = False  # train only the linear head (published TinyImageNet setting)
 
@@ -44,26 +49,34 @@ def get_config() -> ml_collections.ConfigDict:
     c.posterior_lookup = True  # batch posteriors from the original's 100-bin lookup table
     c.posterior_source = "batch"  # "batch": per-step eval forward (published) | "epoch": from
     # the end-of-epoch tracking pass (one forward fewer per step)
-    c.track_augment = False  # augment the tracking pass as the published code did
+    c.track_augment = True  # augment the tracking pass (crop + flip) as the published code
+    # does (its tracking loader uses the training transform); False: losses of the clean images
     c.mixup_alpha = 32.0  # static mixup: delta ~ Beta(alpha, alpha)
     c.mixup_draw = "none"  # dynamic mixup weight: "none" | "beta" | "binomial" (extensions)
     c.binomial_n = 10000  # n of the Binomial draw
     c.reg_weight = 1.0  # eta, weight of the class-balance regulariser
-    c.loss_pair_weight = "published"  # "published": as the original code (M-DYR-H and plain
-    # mixup weight the two targets by delta, M-DYR-S and MD-DYR-SH by 0.5) | "mix": by the
-    # mixing weight, as eq. 8 reads
+    c.reg_prior_classes = 0  # prior 1/K per class in the regulariser; 0: K = number of classes
+    # (the original's M-DYR-S always passes K = 10, also on CIFAR-100; cifar100_m_dyr_s.py does)
+    c.loss_pair_weight = "published"  # "published": as the original code (plain mixup,
+    # M-DYR-H and M-DYR-S weight the two targets by delta; MD-DYR-SH by 0.5, and by a fresh
+    # Beta(32, 32) draw in its dynamic-mixup-only epochs) | "mix": by the mixing weight (eq. 8)
 
     # --- schedule (epochs are 1-based, as in the paper) -------------------------------------
     c.epochs = 300  # total epochs
     c.batch_size = 128
+    c.drop_last = False  # False: the last, smaller batch of an epoch is trained too, as the
+    # published code does (391 steps per CIFAR-10 epoch, the last of 80 images); True: dropped
     c.optimizer = "sgd"  # "sgd" (momentum) | "adam"
     c.lr = 0.1
     c.momentum = 0.9
     c.weight_decay = 1e-4
-    c.lr_milestones = (100, 250)  # lr is multiplied by lr_gamma after each of these epochs
+    c.lr_milestones = (100, 250)  # lr is multiplied by lr_gamma *from* each of these epochs
+    # on (the published code steps MultiStepLR at every epoch's start: epoch 100 runs at 0.01)
     c.lr_gamma = 0.1
-    c.bootstrap_start_epoch = 106  # M-DYR-H/S: bootstrapping from this epoch (mixup before)
-    c.dynamic_start_epoch = 106  # MD-DYR-SH: dynamic mixup from this epoch
+    c.bootstrap_start_epoch = 0  # M-DYR-H/S: bootstrapping from this epoch (mixup before);
+    # 0: lr_milestones[0] + 6 as the published code (106 for milestones (100, 250))
+    c.dynamic_start_epoch = 106  # MD-DYR-SH: dynamic mixup from this epoch (a constant in the
+    # published code, not derived from the milestones)
     c.soft_to_hard_start_epoch = 111  # MD-DYR-SH: soft-to-hard bootstrapping from this epoch
     c.temperature_epochs = 89  # temperature goes linearly 1 -> final over this many epochs
     c.final_temperature = 0.001
@@ -82,4 +95,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
     c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)
     c.keep_checkpoints = 2  # how many checkpoints to keep (epoch ends and preemption saves)
+
+    # --- features (jaxnoise/features.py: embeddings source, cached frozen extractors) --------
+    c.data.features = ""  # source="features": one .npz (train_features, train_labels,
+    # test_features, test_labels[, class_names]) or the train side of a pair (.npz with
+    # features, labels[, class_names]; or .npy with its labels in <stem>_labels.npy)
+    c.data.test_features = ""  # the test side of a pair ("" = the single-.npz layout)
+    c.data.extractor = "none"  # "kmeans" (Coates et al. 2011) | "resnet50": turn the images of
+    # any image source into frozen features once, cached beside the data (or data.cache_dir)
+    c.data.extractor_weights = ""  # extractor="resnet50": local torchvision resnet50 .npz
+    c.data.extractor_batch = 64  # images per extraction batch (speed / memory only)
+    c.data.kmeans_centroids = 1600  # K: 4K features after 4-quadrant pooling
+    c.data.kmeans_patches = 400000  # random 6x6 patches the whitening and k-means learn from
+    c.data.kmeans_iters = 20  # k-means (Lloyd) iterations
+    c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none)
     return c

@@ -14,6 +14,7 @@ def get_config():
     c.data.name = "digits"
     c.data.crop_padding = 1
     c.data.flip = False  # digits are not mirror-symmetric
+    c.data.normalization = "dataset"  # 1-channel digits: their own mean / std
     c.noise = 0.5
     c.model = "small_cnn"
     c.width = 32

@@ -18,6 +18,7 @@ def get_config():
     c.data.source = "folder"
     c.data.root = "/path/to/tiny-imagenet"
     c.data.crop_padding = 8
+    c.data.normalization = "dataset"
     c.model = "resnet50"
     c.weights = "/path/to/resnet50.npz"
     c.freeze_backbone = True

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import data as data_lib
-from jaxnoise import losses, models
+from jaxnoise import extractors, losses, models
 from jaxnoise import noise as noise_lib
 
 METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
@@ -33,7 +33,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "noise_kind": noise_lib.KINDS,
     "model": models.MODEL_NAMES,
     "data.source": data_lib.SOURCES,
+    "data.extractor": extractors.EXTRACTORS,  # features
+    "data.normalization": ("published", "dataset"),
+    "shortcut": models.SHORTCUTS,
 }
+
+# The published code starts bootstrapping (M-DYR-H/S) at epoch lr_milestones[0] + 5 + 1 (106 for
+# milestones (100, 250)): 6 epochs at the lowered learning rate before the targets change.
+BOOTSTRAP_AFTER_MILESTONE = 6
 
 INT_MAX = 2**31 - 1  # epochs, steps and sizes reach jitted code as int32
 SEED_MAX = 2**32 - 1
@@ -94,6 +101,12 @@ def _choice(field: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _sizes(v: Any) -> str | None:
+    if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
+        return None
+    return "a tuple of positive layer sizes (e.g. (512,))"
+
+
 def _milestones(v: Any) -> str | None:
     if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
         return None
@@ -111,12 +124,15 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "data.subset_per_class": _int(0),
     "data.crop_padding": _int(0),
     "data.flip": _bool,
+    "data.normalization": _choice("data.normalization"),
+    "drop_last": _bool,
     "noise": _real(0.0, 1.0),
     "noise_kind": _choice("noise_kind"),
     "label_file": _str,
     "noise_seed": _int(0, SEED_MAX),
     "model": _choice("model"),
     "width": _int(1),
+    "shortcut": _choice("shortcut"),
     "weights": _str,
     "freeze_backbone": _bool,
     "method": _choice("method"),
@@ -130,6 +146,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "mixup_draw": _choice("mixup_draw"),
     "binomial_n": _int(1),
     "reg_weight": _real(0.0),
+    "reg_prior_classes": _int(0),
     "loss_pair_weight": _choice("loss_pair_weight"),
     "epochs": _int(1),
     "batch_size": _int(1),
@@ -139,7 +156,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "weight_decay": _real(0.0),
     "lr_milestones": _milestones,
     "lr_gamma": _real(0.0, 1.0, lo_open=True),
-    "bootstrap_start_epoch": _int(1),
+    "bootstrap_start_epoch": _int(0),
     "dynamic_start_epoch": _int(1),
     "soft_to_hard_start_epoch": _int(1),
     "temperature_epochs": _int(1),
@@ -154,6 +171,16 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     # cli/progress
     "log_every_seconds": _real(0.0),
     "keep_checkpoints": _int(1),
+    # features (jaxnoise/features.py, jaxnoise/extractors.py; documented in configs/default.py)
+    "data.features": _str,
+    "data.test_features": _str,
+    "data.extractor": _choice("data.extractor"),
+    "data.extractor_weights": _str,
+    "data.extractor_batch": _int(1),
+    "data.kmeans_centroids": _int(2),
+    "data.kmeans_patches": _int(2),
+    "data.kmeans_iters": _int(1),
+    "mlp_hidden": _sizes,
 }
 
 
@@ -213,6 +240,7 @@ def validate(config: Any) -> None:
         if allowed is not None:
             _fail(field, flat[field], allowed)
     _check_files(flat)
+    _check_features(flat)
     _check_consistency(flat)
 
 
@@ -234,6 +262,40 @@ def _check_files(c: dict[str, Any]) -> None:
             _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
 
 
+# features ----------------------------------------------------------------------------------------
+FEATURE_MODELS = ("linear", "mlp")
+
+
+def _check_features(c: dict[str, Any]) -> None:
+    """Embeddings files exist; feature data goes with a head, no augmentation, its own stats."""
+    source, extractor = c["data.source"], c["data.extractor"]
+    if source == "features":
+        if not c["data.features"]:
+            _fail("data.features", "", "an embeddings .npz/.npy path when data.source='features'")
+        for field in ("data.features", "data.test_features"):
+            if c[field] and not os.path.isfile(c[field]):
+                _fail(field, c[field], "an existing .npz or .npy file (no such file)")
+        if extractor != "none":
+            _fail("data.extractor", extractor, "'none' when data.source='features' (the "
+                  "embeddings are already features)")  # fmt: skip
+    elif c["data.features"] or c["data.test_features"]:
+        _fail("data.features", c["data.features"], "'' unless data.source='features'")
+    if extractor == "resnet50" and not os.path.isfile(c["data.extractor_weights"]):
+        _fail("data.extractor_weights", c["data.extractor_weights"],
+              "an existing torchvision resnet50 .npz when data.extractor='resnet50'")  # fmt: skip
+    on_features = source == "features" or extractor != "none"
+    if on_features != (c["model"] in FEATURE_MODELS):
+        _fail("model", c["model"], "one of 'linear', 'mlp' on features (data.source="
+              "'features' or a data.extractor), an image model otherwise")  # fmt: skip
+    if on_features:
+        if c["data.crop_padding"] or c["data.flip"]:
+            _fail("data.crop_padding / data.flip", (c["data.crop_padding"], c["data.flip"]),
+                  "(0, False) on features: feature vectors are not cropped or flipped")  # fmt: skip
+        if c.get("data.normalization", "dataset") != "dataset":
+            _fail("data.normalization", c["data.normalization"],
+                  "'dataset' on features (per-feature mean / std of the training set)")  # fmt: skip
+
+
 def _check_consistency(c: dict[str, Any]) -> None:
     epochs = c["epochs"]
     ms = tuple(c["lr_milestones"])
@@ -248,12 +310,17 @@ def _check_consistency(c: dict[str, Any]) -> None:
     # Schedule consistency: a method's phase must start inside the run.
     if c["method"] in ("M-DYR-H", "M-DYR-S"):
         b = c["bootstrap_start_epoch"]
+        if b == 0 and not ms:
+            _fail("bootstrap_start_epoch", b, "an epoch >= 2 when lr_milestones is empty (0 "
+                  "derives it from the first milestone)")  # fmt: skip
+        b = b or ms[0] + BOOTSTRAP_AFTER_MILESTONE
         if not (2 <= b <= epochs):
             _fail(
                 "bootstrap_start_epoch",
                 b,
                 f"an epoch in [2, epochs={epochs}] (bootstrapping needs a mixture fitted after "
-                "at least one epoch of mixup warm-up, and must start before the run ends)",
+                "at least one epoch of mixup warm-up, and must start before the run ends; 0 "
+                f"derives it as lr_milestones[0] + {BOOTSTRAP_AFTER_MILESTONE})",
             )
     if c["method"] == "MD-DYR-SH":
         d, s = c["dynamic_start_epoch"], c["soft_to_hard_start_epoch"]
@@ -279,6 +346,10 @@ class Phase:
     bootstrap: str  # "none" | "hard" | "soft"
     regularize: bool
     pair_weight: str  # "mix" | "half" | "beta": how the two targets of a pair are weighted
+    # The published hard bootstrapping computes the batch posteriors after *both* train-mode
+    # forwards (clean and mixed), so their BatchNorm running statistics already hold this step's
+    # two updates; soft bootstrapping and dynamic mixup compute them before the mixed forward.
+    posteriors_after_mixed: bool = False
 
     @property
     def needs_posteriors(self) -> bool:
@@ -305,11 +376,12 @@ def phase_for_epoch(config: Any, epoch: int) -> Phase:
     if m == "M":
         return Phase("static", "none", False, "mix")
     if m in ("M-DYR-H", "M-DYR-S"):
-        if epoch < config.bootstrap_start_epoch:
+        if epoch < bootstrap_start_epoch(config):
             return Phase("static", "none", False, "mix")
         if m == "M-DYR-H":
-            return Phase("static", "hard", config.reg_weight > 0, "mix")
-        return Phase("static", "soft", config.reg_weight > 0, mix or "half")
+            return Phase("static", "hard", config.reg_weight > 0, "mix", True)
+        # The original's M-DYR-S weights the two targets by delta, as M-DYR-H.
+        return Phase("static", "soft", config.reg_weight > 0, "mix")
     # MD-DYR-SH
     if epoch < config.dynamic_start_epoch:
         return Phase("static", "none", False, "mix")
@@ -319,8 +391,18 @@ def phase_for_epoch(config: Any, epoch: int) -> Phase:
     return Phase("dynamic", "soft", config.reg_weight > 0, mix or "half")
 
 
+def bootstrap_start_epoch(config: Any) -> int:
+    """First bootstrapping epoch of M-DYR-H/S: as configured, or lr_milestones[0] + 6 if 0."""
+    if config.bootstrap_start_epoch:
+        return int(config.bootstrap_start_epoch)
+    return int(config.lr_milestones[0]) + BOOTSTRAP_AFTER_MILESTONE
+
+
 def temperature_for_epoch(config: Any, epoch: int) -> float:
-    """Soft-to-hard temperature: linear from 1 to final over temperature_epochs, then held."""
+    """Soft-to-hard temperature of MD-DYR-SH: linear from 1 to final over temperature_epochs,
+    then held (one step per epoch from soft_to_hard_start_epoch); 1 for every other method."""
+    if config.method != "MD-DYR-SH":
+        return 1.0
     k = min(max(epoch - config.soft_to_hard_start_epoch, 0), config.temperature_epochs - 1)
     if config.temperature_epochs == 1:
         return float(config.final_temperature)
@@ -328,6 +410,10 @@ def temperature_for_epoch(config: Any, epoch: int) -> float:
 
 
 def lr_for_epoch(config: Any, epoch: int) -> float:
-    """Step learning rate: lr times gamma for every milestone already passed."""
-    passed = sum(1 for m in config.lr_milestones if epoch > m)
+    """Step learning rate: lr times gamma for every milestone m <= epoch.
+
+    As the published code, which calls MultiStepLR.step() at the start of every epoch: with
+    milestones (100, 250) epochs 1-99 run at lr, epoch 100 already at lr * gamma.
+    """
+    passed = sum(1 for m in config.lr_milestones if epoch >= m)
     return float(config.lr) * float(config.lr_gamma) ** passed

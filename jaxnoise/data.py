@@ -38,7 +38,7 @@ from jax import lax
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("tfds", "folder", "digits")
+SOURCES = ("tfds", "folder", "digits", "features")
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -71,8 +71,11 @@ class Dataset:
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
-            if images.ndim != 4:
-                raise ValueError(f"{split}_images must be (N, H, W, C), got shape {images.shape}")
+            if images.ndim not in (2, 4):  # features: float (N, D); see jaxnoise/features.py
+                raise ValueError(
+                    f"{split}_images must be (N, H, W, C) images or (N, D) features, got shape "
+                    f"{images.shape}"
+                )
             if labels.shape != (images.shape[0],):
                 raise ValueError(
                     f"{split}_labels must have shape ({images.shape[0]},), got {labels.shape}"
@@ -89,14 +92,29 @@ class Dataset:
         return len(self.class_names)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Shape (H, W, C) of one image."""
-        h, w, c = self.train_images.shape[1:]
-        return int(h), int(w), int(c)
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape (H, W, C) of one image, or (D,) of one feature vector."""
+        return tuple(int(s) for s in self.train_images.shape[1:])
+
+    @property
+    def is_features(self) -> bool:
+        """Whether the samples are (N, D) feature vectors rather than images."""
+        return self.train_images.ndim == 2
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and (population) std of train_images / 255, as float32 (C,)."""
         x = self.train_images
+        if x.ndim == 2:  # features: per-feature mean / std (a constant feature gets std 1)
+            mean = np.zeros(x.shape[1], np.float64)
+            sq = np.zeros(x.shape[1], np.float64)
+            for start in range(0, x.shape[0], 65536):  # float64 sums without a full copy
+                block = x[start : start + 65536].astype(np.float64)
+                mean += block.sum(0)
+                sq += (block * block).sum(0)
+            mean /= x.shape[0]
+            std = np.sqrt(np.maximum(sq / x.shape[0] - mean**2, 0.0))
+            std[std <= 1e-12 * np.maximum(np.abs(mean), 1.0)] = 1.0
+            return mean.astype(np.float32), std.astype(np.float32)
         if x.dtype != np.uint8:
             flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
             return flat.mean(0).astype(np.float32), flat.std(0).astype(np.float32)
@@ -111,6 +129,26 @@ class Dataset:
             means.append(mean)
             stds.append(np.sqrt(var))
         return np.asarray(means, np.float32), np.asarray(stds, np.float32)
+
+
+# The published code's input normalisation (CIFAR-10 constants, used there for CIFAR-100 too).
+PUBLISHED_MEAN = np.asarray((0.4914, 0.4822, 0.4465), np.float32)
+PUBLISHED_STD = np.asarray((0.2023, 0.1994, 0.2010), np.float32)
+
+
+def normalization_stats(ds: Dataset, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) of the inputs: "published" constants or the "dataset"'s own."""
+    if kind == "dataset":
+        return ds.mean_std()
+    if kind != "published":
+        raise ValueError(f"normalization must be 'published' or 'dataset', got {kind!r}")
+    channels = ds.image_shape[-1]
+    if channels != 3:
+        raise ValueError(
+            f"config.data.normalization = 'published' is for 3-channel images (the CIFAR "
+            f"constants); dataset {ds.name!r} has {channels} channel(s): use 'dataset'"
+        )
+    return PUBLISHED_MEAN, PUBLISHED_STD
 
 
 # --------------------------------------------------------------------------------------
@@ -572,8 +610,10 @@ def load(
     root: str = "",
     data_dir: str | None = None,
     cache_dir: str | None = None,
+    features: str = "",
+    test_features: str = "",
 ) -> Dataset:
-    """Load a dataset from source 'tfds' (name), 'folder' (root) or 'digits'."""
+    """Load a dataset from source 'tfds' (name), 'folder' (root), 'digits' or 'features'."""
     if source == "tfds":
         if not name:
             raise ValueError("data source 'tfds' needs a dataset name (e.g. name='cifar10')")
@@ -588,6 +628,12 @@ def load(
         return dataclasses.replace(ds, name=name) if name else ds
     if source == "digits":
         return load_digits()
+    if source == "features":
+        from jaxnoise import features as features_lib  # features.py builds on this module
+
+        if not features:
+            raise ValueError("data source 'features' needs data.features=/path/to/file.npz")
+        return features_lib.load_features(features, test_features, name=name)
     raise ValueError(
         f"unknown data source {source!r}; expected one of {', '.join(repr(s) for s in SOURCES)}"
     )
@@ -634,6 +680,10 @@ def augment(images: jax.Array, key: jax.Array, *, padding: int = 4, flip: bool =
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     images = jnp.asarray(images)
+    if images.ndim == 2:  # (B, D) features: nothing to crop or flip
+        if padding or flip:
+            raise ValueError("feature vectors cannot be cropped or flipped (padding=0, flip=False)")
+        return images
     b, h, w, c = images.shape
     crop_key, flip_key = jax.random.split(key)
     out = images
@@ -651,6 +701,9 @@ def augment(images: jax.Array, key: jax.Array, *, padding: int = 4, flip: bool =
 
 
 def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """Map uint8 images to float32 (x / 255 - mean) / std, per channel."""
-    x = jnp.asarray(images).astype(jnp.float32) / 255.0
+    """Map uint8 images to float32 (x / 255 - mean) / std, per channel; (B, D) features to
+    (x - mean) / std, per feature."""
+    x = jnp.asarray(images).astype(jnp.float32)
+    if x.ndim != 2:
+        x = x / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

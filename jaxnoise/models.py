@@ -3,8 +3,9 @@
 - `PreActResNet18`: the CIFAR network of the published code, `PreResNet.ResNet18` in
   PaulAlbert31/LabelNoiseCorrection (what its `train.py` builds): 3x3 stem conv *followed by
   BN + ReLU*, four stages of two pre-activation blocks (widths w, 2w, 4w, 8w; strides 1, 2, 2, 2),
-  *no* final BN/ReLU, average pool, linear head. `stem_bn=False` gives Kuang Liu's pytorch-cifar
-  `PreActResNet18` (the same network without the stem BN/ReLU; 128 fewer parameters).
+  *no* final BN/ReLU, average pool, linear head; every block's shortcut starts from the
+  pre-activated input (see `PreActBlock`). `stem_bn=False, shortcut="input"` gives Kuang Liu's
+  pytorch-cifar `PreActResNet18` (no stem BN/ReLU, raw input on identity shortcuts).
 - `ResNet50`: torchvision's `resnet50` (v1.5: stride on the 3x3 conv of the bottleneck), the
   network of the TinyImageNet experiment (ImageNet-pretrained, backbone frozen, head trained).
   Module and attribute names follow torchvision so that `load_resnet50_weights` /
@@ -13,10 +14,10 @@
 
 Every model takes `train` as a call argument and forwards `use_running_average=not train` to each
 BatchNorm, so one merged model can run a train-mode and an eval-mode forward inside one jitted step.
-BatchNorm matches PyTorch's defaults (flax momentum 0.9 == PyTorch momentum 0.1, eps 1e-5), except
-that flax keeps the *biased* batch variance in the running average where PyTorch keeps the unbiased
-one: a factor n/(n-1), n = batch*height*width values per channel (1.0005 for batch 128 on the 4x4
-maps of PreActResNet18's last stage, of which 10% enters the running average per step).
+BatchNorm is PyTorch's `nn.BatchNorm2d` (momentum 0.1, eps 1e-5, two-pass batch variance), including
+the *unbiased* batch variance in the running average (flax's own BatchNorm keeps the biased one; the
+factor n/(n-1), n = batch*height*width values per channel, is 1.0005 for batch 128 on the 4x4 maps
+of PreActResNet18's last stage). Eval mode normalises with the running statistics, so this matters.
 
 Functional use (the train step)::
 
@@ -50,12 +51,14 @@ __all__ = [
     "head_name",
     "trainable_filter",
     "load_resnet50_weights",
+    "load_torch_state",
+    "torch_state",
     "save_resnet50_weights",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "small_cnn", "resnet50")
+MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "small_cnn", "resnet50", "linear", "mlp")
 
 # BatchNorm as torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch; eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -102,15 +105,34 @@ def _conv(
     )
 
 
-def _bn(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.BatchNorm):
+    """torch.nn.BatchNorm2d over the last axis: the running variance takes the *unbiased* batch one.
+
+    Train mode normalises with the batch mean and (biased, two-pass) variance and moves the running
+    statistics by 10%; eval mode normalises with the running statistics. Variables and their names
+    (scale, bias, mean, var) are those of nnx.BatchNorm.
+    """
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Normalise x (..., C) with batch statistics (train) or running statistics (eval)."""
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            var = jnp.mean(jnp.square(x - mean), axes)  # two-pass, as PyTorch
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            unbiased = var * (n / max(n - 1, 1))
+            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y * self.scale[...] + self.bias[...]
+
+
+def _bn(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
     """BatchNorm with torch.nn.BatchNorm2d's defaults (scale 1, bias 0, momentum 0.1, eps 1e-5)."""
-    return nnx.BatchNorm(
-        num_features,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        use_fast_variance=False,  # two-pass variance, as PyTorch; E[x^2]-E[x]^2 loses precision
-        rngs=rngs,
-    )
+    return BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
 
 
 def _linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
@@ -130,14 +152,28 @@ def _global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# PreActResNet18 (Kuang Liu's pytorch-cifar; the network of Arazo et al.'s CIFAR experiments)
+# PreActResNet18 (the network of Arazo et al.'s CIFAR experiments)
 # --------------------------------------------------------------------------------------------
 
 
-class PreActBlock(nnx.Module):
-    """Pre-activation basic block: relu(bn1(x)) -> conv1 -> relu(bn2) -> conv2, plus shortcut."""
+SHORTCUTS = ("preactivated", "input")
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rngs: nnx.Rngs):
+
+class PreActBlock(nnx.Module):
+    """Pre-activation basic block: relu(bn1(x)) -> conv1 -> relu(bn2) -> conv2, plus shortcut.
+
+    The shortcut always starts from the pre-activated input ``relu(bn1(x))``: through a 1x1
+    projection when the shape changes, else as it is (``shortcut="preactivated"``, the published
+    code's ``PreResNet.PreActBlock``, whose empty ``nn.Sequential`` shortcut is applied to the
+    pre-activated input). ``shortcut="input"`` adds the raw ``x`` on identity blocks instead (He et
+    al.'s identity mapping, as in Kuang Liu's pytorch-cifar).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *,
+                 shortcut: str = "preactivated", rngs: nnx.Rngs):  # fmt: skip
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+        self.identity_from_input = shortcut == "input"
         self.bn1 = _bn(in_planes, rngs=rngs)
         self.conv1 = _conv(in_planes, planes, 3, stride, rngs=rngs)
         self.bn2 = _bn(planes, rngs=rngs)
@@ -152,7 +188,10 @@ class PreActBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """(B, H, W, in_planes) -> (B, H/stride, W/stride, planes)."""
         out = jax.nn.relu(self.bn1(x, use_running_average=not train))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        if self.shortcut is not None:
+            shortcut = self.shortcut(out)
+        else:
+            shortcut = x if self.identity_from_input else out
         out = self.conv1(out)
         out = self.conv2(jax.nn.relu(self.bn2(out, use_running_average=not train)))
         return out + shortcut
@@ -168,6 +207,7 @@ class PreActResNet18(nnx.Module):
         width: int = 64,
         in_channels: int = 3,
         stem_bn: bool = True,
+        shortcut: str = "preactivated",
         rngs: nnx.Rngs,
     ):
         self.conv1 = _conv(in_channels, width, 3, 1, rngs=rngs)
@@ -180,7 +220,7 @@ class PreActResNet18(nnx.Module):
             planes = width * 2**i
             blocks = []
             for s in (stride, 1):
-                blocks.append(PreActBlock(in_planes, planes, s, rngs=rngs))
+                blocks.append(PreActBlock(in_planes, planes, s, shortcut=shortcut, rngs=rngs))
                 in_planes = planes
             layers.append(nnx.List(blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
@@ -312,7 +352,10 @@ class ResNet50(nnx.Module):
 # Factory and optimizer filter
 # --------------------------------------------------------------------------------------------
 
-_HEADS: dict[str, str] = {"preact_resnet18": "linear", "small_cnn": "head", "resnet50": "fc"}
+_HEADS: dict[str, str] = {
+    "preact_resnet18": "linear", "small_cnn": "head", "resnet50": "fc", "linear": "out",
+    "mlp": "out",
+}  # fmt: skip
 
 
 def _check_name(name: str) -> None:
@@ -322,12 +365,13 @@ def _check_name(name: str) -> None:
 
 
 def create_model(
-    name: str, num_classes: int, *, width: int, in_channels: int, rngs: nnx.Rngs
+    name: str, num_classes: int, *, width: int, in_channels: int, rngs: nnx.Rngs, **options: Any
 ) -> nnx.Module:
-    """Build the model called `name` (one of MODEL_NAMES)."""
+    """Build the model called `name` (one of MODEL_NAMES); `options` go to that model only."""
     _check_name(name)
-    cls = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN, "resnet50": ResNet50}[name]
-    return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs)
+    cls = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN, "resnet50": ResNet50,
+           "linear": LinearHead, "mlp": MLPHead}[name]  # fmt: skip
+    return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs, **options)
 
 
 def head_name(name: str) -> str:
@@ -393,13 +437,46 @@ def _from_torch(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _torch_keyed_state(model: ResNet50) -> dict[str, tuple[tuple[Any, ...], nnx.Variable]]:
-    """torchvision state_dict key -> (NNX path, Variable) for every Param/BatchStat of `model`."""
+def _torch_keyed_state(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], nnx.Variable]]:
+    """PyTorch state_dict key -> (NNX path, Variable) for every Param/BatchStat of `model`.
+
+    Module paths map one to one (list indices as numbers), except a PreActBlock's `shortcut`
+    projection, which the published code wraps in an nn.Sequential (`shortcut.0.weight`).
+    """
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        key = ".".join(str(p) for p in path[:-1]) + "." + _TORCH_SUFFIX[path[-1]]
-        out[key] = (path, var)
+        mods = [str(p) for p in path[:-1]]
+        if mods[-1] == "shortcut":
+            mods.append("0")
+        out[".".join(mods) + "." + _TORCH_SUFFIX[path[-1]]] = (path, var)
     return out
+
+
+def torch_state(model: nnx.Module) -> dict[str, np.ndarray]:
+    """`model`'s parameters and running statistics as a PyTorch state_dict (numpy arrays)."""
+    return {k: _to_torch(np.asarray(var[...])) for k, (_, var) in _torch_keyed_state(model).items()}
+
+
+def load_torch_state(model: nnx.Module, state: dict[str, np.ndarray]) -> None:
+    """Load a PyTorch state_dict (as numpy arrays, PyTorch layouts) into `model` in place.
+
+    For PreActResNet18 these are the names of the published code's `PreResNet.ResNet18`, so
+    its checkpoints load as they are. Every key must match in name and shape
+    (`*.num_batches_tracked` is ignored); otherwise ValueError lists the problems.
+    """
+    keyed = _torch_keyed_state(model)
+    given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    problems = [f"missing {k}" for k in sorted(set(keyed) - set(given))]
+    problems += [f"unexpected {k}" for k in sorted(set(given) - set(keyed))]
+    for k in sorted(set(keyed) & set(given)):
+        got, want = _from_torch(np.asarray(given[k])).shape, tuple(keyed[k][1].shape)
+        if got != want:
+            problems.append(f"{k}: shape {got} (as NNX layout), model has {want}")
+    if problems:
+        raise ValueError("cannot load the state_dict: " + "; ".join(problems[:10]))
+    flat = [(p, var.replace(jnp.asarray(_from_torch(np.asarray(given[k])), dtype=var.dtype)))
+            for k, (p, var) in keyed.items()]  # fmt: skip
+    nnx.update(model, nnx.from_flat_state(flat))
 
 
 def _bn_counter_keys(keys: Sequence[str]) -> list[str]:
@@ -417,9 +494,8 @@ def save_resnet50_weights(model: ResNet50, path: str) -> None:
     The file also holds `*.num_batches_tracked` (0, int64) so that it loads into torchvision with
     `load_state_dict(strict=True)`; `path` is written as given (no '.npz' is appended).
     """
-    state = _torch_keyed_state(model)
-    arrays = {k: _to_torch(np.asarray(var[...])) for k, (_, var) in state.items()}
-    for k in _bn_counter_keys(list(state)):
+    arrays = torch_state(model)
+    for k in _bn_counter_keys(list(arrays)):
         arrays[k] = np.zeros((), np.int64)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -484,3 +560,47 @@ def load_resnet50_weights(model: ResNet50, path: str) -> None:
             ckpt["fc.weight"].shape[0],
             state["fc.weight"][1].shape[1],
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Heads on frozen features (data.source="features" or data.extractor): (B, D) -> logits
+# --------------------------------------------------------------------------------------------
+
+# He et al. (2015) init for layers followed by a ReLU: N(0, 2 / fan_in).
+he_normal_init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class LinearHead(nnx.Module):
+    """A linear classifier on feature vectors (the seed's last-layer-only setting)."""
+
+    def __init__(self, num_classes: int, *, width: int = 0, in_channels: int, rngs: nnx.Rngs):
+        del width  # no hidden layer
+        self.out = _linear(in_channels, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """(B, D) float32 -> logits (B, num_classes)."""
+        return self.out(x.reshape(x.shape[0], -1))
+
+
+class MLPHead(nnx.Module):
+    """ReLU MLP on feature vectors: hidden layers of the given sizes (He init), linear output."""
+
+    def __init__(self, num_classes: int, *, width: int = 0, in_channels: int,
+                 hidden: Sequence[int] = (512,), rngs: nnx.Rngs):  # fmt: skip
+        del width  # the hidden sizes are `hidden`
+        sizes = (in_channels, *(int(h) for h in hidden))
+        self.hidden = nnx.List(
+            [
+                nnx.Linear(a, b, kernel_init=he_normal_init,
+                           bias_init=jax.nn.initializers.zeros, rngs=rngs)  # fmt: skip
+                for a, b in zip(sizes[:-1], sizes[1:])
+            ]
+        )
+        self.out = _linear(sizes[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """(B, D) float32 -> logits (B, num_classes)."""
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            x = jax.nn.relu(layer(x))
+        return self.out(x)

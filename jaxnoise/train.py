@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +48,24 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
         root=d.root,
         data_dir=d.data_dir or None,
         cache_dir=d.cache_dir or None,
+        features=d.features,
+        test_features=d.test_features,
     )
     if d.subset_per_class > 0:
         ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
+    if d.extractor != "none":  # frozen features, computed once and cached
+        from jaxnoise import extractors, features
+
+        root = d.root if d.source == "folder" else ""
+        ds = features.extract_cached(
+            ds, d.extractor,
+            kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
+                                             num_patches=d.kmeans_patches,
+                                             iters=d.kmeans_iters),
+            weights=d.extractor_weights,
+            cache_dir=d.cache_dir or features.default_cache_dir(root),
+            batch=d.extractor_batch,
+        )  # fmt: skip
     return ds
 
 
@@ -98,8 +113,13 @@ def validate_against_data(
             f"config.batch_size = {config.batch_size} is larger than the training set ({n} "
             "samples): use a batch size <= the number of training samples"
         )
-    h, w = ds.image_shape[:2]
-    if config.data.crop_padding > max(h, w):
+    if ds.is_features != (config.model in config_lib.FEATURE_MODELS):
+        raise ValueError(
+            f"config.model = {config.model!r} does not fit dataset {ds.name!r} of "
+            f"{'features' if ds.is_features else 'images'} {ds.image_shape}"
+        )
+    h, w = ds.image_shape[:2] if not ds.is_features else (0, 0)
+    if config.data.crop_padding > max(h, w) and not ds.is_features:
         raise ValueError(
             f"config.data.crop_padding = {config.data.crop_padding} exceeds the image size {h}x{w}"
         )
@@ -111,12 +131,16 @@ def validate_against_data(
 
 def create_model(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> nnx.Module:
     """Build the configured model (and load local weights if given)."""
+    options = {"shortcut": config.shortcut} if config.model == "preact_resnet18" else {}
+    if config.model == "mlp":
+        options = {"hidden": tuple(config.mlp_hidden)}
     model = models.create_model(
         config.model,
         ds.num_classes,
         width=config.width,
         in_channels=ds.image_shape[-1],
         rngs=nnx.Rngs(config.seed),
+        **options,
     )
     if config.weights:
         models.load_resnet50_weights(model, config.weights)
@@ -200,90 +224,148 @@ def _apply(graphdef, params, frozen, stats, x, train: bool):
     return logits, nnx.state(model, nnx.BatchStat)
 
 
-def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
-                    num_classes: int, mean: np.ndarray, std: np.ndarray,
-                    mesh=None):  # fmt: skip
-    """Build the jitted train step for one phase.
+class StepDraws(NamedTuple):
+    """The random draws of one train step (besides augmentation)."""
 
-    The step gathers its batch from the device-resident training set, augments, (optionally)
-    computes the batch posteriors and clean predictions, mixes, and takes one optimizer step.
+    pair: jax.Array  # (B,) int32: sample p is mixed with sample pair[p]
+    lam: jax.Array  # () static mixup weight delta ~ Beta(alpha, alpha)
+    pair_weight: jax.Array  # () a second Beta(alpha, alpha) draw (the "beta" pair weight)
+    key: jax.Array  # key of the dynamic-mixup weight draws (the Beta / Binomial extensions)
+
+
+def step_draws(key: jax.Array, batch_size: int, alpha: float) -> StepDraws:
+    """Every random draw a train step makes after augmentation, from one key."""
+    k_pair, k_lam, k_weight, k_dyn = jax.random.split(key, 4)
+    return StepDraws(
+        pair=losses.mixup_pairs(k_pair, batch_size),
+        lam=losses.sample_mixup_lambda(k_lam, alpha),
+        pair_weight=losses.sample_mixup_lambda(k_weight, alpha),
+        key=k_dyn,
+    )
+
+
+def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
+    """The regulariser's class prior: 1/K per class (K = reg_prior_classes, or the classes)."""
+    k = config.reg_prior_classes or num_classes
+    return jnp.full((num_classes,), 1.0 / k, jnp.float32)
+
+
+def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
+                num_classes: int):  # fmt: skip
+    """The optimizer step of one phase on a prepared batch (the core of the train step).
+
+    ``update(state, x, y, epoch_rows, draws, temperature) -> (state, loss)``: ``x`` the
+    normalised (augmented) inputs, ``y`` their labels, ``epoch_rows`` the batch's rows of the
+    per-sample arrays of the last tracking pass (used with ``posterior_source="epoch"``).
     """
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
-    B = config.batch_size
+    prior = regularizer_prior(config, num_classes)
 
-    def step(state, data, aux, perm, step_idx, epoch, temperature):
-        key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], step_idx)
-        k_aug, k_mix, k_lam, k_loss = jax.random.split(key, 4)
-        idx = jax.lax.dynamic_slice_in_dim(perm, step_idx * B, B)
-        # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
-        x = parallel.constrain_batch(data["images"][idx], mesh)
-        y = parallel.constrain_batch(data["labels"][idx], mesh)
-        x = data_lib.augment(x, k_aug, padding=config.data.crop_padding, flip=config.data.flip)
-        x = data_lib.normalize(x, mean, std)
+    def update(state, x, y, epoch_rows, draws: StepDraws, temperature):
         params, frozen, stats = state["params"], state["frozen"], state["stats"]
 
+        def batch_posteriors(p, batch_stats):  # the eval-mode forward of the published code
+            logits_eval, _ = _apply(graphdef, p, frozen, batch_stats, x, False)
+            batch_loss = losses.cross_entropy(logits_eval, y)
+            w = mixture.posterior_noisy(
+                state["mixture"], batch_loss, lookup=config.posterior_lookup
+            )
+            return losses.clip_posteriors(jax.lax.stop_gradient(w))
+
+        from_epoch = config.posterior_source == "epoch"
         # Clean predictions z (train mode, as the published code) and noisy-posteriors w.
-        logits_clean = None
+        logits_clean = w = None
         if phase.needs_clean_logits:
-            if config.posterior_source == "epoch":
-                logits_clean = parallel.constrain_batch(aux["logits"][idx], mesh)
+            if from_epoch:
+                logits_clean = epoch_rows["logits"]
             else:
                 logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
                 logits_clean = jax.lax.stop_gradient(logits_clean)
-        w = None
-        if phase.needs_posteriors:
-            if config.posterior_source == "epoch":
-                w = parallel.constrain_batch(aux["p_noisy"][idx], mesh)
-            else:
-                logits_eval, _ = _apply(graphdef, params, frozen, stats, x, False)
-                batch_loss = losses.cross_entropy(logits_eval, y)
-                w = mixture.posterior_noisy(
-                    state["mixture"], batch_loss, lookup=config.posterior_lookup
-                )
-            w = losses.clip_posteriors(jax.lax.stop_gradient(w))
+        late_w = phase.posteriors_after_mixed and not from_epoch
+        if phase.needs_posteriors and not late_w:
+            w = (losses.clip_posteriors(epoch_rows["p_noisy"]) if from_epoch
+                 else batch_posteriors(params, stats))  # fmt: skip
 
         # Mixing.
-        pair = losses.mixup_pairs(k_mix, B)
         if phase.mixup == "static":
-            lam = losses.sample_mixup_lambda(k_lam, config.mixup_alpha)
-            x_in = losses.mix(x, pair, lam)
+            lam, x_in = draws.lam, losses.mix(x, draws.pair, draws.lam)
         elif phase.mixup == "dynamic":
             lam = losses.dynamic_mixup_lambda(
-                k_lam, w, pair, draw=config.mixup_draw, n=config.binomial_n
+                draws.key, w, draws.pair, draw=config.mixup_draw, n=config.binomial_n
             )
-            x_in = losses.mix(x, pair, lam)
+            x_in = losses.mix(x, draws.pair, lam)
         else:
             lam, x_in = jnp.ones((), jnp.float32), x
-        if phase.pair_weight == "half":
-            pair_w = jnp.full((), 0.5, jnp.float32)
-        elif phase.pair_weight == "beta":
-            pair_w = losses.sample_mixup_lambda(k_loss, config.mixup_alpha)
-        else:
-            pair_w = lam
+        pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
+                  "mix": lam}[phase.pair_weight]  # fmt: skip
 
         def loss_fn(p):
             logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
+            w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
             if phase.mixup == "none":
                 loss = jnp.mean(losses.cross_entropy(logits, y))
             elif phase.bootstrap == "none":
-                loss = losses.mixup_ce_loss(logits, y, pair, pair_w)
+                loss = losses.mixup_ce_loss(logits, y, draws.pair, pair_w)
             else:
                 loss = losses.mixup_bootstrap_loss(
-                    logits, y, w, logits_clean, pair, pair_w, num_classes=num_classes,
+                    logits, y, w_, logits_clean, draws.pair, pair_w, num_classes=num_classes,
                     mode=phase.bootstrap, temperature=temperature,
                 )  # fmt: skip
             if phase.regularize:
-                loss = loss + config.reg_weight * losses.class_balance_regularizer(logits)
+                reg = losses.class_balance_regularizer(logits, prior=prior)
+                loss = loss + config.reg_weight * reg
             return loss, new_stats
 
         (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        new_state = dict(state, params=new_params, stats=new_stats, opt_state=opt_state)
-        new_state["loss_sum"] = state["loss_sum"] + loss
-        return new_state
+        return dict(state, params=new_params, stats=new_stats, opt_state=opt_state), loss
+
+    return update
+
+
+def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
+                    num_classes: int, mean: np.ndarray, std: np.ndarray,
+                    mesh=None, batch_size: int | None = None):  # fmt: skip
+    """Build the jitted train step for one phase (and one batch size: the last batch of an
+    epoch may be smaller, see ``config.drop_last``).
+
+    The step gathers its batch from the device-resident training set, augments, normalises and
+    calls the phase's ``update`` (posteriors, clean predictions, mixing, one optimizer step).
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    B = batch_size or config.batch_size
+    update = make_update(graphdef, tx, config, phase, num_classes)
+
+    def step(state, data, aux, perm, step_idx, epoch, temperature):
+        key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], step_idx)
+        k_aug, k_draws = jax.random.split(key)
+        idx = jax.lax.dynamic_slice_in_dim(perm, step_idx * config.batch_size, B)
+        # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
+        x = parallel.constrain_batch(data["images"][idx], mesh)
+        y = parallel.constrain_batch(data["labels"][idx], mesh)
+        x = data_lib.augment(x, k_aug, padding=config.data.crop_padding, flip=config.data.flip)
+        x = data_lib.normalize(x, mean, std)
+        rows = None
+        if config.posterior_source == "epoch":
+            rows = {k: parallel.constrain_batch(v[idx], mesh) for k, v in aux.items()}
+        state, loss = update(state, x, y, rows, step_draws(k_draws, B, config.mixup_alpha),
+                             temperature)  # fmt: skip
+        state["loss_sum"] = state["loss_sum"] + loss
+        return state
 
     return jax.jit(step, donate_argnums=(0,))
+
+
+def epoch_batch_sizes(n: int, batch_size: int, drop_last: bool, num_devices: int = 1) -> list[int]:
+    """Batch size of every step of an epoch over n samples.
+
+    Full batches, then (unless ``drop_last``) the remaining samples as one smaller batch, as a
+    PyTorch DataLoader does; on several devices it is rounded down to a multiple of their count
+    (at most num_devices - 1 samples of a shuffled epoch are left out).
+    """
+    sizes = [batch_size] * (n // batch_size)
+    tail = 0 if drop_last else (n % batch_size) // num_devices * num_devices
+    return sizes + [tail] * (tail > 0)
 
 
 def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh=None):
@@ -293,9 +375,10 @@ def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh
     @functools.partial(jax.jit, static_argnames=("augment",))
     def chunk(state, images, labels, idx, epoch, chunk_idx, augment: bool = False):
         x = parallel.constrain_batch(images[idx], mesh)
-        if augment:
-            key = jax.random.fold_in(epoch_keys(config.seed, epoch)[1], chunk_idx)
-            x = data_lib.augment(x, key, padding=config.data.crop_padding, flip=config.data.flip)
+        if augment:  # one key per sample: the same crops on any chunking or device count
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(epoch_keys(config.seed, epoch)[1], idx)
+            x = jax.vmap(lambda img, k: data_lib.augment(
+                img[None], k, padding=config.data.crop_padding, flip=config.data.flip)[0])(x, keys)
         x = data_lib.normalize(x, mean, std)
         logits, _ = _apply(graphdef, state["params"], state["frozen"], state["stats"], x, False)
         return losses.cross_entropy(logits, parallel.constrain_batch(labels[idx], mesh)), logits
@@ -477,9 +560,10 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
         f"classes {ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
         f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)"
     )
-    mean, std = ds.mean_std()
+    mean, std = data_lib.normalization_stats(ds, config.data.normalization)
     n_train, num_classes = ds.train_images.shape[0], ds.num_classes
-    steps_per_epoch = n_train // config.batch_size
+    batch_sizes = epoch_batch_sizes(n_train, config.batch_size, config.drop_last, mesh.size)
+    steps_per_epoch = len(batch_sizes)
 
     # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
     # process places only its block), the (small) test set replicated.
@@ -522,7 +606,16 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
         ckpt_lib.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     eval_chunk = make_eval_chunk(graphdef, config, mean, std, mesh)
-    steps_cache: dict[config_lib.Phase, Any] = {}
+    steps_cache: dict[tuple[config_lib.Phase, int], Any] = {}
+
+    def step_for(phase: config_lib.Phase, batch: int):
+        """The compiled train step of a phase and batch size (built on first use)."""
+        if (phase, batch) not in steps_cache:
+            log(f"compiling the {phase.name} train step (batch {batch}; first call)")
+            steps_cache[(phase, batch)] = make_train_step(
+                graphdef, tx, config, phase, num_classes, mean, std, mesh, batch
+            )
+        return steps_cache[(phase, batch)]
     permutation = make_permutation_fn(config.seed, n_train, mesh)
     last_arrays = None
     interrupted = False
@@ -551,12 +644,6 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             phase = config_lib.phase_for_epoch(config, epoch)
-            if phase not in steps_cache:
-                log(f"compiling the {phase.name} train step (first call)")
-                steps_cache[phase] = make_train_step(
-                    graphdef, tx, config, phase, num_classes, mean, std, mesh
-                )
-            train_step = steps_cache[phase]
             lr = config_lib.lr_for_epoch(config, epoch)
             state["opt_state"].hyperparams["learning_rate"] = parallel.put_replicated(
                 mesh, np.float32(lr)
@@ -579,7 +666,7 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
                            log_every_seconds=config.log_every_seconds)  # fmt: skip
             done = first
             for s in range(first, steps_per_epoch):
-                state = train_step(
+                state = step_for(phase, batch_sizes[s])(
                     state, data, aux, perm, np.int32(s), np.int32(epoch), temperature,
                 )  # fmt: skip
                 done = s + 1
@@ -670,7 +757,7 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
                     "fit": t_fit,
                     "eval": t_eval,
                 },  # fmt: skip
-                "images_per_s": (steps_per_epoch - first) * config.batch_size / max(t_train, 1e-9),
+                "images_per_s": sum(batch_sizes[first:]) / max(t_train, 1e-9),
             }
             if not record["mixture"]["valid"]:
                 log(f"warning: epoch {epoch}: the {config.noise_model} fit was degenerate "

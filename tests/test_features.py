@@ -356,7 +356,7 @@ def test_features_protocol_runs_the_published_schedules(tmp_path):
 
     cells = reproduce.cells_for("features")
     assert set(reproduce.CELLS) < set(cells) and len(cells) == 16
-    for cell, (method, noise, over) in cells.items():
+    for cell, (method, noise, _over) in cells.items():
         c = reproduce.make_config("features", cell, str(tmp_path), str(tmp_path / "cache"))
         config_lib.validate(c)  # every cell is a valid run
         paper = reproduce.make_config("paper", cell.split("/exclusive")[0], None)

@@ -219,7 +219,8 @@ def test_resnet50_init_matches_torchvision(tiny_r50: ResNet50) -> None:
 
 
 def test_batchnorm_settings_and_running_average() -> None:
-    # torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch stat, eps 1e-5 (flax: biased var).
+    # torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch stat, eps 1e-5, and the running
+    # variance takes the *unbiased* batch variance (flax's own BatchNorm takes the biased one).
     model = _init(functools.partial(SmallCNN, 3, width=4, in_channels=1))
     bn = model.bns[0]
     assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
@@ -235,7 +236,10 @@ def test_batchnorm_settings_and_running_average() -> None:
     x = jnp.asarray(x)
     nnx.update(model, _fast_jit(functools.partial(run, train=True), state, x)(state, x))
     np.testing.assert_allclose(bn.mean[...], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4)
+    n = h.shape[0] * h.shape[1] * h.shape[2]
+    unbiased = h.reshape(n, -1).var(0, ddof=1)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * unbiased, rtol=2e-5)
+    assert not np.allclose(bn.var[...], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=2e-5)
     state = nnx.state(model)
     after_eval = _fast_jit(functools.partial(run, train=False), state, x)(state, x)
     assert _states_equal(after_eval, nnx.state(model, nnx.BatchStat))

@@ -35,7 +35,9 @@ def test_reduced_schedule_is_the_published_one_divided():
         assert red.epochs == round(paper.epochs / d)
         assert red.lr_milestones == tuple(round(m / d) for m in paper.lr_milestones)
         assert all(m < red.epochs for m in red.lr_milestones)
-        assert red.bootstrap_start_epoch == round(paper.bootstrap_start_epoch / d)
+        # Bootstrapping follows the (scaled) first milestone, as the original's milestones[0] + 6.
+        assert config_lib.bootstrap_start_epoch(red) == red.lr_milestones[0] + 6
+        assert red.method == "CE" or config_lib.bootstrap_start_epoch(red) == 16
         assert red.width == reproduce.REDUCED["width"]
         assert red.data.subset_per_class == reproduce.REDUCED["subset_per_class"]
     md = reproduce.make_config("reduced", "MD-DYR-SH@0.9", "/nonexistent")
@@ -53,12 +55,12 @@ def _record(epoch, acc, auroc=0.7, auroc_loss=0.72, flagged=0.4, mixture=None):
 
 
 def test_summarize_reads_warmup_best_and_last():
-    c = reproduce.make_config("reduced", "M-DYR-H@0.8", "/nonexistent")  # bootstrap from 11
+    c = reproduce.make_config("reduced", "M-DYR-H@0.8", "/nonexistent")  # bootstrap from 16
     history = [_record(e, acc=float(e), auroc=e / 100) for e in range(1, 31)]
     history[19]["test_acc"] = 99.0
     s = reproduce.summarize("M-DYR-H@0.8", c, history, 12.5)
     assert s["best_acc"] == 99.0 and s["last_acc"] == 30.0
-    assert s["auroc_warmup"] == pytest.approx(0.10)  # epoch 10: the fit bootstrapping starts from
+    assert s["auroc_warmup"] == pytest.approx(0.15)  # epoch 15: the fit bootstrapping starts from
     assert s["auroc_final"] == pytest.approx(0.30)
     assert (s["method"], s["noise"], s["mixture"], s["mixup_draw"]) == ("M-DYR-H", 0.8, "bmm",
                                                                          "none")  # fmt: skip

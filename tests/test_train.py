@@ -196,11 +196,20 @@ def test_phase_schedule_matches_published():
     c = cifar10_m_dyr_h.get_config()
     assert config_lib.phase_for_epoch(c, 105).bootstrap == "none"
     assert config_lib.phase_for_epoch(c, 106).bootstrap == "hard"
-    assert config_lib.lr_for_epoch(c, 100) == pytest.approx(0.1)
-    assert config_lib.lr_for_epoch(c, 101) == pytest.approx(0.01)
-    assert config_lib.lr_for_epoch(c, 251) == pytest.approx(0.001)
+    # MultiStepLR stepped at the start of every epoch (the published code): the drop is *at* 100.
+    assert [config_lib.lr_for_epoch(c, e) for e in (1, 99, 100, 249, 250, 300)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
+    assert config_lib.phase_for_epoch(c, 200).posteriors_after_mixed  # after both forwards
+    # The bootstrapping start follows the first milestone (milestones[0] + 5 + 1 in the original).
+    c.lr_milestones, c.epochs = (10, 25), 30
+    assert config_lib.bootstrap_start_epoch(c) == 16
+    assert config_lib.phase_for_epoch(c, 15).bootstrap == "none"
+    assert config_lib.phase_for_epoch(c, 16).bootstrap == "hard"
     s = cifar10_m_dyr_s.get_config()
-    assert config_lib.phase_for_epoch(s, 200).pair_weight == "half"
+    assert not config_lib.phase_for_epoch(s, 200).posteriors_after_mixed  # after the clean one
+    assert config_lib.phase_for_epoch(s, 200).pair_weight == "mix"  # delta, as M-DYR-H
+    assert {config_lib.temperature_for_epoch(s, e) for e in range(1, 301)} == {1.0}
     d = cifar10_md_dyr_sh.get_config()
     assert config_lib.phase_for_epoch(d, 105).mixup == "static"
     assert config_lib.phase_for_epoch(d, 106).mixup == "dynamic"
@@ -211,7 +220,8 @@ def test_phase_schedule_matches_published():
     assert temps[89] == pytest.approx(0.001)
     ce = cifar10_ce.get_config()
     assert ce.epochs == 120 and tuple(ce.lr_milestones) == (30, 80, 110)
-    assert config_lib.lr_for_epoch(ce, 111) == pytest.approx(1e-4)
+    assert config_lib.lr_for_epoch(ce, 109) == pytest.approx(1e-3)
+    assert config_lib.lr_for_epoch(ce, 110) == pytest.approx(1e-4)
 
 
 def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
@@ -244,3 +254,29 @@ def test_main_without_workdir_uses_runs_config_name(tmp_path):
     assert "done: M-DYR-H" in r.stdout
     wd = tmp_path / "runs" / "quickstart-digits"  # runs/<config name>-<data source>
     assert (wd / "metrics.jsonl").exists() and (wd / "label_issues.csv").exists()
+
+
+def test_epoch_batch_sizes_keep_the_last_batch_as_the_published_loader():
+    sizes = train.epoch_batch_sizes(50_000, 128, drop_last=False)
+    assert len(sizes) == 391 and sizes[-1] == 80 and sum(sizes) == 50_000
+    assert train.epoch_batch_sizes(50_000, 128, drop_last=True) == [128] * 390
+    assert train.epoch_batch_sizes(1_000, 128, drop_last=False, num_devices=3)[-1] == 102
+    assert train.epoch_batch_sizes(1_024, 128, drop_last=False) == [128] * 8
+    assert train.epoch_batch_sizes(130, 128, drop_last=False, num_devices=4) == [128]
+
+
+def test_published_normalization_constants_and_refusal_for_other_channels():
+    from jaxnoise import data as data_lib
+
+    def tiny(channels: int) -> data_lib.Dataset:
+        return data_lib.Dataset(np.zeros((4, 2, 2, channels), np.uint8), np.zeros(4, np.int32),
+                                np.zeros((2, 2, 2, channels), np.uint8), np.zeros(2, np.int32),
+                                ["a", "b"], "tiny")  # fmt: skip
+
+    rgb = tiny(3)
+    mean, std = data_lib.normalization_stats(rgb, "published")
+    np.testing.assert_allclose(mean, [0.4914, 0.4822, 0.4465])
+    np.testing.assert_allclose(std, [0.2023, 0.1994, 0.2010])
+    gray = tiny(1)
+    with pytest.raises(ValueError, match="normalization.*1 channel"):
+        data_lib.normalization_stats(gray, "published")
