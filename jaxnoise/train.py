@@ -373,7 +373,7 @@ def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     @functools.partial(jax.jit, static_argnames=("augment",))
-    def chunk(state, images, labels, idx, epoch, chunk_idx, augment: bool = False):
+    def chunk(state, images, labels, idx, epoch, augment: bool = False):
         x = parallel.constrain_batch(images[idx], mesh)
         if augment:  # one key per sample: the same crops on any chunking or device count
             keys = jax.vmap(jax.random.fold_in, (None, 0))(epoch_keys(config.seed, epoch)[1], idx)
@@ -409,7 +409,7 @@ def forward_all(chunk_fn, state, images, labels, chunk: int, epoch: int = 0, aug
     for s in range(steps):
         idx = all_idx[s * chunk : (s + 1) * chunk]
         loss, z = chunk_fn(
-            state, images, labels, idx, np.int32(epoch), np.int32(s), augment=augment
+            state, images, labels, idx, np.int32(epoch), augment=augment
         )
         outs_l.append(loss)
         outs_z.append(z)
