@@ -56,9 +56,24 @@ FEATURE_CELLS = {
 }
 
 
+# The noise-model options for instance-dependent noise (mixture_scope, loss_signal), on the
+# features protocol with asymmetric 40% noise; every cell takes its posteriors from the tracking
+# pass (posterior_source="epoch", which the accumulated signals need), so only the option varies.
+_ASYM = {"noise_kind": "asymmetric", "posterior_source": "epoch"}
+HUMAN_NOISE_CELLS = {
+    "M-DYR-H@asym0.4/global": ("M-DYR-H", 0.4, _ASYM),
+    "M-DYR-H@asym0.4/class": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class"}),
+    "M-DYR-H@asym0.4/ema": ("M-DYR-H", 0.4, {**_ASYM, "loss_signal": "ema"}),
+    "M-DYR-H@asym0.4/mean5": ("M-DYR-H", 0.4, {**_ASYM, "loss_signal": "mean_k"}),
+    "M-DYR-H@asym0.4/class+ema": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class",
+                                                   "loss_signal": "ema"}),  # fmt: skip
+}
+PROTOCOLS = ("reduced", "paper", "features", "human_noise")
+
+
 def cells_for(protocol: str) -> dict:
     """The cells of a protocol."""
-    return FEATURE_CELLS if protocol == "features" else CELLS
+    return {"features": FEATURE_CELLS, "human_noise": HUMAN_NOISE_CELLS}.get(protocol, CELLS)
 
 
 CONFIG_FILE = {
@@ -119,7 +134,7 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
         c.data.subset_per_class = REDUCED["subset_per_class"]
         c.width = REDUCED["width"]
         scale_schedule(c, REDUCED["schedule_divisor"])
-    elif protocol == "features":  # the published schedule; a head on cached k-means features
+    elif protocol in ("features", "human_noise"):  # published schedules; a head on k-means features
         c.data.source, c.data.root = "folder", data_root
         c.data.cache_dir = cache_dir
         c.data.extractor = "kmeans"
@@ -130,20 +145,20 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
         c.data.normalization = "dataset"  # per-feature standardisation (Coates et al.)
         c.model, c.mlp_hidden, c.lr = FEATURES["model"], FEATURES["mlp_hidden"], FEATURES["lr"]
     elif protocol != "paper":
-        raise ValueError(f"unknown protocol {protocol!r}; allowed: 'reduced', 'paper', 'features'")
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     return c
 
 
 def command_for(cell: str) -> str:
     """The exact full-scale command of a published row (README table)."""
-    method, noise, over = FEATURE_CELLS[cell]
+    method, noise, over = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS}[cell]
     extra = "".join(f" --config.{k}={v}" for k, v in over.items())
     return f"python main.py --config configs/{CONFIG_FILE[method]}.py --config.noise={noise}{extra}"
 
 
 def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     """One record of the results table."""
-    method, noise, _ = FEATURE_CELLS[cell]
+    method, noise, _ = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS}[cell]
     from jaxnoise.config import bootstrap_start_epoch
 
     # The fit the method's correction starts from: the epoch before bootstrapping (M-DYR-H/S; the
@@ -229,7 +244,7 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
             "the numbers mean: `reproduce_reduced_notes.md`.",
             "",
         ]
-    if protocol.startswith("features"):
+    if protocol.startswith(("features", "human_noise")):
         f = FEATURES
         head = f"{f['model']} head" + (f" {f['mlp_hidden']}" if f["model"] == "mlp" else "")
         protocol_lines = [
@@ -272,7 +287,7 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
 def main() -> None:
     """Run the requested cells (resuming), then write the table of every started cell."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--protocol", default="reduced", choices=["reduced", "paper", "features"])
+    ap.add_argument("--protocol", default="reduced", choices=PROTOCOLS)
     ap.add_argument("--cells", nargs="*", default=None)
     ap.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"))
     ap.add_argument("--data-dir", default="/tmp/jaxnoise_data")

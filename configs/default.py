@@ -30,7 +30,13 @@ def get_config() -> ml_collections.ConfigDict:
     # --- label noise ------------------------------------------------------------------------
     c.noise = 0.0  # noise level r in [0, 1]
     c.noise_kind = "symmetric"  # "none"|"symmetric"|"symmetric_exclusive"|"asymmetric"|"human"
-    c.label_file = ""  # noisy label file for noise_kind="human" (e.g. CIFAR-10N), .npy/.csv/...
+    c.label_file = ""  # noise_kind="human": a label file (.pt of the CIFAR-N release, .npz,
+    # .npy, .csv); "" with label_key: a label set the data source carries (tfds cifar10_n)
+    c.label_key = ""  # the label set to use, e.g. "worse_label", "aggre_label", "random_label1"
+    # (CIFAR-10N), "noisy_label" (CIFAR-100N); a file holding several sets needs it
+    c.label_order = "auto"  # how the file's rows map to samples: "cifar" (original CIFAR order,
+    # the CIFAR-N files; mapped through the tfds id) | "dataset" (the dataset's own order) |
+    # "id" (its id/path column) | "auto" (see jaxnoise/human_labels.py; ambiguity is refused)
     c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
 
     # --- model ------------------------------------------------------------------------------
@@ -46,6 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.noise_model = "bmm"  # "bmm" | "gmm": the mixture fitted to the per-sample losses
     c.noisy_component = "initial"  # "initial" (original code) | "max_mean" (extension)
     c.em_iters = 10  # EM iterations of the mixture fit
+    c.mixture_scope = "global"  # "global": one mixture over all samples (published) | "class":
+    # one per (noisy) class, fitted together (instance-dependent / asymmetric noise)
+    c.loss_signal = "epoch"  # what the mixture fits: "epoch" (this epoch's loss, published) |
+    # "ema" (moving average over epochs) | "mean_k" (mean of the last signal_k epochs, as
+    # DivideMix at 90% noise); accumulated signals need posterior_source="epoch"
+    c.signal_k = 5  # loss_signal="mean_k": epochs averaged
+    c.signal_momentum = 0.9  # loss_signal="ema": s = m * s + (1 - m) * loss
     c.posterior_lookup = True  # batch posteriors from the original's 100-bin lookup table
     c.posterior_source = "batch"  # "batch": per-step eval forward (published) | "epoch": from
     # the end-of-epoch tracking pass (one forward fewer per step)

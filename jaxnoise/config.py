@@ -36,6 +36,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.extractor": extractors.EXTRACTORS,  # features
     "data.normalization": ("published", "dataset"),
     "shortcut": models.SHORTCUTS,
+    "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
+    "mixture_scope": ("global", "class"),
+    "loss_signal": ("epoch", "ema", "mean_k"),
 }
 
 # The published code starts bootstrapping (M-DYR-H/S) at epoch lr_milestones[0] + 5 + 1 (106 for
@@ -129,6 +132,8 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "noise": _real(0.0, 1.0),
     "noise_kind": _choice("noise_kind"),
     "label_file": _str,
+    "label_key": _str,
+    "label_order": _choice("label_order"),
     "noise_seed": _int(0, SEED_MAX),
     "model": _choice("model"),
     "width": _int(1),
@@ -139,6 +144,10 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "noise_model": _choice("noise_model"),
     "noisy_component": _choice("noisy_component"),
     "em_iters": _int(1),
+    "mixture_scope": _choice("mixture_scope"),
+    "loss_signal": _choice("loss_signal"),
+    "signal_k": _int(1, 1000),
+    "signal_momentum": _real(0.0, 1.0, hi_open=True),
     "posterior_lookup": _bool,
     "posterior_source": _choice("posterior_source"),
     "track_augment": _bool,
@@ -247,12 +256,16 @@ def validate(config: Any) -> None:
 def _check_files(c: dict[str, Any]) -> None:
     """Local files and folders named by the config must exist (checked before any data load)."""
     if c["noise_kind"] == "human":
-        if not c["label_file"]:
-            _fail("label_file", c["label_file"], "a label file path when noise_kind='human'")
-        if not os.path.isfile(c["label_file"]):
+        if not c["label_file"] and not c["label_key"]:
+            _fail("label_file", c["label_file"], "a label file path when noise_kind='human' "
+                  "(or config.label_key naming a label set of the dataset, e.g. worse_label "
+                  "of tfds cifar10_n)")  # fmt: skip
+        if c["label_file"] and not os.path.isfile(c["label_file"]):
             _fail("label_file", c["label_file"], "an existing file (no such file)")
-    elif c["label_file"]:
-        _fail("label_file", c["label_file"], "'' unless noise_kind='human' (it would be ignored)")
+    else:
+        for field in ("label_file", "label_key"):
+            if c[field]:
+                _fail(field, c[field], "'' unless noise_kind='human' (it would be ignored)")
     if c["weights"] and not os.path.isfile(c["weights"]):
         _fail("weights", c["weights"], "an existing .npz file (no such file)")
     if c["data.source"] == "folder":
@@ -331,6 +344,10 @@ def _check_consistency(c: dict[str, Any]) -> None:
                 f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={epochs} "
                 "(at least one epoch of mixup warm-up first)",
             )
+    if c["loss_signal"] != "epoch" and c["posterior_source"] != "epoch":
+        _fail("posterior_source", c["posterior_source"], "'epoch' when loss_signal="
+              f"{c['loss_signal']!r} (the mixture is fitted to an accumulated per-sample loss, "
+              "so the posteriors are the tracked samples', not one step's batch)")  # fmt: skip
     if c["mixup_draw"] != "none" and c["method"] != "MD-DYR-SH":
         _fail("mixup_draw", c["mixup_draw"], "'none' unless method='MD-DYR-SH'")
     n, pid = c["distributed.num_processes"], c["distributed.process_id"]

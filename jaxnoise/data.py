@@ -65,6 +65,14 @@ class Dataset:
     class_names: list[str]
     name: str
     train_paths: list[str] | None = None
+    # Per-sample identifiers of the training set, kept through subsets so that label files are
+    # aligned by identity: tfds the record's `id` (CIFAR: "train_XXXXX", XXXXX = the position
+    # in the original CIFAR order), image folders the path relative to the root, features a
+    # given `train_ids` array or the row index. None: the row index.
+    train_ids: np.ndarray | None = None
+    # Named per-sample label sets of the training set besides `train_labels` (e.g. tfds
+    # cifar10_n's worse_label, aggre_label, ...; or a resolved label file), aligned with it.
+    label_sets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check that arrays and paths have consistent shapes."""
@@ -85,6 +93,34 @@ class Dataset:
                 f"train_paths has {len(self.train_paths)} entries for "
                 f"{len(self.train_labels)} training images"
             )
+        n = len(self.train_labels)
+        if self.train_ids is not None:
+            self.train_ids = np.asarray(self.train_ids).astype(str)
+            if self.train_ids.shape != (n,):
+                raise ValueError(f"train_ids has shape {self.train_ids.shape}, expected ({n},)")
+        for key, values in self.label_sets.items():
+            if np.shape(values) != (n,):
+                raise ValueError(
+                    f"label set {key!r} has shape {np.shape(values)}, expected ({n},)"
+                )
+
+    def ids(self) -> np.ndarray:
+        """The training samples' identifiers as strings (the row index when none are known)."""
+        if self.train_ids is not None:
+            return self.train_ids
+        return np.arange(len(self.train_labels)).astype(str)
+
+    def take(self, rows: np.ndarray) -> Dataset:
+        """The dataset with only the training samples ``rows`` (test split untouched)."""
+        rows = np.asarray(rows)
+        return dataclasses.replace(
+            self,
+            train_images=self.train_images[rows],
+            train_labels=self.train_labels[rows],
+            train_paths=None if self.train_paths is None else [self.train_paths[i] for i in rows],
+            train_ids=None if self.train_ids is None else self.train_ids[rows],
+            label_sets={k: np.asarray(v)[rows] for k, v in self.label_sets.items()},
+        )
 
     @property
     def num_classes(self) -> int:
@@ -186,13 +222,27 @@ def _as_image(value: Any, where: str) -> np.ndarray:
     return img
 
 
-def _read_split(source: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read every record of a tfds data source into uint8 images and int32 labels."""
+# Features of tfds records that are label sets of the training split (cifar10_n, cifar100_n).
+TFDS_LABEL_SETS = ("worse_label", "aggre_label", "random_label1", "random_label2",
+                   "random_label3", "noise_label")  # fmt: skip
+
+
+def _text(value: Any) -> str:
+    """A tfds Text feature's value (bytes, str or a 0-d array of either) as str."""
+    value = np.asarray(value).item() if isinstance(value, np.ndarray) else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_split(source: Any, where: str, label_sets: Sequence[str] = ()):
+    """Read every record of a tfds data source: uint8 images, int32 labels, ids (or None) and
+    the named extra label sets."""
     n = len(source)
     if n == 0:
         raise ValueError(f"{where} is empty")
     images: np.ndarray | None = None
     labels = np.empty(n, np.int32)
+    ids: list[str] | None = []
+    sets = {k: np.empty(n, np.int32) for k in label_sets}
     for start in range(0, n, _TFDS_CHUNK):
         keys = list(range(start, min(n, start + _TFDS_CHUNK)))
         for i, record in zip(keys, _get_records(source, keys), strict=True):
@@ -206,8 +256,24 @@ def _read_split(source: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
                 )
             images[i] = img
             labels[i] = int(record["label"])
+            if ids is not None:
+                if "id" in record:
+                    ids.append(_text(record["id"]))
+                else:
+                    ids = None
+            for k in sets:
+                sets[k][i] = int(record[k])
     assert images is not None
-    return images, labels
+    return images, labels, None if ids is None else np.asarray(ids), sets
+
+
+def _label_set_names(info: Any) -> list[str]:
+    """The extra label sets (TFDS_LABEL_SETS) among a tfds dataset's features."""
+    try:
+        keys = set(info.features.keys())
+    except AttributeError:
+        return []
+    return [k for k in TFDS_LABEL_SETS if k in keys]
 
 
 def _label_names(info: Any, labels: Sequence[np.ndarray]) -> list[str]:
@@ -241,7 +307,11 @@ def _load_tfds_with_tf(name: str, data_dir: str | None, download: bool) -> Datas
             images = images[..., None]
         arrays.append((images, np.asarray(split["label"], np.int32)))
     (xtr, ytr), (xte, yte) = arrays
-    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name)
+    train = tfds.as_numpy(train)
+    ids = np.asarray([_text(v) for v in train["id"]]) if "id" in train else None
+    sets = {k: np.asarray(train[k], np.int32) for k in _label_set_names(info)}
+    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name, train_ids=ids,
+                   label_sets=sets)  # fmt: skip
 
 
 class DatasetUnavailable(RuntimeError):
@@ -363,10 +433,12 @@ def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) 
             f"dataset needs network access and, for most image datasets, TensorFlow: "
             f"{_PREPARE_HINT}. {_OFFLINE_HINT}"
         ) from err
-    xtr, ytr = _read_split(train_src, f"tfds {name!r} split 'train'")
-    xte, yte = _read_split(test_src, f"tfds {name!r} split 'test'")
-    info = getattr(train_src, "dataset_info", None)
-    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name)
+    info = getattr(train_src, "dataset_info", None) or builder.info
+    sets = _label_set_names(info)
+    xtr, ytr, ids, label_sets = _read_split(train_src, f"tfds {name!r} split 'train'", sets)
+    xte, yte, _, _ = _read_split(test_src, f"tfds {name!r} split 'test'")
+    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name, train_ids=ids,
+                   label_sets=label_sets)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -575,6 +647,7 @@ def load_image_folder(root: str, *, cache_dir: str | None = None) -> Dataset:
         class_names=listing.class_names,
         name=root_path.name,
         train_paths=[os.path.join(root_str, p) for p, _ in listing.train],
+        train_ids=np.asarray([p for p, _ in listing.train]),
     )
 
 
@@ -653,22 +726,12 @@ def balanced_subset(ds: Dataset, per_class: int, *, seed: int) -> Dataset:
                 f"fewer than per_class={per_class}"
             )
         picks.append(rng.choice(idx, per_class, replace=False))
-    keep = np.sort(np.concatenate(picks))
-    paths = None if ds.train_paths is None else [ds.train_paths[i] for i in keep]
-    return dataclasses.replace(
-        ds,
-        train_images=ds.train_images[keep],
-        train_labels=ds.train_labels[keep],
-        train_paths=paths,
-    )
+    return ds.take(np.sort(np.concatenate(picks)))
 
 
 def take_train(ds: Dataset, n: int) -> Dataset:
     """Keep the first `n` training samples (test split untouched)."""
-    paths = None if ds.train_paths is None else list(ds.train_paths[:n])
-    return dataclasses.replace(
-        ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n], train_paths=paths
-    )
+    return ds.take(np.arange(min(n, len(ds.train_labels))))
 
 
 # --------------------------------------------------------------------------------------

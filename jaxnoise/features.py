@@ -8,7 +8,9 @@ report) is unchanged, except that augmentation is off and normalisation is per f
 
 * one ``.npz`` (``data.features=FILE.npz``, ``data.test_features=""``) with the keys
   ``train_features`` (N, D) float, ``train_labels`` (N,) int, ``test_features`` (M, D) float,
-  ``test_labels`` (M,) int and optionally ``class_names`` (K,) str;
+  ``test_labels`` (M,) int and optionally ``class_names`` (K,) str and ``train_ids`` (N,) str
+  (the samples' own identifiers: human label files are aligned by them, label_issues.csv
+  reports them);
 * a pair (``data.features=TRAIN``, ``data.test_features=TEST``), each side either an ``.npz``
   with ``features``, ``labels`` (and optionally ``class_names``), or an ``.npy`` of features
   whose labels are in the ``.npy`` beside it named ``<stem>_labels.npy``.
@@ -128,6 +130,7 @@ def _side(path: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
 
 def load_features(path: str, test_path: str = "", *, name: str = "") -> data_lib.Dataset:
     """Read embeddings (one .npz, or a train/test pair; see the module docstring)."""
+    ids = None
     if test_path:
         xtr, ytr, names, where = _side(path)
         xte, yte, names_te, where_te = _side(test_path)
@@ -146,6 +149,12 @@ def load_features(path: str, test_path: str = "", *, name: str = "") -> data_lib
         ytr = _check_labels(arrays["train_labels"], xtr.shape[0], where + " [train_labels]")
         yte = _check_labels(arrays["test_labels"], xte.shape[0], where + " [test_labels]")
         names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+        if "train_ids" in arrays:  # optional: the samples' own identifiers (label_issues.csv)
+            ids = np.asarray(arrays["train_ids"]).astype(str)
+            if ids.shape != ytr.shape or len(set(ids.tolist())) != len(ids):
+                raise FeatureFileError(
+                    f"{where} [train_ids]: expected {len(ytr)} distinct ids, got shape {ids.shape}"
+                )
     if xtr.shape[1] != xte.shape[1]:
         raise FeatureFileError(
             f"{where_te}: test features have D={xte.shape[1]}, the training features "
@@ -157,7 +166,7 @@ def load_features(path: str, test_path: str = "", *, name: str = "") -> data_lib
     elif len(names) < k:
         raise FeatureFileError(f"{where}: {len(names)} class names for labels up to {k - 1}")
     label = name or Path(path).stem
-    return data_lib.Dataset(xtr, ytr, xte, yte, list(names), label)
+    return data_lib.Dataset(xtr, ytr, xte, yte, list(names), label, train_ids=ids)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +232,8 @@ def extract_cached(
         try:
             out = load_features(str(path), name=ds.name)
             log(f"loaded {extractor} features {out.train_images.shape} from cache {path}")
-            return dataclasses.replace(out, train_paths=ds.train_paths)
+            return dataclasses.replace(out, train_paths=ds.train_paths, train_ids=ds.train_ids,
+                                       label_sets=ds.label_sets)  # fmt: skip
         except ValueError as err:  # a torn or foreign file: recompute
             log(f"warning: ignoring unreadable features cache {path}: {err}")
     t0 = time.time()
@@ -256,4 +266,5 @@ def extract_cached(
     }
     data_lib._write_cache(path, arrays)
     return data_lib.Dataset(xtr, ds.train_labels, xte, ds.test_labels, list(ds.class_names),
-                            ds.name, train_paths=ds.train_paths)  # fmt: skip
+                            ds.name, train_paths=ds.train_paths, train_ids=ds.train_ids,
+                            label_sets=ds.label_sets)  # fmt: skip

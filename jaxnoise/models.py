@@ -58,7 +58,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "small_cnn", "resnet50", "linear", "mlp")
+MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "resnet34", "small_cnn", "resnet50", "linear",
+                                 "mlp")  # fmt: skip
 
 # BatchNorm as torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch; eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -239,6 +240,60 @@ class PreActResNet18(nnx.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# ResNet-34 for 32x32 inputs (the CIFAR-N paper's network: Wei et al. 2022, Kuang Liu's ResNet)
+# --------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nnx.Module):
+    """Post-activation basic block: relu(bn1(conv1 x)) -> bn2(conv2), plus the shortcut
+    (identity, or 1x1 conv + BN when the shape changes), then ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rngs: nnx.Rngs):
+        self.conv1 = _conv(in_planes, planes, 3, stride, rngs=rngs)
+        self.bn1 = _bn(planes, rngs=rngs)
+        self.conv2 = _conv(planes, planes, 3, 1, rngs=rngs)
+        self.bn2 = _bn(planes, rngs=rngs)
+        project = stride != 1 or in_planes != planes
+        self.shortcut = _conv(in_planes, planes, 1, stride, rngs=rngs) if project else None
+        self.shortcut_bn = _bn(planes, rngs=rngs) if project else None
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, in_planes) -> (B, H/stride, W/stride, planes)."""
+        ra = not train
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ra))
+        out = self.bn2(self.conv2(out), use_running_average=ra)
+        if self.shortcut is not None:
+            x = self.shortcut_bn(self.shortcut(x), use_running_average=ra)
+        return jax.nn.relu(out + x)
+
+
+class ResNet34(nnx.Module):
+    """3x3 stem conv + BN + ReLU, basic blocks (3, 4, 6, 3) at widths w..8w, pool, linear."""
+
+    def __init__(self, num_classes: int, *, width: int = 64, in_channels: int = 3,
+                 blocks: tuple[int, ...] = (3, 4, 6, 3), rngs: nnx.Rngs):  # fmt: skip
+        self.conv1 = _conv(in_channels, width, 3, 1, rngs=rngs)
+        self.bn1 = _bn(width, rngs=rngs)
+        in_planes, layers = width, []
+        for i, n in enumerate(blocks):
+            planes, stage = width * 2**i, []
+            for s in (1 if i == 0 else 2,) + (1,) * (n - 1):
+                stage.append(BasicBlock(in_planes, planes, s, rngs=rngs))
+                in_planes = planes
+            layers.append(nnx.List(stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers  # torch's names
+        self.linear = _linear(in_planes, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """(B, H, W, C) float32 -> logits (B, num_classes)."""
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                out = block(out, train=train)
+        return self.linear(_global_avg_pool(out))
+
+
+# --------------------------------------------------------------------------------------------
 # SmallCNN (quick starts, tests)
 # --------------------------------------------------------------------------------------------
 
@@ -353,8 +408,8 @@ class ResNet50(nnx.Module):
 # --------------------------------------------------------------------------------------------
 
 _HEADS: dict[str, str] = {
-    "preact_resnet18": "linear", "small_cnn": "head", "resnet50": "fc", "linear": "out",
-    "mlp": "out",
+    "preact_resnet18": "linear", "resnet34": "linear", "small_cnn": "head", "resnet50": "fc",
+    "linear": "out", "mlp": "out",
 }  # fmt: skip
 
 
@@ -369,8 +424,8 @@ def create_model(
 ) -> nnx.Module:
     """Build the model called `name` (one of MODEL_NAMES); `options` go to that model only."""
     _check_name(name)
-    cls = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN, "resnet50": ResNet50,
-           "linear": LinearHead, "mlp": MLPHead}[name]  # fmt: skip
+    cls = {"preact_resnet18": PreActResNet18, "resnet34": ResNet34, "small_cnn": SmallCNN,
+           "resnet50": ResNet50, "linear": LinearHead, "mlp": MLPHead}[name]  # fmt: skip
     return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs, **options)
 
 
@@ -440,14 +495,17 @@ def _from_torch(arr: np.ndarray) -> np.ndarray:
 def _torch_keyed_state(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], nnx.Variable]]:
     """PyTorch state_dict key -> (NNX path, Variable) for every Param/BatchStat of `model`.
 
-    Module paths map one to one (list indices as numbers), except a PreActBlock's `shortcut`
-    projection, which the published code wraps in an nn.Sequential (`shortcut.0.weight`).
+    Module paths map one to one (list indices as numbers), except a block's `shortcut`
+    projection and its BatchNorm (`shortcut_bn`, BasicBlock), which the published code wraps in
+    an nn.Sequential (`shortcut.0.weight`, `shortcut.1.weight`).
     """
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
         mods = [str(p) for p in path[:-1]]
         if mods[-1] == "shortcut":
             mods.append("0")
+        elif mods[-1] == "shortcut_bn":
+            mods[-1:] = ["shortcut", "1"]
         out[".".join(mods) + "." + _TORCH_SUFFIX[path[-1]]] = (path, var)
     return out
 

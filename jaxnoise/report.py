@@ -148,10 +148,13 @@ def label_issues(
     order = order[p[order] > threshold]
     names = list(dataset.get("class_names") or [])
     paths = dataset.get("train_paths")
+    ids = dataset.get("train_ids")
     rows = []
     for i in order:
         given, pred = int(per_sample["noisy_label"][i]), int(per_sample["prediction"][i])
         row: dict[str, Any] = {"index": int(i)}
+        if ids:
+            row["id"] = ids[i]
         if paths:
             row["path"] = paths[i]
         row.update(
@@ -166,9 +169,11 @@ def label_issues(
     return rows
 
 
-def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool) -> str:
+def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool,
+                       with_id: bool = False) -> str:  # fmt: skip
     """Write the rows as CSV (header even when empty); returns the path."""
-    cols = ["index", *(["path"] if with_path else []), "given_label", "given_class",
+    cols = ["index", *(["id"] if with_id else []), *(["path"] if with_path else []),
+            "given_label", "given_class",
             "predicted_label", "predicted_class", "p_noisy", "loss"]  # fmt: skip
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -246,7 +251,8 @@ def write_report(
 
     rows = label_issues(ps, dataset, threshold=threshold)
     csv_path = write_label_issues(
-        os.path.join(out_dir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths"))
+        os.path.join(out_dir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths")),
+        with_id=bool(dataset.get("train_ids")),
     )
     summary: dict[str, Any] = {
         "threshold": threshold,

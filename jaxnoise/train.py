@@ -30,7 +30,7 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import losses, mixture, models, parallel
+from jaxnoise import human_labels, losses, mixture, models, parallel
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise.progress import Progress, log
@@ -51,6 +51,9 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
         features=d.features,
         test_features=d.test_features,
     )
+    if config.noise_kind == "human":  # aligned by identity before any subsetting
+        ds = human_labels.resolve(ds, label_file=config.label_file, label_key=config.label_key,
+                                  label_order=config.label_order)  # fmt: skip
     if d.subset_per_class > 0:
         ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
     if d.extractor != "none":  # frozen features, computed once and cached
@@ -79,7 +82,7 @@ def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
         rate=config.noise,
         seed=config.noise_seed,
         dataset=dataset,
-        human_labels=config.label_file or None,
+        human_labels=ds.label_sets.get(human_labels.KEY),
     )
     if noisy.size and not (0 <= noisy.min() and noisy.max() < ds.num_classes):  # never trains
         raise ValueError(  # on labels outside the model's classes (jax would not complain)
@@ -456,6 +459,8 @@ def _write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config) 
         # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
         "noise_known": config.noise_kind != "none",
         "train_paths": list(ds.train_paths) if ds.train_paths else None,
+        # the samples' own identifiers (tfds id, folder-relative path, features train_ids)
+        "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,
     }
     ckpt_lib.atomic_write_text(os.path.join(workdir, "dataset.json"), json.dumps(info))
 
