@@ -64,7 +64,6 @@ HUMAN_NOISE_CELLS = {
     "M-DYR-H@asym0.4/global": ("M-DYR-H", 0.4, _ASYM),
     "M-DYR-H@asym0.4/class": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class"}),
     "M-DYR-H@asym0.4/ema": ("M-DYR-H", 0.4, {**_ASYM, "loss_signal": "ema"}),
-    "M-DYR-H@asym0.4/mean5": ("M-DYR-H", 0.4, {**_ASYM, "loss_signal": "mean_k"}),
     "M-DYR-H@asym0.4/class+ema": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class",
                                                    "loss_signal": "ema"}),  # fmt: skip
 }

@@ -30,7 +30,7 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import human_labels, losses, mixture, models, parallel
+from jaxnoise import human_labels, losses, mixture, models, parallel, signals
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise.progress import Progress, log
@@ -182,7 +182,9 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
         "frozen": frozen,
         "stats": stats,
         "opt_state": tx.init(params),
-        "mixture": mixture.initial_state(config.noise_model),
+        "mixture": mixture.initial_state(
+            config.noise_model, ds.num_classes if config.mixture_scope == "class" else 0
+        ),
         "loss_sum": jnp.zeros((), jnp.float32),
     }
     if mesh is None:
@@ -190,12 +192,20 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
             "p_noisy": jnp.full((n_train,), 0.5, jnp.float32),
             "logits": jnp.zeros((n_train, ds.num_classes), jnp.float32),
         }
-        return graphdef, tx, state, aux
-    state = parallel.put_replicated(mesh, state)
-    aux = {
-        "p_noisy": parallel.zeros_like_sharded(mesh, (n_train,), jnp.float32, 0.5),
-        "logits": parallel.zeros_like_sharded(mesh, (n_train, ds.num_classes), jnp.float32),
-    }
+    else:
+        state = parallel.put_replicated(mesh, state)
+        aux = {
+            "p_noisy": parallel.zeros_like_sharded(mesh, (n_train,), jnp.float32, 0.5),
+            "logits": parallel.zeros_like_sharded(mesh, (n_train, ds.num_classes), jnp.float32),
+        }
+    if config.loss_signal != "epoch":  # the accumulated loss the mixture fits
+        signal = signals.init(config.loss_signal, n_train, config.signal_k)
+        if mesh is not None:
+            signal = signals.SignalState(
+                buffer=parallel.zeros_like_sharded(mesh, signal.buffer.shape, jnp.float32),
+                count=parallel.put_replicated(mesh, signal.count),
+            )
+        aux["signal"] = signal
     return graphdef, tx, state, aux
 
 
@@ -270,7 +280,7 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: config_l
             logits_eval, _ = _apply(graphdef, p, frozen, batch_stats, x, False)
             batch_loss = losses.cross_entropy(logits_eval, y)
             w = mixture.posterior_noisy(
-                state["mixture"], batch_loss, lookup=config.posterior_lookup
+                state["mixture"], batch_loss, lookup=config.posterior_lookup, classes=y
             )
             return losses.clip_posteriors(jax.lax.stop_gradient(w))
 
@@ -350,7 +360,7 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: conf
         x = data_lib.normalize(x, mean, std)
         rows = None
         if config.posterior_source == "epoch":
-            rows = {k: parallel.constrain_batch(v[idx], mesh) for k, v in aux.items()}
+            rows = {k: parallel.constrain_batch(aux[k][idx], mesh) for k in ("p_noisy", "logits")}
         state, loss = update(state, x, y, rows, step_draws(k_draws, B, config.mixup_alpha),
                              temperature)  # fmt: skip
         state["loss_sum"] = state["loss_sum"] + loss
@@ -421,6 +431,30 @@ def forward_all(chunk_fn, state, images, labels, chunk: int, epoch: int = 0, aug
     if bar:
         bar.close()
     return _concat(n, mesh)(outs_l, outs_z)
+
+
+def make_fit_fns(config: ml_collections.ConfigDict, num_classes: int):
+    """(fit_signal, fit_mixture): the per-epoch loss signal and the mixture fitted to it (jit).
+
+    ``fit_signal(signal_state, track_loss) -> (signal_state, loss_to_fit)`` (``loss_signal``);
+    ``fit_mixture(loss, labels) -> state``: one global mixture, or one per given class
+    (``mixture_scope="class"``, a batched state).
+    """
+    update = jax.jit(functools.partial(signals.update, kind=config.loss_signal,
+                                       momentum=config.signal_momentum))  # fmt: skip
+
+    def fit_signal(signal_state, track_loss):
+        if config.loss_signal == "epoch":
+            return None, track_loss
+        return update(signal_state, track_loss)
+    opts = dict(max_iters=config.em_iters, noisy=config.noisy_component)
+
+    def fit_mixture(loss, labels):
+        if config.mixture_scope == "class":
+            return mixture.fit_per_class(config.noise_model, loss, labels, num_classes, **opts)
+        return mixture.fit(config.noise_model, loss, **opts)
+
+    return fit_signal, fit_mixture
 
 
 @functools.cache
@@ -515,7 +549,10 @@ def _position(epoch_done: int, step_in_epoch: int, steps_per_epoch: int) -> str:
     return f"the end of epoch {epoch_done}"
 
 
-def _degenerate_reason(track_loss: jax.Array) -> str:
+def _degenerate_reason(track_loss: jax.Array, valid) -> str:
+    if isinstance(valid, list):  # mixture_scope="class"
+        bad = [c for c, v in enumerate(valid) if not v]
+        return f"classes {bad} (fewer than {mixture.MIN_SAMPLES} samples, or equal losses)"
     p5, p95 = (float(v) for v in mixture.percentiles(track_loss, (5.0, 95.0)))
     if p95 <= p5 + 1e-5:
         return f"the 5th and 95th loss percentiles coincide ({p5:.6g}): the losses are ~all equal"
@@ -611,6 +648,7 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
         ckpt_lib.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     eval_chunk = make_eval_chunk(graphdef, config, mean, std, mesh)
+    fit_signal, fit_mixture = make_fit_fns(config, num_classes)
     steps_cache: dict[tuple[config_lib.Phase, int], Any] = {}
 
     def step_for(phase: config_lib.Phase, batch: int):
@@ -720,17 +758,18 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
                 )
             t_track = time.time() - t_track
             t_fit = time.time()
-            mix_state = mixture.fit(
-                config.noise_model, track_loss, max_iters=config.em_iters,
-                noisy=config.noisy_component,
-            )  # fmt: skip
+            signal_state, fit_loss = fit_signal(aux.get("signal"), track_loss)
+            mix_state = fit_mixture(fit_loss, data["labels"])
             # The posterior the next epoch trains with (the lookup table by default).
-            p_noisy = mixture.posterior_noisy(mix_state, track_loss, lookup=config.posterior_lookup)
+            p_noisy = mixture.posterior_noisy(mix_state, fit_loss, lookup=config.posterior_lookup,
+                                              classes=data["labels"])  # fmt: skip
             jax.block_until_ready(p_noisy)
             t_fit = time.time() - t_fit
             state["mixture"] = mix_state
             aux = {"p_noisy": p_noisy, "logits": track_logits}
-            p_exact = mixture.posterior_noisy(mix_state, track_loss, lookup=False)
+            if signal_state is not None:
+                aux["signal"] = signal_state
+            p_exact = mixture.posterior_noisy(mix_state, fit_loss, classes=data["labels"])
 
             # --- evaluation ----------------------------------------------------------------
             t_eval = time.time()
@@ -740,7 +779,7 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
             test_acc = 100.0 * float(jnp.mean(jnp.argmax(test_logits, -1) == test_labels))
             t_eval = time.time() - t_eval
             best_acc = max(best_acc, test_acc)
-            det = jax.device_get(metrics_lib.detection_metrics(p_noisy, track_loss, mask_dev))
+            det = jax.device_get(metrics_lib.detection_metrics(p_noisy, fit_loss, mask_dev))
             det["auroc_exact"] = metrics_lib.auroc(p_exact, mask_dev)
             quant = jax.device_get(metrics_lib.loss_quantiles(track_loss, mask_dev))
             record = {
@@ -764,10 +803,10 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
                 },  # fmt: skip
                 "images_per_s": sum(batch_sizes[first:]) / max(t_train, 1e-9),
             }
-            if not record["mixture"]["valid"]:
+            if not np.all(record["mixture"]["valid"]):
                 log(f"warning: epoch {epoch}: the {config.noise_model} fit was degenerate "
-                    f"({_degenerate_reason(track_loss)}); every p(noisy) is 0.5 for the next "
-                    "epoch (no sample is favoured)")  # fmt: skip
+                    f"({_degenerate_reason(fit_loss, record['mixture']['valid'])}); p(noisy) "
+                    "is 0.5 there for the next epoch (no sample is favoured)")  # fmt: skip
             history.append(record)
             if main_process:
                 with open(metrics_path, "a") as f:

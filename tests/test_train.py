@@ -112,6 +112,29 @@ def test_each_method_step_reduces_its_loss(warm, case):
     assert last < first - 0.1, f"{case}: loss {first:.3f} -> {last:.3f} ({phase.name})"
 
 
+@pytest.mark.parametrize(
+    ("options", "resume"),
+    [(dict(mixture_scope="class"), False),  # batch posteriors from each sample's class mixture
+     (dict(mixture_scope="class", loss_signal="mean_k", signal_k=2, posterior_source="epoch"),
+      True)],
+    ids=["class", "class+mean_k"],
+)  # fmt: skip
+def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
+    """mixture_scope="class" and an accumulated loss_signal train end to end (bootstrapping from
+    epoch 2 uses them), and a run stopped after epoch 1 resumes with the same mixtures and
+    signal state."""
+    c = tiny_config(method="M-DYR-H", **options)
+    a = train.train_and_evaluate(c, str(tmp_path / "a"))
+    for r in a["history"]:
+        assert r["mixture"]["scope"] == "class" and len(r["mixture"]["valid"]) == 10
+        assert np.isfinite(r["auroc"]) and r["auroc"] > 0.6, r["auroc"]
+    if resume:
+        train.train_and_evaluate(c, str(tmp_path / "b"), stop_after_epoch=1)
+        b = train.train_and_evaluate(c, str(tmp_path / "b"))
+        for ra, rb in zip(a["history"], b["history"], strict=True):
+            assert ra["mixture"] == rb["mixture"] and ra["test_acc"] == rb["test_acc"]
+
+
 def test_exact_resume_and_determinism(tmp_path):
     """A run stopped after epoch 1 and resumed gives exactly the uninterrupted run's metrics."""
     c = tiny_config(method="M-DYR-H")
