@@ -127,19 +127,17 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         )
         cf = c.copy_and_resolve_references()
         cf.seed = c.seed + f + 1  # each fold's model: its own init, shuffling and augmentation
+        cf.drop_last = True  # full batches only (the steps read their position from the count)
         graphdef, tx, state, aux = train.init_train_state(cf, sub)
         mean, std = sub.mean_std()
         data = {"images": jnp.asarray(sub.train_images), "labels": jnp.asarray(noisy[keep])}
         phase = config_lib.phase_for_epoch(cf, 1)
         step = train.make_train_step(graphdef, tx, cf, phase, ds.num_classes, mean, std)
         permutation = train.make_permutation_fn(cf.seed, len(keep))
-        one = jnp.float32(1.0)  # temperature (unused by CE)
-        for epoch in range(1, cf.epochs + 1):
-            lr = config_lib.lr_for_epoch(cf, epoch)
-            state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        for epoch in range(1, cf.epochs + 1):  # lr and positions come from the step count
             perm = permutation(np.int32(epoch))
-            for s in range(len(keep) // cf.batch_size):
-                state = step(state, data, aux, perm, np.int32(s), np.int32(epoch), one)
+            for _ in range(len(keep) // cf.batch_size):
+                state, _ = step(state, data, aux, perm)
         chunk = train.make_eval_chunk(graphdef, cf, mean, std)
         _, logits = train.forward_all(
             chunk, state, jnp.asarray(ds.train_images[held]), jnp.asarray(noisy[held]),

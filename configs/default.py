@@ -104,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = 0  # ... and this process's id
 
     # --- evaluation, logging, checkpoints ---------------------------------------------------
+    c.steps_per_call = 1  # K train steps per dispatch (jax.lax.scan); results equal K = 1
     c.eval_batch_size = 1000  # chunk size of the tracking pass and the test evaluation
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
     c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)

@@ -1,4 +1,4 @@
-"""Checkpoints (orbax), config checks on resume, and clean stops on SIGTERM/SIGINT.
+"""Checkpoints (orbax), and clean stops on SIGTERM/SIGINT.
 
 A checkpoint holds every array of the train state (params, optimizer, batch statistics, mixture
 state, step, the running loss sum), the per-sample posteriors/predictions used by the next epoch,
@@ -8,126 +8,166 @@ else is needed for an exact resume, also from the middle of an epoch. The orbax 
 checkpoint is the number of train steps done, so checkpoints order correctly whether they were
 taken at the end of an epoch or by a preemption in the middle of one.
 
+On disk, checkpoint N of a tree ``{"state": ..., "aux": ..., "labels": ...}`` is
+``checkpoints/N/{state,aux,labels,meta}``: one orbax item per top-level key, each array stored
+under its key path (``params.convs.0.kernel.value``; a bare array under the item's name), and the
+JSON item ``meta``, which also records the item names and the number of devices the run used.
+A restore compares names, shapes and dtypes with the template first: a checkpoint of another
+structure is refused naming the first difference (:class:`CheckpointMismatch`).
+
 orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
 killed while writing leaves the previous checkpoint restorable; the unfinished temporary
-directory is removed when the next run opens the workdir.
+directory is removed when the next run opens the workdir. A committed checkpoint that cannot be
+read (damaged files) is set aside as ``N.unreadable`` and the previous one is restored, with a
+warning.
+
+The run files (config.json, dataset.json, atomic writes) are :mod:`jaxnoise.workdir`; their
+names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import signal
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from jaxnoise import config as config_lib
+from jaxnoise.progress import log
+from jaxnoise.workdir import (  # noqa: F401  (re-exported: train.py, main.py and tests use them)
+    FILE_MODE,
+    WorkdirConflict,
+    atomic_write,
+    atomic_write_text,
+    check_workdir_config,
+)
 
-# Fields that do not change results: a resumed run may differ in these. (The coordinator address
-# of a multi-process job changes when a preempted job is rescheduled, and every process has its
-# own process_id, while config.json is written by process 0.)
-_NON_RESULT_FIELDS = {
-    "log_every_steps",
-    "log_every_seconds",
-    "keep_checkpoints",
-    "data.cache_dir",
-    "data.data_dir",
-    "distributed.auto",
-    "distributed.coordinator_address",
-    "distributed.process_id",
-}
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race orbax's threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: once, at import, before any thread writes
-    os.umask(mask)
-    return mask
+META = "meta"  # the JSON item; the other items are named by the tree's top-level keys
+INFO = "checkpoint"  # reserved key of the JSON item: {"items": [...], "num_devices": N}
+_ITEM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_OLD_LEAF = re.compile(r"leaf_\d{5}")  # the anonymous arrays of checkpoints before names
+_FRESH = "use another --workdir, or pass --fresh to discard that run and start again"
 
 
-# Files written through a temporary file get the mode a plain open() would give them (the
-# temporary file's own mode is 0600), so every file of a workdir shares one permission mode.
-FILE_MODE = 0o666 & ~_umask()
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose structure differs from this run's (another code version or config)."""
 
 
-class WorkdirConflict(ValueError):
-    """The workdir holds a run with another config (a refusal of the command line)."""
+class _Unreadable(Exception):
+    """A checkpoint whose files are damaged or incomplete."""
 
 
-def atomic_write(path: str, write) -> None:
-    """Write a file atomically: ``write(binary file)`` into a temporary file, then rename.
-
-    A process killed while writing leaves the previous version of ``path`` (or none), never a
-    truncated file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _key_name(key: Any) -> str:
+    """A key path entry as orbax names it (DictKey, GetAttrKey, SequenceKey, FlattenedIndexKey)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """:func:`atomic_write` of a text file."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
-    """Refuse to resume a workdir that holds a run with a different config (unless fresh)."""
-    path = os.path.join(workdir, "config.json")
-    if fresh:
-        names = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
-        for name in names:
-            p = os.path.join(workdir, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
-        return
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path) as f:
-            old = config_lib.flatten(json.load(f))
-    except (OSError, ValueError) as e:
-        raise WorkdirConflict(
-            f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
-            "or pass --fresh to discard that run and start again"
-        ) from None
-    new = config_lib.flatten(resolved)
-    diff = sorted(
-        k for k in set(old) | set(new) if k not in _NON_RESULT_FIELDS and old.get(k) != new.get(k)
+def _is_bare(subtree: Any) -> bool:
+    """Whether a top-level entry is a single array (or scalar), not a tree of them."""
+    return subtree is not None and jax.tree_util.treedef_is_leaf(
+        jax.tree_util.tree_structure(subtree)
     )
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
-        raise WorkdirConflict(
-            f"workdir {workdir!r} holds a run with a different config ({shown}); use another "
-            "--workdir, or pass --fresh to discard that run and start again"
-        )
+
+
+def _item(name: str, subtree: Any) -> Any:
+    """What one top-level entry is stored as (orbax stores trees): a bare array as
+    ``{name: array}``."""
+    return {name: subtree} if _is_bare(subtree) else subtree
+
+
+def _named(item: Any) -> dict[str, Any]:
+    """``{orbax name, e.g. 'params.convs.0.kernel.value': leaf}`` in flatten order."""
+    flat = jax.tree_util.tree_flatten_with_path(item)[0]
+    named = {".".join(_key_name(k) for k in path): leaf for path, leaf in flat}
+    if len(named) != len(flat):
+        raise ValueError("two arrays of the checkpointed tree have the same key path")
+    return named
+
+
+def _spec(x: Any) -> str:
+    """Shape and dtype of an array, a scalar or orbax's metadata of one: '(32, 10) float32'."""
+    if not hasattr(x, "dtype"):  # a Python scalar
+        x = np.asarray(x)
+    return f"{tuple(x.shape)} {np.dtype(x.dtype).name}"
+
+
+def _target(x: Any) -> Any:
+    """The restore target of a template leaf: its shape, dtype and sharding."""
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+
+
+def device_count(tree: Any) -> int:
+    """The number of devices the arrays of ``tree`` live on (the mesh size of a sharded run)."""
+    counts = [
+        len(x.sharding.device_set)
+        for x in jax.tree_util.tree_leaves(tree)
+        if isinstance(x, jax.Array)
+    ]
+    return max(counts) if counts else jax.device_count()
+
+
+def _leaves(metadata_tree: Any) -> list:
+    """The array metadata of an orbax item (name, shape, dtype), in its order."""
+    return jax.tree_util.tree_leaves(metadata_tree)
+
+
+def _differences(item: str, subtree: Any, disk: dict[str, Any]) -> list[str]:
+    """How the arrays of one item on disk (``{name: metadata}``) differ from ``subtree``'s."""
+    want = _named(_item(item, subtree))
+
+    def shown(name: str) -> str:  # the key path in the whole tree
+        return item if _is_bare(subtree) else f"{item}.{name}"
+
+    out = []
+    for n, x in want.items():
+        if n not in disk:
+            out.append(f"{shown(n)} is missing from the checkpoint")
+        elif _spec(disk[n]) != _spec(x):
+            out.append(f"{shown(n)} is {_spec(disk[n])} in the checkpoint, {_spec(x)} in this run")
+    out += [f"{item}.{n} is in the checkpoint but not in this run"
+            for n in sorted(set(disk) - set(want))]  # fmt: skip
+    return out
+
+
+def _unreadable(failed: list[tuple[int, str]], directory: str) -> str:
+    if len(failed) == 1:
+        return f"checkpoint {failed[0][0]} in {directory} is unreadable ({failed[0][1]})"
+    steps, reasons = ", ".join(str(s) for s, _ in failed), "; ".join(f"{s}: {r}" for s, r in failed)
+    return f"checkpoints {steps} in {directory} are unreadable ({reasons})"
+
+
+def _reason(e: BaseException) -> str:
+    """One short line describing why a checkpoint could not be read."""
+    text = " ".join(str(e).split())
+    if not isinstance(e, _Unreadable):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
-    """Checkpoints of an arbitrary pytree of arrays plus JSON metadata, numbered by train step."""
+    """Checkpoints of a dict of pytrees of arrays plus JSON metadata, numbered by train step.
+
+    Each top-level key of the tree is one orbax item named by it (letters, digits, ``_.-``;
+    not ``meta``); the JSON metadata may not use the key ``checkpoint``.
+    """
 
     def __init__(self, workdir: str, *, keep: int = 2):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -142,44 +182,181 @@ class Checkpointer:
         )
 
     @staticmethod
-    def _leaves(tree: Any) -> tuple[dict, Any]:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}, treedef
+    def _items(tree: Any) -> dict[str, Any]:
+        """The top-level entries that hold arrays (entries without any leaf are not stored)."""
+        if not isinstance(tree, dict):
+            raise TypeError(f"a checkpointed tree is a dict of named entries, not {type(tree)}")
+        for k in tree:
+            if not isinstance(k, str) or not _ITEM_NAME.fullmatch(k) or k == META:
+                raise ValueError(f"{k!r} cannot name a checkpoint item")
+        return {k: v for k, v in tree.items() if jax.tree_util.tree_leaves(v)}
 
-    def save(self, step: int, tree: Any, meta: dict) -> None:
-        """Save the pytree of (possibly sharded, multi-host) arrays; collective on all hosts.
+    def save(self, step: int, tree: dict, meta: dict, *, num_devices: int | None = None) -> None:
+        """Save the tree of (possibly sharded, multi-host) arrays; collective on all hosts.
 
+        ``num_devices`` (default: the devices the arrays live on) is recorded for the restore.
         The arrays are copied on device first, so the caller may donate its buffers to the next
         step while orbax writes in the background.
         """
-        flat, _ = self._leaves(tree)
-        flat = {k: jnp.array(v, copy=True) for k, v in flat.items()}
+        if INFO in meta:
+            raise ValueError(f"{INFO!r} is a reserved key of the checkpoint metadata")
+        items = self._items(tree)
+        items = jax.tree_util.tree_map(
+            lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, items
+        )
+        info = {"items": sorted(items), "num_devices": num_devices or device_count(tree)}
+        args = {k: ocp.args.StandardSave(_item(k, v)) for k, v in items.items()}
         self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)
-            ),
+            step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonSave({**meta, INFO: info})})
         )
 
-    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
-        """Restore the newest checkpoint into the structure and shardings of ``template``."""
-        step = self.manager.latest_step()
-        if step is None:
+    def restore_latest(
+        self, template: dict, *, num_devices: int | None = None
+    ) -> tuple[dict, dict] | None:
+        """Restore the newest readable checkpoint into the structure and shardings of
+        ``template``: ``(tree, meta)``, or None if there is no checkpoint.
+
+        An unreadable newest checkpoint is set aside (``N.unreadable``) and the one before is
+        restored, with a warning; if none is readable, ValueError. A checkpoint of another
+        structure raises :class:`CheckpointMismatch`. A checkpoint written on another number of
+        devices than ``num_devices`` (default: the template's) restores resharded, with a
+        warning.
+        """
+        self._items(template)
+        here = num_devices or device_count(template)
+        failed: list[tuple[int, str]] = []
+        restored = None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore(step, template, here)
+                break
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # damaged files: orbax/tensorstore/JSON errors of any type
+                failed.append((step, _reason(e)))
+        if restored is None and not failed:
             return None
-        flat, treedef = self._leaves(template)
-        target = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in flat.items()
-        }
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
+        if restored is None:
+            reasons = "; ".join(f"{s}: {r}" for s, r in failed)
+            raise ValueError(f"no checkpoint in {self.directory} is readable ({reasons}); {_FRESH}")
+        tree, meta, written = restored
+        if jax.process_count() > 1:  # every process must resume from the same checkpoint
+            from jax.experimental import multihost_utils
+
+            steps = multihost_utils.process_allgather(np.int64(step))
+            if np.any(steps != step):
+                raise RuntimeError(f"processes restored different checkpoints: {steps.tolist()}")
+        if failed:
+            self._set_aside([s for s, _ in failed])
+            aside = ", ".join(f"{s}.unreadable" for s, _ in failed)
+            log(f"warning: {_unreadable(failed, self.directory)}; resuming from checkpoint {step} "
+                f"instead (set aside as {aside})")  # fmt: skip
+        if written is not None and written != here:
+            log(f"warning: checkpoint {step} in {self.directory} was written with {written} "
+                f"devices, resuming on {here}: the arrays are resharded, so the run continues "
+                "but need not match an uninterrupted run exactly")  # fmt: skip
+        return tree, meta
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Rename unreadable checkpoints to ``N.unreadable`` (orbax then ignores them), so the
+        run can save new checkpoints with lower step numbers."""
+        _sync("jaxnoise:checkpoint-restored")
+        if jax.process_index() == 0:
+            for s in steps:
+                src = os.path.join(self.directory, str(s))
+                dst = f"{src}.unreadable"
+                if os.path.isdir(dst):
+                    shutil.rmtree(dst)
+                os.replace(src, dst)
+        _sync("jaxnoise:checkpoint-set-aside")
+        self.manager.reload()
+
+    def _mismatch(self, step: int, difference: str, written: int | None, here: int):
+        devices = ""
+        if written is not None and written != here:
+            devices = f" (the checkpoint was written with {written} devices, this run has {here})"
+        return CheckpointMismatch(
+            f"checkpoint {step} in {self.directory} does not match this run: {difference}"
+            f"{devices}; {_FRESH}"
         )
-        leaves = [restored.state[k] for k in sorted(restored.state)]
-        if len(leaves) != treedef.num_leaves:
-            raise RuntimeError(f"checkpoint {step} in {self.directory} has a different structure")
-        return jax.tree_util.tree_unflatten(treedef, leaves), dict(restored.meta)
+
+    def _restore(self, step: int, template: dict, here: int) -> tuple[dict, dict, int | None]:
+        """(tree, meta, number of devices written with) of one checkpoint; _Unreadable or an
+        orbax error if its files are damaged, CheckpointMismatch if its structure differs."""
+        path = epath.Path(self.directory) / str(step)
+        on_disk = {p.name for p in path.iterdir() if p.is_dir()}
+        if META not in on_disk:
+            raise _Unreadable("its metadata item is missing")
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta[META]
+        if not isinstance(meta, dict):
+            raise _Unreadable("its metadata is not a JSON object")
+        info = meta.pop(INFO, None)
+        if info is None:
+            return self._restore_unnamed(step, path, on_disk, template, meta)
+        written, stored = int(info["num_devices"]), list(info["items"])
+        for k in stored:
+            if k not in on_disk:
+                raise _Unreadable(f"its item {k!r} is missing")
+        items = self._items(template)
+        differences = [f"{k} is missing from the checkpoint" for k in items if k not in stored]
+        differences += [f"{k} is in the checkpoint but not in this run"
+                        for k in stored if k not in items]  # fmt: skip
+        for k in (k for k in items if k in stored):
+            disk = ocp.StandardCheckpointHandler().metadata(path / k).tree
+            differences += _differences(k, items[k], {m.name: m for m in _leaves(disk)})
+        if differences:
+            n = len(differences) - 1
+            more = f" (and {n} more difference{'s' * (n > 1)})" if n else ""
+            raise self._mismatch(step, differences[0] + more, written, here)
+        args = {
+            k: ocp.args.StandardRestore(jax.tree_util.tree_map(_target, _item(k, v)))
+            for k, v in items.items()
+        }
+        out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        tree = dict(template)
+        for k, subtree in items.items():
+            got = _named(out[k])
+            wrapped = _item(k, subtree)
+            value = jax.tree_util.tree_unflatten(
+                jax.tree_util.tree_structure(wrapped), [got[n] for n in _named(wrapped)]
+            )
+            tree[k] = value[k] if _is_bare(subtree) else value
+        return tree, meta, written
+
+    def _restore_unnamed(
+        self, step: int, path: epath.Path, on_disk: set[str], template: dict, meta: dict
+    ) -> tuple[dict, dict, None]:
+        """A checkpoint of the earlier format (before names): its arrays ``state/leaf_NNNNN``
+        are the template's leaves in flatten order; restored if every shape and dtype fits."""
+        disk = {}
+        if on_disk == {"state", META}:
+            state = ocp.StandardCheckpointHandler().metadata(path / "state").tree
+            disk = {m.name: m for m in _leaves(state)}
+        if not disk or not all(_OLD_LEAF.fullmatch(n) for n in disk):
+            raise _Unreadable(f"its metadata lacks the {INFO!r} entry")
+        leaves, treedef = jax.tree_util.tree_flatten(template)
+        names = [f"leaf_{i:05d}" for i in range(len(leaves))]
+        differences = [
+            f"array {i} is {_spec(disk[n])} in the checkpoint, {_spec(x)} in this run"
+            for i, (n, x) in enumerate(zip(names, leaves))
+            if n in disk and _spec(disk[n]) != _spec(x)
+        ]
+        if len(disk) != len(leaves):
+            differences.insert(0, f"it holds {len(disk)} arrays, this run has {len(leaves)}")
+        if differences:
+            difference = differences[0]
+            raise CheckpointMismatch(
+                f"checkpoint {step} in {self.directory} was written by an earlier jaxnoise "
+                f"(arrays by position, not by name) and does not match this run: {difference}; "
+                f"{_FRESH}"
+            )
+        target = {n: _target(x) for n, x in zip(names, leaves)}
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        restored = [out["state"][n] for n in names]
+        return jax.tree_util.tree_unflatten(treedef, restored), meta, None
 
     def wait(self) -> None:
         """Block until asynchronous saves are on disk."""

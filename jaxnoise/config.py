@@ -1,4 +1,4 @@
-"""Config validation (before any data is loaded or anything compiled) and method phases.
+"""Config validation (before any data is loaded or anything compiled).
 
 :func:`validate` is total: for any value of any field (wrong type, NaN, huge, a tuple where a
 number belongs, a misspelt or missing field) it either returns or raises ``ValueError`` with a
@@ -9,7 +9,6 @@ files the config names exist, and the consistency of the schedule.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import numbers
@@ -20,6 +19,14 @@ from typing import Any
 from jaxnoise import data as data_lib
 from jaxnoise import extractors, losses, models
 from jaxnoise import noise as noise_lib
+from jaxnoise.schedule import (  # noqa: F401  (the schedule's names, also importable from here)
+    BOOTSTRAP_AFTER_MILESTONE,
+    Phase,
+    bootstrap_start_epoch,
+    lr_for_epoch,
+    phase_for_epoch,
+    temperature_for_epoch,
+)
 
 METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -41,9 +48,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss_signal": ("epoch", "ema", "mean_k"),
 }
 
-# The published code starts bootstrapping (M-DYR-H/S) at epoch lr_milestones[0] + 5 + 1 (106 for
-# milestones (100, 250)): 6 epochs at the lowered learning rate before the targets change.
-BOOTSTRAP_AFTER_MILESTONE = 6
 
 INT_MAX = 2**31 - 1  # epochs, steps and sizes reach jitted code as int32
 SEED_MAX = 2**32 - 1
@@ -175,6 +179,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "distributed.coordinator_address": _str,
     "distributed.num_processes": _int(1),
     "distributed.process_id": _int(0),
+    "steps_per_call": _int(1, 1024),
     "eval_batch_size": _int(1),
     "log_every_steps": _int(1),
     # cli/progress
@@ -353,84 +358,3 @@ def _check_consistency(c: dict[str, Any]) -> None:
     n, pid = c["distributed.num_processes"], c["distributed.process_id"]
     if pid >= n:
         _fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """What one epoch's train step does (static: each distinct phase is one compiled step)."""
-
-    mixup: str  # "none" | "static" | "dynamic"
-    bootstrap: str  # "none" | "hard" | "soft"
-    regularize: bool
-    pair_weight: str  # "mix" | "half" | "beta": how the two targets of a pair are weighted
-    # The published hard bootstrapping computes the batch posteriors after *both* train-mode
-    # forwards (clean and mixed), so their BatchNorm running statistics already hold this step's
-    # two updates; soft bootstrapping and dynamic mixup compute them before the mixed forward.
-    posteriors_after_mixed: bool = False
-
-    @property
-    def needs_posteriors(self) -> bool:
-        return self.bootstrap != "none" or self.mixup == "dynamic"
-
-    @property
-    def needs_clean_logits(self) -> bool:
-        return self.bootstrap != "none"
-
-    @property
-    def name(self) -> str:
-        parts = {"none": "CE", "static": "mixup", "dynamic": "dynamic-mixup"}[self.mixup]
-        if self.bootstrap != "none":
-            parts += f"+{self.bootstrap}-bootstrap"
-        return parts
-
-
-def phase_for_epoch(config: Any, epoch: int) -> Phase:
-    """The train-step phase of a 1-based epoch, following the published schedules."""
-    m = config.method
-    mix = "mix" if config.loss_pair_weight == "mix" else None
-    if m == "CE":
-        return Phase("none", "none", False, "mix")
-    if m == "M":
-        return Phase("static", "none", False, "mix")
-    if m in ("M-DYR-H", "M-DYR-S"):
-        if epoch < bootstrap_start_epoch(config):
-            return Phase("static", "none", False, "mix")
-        if m == "M-DYR-H":
-            return Phase("static", "hard", config.reg_weight > 0, "mix", True)
-        # The original's M-DYR-S weights the two targets by delta, as M-DYR-H.
-        return Phase("static", "soft", config.reg_weight > 0, "mix")
-    # MD-DYR-SH
-    if epoch < config.dynamic_start_epoch:
-        return Phase("static", "none", False, "mix")
-    if epoch < config.soft_to_hard_start_epoch:
-        # The original weights the two targets by a fresh Beta(32, 32) draw in this phase.
-        return Phase("dynamic", "none", False, mix or "beta")
-    return Phase("dynamic", "soft", config.reg_weight > 0, mix or "half")
-
-
-def bootstrap_start_epoch(config: Any) -> int:
-    """First bootstrapping epoch of M-DYR-H/S: as configured, or lr_milestones[0] + 6 if 0."""
-    if config.bootstrap_start_epoch:
-        return int(config.bootstrap_start_epoch)
-    return int(config.lr_milestones[0]) + BOOTSTRAP_AFTER_MILESTONE
-
-
-def temperature_for_epoch(config: Any, epoch: int) -> float:
-    """Soft-to-hard temperature of MD-DYR-SH: linear from 1 to final over temperature_epochs,
-    then held (one step per epoch from soft_to_hard_start_epoch); 1 for every other method."""
-    if config.method != "MD-DYR-SH":
-        return 1.0
-    k = min(max(epoch - config.soft_to_hard_start_epoch, 0), config.temperature_epochs - 1)
-    if config.temperature_epochs == 1:
-        return float(config.final_temperature)
-    return 1.0 + (config.final_temperature - 1.0) * k / (config.temperature_epochs - 1)
-
-
-def lr_for_epoch(config: Any, epoch: int) -> float:
-    """Step learning rate: lr times gamma for every milestone m <= epoch.
-
-    As the published code, which calls MultiStepLR.step() at the start of every epoch: with
-    milestones (100, 250) epochs 1-99 run at lr, epoch 100 already at lr * gamma.
-    """
-    passed = sum(1 for m in config.lr_milestones if epoch >= m)
-    return float(config.lr) * float(config.lr_gamma) ** passed

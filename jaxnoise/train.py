@@ -14,11 +14,12 @@ scalars do (metrics), and the per-sample arrays of the last epoch are written to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,24 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import human_labels, losses, mixture, models, parallel, signals
+from jaxnoise import human_labels, losses, mixture, models, parallel, schedule, signals
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
+from jaxnoise import step as step_lib
+from jaxnoise import workdir as workdir_lib
 from jaxnoise.progress import Progress, log
+from jaxnoise.schedule import Phase
+from jaxnoise.step import (  # noqa: F401  (the step's pieces, also importable from here)
+    StepDraws,
+    _apply,
+    epoch_batch_sizes,
+    epoch_keys,
+    make_permutation_fn,
+    make_train_step,
+    make_update,
+    regularizer_prior,
+    step_draws,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Data preparation (host, once per run).
@@ -150,8 +165,11 @@ def create_model(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> nnx
     return model
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD with momentum and PyTorch-style (coupled) weight decay, or Adam; lr set per epoch."""
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:  # fmt: skip
+    """SGD with momentum and PyTorch-style (coupled) weight decay, or Adam, with the method's
+    learning-rate schedule evaluated in the graph from the optimizer's step count (the state's
+    ``count``; ``hyperparams["learning_rate"]`` holds the rate of the last step)."""
 
     def make(learning_rate):
         decay = optax.add_decayed_weights(config.weight_decay)
@@ -159,7 +177,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
             return optax.chain(decay, optax.sgd(learning_rate, momentum=config.momentum))
         return optax.chain(decay, optax.adam(learning_rate))
 
-    return optax.inject_hyperparams(make)(learning_rate=config.lr)
+    lr = schedule.lr_schedule(config, steps_per_epoch)
+    return optax.inject_hyperparams(make)(learning_rate=lr)
 
 
 def split_model(model: nnx.Module, config: ml_collections.ConfigDict):
@@ -175,8 +194,10 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
     """
     model = create_model(config, ds)
     graphdef, params, frozen, stats = split_model(model, config)
-    tx = create_optimizer(config)
     n_train = ds.train_images.shape[0]
+    devices = mesh.size if mesh is not None else 1
+    spe = len(epoch_batch_sizes(n_train, config.batch_size, config.drop_last, devices))
+    tx = create_optimizer(config, spe)
     state = {
         "params": params,
         "frozen": frozen,
@@ -185,7 +206,6 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
         "mixture": mixture.initial_state(
             config.noise_model, ds.num_classes if config.mixture_scope == "class" else 0
         ),
-        "loss_sum": jnp.zeros((), jnp.float32),
     }
     if mesh is None:
         aux = {  # per-sample posteriors and clean logits from the last tracking pass
@@ -207,178 +227,6 @@ def init_train_state(config: ml_collections.ConfigDict, ds: data_lib.Dataset, me
             )
         aux["signal"] = signal
     return graphdef, tx, state, aux
-
-
-# ------------------------------------------------------------------------------------------------
-# Randomness: every key derives from (seed, epoch, step) inside jit, so nothing random needs
-# checkpointing and every process of a multi-host job draws the same values.
-
-
-def epoch_keys(seed: int, epoch) -> jax.Array:
-    """(permutation key, tracking key, step key) of an epoch."""
-    return jax.random.split(jax.random.fold_in(jax.random.key(seed), epoch), 3)
-
-
-def make_permutation_fn(seed: int, n: int, mesh=None):
-    """Jitted epoch -> permutation of the training set (replicated over the mesh)."""
-    out = parallel.replicated(mesh) if mesh is not None else None
-    return jax.jit(lambda epoch: jax.random.permutation(epoch_keys(seed, epoch)[0], n),
-                   out_shardings=out)  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------
-# The train step.
-
-
-def _apply(graphdef, params, frozen, stats, x, train: bool):
-    """Forward pass of the merged model; returns (logits, new batch stats)."""
-    model = nnx.merge(graphdef, params, frozen, stats, copy=True)
-    logits = model(x, train=train)
-    return logits, nnx.state(model, nnx.BatchStat)
-
-
-class StepDraws(NamedTuple):
-    """The random draws of one train step (besides augmentation)."""
-
-    pair: jax.Array  # (B,) int32: sample p is mixed with sample pair[p]
-    lam: jax.Array  # () static mixup weight delta ~ Beta(alpha, alpha)
-    pair_weight: jax.Array  # () a second Beta(alpha, alpha) draw (the "beta" pair weight)
-    key: jax.Array  # key of the dynamic-mixup weight draws (the Beta / Binomial extensions)
-
-
-def step_draws(key: jax.Array, batch_size: int, alpha: float) -> StepDraws:
-    """Every random draw a train step makes after augmentation, from one key."""
-    k_pair, k_lam, k_weight, k_dyn = jax.random.split(key, 4)
-    return StepDraws(
-        pair=losses.mixup_pairs(k_pair, batch_size),
-        lam=losses.sample_mixup_lambda(k_lam, alpha),
-        pair_weight=losses.sample_mixup_lambda(k_weight, alpha),
-        key=k_dyn,
-    )
-
-
-def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
-    """The regulariser's class prior: 1/K per class (K = reg_prior_classes, or the classes)."""
-    k = config.reg_prior_classes or num_classes
-    return jnp.full((num_classes,), 1.0 / k, jnp.float32)
-
-
-def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
-                num_classes: int):  # fmt: skip
-    """The optimizer step of one phase on a prepared batch (the core of the train step).
-
-    ``update(state, x, y, epoch_rows, draws, temperature) -> (state, loss)``: ``x`` the
-    normalised (augmented) inputs, ``y`` their labels, ``epoch_rows`` the batch's rows of the
-    per-sample arrays of the last tracking pass (used with ``posterior_source="epoch"``).
-    """
-    prior = regularizer_prior(config, num_classes)
-
-    def update(state, x, y, epoch_rows, draws: StepDraws, temperature):
-        params, frozen, stats = state["params"], state["frozen"], state["stats"]
-
-        def batch_posteriors(p, batch_stats):  # the eval-mode forward of the published code
-            logits_eval, _ = _apply(graphdef, p, frozen, batch_stats, x, False)
-            batch_loss = losses.cross_entropy(logits_eval, y)
-            w = mixture.posterior_noisy(
-                state["mixture"], batch_loss, lookup=config.posterior_lookup, classes=y
-            )
-            return losses.clip_posteriors(jax.lax.stop_gradient(w))
-
-        from_epoch = config.posterior_source == "epoch"
-        # Clean predictions z (train mode, as the published code) and noisy-posteriors w.
-        logits_clean = w = None
-        if phase.needs_clean_logits:
-            if from_epoch:
-                logits_clean = epoch_rows["logits"]
-            else:
-                logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
-                logits_clean = jax.lax.stop_gradient(logits_clean)
-        late_w = phase.posteriors_after_mixed and not from_epoch
-        if phase.needs_posteriors and not late_w:
-            w = (losses.clip_posteriors(epoch_rows["p_noisy"]) if from_epoch
-                 else batch_posteriors(params, stats))  # fmt: skip
-
-        # Mixing.
-        if phase.mixup == "static":
-            lam, x_in = draws.lam, losses.mix(x, draws.pair, draws.lam)
-        elif phase.mixup == "dynamic":
-            lam = losses.dynamic_mixup_lambda(
-                draws.key, w, draws.pair, draw=config.mixup_draw, n=config.binomial_n
-            )
-            x_in = losses.mix(x, draws.pair, lam)
-        else:
-            lam, x_in = jnp.ones((), jnp.float32), x
-        pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
-                  "mix": lam}[phase.pair_weight]  # fmt: skip
-
-        def loss_fn(p):
-            logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
-            w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
-            if phase.mixup == "none":
-                loss = jnp.mean(losses.cross_entropy(logits, y))
-            elif phase.bootstrap == "none":
-                loss = losses.mixup_ce_loss(logits, y, draws.pair, pair_w)
-            else:
-                loss = losses.mixup_bootstrap_loss(
-                    logits, y, w_, logits_clean, draws.pair, pair_w, num_classes=num_classes,
-                    mode=phase.bootstrap, temperature=temperature,
-                )  # fmt: skip
-            if phase.regularize:
-                reg = losses.class_balance_regularizer(logits, prior=prior)
-                loss = loss + config.reg_weight * reg
-            return loss, new_stats
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        return dict(state, params=new_params, stats=new_stats, opt_state=opt_state), loss
-
-    return update
-
-
-def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: config_lib.Phase,
-                    num_classes: int, mean: np.ndarray, std: np.ndarray,
-                    mesh=None, batch_size: int | None = None):  # fmt: skip
-    """Build the jitted train step for one phase (and one batch size: the last batch of an
-    epoch may be smaller, see ``config.drop_last``).
-
-    The step gathers its batch from the device-resident training set, augments, normalises and
-    calls the phase's ``update`` (posteriors, clean predictions, mixing, one optimizer step).
-    """
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
-    B = batch_size or config.batch_size
-    update = make_update(graphdef, tx, config, phase, num_classes)
-
-    def step(state, data, aux, perm, step_idx, epoch, temperature):
-        key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], step_idx)
-        k_aug, k_draws = jax.random.split(key)
-        idx = jax.lax.dynamic_slice_in_dim(perm, step_idx * config.batch_size, B)
-        # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
-        x = parallel.constrain_batch(data["images"][idx], mesh)
-        y = parallel.constrain_batch(data["labels"][idx], mesh)
-        x = data_lib.augment(x, k_aug, padding=config.data.crop_padding, flip=config.data.flip)
-        x = data_lib.normalize(x, mean, std)
-        rows = None
-        if config.posterior_source == "epoch":
-            rows = {k: parallel.constrain_batch(aux[k][idx], mesh) for k in ("p_noisy", "logits")}
-        state, loss = update(state, x, y, rows, step_draws(k_draws, B, config.mixup_alpha),
-                             temperature)  # fmt: skip
-        state["loss_sum"] = state["loss_sum"] + loss
-        return state
-
-    return jax.jit(step, donate_argnums=(0,))
-
-
-def epoch_batch_sizes(n: int, batch_size: int, drop_last: bool, num_devices: int = 1) -> list[int]:
-    """Batch size of every step of an epoch over n samples.
-
-    Full batches, then (unless ``drop_last``) the remaining samples as one smaller batch, as a
-    PyTorch DataLoader does; on several devices it is rounded down to a multiple of their count
-    (at most num_devices - 1 samples of a shuffled epoch are left out).
-    """
-    sizes = [batch_size] * (n // batch_size)
-    tail = 0 if drop_last else (n % batch_size) // num_devices * num_devices
-    return sizes + [tail] * (tail > 0)
 
 
 def make_eval_chunk(graphdef, config: ml_collections.ConfigDict, mean, std, mesh=None):
@@ -478,46 +326,6 @@ def _config_fingerprint(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config) -> None:
-    """config.json and dataset.json (class names, image paths, whether the noise is known).
-
-    Written atomically: a process killed meanwhile leaves the previous files, never torn ones.
-    """
-    ckpt_lib.atomic_write_text(
-        os.path.join(workdir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True)
-    )
-    info = {
-        "name": ds.name,
-        "class_names": list(ds.class_names),
-        "num_train": int(ds.train_images.shape[0]),
-        # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
-        "noise_known": config.noise_kind != "none",
-        "train_paths": list(ds.train_paths) if ds.train_paths else None,
-        # the samples' own identifiers (tfds id, folder-relative path, features train_ids)
-        "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,
-    }
-    ckpt_lib.atomic_write_text(os.path.join(workdir, "dataset.json"), json.dumps(info))
-
-
-def _check_same_dataset(workdir: str, ds: data_lib.Dataset) -> None:
-    """Refuse to resume checkpoints of a run whose dataset had other samples or classes."""
-    path = os.path.join(workdir, "dataset.json")
-    if not (os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
-        return
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        return  # written atomically, so unreadable only if edited by hand: the restore decides
-    now = {"num_train": int(ds.train_images.shape[0]), "class_names": list(ds.class_names)}
-    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in now.items() if old.get(k) != v]
-    if diff:
-        raise ValueError(
-            f"workdir {workdir!r} holds a run on a different dataset ({'; '.join(diff)[:300]}); "
-            "use another --workdir, or pass --fresh to discard that run and start again"
-        )
-
-
 @jax.jit
 def _tree_all_finite(tree) -> jax.Array:
     """Whether every floating-point leaf of ``tree`` is finite (one scalar)."""
@@ -579,13 +387,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         return _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard)
 
 
-def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict:
+@dataclasses.dataclass
+class Run:
+    """Everything one run sets up once (data on device, compiled functions, the checkpointer),
+    and its progress (history, best accuracy, the newest checkpoint)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    guard: ckpt_lib.PreemptionGuard
+    ds: data_lib.Dataset
+    noisy_labels: np.ndarray
+    noise_mask: np.ndarray
+    data: dict  # device-resident training images and noisy labels (sharded)
+    mask: jax.Array  # the noise mask on device, for the detection metrics
+    test: tuple  # (images, labels), replicated
+    graphdef: Any
+    tx: Any
+    mean_std: tuple
+    batch_sizes: list[int]
+    manager: ckpt_lib.Checkpointer
+    eval_chunk: Any
+    fit_signal: Any
+    fit_mixture: Any
+    permutation: Any
+    steps: dict = dataclasses.field(default_factory=dict)  # (phase, batch, k) -> compiled step
+    history: list = dataclasses.field(default_factory=list)
+    best_acc: float = 0.0
+    saved_at: str | None = None  # position of the newest checkpoint, for messages
+    metrics_path: str = ""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batch_sizes)
+
+    @property
+    def last_good(self) -> str:
+        if self.saved_at is None:
+            return "no checkpoint has been saved yet"
+        return f"the checkpoint at {self.saved_at} in {self.manager.directory} is kept"
+
+    def step_for(self, phase: Phase, batch: int, k: int = 1):
+        """The compiled train step of a phase, batch size and steps per call (built once)."""
+        if (phase, batch, k) not in self.steps:
+            log(f"compiling the {phase.name} train step (batch {batch}"
+                f"{f', {k} steps per call' if k > 1 else ''}; first call)")  # fmt: skip
+            self.steps[(phase, batch, k)] = make_train_step(
+                self.graphdef, self.tx, self.config, phase, self.ds.num_classes,
+                *self.mean_std, self.mesh, batch, steps=k,
+            )  # fmt: skip
+        return self.steps[(phase, batch, k)]
+
+    def diverged(self, what: str) -> FloatingPointError:
+        return FloatingPointError(
+            f"{what}: training diverged; {self.last_good}. Training is deterministic, so "
+            "re-running the same command resumes from that checkpoint and diverges again unless "
+            "the cause was transient; to change the config (e.g. a lower config.lr) pass --fresh "
+            "or use another --workdir"
+        )
+
+
+def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, dict | None]:
+    """Load and place the data, build the model and the compiled pieces, restore a checkpoint.
+
+    Returns the run, the train state, the per-sample aux arrays and the restored metadata."""
     mesh = parallel.make_mesh(config.mesh.num_devices)
-    main_process = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     resolved = _config_fingerprint(config)
-    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh and main_process)
-
+    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh and jax.process_index() == 0)
     t0 = time.time()
     ds = load_data(config)
     validate_against_data(config, ds, mesh.size)
@@ -596,36 +465,30 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
             f"(divisible by the {mesh.size} devices)")  # fmt: skip
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
-    _check_same_dataset(workdir, ds)
-    log(
-        f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} "
-        f"classes {ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
-        f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)"
-    )
-    mean, std = data_lib.normalization_stats(ds, config.data.normalization)
-    n_train, num_classes = ds.train_images.shape[0], ds.num_classes
-    batch_sizes = epoch_batch_sizes(n_train, config.batch_size, config.drop_last, mesh.size)
-    steps_per_epoch = len(batch_sizes)
-
+    workdir_lib.check_same_dataset(workdir, ds)
+    log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
+        f"{ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
+        f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)")  # fmt: skip
+    n_train = ds.train_images.shape[0]
     # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
     # process places only its block), the (small) test set replicated.
-    data = {
-        "images": parallel.put_samples(mesh, ds.train_images),
-        "labels": parallel.put_samples(mesh, noisy_labels.astype(np.int32)),
-    }
-    mask_dev = parallel.put_samples(mesh, noise_mask)
-    test_images, test_labels = parallel.put_replicated(
-        mesh, (ds.test_images, ds.test_labels.astype(np.int32))
-    )
+    data = {"images": parallel.put_samples(mesh, ds.train_images),
+            "labels": parallel.put_samples(mesh, noisy_labels.astype(np.int32))}  # fmt: skip
+    test = parallel.put_replicated(mesh, (ds.test_images, ds.test_labels.astype(np.int32)))
     log(f"devices: {mesh.size} ({jax.devices()[0].platform}, {jax.process_count()} process(es))")
-
     graphdef, tx, state, aux = init_train_state(config, ds, mesh)
-    manager = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-    history: list[dict] = []
-    best_acc, start_epoch, start_step = 0.0, 1, 0
-    last_good = "no checkpoint has been saved yet"
-    saved_at = None  # position of the newest checkpoint, for messages
-    restored = manager.restore_latest({"state": state, "aux": aux, "labels": data["labels"]})
+    mean_std = data_lib.normalization_stats(ds, config.data.normalization)
+    run = Run(
+        config, workdir, mesh, guard, ds, noisy_labels, noise_mask, data,
+        parallel.put_samples(mesh, noise_mask), test, graphdef, tx, mean_std,
+        step_lib.epoch_batch_sizes(n_train, config.batch_size, config.drop_last, mesh.size),
+        ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints),
+        make_eval_chunk(graphdef, config, *mean_std, mesh), *make_fit_fns(config, ds.num_classes),
+        step_lib.make_permutation_fn(config.seed, n_train, mesh),
+        metrics_path=os.path.join(workdir, "metrics.jsonl"),
+    )  # fmt: skip
+    restored = run.manager.restore_latest({"state": state, "aux": aux, "labels": data["labels"]})
+    meta = None
     if restored is not None:
         tree, meta = restored
         state, aux = tree["state"], tree["aux"]
@@ -634,191 +497,182 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
                 f"checkpoint in {workdir} holds different noisy labels than this config and "
                 "dataset produce; use another --workdir, or pass --fresh to start again"
             )
-        history, best_acc = meta["history"], meta["best_acc"]
-        start_epoch = meta["epoch"] + 1
-        start_step = int(meta.get("step_in_epoch", 0))
-        saved_at = _position(meta["epoch"], start_step, steps_per_epoch)
-        last_good = f"the checkpoint at {saved_at} in {manager.directory} is kept"
-        log(f"resumed from {workdir} at {saved_at}")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if main_process:
-        _write_run_info(workdir, resolved, ds, config)
+        run.history, run.best_acc = meta["history"], meta["best_acc"]
+        run.saved_at = _position(meta["epoch"], int(meta.get("step_in_epoch", 0)),
+                                 run.steps_per_epoch)  # fmt: skip
+        log(f"resumed from {workdir} at {run.saved_at}")
+    if jax.process_index() == 0:
+        workdir_lib.write_run_info(workdir, resolved, ds, config)
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
         # whose checkpoint was being written) or a torn last line never appear twice.
-        ckpt_lib.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        ckpt_lib.atomic_write_text(run.metrics_path,
+                                   "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
+    return run, state, aux, meta
 
-    eval_chunk = make_eval_chunk(graphdef, config, mean, std, mesh)
-    fit_signal, fit_mixture = make_fit_fns(config, num_classes)
-    steps_cache: dict[tuple[config_lib.Phase, int], Any] = {}
 
-    def step_for(phase: config_lib.Phase, batch: int):
-        """The compiled train step of a phase and batch size (built on first use)."""
-        if (phase, batch) not in steps_cache:
-            log(f"compiling the {phase.name} train step (batch {batch}; first call)")
-            steps_cache[(phase, batch)] = make_train_step(
-                graphdef, tx, config, phase, num_classes, mean, std, mesh, batch
-            )
-        return steps_cache[(phase, batch)]
-    permutation = make_permutation_fn(config.seed, n_train, mesh)
-    last_arrays = None
-    interrupted = False
+def save(run: Run, state, aux, epoch_done: int, step_in_epoch: int, loss_sum: float = 0.0):
+    """Checkpoint the run's position (the orbax step is the number of train steps done, so
+    end-of-epoch and mid-epoch checkpoints order correctly)."""
+    run.manager.save(
+        epoch_done * run.steps_per_epoch + step_in_epoch,
+        {"state": state, "aux": aux, "labels": run.data["labels"]},
+        {"epoch": epoch_done, "step_in_epoch": step_in_epoch, "history": run.history,
+         "best_acc": run.best_acc, "loss_sum": loss_sum},
+    )  # fmt: skip
+    run.saved_at = _position(epoch_done, step_in_epoch, run.steps_per_epoch)
 
-    def save(epoch_done: int, step_in_epoch: int) -> None:
-        # The orbax step is the number of train steps done: end-of-epoch and mid-epoch
-        # checkpoints order correctly.
-        nonlocal saved_at, last_good
-        manager.save(
-            epoch_done * steps_per_epoch + step_in_epoch,
-            {"state": state, "aux": aux, "labels": data["labels"]},
-            {"epoch": epoch_done, "step_in_epoch": step_in_epoch, "history": history,
-             "best_acc": best_acc},
-        )  # fmt: skip
-        saved_at = _position(epoch_done, step_in_epoch, steps_per_epoch)
-        last_good = f"the checkpoint at {saved_at} in {manager.directory} is kept"
 
-    def diverged(what: str) -> FloatingPointError:
-        return FloatingPointError(
-            f"{what}: training diverged; {last_good}. Training is deterministic, so re-running "
-            "the same command resumes from that checkpoint and diverges again unless the cause "
-            "was transient; to change the config (e.g. a lower config.lr) pass --fresh or use "
-            "another --workdir"
-        )
+def _calls(run: Run, first: int) -> list[tuple[int, int]]:
+    """The epoch's train-step calls from step ``first``: (start step, steps in the call), with
+    ``config.steps_per_call`` full batches per call where they fit."""
+    k, sizes, out, s = run.config.steps_per_call, run.batch_sizes, [], first
+    while s < len(sizes):
+        n = k if s + k <= len(sizes) and len(set(sizes[s : s + k])) == 1 else 1
+        out.append((s, n))
+        s += n
+    return out
 
+
+def train_epoch(run: Run, state, aux, epoch: int, first: int, loss_sum: float):
+    """Train steps ``first..`` of an epoch. Returns (state, summed loss, steps done): fewer
+    than the epoch's steps when a stop was requested (SIGTERM/SIGINT), acted on at the next
+    step boundary. Nothing returns to the host except at log points."""
+    c, spe = run.config, run.steps_per_epoch
+    phase = schedule.phase_for_epoch(c, epoch)
+    perm = run.permutation(np.int32(epoch))
+    total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
+    bar = Progress(spe, f"epoch {epoch}/{c.epochs} {phase.name}", initial=first,
+                   items_per_step=c.batch_size, log_every_seconds=c.log_every_seconds)  # fmt: skip
+    t0, done, pending = time.time(), first, None
+    for s, k in _calls(run, first):
+        state, metrics = run.step_for(phase, run.batch_sizes[s], k)(state, run.data, aux, perm)
+        total = total + metrics["loss"]
+        if pending is not None and jax.process_count() == 1:
+            jax.block_until_ready(pending)  # at most one call in flight: a stop acts at once
+        pending, done = metrics["loss"], s + k
+        sync = done // c.log_every_steps > s // c.log_every_steps or done == spe
+        if sync:
+            running = float(total) / done
+            if not np.isfinite(running):
+                raise run.diverged(f"non-finite training loss ({running}) after step {done}/"
+                                   f"{spe} of epoch {epoch}")  # fmt: skip
+            bar.update(done - bar.n, loss=running,
+                       images_per_s=sum(run.batch_sizes[first:done]) / (time.time() - t0))
+        if done < spe and _stop_agreed(run.guard, sync):
+            break
+    bar.close()
+    return state, total, done
+
+
+def track_and_fit(run: Run, state, aux, epoch: int):
+    """The tracking pass (per-sample losses), the loss signal and the mixture fitted to it;
+    returns the state with the new mixture, the next epoch's aux and the fitted arrays."""
+    c = run.config
+    t0 = time.time()
+    track_loss, track_logits = forward_all(
+        run.eval_chunk, state, run.data["images"], run.data["labels"], c.eval_batch_size,
+        epoch=epoch, augment=c.track_augment, mesh=run.mesh,
+    )  # fmt: skip
+    n_bad = int(jnp.sum(~jnp.isfinite(track_loss)))
+    if n_bad:  # the noise model cannot be fitted to a diverged model's losses
+        raise run.diverged(f"{n_bad} of {track_loss.shape[0]} per-sample losses of the "
+                           f"tracking pass after epoch {epoch} are NaN or infinite")  # fmt: skip
+    t_track, t0 = time.time() - t0, time.time()
+    signal_state, fit_loss = run.fit_signal(aux.get("signal"), track_loss)
+    mix_state = run.fit_mixture(fit_loss, run.data["labels"])
+    labels = run.data["labels"]
+    # The posterior the next epoch trains with (the lookup table by default).
+    p_noisy = mixture.posterior_noisy(mix_state, fit_loss, lookup=c.posterior_lookup,
+                                      classes=labels)  # fmt: skip
+    jax.block_until_ready(p_noisy)
+    t_fit = time.time() - t0
+    aux = {"p_noisy": p_noisy, "logits": track_logits}
+    if signal_state is not None:
+        aux["signal"] = signal_state
+    fitted = {"track_loss": track_loss, "fit_loss": fit_loss, "p_noisy": p_noisy,
+              "p_exact": mixture.posterior_noisy(mix_state, fit_loss, classes=labels),
+              "logits": track_logits, "mixture": mix_state}  # fmt: skip
+    return dict(state, mixture=mix_state), aux, fitted, {"track": t_track, "fit": t_fit}
+
+
+def evaluate(run: Run, state) -> dict:
+    """Test loss and accuracy."""
+    images, labels = run.test
+    loss, logits = forward_all(run.eval_chunk, state, images, labels,
+                               run.config.eval_batch_size, mesh=run.mesh)  # fmt: skip
+    acc = 100.0 * float(jnp.mean(jnp.argmax(logits, -1) == labels))
+    return {"test_loss": float(jnp.mean(loss)), "test_acc": acc}
+
+
+def record(run: Run, epoch: int, train_loss: float, fitted: dict, test: dict, seconds: dict,
+           images: int) -> dict:  # fmt: skip
+    """The epoch's metrics: appended to the history and metrics.jsonl, and logged."""
+    c = run.config
+    run.best_acc = max(run.best_acc, test["test_acc"])
+    det = jax.device_get(metrics_lib.detection_metrics(fitted["p_noisy"], fitted["fit_loss"],
+                                                       run.mask))  # fmt: skip
+    det["auroc_exact"] = metrics_lib.auroc(fitted["p_exact"], run.mask)
+    quant = jax.device_get(metrics_lib.loss_quantiles(fitted["track_loss"], run.mask))
+    r = {
+        "epoch": epoch, "phase": schedule.phase_for_epoch(c, epoch).name,
+        "lr": schedule.lr_for_epoch(c, epoch),
+        "temperature": float(np.float32(schedule.temperature_for_epoch(c, epoch))),
+        "train_loss": train_loss, **test, "best_acc": run.best_acc,
+        **{k: float(v) for k, v in det.items()},
+        "loss_quantiles_clean": [float(v) for v in quant["clean"]],
+        "loss_quantiles_noisy": [float(v) for v in quant["noisy"]],
+        "mixture": mixture.summary(fitted["mixture"]),
+        "seconds": seconds, "images_per_s": images / max(seconds["train"], 1e-9),
+    }  # fmt: skip
+    if not np.all(r["mixture"]["valid"]):
+        where = "in those classes" if isinstance(r["mixture"]["valid"], list) else "every"
+        log(f"warning: epoch {epoch}: the {c.noise_model} fit was degenerate "
+            f"({_degenerate_reason(fitted['fit_loss'], r['mixture']['valid'])}); {where} "
+            "p(noisy) is 0.5 for the next epoch (no sample is favoured)")  # fmt: skip
+    run.history.append(r)
+    if jax.process_index() == 0:
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(r) + "\n")
+    log(f"epoch {epoch}: train loss {train_loss:.4f}  test acc {r['test_acc']:.2f}% (best "
+        f"{run.best_acc:.2f}%)  noise AUROC {r['auroc']:.4f}  P/R@0.5 {r['precision']:.3f}/"
+        f"{r['recall']:.3f}  [{seconds['train']:.1f}s train, {seconds['track']:.1f}s track, "
+        f"{seconds['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
+    return r
+
+
+def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict:
+    run, state, aux, meta = setup(config, workdir, fresh, guard)
+    start_epoch = meta["epoch"] + 1 if meta else 1
+    first, loss_sum = (int(meta.get("step_in_epoch", 0)), meta.get("loss_sum", 0.0)) if meta \
+        else (0, 0.0)  # fmt: skip
+    spe, last, interrupted = run.steps_per_epoch, None, False
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            phase = config_lib.phase_for_epoch(config, epoch)
-            lr = config_lib.lr_for_epoch(config, epoch)
-            state["opt_state"].hyperparams["learning_rate"] = parallel.put_replicated(
-                mesh, np.float32(lr)
-            )
-            temperature = np.float32(config_lib.temperature_for_epoch(config, epoch))
-            perm = permutation(np.int32(epoch))
-            # A run resumed in the middle of this epoch continues its running loss sum.
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                state["loss_sum"] = parallel.put_replicated(mesh, np.float32(0.0))
             if epoch == start_epoch and _stop_agreed(guard, True):
                 interrupted = True  # signalled while loading or restoring: nothing new to save
-                log(f"{guard.signal_name} before training resumed; {last_good}")
+                log(f"{guard.signal_name} before training resumed; {run.last_good}")
                 break
-
-            # --- train epoch -------------------------------------------------------------
-            t_train = time.time()
-            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs} {phase.name}",
-                           initial=first, items_per_step=config.batch_size,
-                           log_every_seconds=config.log_every_seconds)  # fmt: skip
-            done = first
-            for s in range(first, steps_per_epoch):
-                state = step_for(phase, batch_sizes[s])(
-                    state, data, aux, perm, np.int32(s), np.int32(epoch), temperature,
-                )  # fmt: skip
-                done = s + 1
-                sync = done % config.log_every_steps == 0 or done == steps_per_epoch
-                if sync:
-                    running = float(state["loss_sum"]) / done
-                    if not np.isfinite(running):
-                        raise diverged(
-                            f"non-finite training loss ({running}) after step {done}/"
-                            f"{steps_per_epoch} of epoch {epoch}"
-                        )
-                    bar.update(
-                        done - bar.n,
-                        loss=running,
-                        images_per_s=(done - first) * config.batch_size / (time.time() - t_train),
-                    )
-                if done < steps_per_epoch and _stop_agreed(guard, sync):
-                    break
-            bar.close()
-            t_train = time.time() - t_train
-            if done < steps_per_epoch:  # preempted: save this exact position and stop
+            t0 = time.time()
+            state, total, done = train_epoch(run, state, aux, epoch, first, loss_sum)
+            t_train, images = time.time() - t0, sum(run.batch_sizes[first:done])
+            if done < spe:  # preempted: save this exact position and stop
                 if not bool(_tree_all_finite(state)):
-                    raise diverged(f"non-finite train state at step {done} of epoch {epoch}")
-                save(epoch - 1, done)
+                    raise run.diverged(f"non-finite train state at step {done} of epoch {epoch}")
+                save(run, state, aux, epoch - 1, done, float(total))
                 interrupted = True
-                log(
-                    f"{guard.signal_name} during epoch {epoch}: saved a checkpoint after step "
-                    f"{done}/{steps_per_epoch}; re-run the same command to resume from there"
-                )
+                log(f"{guard.signal_name} during epoch {epoch}: saved a checkpoint after step "
+                    f"{done}/{spe}; re-run the same command to resume from there")  # fmt: skip
                 break
-            train_loss = float(state["loss_sum"]) / steps_per_epoch
+            train_loss = float(total) / spe
             if not np.isfinite(train_loss):
-                raise diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-
-            # --- tracking pass + mixture fit ---------------------------------------------
-            t_track = time.time()
-            track_loss, track_logits = forward_all(
-                eval_chunk, state, data["images"], data["labels"], config.eval_batch_size,
-                epoch=epoch, augment=config.track_augment, mesh=mesh,
-            )  # fmt: skip
-            n_bad = int(jnp.sum(~jnp.isfinite(track_loss)))
-            if n_bad:  # the noise model cannot be fitted to a diverged model's losses
-                raise diverged(
-                    f"{n_bad} of {n_train} per-sample losses of the tracking pass after epoch "
-                    f"{epoch} are NaN or infinite"
-                )
-            t_track = time.time() - t_track
-            t_fit = time.time()
-            signal_state, fit_loss = fit_signal(aux.get("signal"), track_loss)
-            mix_state = fit_mixture(fit_loss, data["labels"])
-            # The posterior the next epoch trains with (the lookup table by default).
-            p_noisy = mixture.posterior_noisy(mix_state, fit_loss, lookup=config.posterior_lookup,
-                                              classes=data["labels"])  # fmt: skip
-            jax.block_until_ready(p_noisy)
-            t_fit = time.time() - t_fit
-            state["mixture"] = mix_state
-            aux = {"p_noisy": p_noisy, "logits": track_logits}
-            if signal_state is not None:
-                aux["signal"] = signal_state
-            p_exact = mixture.posterior_noisy(mix_state, fit_loss, classes=data["labels"])
-
-            # --- evaluation ----------------------------------------------------------------
-            t_eval = time.time()
-            test_loss, test_logits = forward_all(
-                eval_chunk, state, test_images, test_labels, config.eval_batch_size, mesh=mesh
-            )
-            test_acc = 100.0 * float(jnp.mean(jnp.argmax(test_logits, -1) == test_labels))
-            t_eval = time.time() - t_eval
-            best_acc = max(best_acc, test_acc)
-            det = jax.device_get(metrics_lib.detection_metrics(p_noisy, fit_loss, mask_dev))
-            det["auroc_exact"] = metrics_lib.auroc(p_exact, mask_dev)
-            quant = jax.device_get(metrics_lib.loss_quantiles(track_loss, mask_dev))
-            record = {
-                "epoch": epoch,
-                "phase": phase.name,
-                "lr": lr,
-                "temperature": float(temperature),
-                "train_loss": train_loss,
-                "test_loss": float(jnp.mean(test_loss)),
-                "test_acc": test_acc,
-                "best_acc": best_acc,
-                **{k: float(v) for k, v in det.items()},
-                "loss_quantiles_clean": [float(v) for v in quant["clean"]],
-                "loss_quantiles_noisy": [float(v) for v in quant["noisy"]],
-                "mixture": mixture.summary(mix_state),
-                "seconds": {
-                    "train": t_train,
-                    "track": t_track,
-                    "fit": t_fit,
-                    "eval": t_eval,
-                },  # fmt: skip
-                "images_per_s": sum(batch_sizes[first:]) / max(t_train, 1e-9),
-            }
-            if not np.all(record["mixture"]["valid"]):
-                log(f"warning: epoch {epoch}: the {config.noise_model} fit was degenerate "
-                    f"({_degenerate_reason(fit_loss, record['mixture']['valid'])}); p(noisy) "
-                    "is 0.5 there for the next epoch (no sample is favoured)")  # fmt: skip
-            history.append(record)
-            if main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            log(
-                f"epoch {epoch}: train loss {train_loss:.4f}  test acc {test_acc:.2f}% "
-                f"(best {best_acc:.2f}%)  noise AUROC {record['auroc']:.4f}  "
-                f"P/R@0.5 {record['precision']:.3f}/{record['recall']:.3f}  "
-                f"[{t_train:.1f}s train, {t_track:.1f}s track, {t_fit * 1e3:.0f}ms fit]"
-            )
-            save(epoch, 0)
-            last_arrays = (track_loss, p_noisy, track_logits)
+                raise run.diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}")
+            state, aux, last, seconds = track_and_fit(run, state, aux, epoch)
+            t0 = time.time()
+            test = evaluate(run, state)
+            seconds = {"train": t_train, **seconds, "eval": time.time() - t0}
+            record(run, epoch, train_loss, last, test, seconds, images)
+            save(run, state, aux, epoch, 0)
+            first, loss_sum = 0, 0.0
             if epoch < config.epochs and _stop_agreed(guard, True):
                 interrupted = True
                 log(f"{guard.signal_name}: saved the checkpoint of epoch {epoch}; re-run the "
@@ -827,32 +681,32 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
     finally:
-        manager.wait()  # an asynchronous save in flight is completed, also when raising
+        run.manager.wait()  # an asynchronous save in flight is completed, also when raising
+    return finish(run, last, interrupted)
 
-    if last_arrays is not None:
-        track_loss, p_noisy, track_logits = (parallel.gather_to_host(a) for a in last_arrays)
-    if last_arrays is not None and main_process:
-        arrays = dict(
-            loss=track_loss,
-            p_noisy=p_noisy,
-            prediction=np.argmax(track_logits, -1).astype(np.int32),
-            logits=track_logits.astype(np.float32),
-            noisy_label=noisy_labels,
-            true_label=ds.train_labels.astype(np.int32),
-            noise_mask=noise_mask,
-        )
-        ckpt_lib.atomic_write(
-            os.path.join(workdir, "per_sample.npz"), lambda f: np.savez(f, **arrays)
-        )
+
+def finish(run: Run, last: dict | None, interrupted: bool) -> dict:
+    """per_sample.npz of the last epoch, the report (figures, label_issues.csv), the summary."""
+    workdir, main_process = run.workdir, jax.process_index() == 0
+    if last is not None and main_process:
+        loss, p_noisy, logits = (parallel.gather_to_host(last[k])
+                                 for k in ("track_loss", "p_noisy", "logits"))  # fmt: skip
+        arrays = dict(loss=loss, p_noisy=p_noisy, prediction=np.argmax(logits, -1).astype(np.int32),
+                      logits=logits.astype(np.float32), noisy_label=run.noisy_labels,
+                      true_label=run.ds.train_labels.astype(np.int32),
+                      noise_mask=run.noise_mask)  # fmt: skip
+        ckpt_lib.atomic_write(os.path.join(workdir, "per_sample.npz"),
+                              lambda f: np.savez(f, **arrays))  # fmt: skip
+    h, guard = run.history, run.guard
     summary = {
-        "best_acc": best_acc,
-        "last_acc": history[-1]["test_acc"] if history else float("nan"),
-        "epochs_done": history[-1]["epoch"] if history else 0,
-        "auroc": history[-1]["auroc"] if history else float("nan"),
-        "history": history,
+        "best_acc": run.best_acc,
+        "last_acc": h[-1]["test_acc"] if h else float("nan"),
+        "epochs_done": h[-1]["epoch"] if h else 0,
+        "auroc": h[-1]["auroc"] if h else float("nan"),
+        "history": h,
         "interrupted": interrupted,
         "signal": guard.signal_name if interrupted and guard.signum else None,
-        "checkpoint_at": saved_at,  # e.g. "step 5/23 of epoch 2" or "the end of epoch 3"
+        "checkpoint_at": run.saved_at,  # e.g. "step 5/23 of epoch 2" or "the end of epoch 3"
     }
     if main_process and not interrupted and os.path.exists(os.path.join(workdir, "per_sample.npz")):
         from jaxnoise import report  # matplotlib is imported only here

@@ -68,14 +68,23 @@ def _install_hooks() -> None:
 
         def patched_make_train_step(*args, **kwargs):
             step_fn = make_train_step(*args, **kwargs)
+            spe = []  # steps per epoch, from the first call's data
 
-            def step(state, data, aux, perm, s, epoch, temperature):
-                out = step_fn(state, data, aux, perm, s, epoch, temperature)
-                if (int(epoch), int(s)) == pause_at:
-                    import jax
+            def step(state, data, aux, perm):
+                import jax
 
+                from jaxnoise import step as step_lib
+
+                if not spe:
+                    c = args[2]
+                    n = data["images"].shape[0]
+                    spe.append(len(step_lib.epoch_batch_sizes(n, c.batch_size, c.drop_last)))
+                count = int(state["opt_state"].count)  # the position of the step about to run
+                epoch, s = count // spe[0] + 1, count % spe[0]
+                out = step_fn(state, data, aux, perm)
+                if (epoch, s) == pause_at:
                     jax.block_until_ready(out)
-                    print(f"PAUSED {int(epoch)} {int(s)}", flush=True)
+                    print(f"PAUSED {epoch} {s}", flush=True)
                     deadline = time.time() + 120
                     while not guards[-1].stop_requested and time.time() < deadline:
                         time.sleep(0.01)
@@ -87,11 +96,11 @@ def _install_hooks() -> None:
 
     lr = os.environ.get("JAXNOISE_TEST_LR")
     if lr:
-        from jaxnoise import config as config_lib
+        from jaxnoise import schedule
 
         from_epoch, value = int(lr.split(":")[0]), float(lr.split(":")[1])
-        lr_for_epoch = config_lib.lr_for_epoch
-        config_lib.lr_for_epoch = lambda c, e: value if e >= from_epoch else lr_for_epoch(c, e)
+        lr_for_epoch = schedule.lr_for_epoch  # read by the in-graph schedule's table
+        schedule.lr_for_epoch = lambda c, e: value if e >= from_epoch else lr_for_epoch(c, e)
 
     track = os.environ.get("JAXNOISE_TEST_TRACK")
     if track:

@@ -32,6 +32,7 @@ from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise import train
+from jaxnoise import workdir as workdir_lib
 from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +177,7 @@ def test_workdir_of_another_dataset_or_torn_config_is_refused(tmp_path):
     labels = np.arange(12) % 2
     ds = data_lib.Dataset(img, labels, img, labels, ["a", "b"], "x")
     with pytest.raises(ValueError, match=r"different dataset \(num_train: 1400 -> 12\).*--fresh"):
-        train._check_same_dataset(str(wd), ds)
+        workdir_lib.check_same_dataset(str(wd), ds)
     (wd / "config.json").write_text('{"noise": 0.')
     with pytest.raises(ValueError, match=r"unreadable config\.json .*--fresh"):
         ckpt_lib.check_workdir_config(str(wd), {"noise": 0.5}, fresh=False)

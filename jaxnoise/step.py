@@ -1,0 +1,217 @@
+"""The train step: one optimizer step of a method's phase on a batch gathered on device.
+
+``make_update`` is the step proper on a prepared batch (posteriors, clean predictions, mixing,
+the loss of the phase, one optimizer update); ``make_train_step`` wraps it with the batch's
+gather, augmentation and random draws, all derived inside the compiled function from the seed
+and the optimizer's step count, so a step takes only device arrays and returns
+``(state, metrics)``. ``steps=K`` runs K consecutive steps per call (``jax.lax.scan``) with
+results identical to K calls.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxnoise import data as data_lib
+from jaxnoise import losses, mixture, parallel, schedule
+from jaxnoise.schedule import Phase
+
+# ------------------------------------------------------------------------------------------------
+# Randomness: every key derives from (seed, epoch, step) inside jit, so nothing random needs
+# checkpointing and every process of a multi-host job draws the same values.
+
+
+def epoch_keys(seed: int, epoch) -> jax.Array:
+    """(permutation key, tracking key, step key) of an epoch."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), epoch), 3)
+
+
+def make_permutation_fn(seed: int, n: int, mesh=None):
+    """Jitted epoch -> permutation of the training set (replicated over the mesh)."""
+    out = parallel.replicated(mesh) if mesh is not None else None
+    return jax.jit(lambda epoch: jax.random.permutation(epoch_keys(seed, epoch)[0], n),
+                   out_shardings=out)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# The train step.
+
+
+def _apply(graphdef, params, frozen, stats, x, train: bool):
+    """Forward pass of the merged model; returns (logits, new batch stats)."""
+    model = nnx.merge(graphdef, params, frozen, stats, copy=True)
+    logits = model(x, train=train)
+    return logits, nnx.state(model, nnx.BatchStat)
+
+
+class StepDraws(NamedTuple):
+    """The random draws of one train step (besides augmentation)."""
+
+    pair: jax.Array  # (B,) int32: sample p is mixed with sample pair[p]
+    lam: jax.Array  # () static mixup weight delta ~ Beta(alpha, alpha)
+    pair_weight: jax.Array  # () a second Beta(alpha, alpha) draw (the "beta" pair weight)
+    key: jax.Array  # key of the dynamic-mixup weight draws (the Beta / Binomial extensions)
+
+
+def step_draws(key: jax.Array, batch_size: int, alpha: float) -> StepDraws:
+    """Every random draw a train step makes after augmentation, from one key."""
+    k_pair, k_lam, k_weight, k_dyn = jax.random.split(key, 4)
+    return StepDraws(
+        pair=losses.mixup_pairs(k_pair, batch_size),
+        lam=losses.sample_mixup_lambda(k_lam, alpha),
+        pair_weight=losses.sample_mixup_lambda(k_weight, alpha),
+        key=k_dyn,
+    )
+
+
+def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
+    """The regulariser's class prior: 1/K per class (K = reg_prior_classes, or the classes)."""
+    k = config.reg_prior_classes or num_classes
+    return jnp.full((num_classes,), 1.0 / k, jnp.float32)
+
+
+def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
+                num_classes: int):  # fmt: skip
+    """The optimizer step of one phase on a prepared batch (the core of the train step).
+
+    ``update(state, x, y, epoch_rows, draws, temperature) -> (state, loss)``: ``x`` the
+    normalised (augmented) inputs, ``y`` their labels, ``epoch_rows`` the batch's rows of the
+    per-sample arrays of the last tracking pass (used with ``posterior_source="epoch"``).
+    """
+    prior = regularizer_prior(config, num_classes)
+
+    def update(state, x, y, epoch_rows, draws: StepDraws, temperature):
+        params, frozen, stats = state["params"], state["frozen"], state["stats"]
+
+        def batch_posteriors(p, batch_stats):  # the eval-mode forward of the published code
+            logits_eval, _ = _apply(graphdef, p, frozen, batch_stats, x, False)
+            batch_loss = losses.cross_entropy(logits_eval, y)
+            w = mixture.posterior_noisy(
+                state["mixture"], batch_loss, lookup=config.posterior_lookup, classes=y
+            )
+            return losses.clip_posteriors(jax.lax.stop_gradient(w))
+
+        from_epoch = phase.posterior_source == "epoch"
+        # Clean predictions z (train mode, as the published code) and noisy-posteriors w.
+        logits_clean = w = None
+        if phase.needs_clean_logits:
+            if from_epoch:
+                logits_clean = epoch_rows["logits"]
+            else:
+                logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
+                logits_clean = jax.lax.stop_gradient(logits_clean)
+        late_w = phase.posteriors_after_mixed and not from_epoch
+        if phase.needs_posteriors and not late_w:
+            w = (losses.clip_posteriors(epoch_rows["p_noisy"]) if from_epoch
+                 else batch_posteriors(params, stats))  # fmt: skip
+
+        # Mixing.
+        if phase.mixup == "static":
+            lam, x_in = draws.lam, losses.mix(x, draws.pair, draws.lam)
+        elif phase.mixup == "dynamic":
+            lam = losses.dynamic_mixup_lambda(
+                draws.key, w, draws.pair, draw=config.mixup_draw, n=config.binomial_n
+            )
+            x_in = losses.mix(x, draws.pair, lam)
+        else:
+            lam, x_in = jnp.ones((), jnp.float32), x
+        pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
+                  "mix": lam}[phase.pair_weight]  # fmt: skip
+
+        def loss_fn(p):
+            logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
+            w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
+            if phase.mixup == "none":
+                loss = jnp.mean(losses.cross_entropy(logits, y))
+            elif phase.bootstrap == "none":
+                loss = losses.mixup_ce_loss(logits, y, draws.pair, pair_w)
+            else:
+                loss = losses.mixup_bootstrap_loss(
+                    logits, y, w_, logits_clean, draws.pair, pair_w, num_classes=num_classes,
+                    mode=phase.bootstrap, temperature=temperature,
+                )  # fmt: skip
+            if phase.regularize:
+                reg = losses.class_balance_regularizer(logits, prior=prior)
+                loss = loss + config.reg_weight * reg
+            return loss, new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        return dict(state, params=new_params, stats=new_stats, opt_state=opt_state), loss
+
+    return update
+
+
+def step_position(count, steps_per_epoch: int):
+    """(1-based epoch, 0-based step in the epoch) of optimizer step ``count``."""
+    return schedule.epoch_of_step(count, steps_per_epoch), count % steps_per_epoch
+
+
+def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
+                    num_classes: int, mean: np.ndarray, std: np.ndarray, mesh=None,
+                    batch_size: int | None = None, steps: int = 1):  # fmt: skip
+    """Build the jitted train step for one phase and batch size (the last batch of an epoch
+    may be smaller, see ``config.drop_last``): ``step(state, data, aux, perm) -> (state,
+    metrics)``, ``metrics["loss"]`` the summed loss of its ``steps`` optimizer steps.
+
+    The step reads its position from the optimizer's step count (the epoch's keys, its slice
+    of ``perm``, the learning rate and the temperature), gathers its batch from the
+    device-resident training set, augments, normalises and calls the phase's ``update``.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    B = batch_size or config.batch_size
+    update = make_update(graphdef, tx, config, phase, num_classes)
+    devices = mesh.size if mesh is not None else 1
+
+    def one_step(state, data, aux, perm):
+        n = data["images"].shape[0]
+        spe = len(epoch_batch_sizes(n, config.batch_size, config.drop_last, devices))
+        epoch, s = step_position(state["opt_state"].count, spe)
+        key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], s)
+        k_aug, k_draws = jax.random.split(key)
+        idx = jax.lax.dynamic_slice_in_dim(perm, s * config.batch_size, B)
+        # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
+        x = parallel.constrain_batch(data["images"][idx], mesh)
+        y = parallel.constrain_batch(data["labels"][idx], mesh)
+        x = data_lib.augment(x, k_aug, padding=config.data.crop_padding, flip=config.data.flip)
+        x = data_lib.normalize(x, mean, std)
+        rows = None
+        if phase.posterior_source == "epoch":
+            rows = {k: parallel.constrain_batch(aux[k][idx], mesh) for k in ("p_noisy", "logits")}
+        draws = step_draws(k_draws, B, config.mixup_alpha)
+        state, loss = update(state, x, y, rows, draws, schedule.temperature(config, epoch))
+        return state, {"loss": loss}
+
+    def step(state, data, aux, perm):
+        if steps == 1:
+            return one_step(state, data, aux, perm)
+
+        def body(st, _):
+            return one_step(st, data, aux, perm)
+
+        state, metrics = jax.lax.scan(body, state, length=steps)
+        return state, jax.tree.map(jnp.sum, metrics)
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def epoch_batch_sizes(n: int, batch_size: int, drop_last: bool, num_devices: int = 1) -> list[int]:
+    """Batch size of every step of an epoch over n samples.
+
+    Full batches, then (unless ``drop_last``) the remaining samples as one smaller batch, as a
+    PyTorch DataLoader does; on several devices it is rounded down to a multiple of their count
+    (at most num_devices - 1 samples of a shuffled epoch are left out).
+    """
+    sizes = [batch_size] * (n // batch_size)
+    tail = 0 if drop_last else (n % batch_size) // num_devices * num_devices
+    return sizes + [tail] * (tail > 0)
+
+
