@@ -539,8 +539,9 @@ def train_epoch(run: Run, state, aux, epoch: int, first: int, loss_sum: float):
     step boundary. Nothing returns to the host except at log points."""
     c, spe = run.config, run.steps_per_epoch
     phase = schedule.phase_for_epoch(c, epoch)
-    perm = run.permutation(np.int32(epoch))
-    total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
+    with jax.transfer_guard("allow"):  # host <-> device only at the epoch's start and log points
+        perm = run.permutation(np.int32(epoch))
+        total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
     bar = Progress(spe, f"epoch {epoch}/{c.epochs} {phase.name}", initial=first,
                    items_per_step=c.batch_size, log_every_seconds=c.log_every_seconds)  # fmt: skip
     t0, done, pending = time.time(), first, None
@@ -552,7 +553,8 @@ def train_epoch(run: Run, state, aux, epoch: int, first: int, loss_sum: float):
         pending, done = metrics["loss"], s + k
         sync = done // c.log_every_steps > s // c.log_every_steps or done == spe
         if sync:
-            running = float(total) / done
+            with jax.transfer_guard("allow"):
+                running = float(total) / done
             if not np.isfinite(running):
                 raise run.diverged(f"non-finite training loss ({running}) after step {done}/"
                                    f"{spe} of epoch {epoch}")  # fmt: skip
