@@ -7,12 +7,12 @@ as one global model with no gather.
 Preprocessing (the published code's ``track_training_loss``):
 
 1. ``p5, p95`` = the 5th and 95th percentiles of the raw losses, *exact*, with numpy's default
-   linear interpolation. ``jnp.percentile`` sorts, which on XLA:CPU costs ~1.4 s for 5e6 samples;
-   here the four order statistics the two percentiles need are found by a 32-step bisection over
-   the float32 bit patterns (each step one fused counting pass), which is exact and ~10x cheaper.
+   linear interpolation, without a sort (``jaxnoise.percentiles``: a 32-step bisection over the
+   float32 bit patterns; ``percentiles`` and ``order_statistics`` are re-exported here).
 2. The fit uses only the samples with ``p5 <= l <= p95``.
 3. ``x = (l - lo) / (hi - lo + 1e-6)`` with ``lo = p5 + 1e-5``, ``hi = p95``; then ``x >= 1``
-   becomes ``1 - 1e-3`` and ``x <= 0`` becomes ``1e-3``. Posteriors of new losses use the same
+   becomes ``1 - 1e-3`` and ``x <= 0`` becomes ``1e-3`` (``normalize_losses``, the only copy
+   of this mapping). Posteriors, densities and log-likelihoods of new losses use the same
    mapping with the stored ``lo``/``hi``.
 
 BMM EM (paper eqs. 4-6): init ``alpha = (1, 2)``, ``beta = (2, 1)``, ``pi = (0.5, 0.5)``;
@@ -25,6 +25,15 @@ GMM EM (the comparison model): same preprocessing, init means ``(1/3, 2/3)`` and
 ``1/18`` (the moments of the BMM's initial components), ``pi = (0.5, 0.5)``, sklearn's M-step
 (``reg_covar`` added to the variances); the noisy component is the one with the larger mean
 (``noisy="max_mean"``, default) or component 1 (``"initial"``).
+
+Densities. One definition per model of the two weighted components' log-densities:
+``gmm_log_weighted``, and ``bmm_log_weighted`` on ``_bmm_log_pdfs`` (log Beta from ``log x`` and
+``log(1 - x)``, which EM computes once); ``log_weighted(state, x)`` picks by the state's type and
+handles per-class states. EM, the posteriors (exact, per class and the 100-bin lookup table, all
+through ``_posterior_pair``), ``density`` (mixture and component pdfs on normalised losses, for
+figures) and ``log_likelihood`` derive from them. The BMM's EM and posteriors weight in the
+linear domain, ``pi_k * exp(log f_k)``, as the original does: ``exp(log pi_k + log f_k)``
+differs in the last bit and would change the fits.
 
 Degenerate input. ``fit_*`` raises ``ValueError`` at trace time for fewer than 10 samples. When
 the losses contain NaN/inf, when the 5th and 95th percentiles coincide (e.g. all losses equal),
@@ -44,13 +53,17 @@ and ``posterior_noisy(..., classes=...)`` evaluates each sample under its class'
 from __future__ import annotations
 
 import functools
-from fractions import Fraction
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from jaxnoise.percentiles import multi_sum as multi_sum
+from jaxnoise.percentiles import order_statistics as order_statistics
+from jaxnoise.percentiles import percentiles
 
 MIN_SAMPLES = 10
 LOOKUP_RESOLUTION = 100
@@ -97,114 +110,53 @@ class GMMState:
 MixtureState = BMMState | GMMState
 
 
-# ---------------------------------------------------------------------------------------------
-# Exact percentiles without a sort.
-
-
-def _keys_to_float(keys: jax.Array) -> jax.Array:
-    """Float32 value of an order-preserving uint32 key (negative floats: inverted bits)."""
-    top = keys >> 31
-    bits = jnp.where(top == 1, keys & jnp.uint32(0x7FFFFFFF), ~keys)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def multi_sum(*terms: jax.Array) -> tuple[jax.Array, ...]:
-    """Sums of several same-shape arrays over all axes in ONE fused pass (a variadic reduce).
-
-    On XLA:CPU, four separate counting ``jnp.sum``s over one array cost ~10x one variadic
-    reduce, which reads the data once. Use it for exact (integer) sums: its float sums are
-    sequential, hence less accurate than ``jnp.sum``.
-    """
-    terms = tuple(jnp.asarray(t).reshape(-1) for t in terms)
-    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-    return jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (0,))
-
-
-def order_statistics(x: jax.Array, ranks: jax.Array, where: jax.Array | None = None) -> jax.Array:
-    """Exact k-th smallest values (0-based ``ranks``) of a float32 array, by bisection on bits.
-
-    The bisection runs over the 2^32 float32 bit patterns (in the order-preserving uint32 key
-    space), 32 steps; each step is one fused counting pass over ``x`` for all ranks at once (a
-    float compare against the candidate values). No sort, only reductions, so it also works
-    unchanged on a sharded ``x``. ``x`` must be free of NaN (where selected).
-
-    ``where`` (bool, same size as ``x``): order statistics of the selected samples only (ranks
-    may then be traced). A rank >= the number selected gives NaN.
-    """
-    x = jnp.asarray(x, jnp.float32).reshape(-1)
-    sel = None if where is None else jnp.asarray(where, bool).reshape(-1)
-    target = ranks.astype(jnp.int32) + 1  # smallest v with count(x <= v) >= k + 1
-    lo = jnp.zeros(ranks.shape, jnp.uint32)
-    hi = jnp.full(ranks.shape, 0xFFFFFFFF, jnp.uint32)
-
-    def below(t: jax.Array) -> jax.Array:
-        return ((x <= t) if sel is None else (sel & (x <= t))).astype(jnp.int32)
-
-    def body(_, carry):
-        lo, hi = carry
-        mid = lo + (hi - lo) // 2
-        thresholds = _keys_to_float(mid)
-        counts = jnp.stack(multi_sum(*(below(thresholds[j]) for j in range(ranks.shape[0]))))
-        ok = counts >= target
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
-    return _keys_to_float(lo)
-
-
-def _masked_ranks(n: jax.Array, qs: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
-    """Traced ranks and fractions of (n - 1) q / 100, in exact integer arithmetic.
-
-    ``q / 100`` is taken as the nearest fraction num/den with den <= 46340 (exact for
-    percentiles with up to ~4 decimals), so that every intermediate fits in int32. The fraction
-    rem/den is read from a table of correctly rounded float32 values (XLA's float32 division is
-    not correctly rounded), which matches the float64 ``(n - 1) * (q / 100)`` of the unmasked
-    path.
-    """
-    m = jnp.maximum(n.astype(jnp.int32) - 1, 0)
-    ranks, fracs = [], []
-    for q in qs:
-        f = (Fraction(float(q)) / 100).limit_denominator(46340)
-        num, den = f.numerator, f.denominator
-        rem = (m % den) * num
-        k = (m // den) * num + rem // den
-        ranks += [k, jnp.minimum(k + 1, m)]
-        table = jnp.asarray(np.arange(den, dtype=np.float64) / den, jnp.float32)
-        fracs.append(table[rem % den])
-    return jnp.stack(ranks), jnp.stack(fracs)
-
-
-def percentiles(x: jax.Array, qs: tuple[float, ...], where: jax.Array | None = None) -> jax.Array:
-    """Exact percentiles with numpy's default ('linear') interpolation, without sorting.
-
-    ``where`` (bool, same size as ``x``): percentiles of ``x[where]`` (NaN if none selected).
-    """
-    if where is None:
-        n = x.size
-        ranks, fracs = [], []
-        for q in qs:
-            h = (n - 1) * (float(q) / 100.0)
-            k = int(np.floor(h))
-            ranks += [k, min(k + 1, n - 1)]
-            fracs.append(h - k)
-        ranks, t = jnp.asarray(ranks, jnp.int32), jnp.asarray(fracs, jnp.float32)
-    else:
-        ranks, t = _masked_ranks(jnp.sum(jnp.asarray(where, bool), dtype=jnp.int32), qs)
-    vals = order_statistics(x, ranks, where).reshape(len(qs), 2)
-    a, b = vals[:, 0], vals[:, 1]
-    # numpy's _lerp: a + (b - a) * t, computed from the nearer end for t >= 0.5.
-    return jnp.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+Pair = jax.Array | Sequence[jax.Array]  # the two components' values, p[0] and p[1]
 
 
 # ---------------------------------------------------------------------------------------------
-# Normalisation shared by fit and posterior.
+# Normalisation shared by fit, posterior, density and log-likelihood.
 
 
-def normalize_losses(losses: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """Map raw losses to (0, 1) with the stored bounds, as the published code does."""
-    x = (losses - lo) / (hi - lo + 1e-6)
+def loss_scale(lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Width on the raw-loss axis of the normalised unit interval: dx/dl = 1 / loss_scale."""
+    return hi - lo + 1e-6
+
+
+def normalize_losses(
+    losses: jax.Array, lo: jax.Array, hi: jax.Array, *, clip: bool = True
+) -> jax.Array:
+    """Map raw losses to (0, 1) with the stored bounds, as the published code does.
+
+    ``x = (l - lo) / loss_scale(lo, hi)``; with ``clip`` (fit and posteriors) ``x >= 1``
+    becomes ``1 - 1e-3`` and ``x <= 0`` becomes ``1e-3``; without, the affine map alone (the
+    raw-loss axis of the densities).
+    """
+    x = (losses - lo) / loss_scale(lo, hi)
+    if not clip:
+        return x
     x = jnp.where(x >= 1.0, 1.0 - _CLIP_LO, x)
     return jnp.where(x <= 0.0, _CLIP_LO, x)
+
+
+def _observations(losses: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """The EM observations: normalised losses bounded to [1e-4, 1 - 1e-4]."""
+    return jnp.clip(normalize_losses(losses, lo, hi), _EPS_OBS, 1.0 - _EPS_OBS)
+
+
+def _bounds(state: MixtureState, ndim: int) -> tuple[jax.Array, jax.Array]:
+    """``lo``, ``hi`` with ``ndim`` trailing unit axes (a per-class state's class axis leads)."""
+    return tuple(v.reshape(v.shape + (1,) * ndim) for v in (state.lo, state.hi))
+
+
+def in_fitted_range(state: MixtureState, losses: jax.Array) -> jax.Array:
+    """Whether raw losses lie in the range the fit uses, ``lo - 1e-5 <= l <= hi``.
+
+    That is the 5th to 95th percentile of the fitted losses (up to the float32 rounding of
+    ``lo = p5 + 1e-5``). A per-class state gives shape ``(C, *losses.shape)``.
+    """
+    losses = jnp.asarray(losses, jnp.float32)
+    lo, hi = _bounds(state, losses.ndim)
+    return (losses >= lo - 1e-5) & (losses <= hi)
 
 
 def _prepare(losses: jax.Array, where: jax.Array | None = None):
@@ -221,7 +173,7 @@ def _prepare(losses: jax.Array, where: jax.Array | None = None):
     p5, p95 = percentiles(safe, (5.0, 95.0))
     lo, hi = p5 + 1e-5, p95
     mask = ((safe >= p5) & (safe <= p95)).astype(jnp.float32)
-    x = jnp.clip(normalize_losses(safe, lo, hi), _EPS_OBS, 1.0 - _EPS_OBS)
+    x = _observations(safe, lo, hi)
     valid = finite & (hi > lo)
     return x, mask, lo, hi, valid
 
@@ -238,15 +190,151 @@ def _prepare_masked(losses: jax.Array, where: jax.Array):
     p5, p95 = percentiles(safe, (5.0, 95.0), where=sel)
     lo, hi = p5 + 1e-5, p95
     mask = (sel & (safe >= p5) & (safe <= p95)).astype(jnp.float32)
-    x = jnp.clip(normalize_losses(safe, lo, hi), _EPS_OBS, 1.0 - _EPS_OBS)
+    x = _observations(safe, lo, hi)
     valid = finite & (n >= MIN_SAMPLES) & (hi > lo)  # NaN bounds (none selected) fail hi > lo
     return x, mask, lo, hi, valid
 
 
-def _lookup_table(posterior_fn) -> jax.Array:
+# ---------------------------------------------------------------------------------------------
+# Component densities: one definition per model.
+
+
+def _beta_logs(x: jax.Array, one_minus_x: jax.Array | None = None):
+    """``log x`` and ``log(1 - x)``, the latter from ``one_minus_x`` when given."""
+    return jnp.log(x), (jnp.log1p(-x) if one_minus_x is None else jnp.log(one_minus_x))
+
+
+def _beta_log_norm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """log B(a, b), the beta density's log-normaliser."""
+    gl = jax.scipy.special.gammaln
+    return gl(a) + gl(b) - gl(a + b)
+
+
+def _bmm_log_pdfs(
+    lx: jax.Array, l1x: jax.Array, alphas: Pair, betas: Pair, log_norms: Pair | None = None
+) -> list[jax.Array]:
+    """log Beta(x | a_k, b_k), k = 0, 1, from ``log x`` and ``log(1 - x)``: THE beta density.
+
+    Everything of the BMM derives from it (``bmm_log_weighted``, ``_bmm_weighted``); it takes
+    the logs so that EM computes those of its observations once, outside the loop.
+    ``log_norms``: ``_beta_log_norm(a_k, b_k)`` if already known (per class, then gathered).
+    """
+    out = []
+    for k in range(2):
+        a, b = alphas[k], betas[k]
+        lbeta = _beta_log_norm(a, b) if log_norms is None else log_norms[k]
+        out.append((a - 1.0) * lx + (b - 1.0) * l1x - lbeta)
+    return out
+
+
+def bmm_log_weighted(
+    x: jax.Array,
+    alphas: Pair,
+    betas: Pair,
+    weights: Pair | None = None,
+    *,
+    one_minus_x: jax.Array | None = None,
+) -> jax.Array:
+    """log(pi_k Beta(x | a_k, b_k)) for k = 0, 1, stacked on a leading axis: (2, ...).
+
+    ``alphas[k]``, ``betas[k]``, ``weights[k]`` ((2,) arrays, or pairs of arrays) broadcast
+    against ``x``. ``weights=None``: the unweighted log Beta(x | a_k, b_k). ``one_minus_x``:
+    ``1 - x`` where float32 cannot form it from ``x`` (``1 - 1e-12`` rounds to 1).
+    """
+    lps = _bmm_log_pdfs(*_beta_logs(x, one_minus_x), alphas, betas)
+    if weights is not None:
+        lps = [jnp.log(weights[k]) + lps[k] for k in range(2)]
+    return jnp.stack(lps)
+
+
+def _bmm_weighted(
+    lx, l1x, alphas: Pair, betas: Pair, weights: Pair, log_norms: Pair | None = None
+) -> list[jax.Array]:
+    """pi_k Beta(x | a_k, b_k) as the original computes them: ``pi_k * exp(log Beta)``.
+
+    EM and the BMM posteriors use this form: ``exp(log pi_k + log Beta)`` (the exponential of
+    ``bmm_log_weighted``) differs in the last bit, which would change the fitted parameters.
+    """
+    lps = _bmm_log_pdfs(lx, l1x, alphas, betas, log_norms)
+    return [weights[k] * jnp.exp(lps[k]) for k in range(2)]
+
+
+def gmm_log_weighted(x: jax.Array, means: Pair, variances: Pair, weights: Pair) -> jax.Array:
+    """log(pi_k N(x | mu_k, var_k)) for k = 0, 1, stacked on a leading axis: (2, ...).
+
+    Parameters broadcast against ``x`` as in ``bmm_log_weighted``. EM, the posteriors, the
+    lookup table, the densities and the log-likelihood of the GMM all use it.
+    """
+    return jnp.stack(
+        [
+            jnp.log(weights[k])
+            - 0.5 * (jnp.log(2.0 * jnp.pi * variances[k]) + (x - means[k]) ** 2 / variances[k])
+            for k in range(2)
+        ]
+    )
+
+
+def _params(state: MixtureState, ndim: int = 0) -> tuple[Pair, Pair, Pair]:
+    """A state's (alphas, betas, weights) or (means, variances, weights).
+
+    An ordinary state gives its (2,) leaves. A per-class state gives pairs ``leaf[..., k]`` with
+    ``ndim - 1`` trailing unit axes after the class axis, to broadcast against ``x``.
+    """
+    if isinstance(state, BMMState):
+        leaves = (state.alphas, state.betas, state.weights)
+    elif isinstance(state, GMMState):
+        leaves = (state.means, state.variances, state.weights)
+    else:
+        raise TypeError(f"expected a BMMState or GMMState, got {type(state).__name__}")
+    if state.weights.ndim == 1:
+        return leaves
+    batch = state.weights.shape[:-1]
+    pad = (1,) * max(ndim - len(batch), 0)
+    return tuple([v[..., k].reshape(batch + pad) for k in range(2)] for v in leaves)
+
+
+def log_weighted(state: MixtureState, x: jax.Array) -> jax.Array:
+    """log(pi_k f_k(x)), k = 0, 1, of a state's two components at normalised ``x``: (2, ...).
+
+    ``bmm_log_weighted`` or ``gmm_log_weighted`` by the state's type. A per-class state's class
+    axis leads: ``x`` of shape (C, ...) (a row per class) or (1, ...) (a grid shared by all
+    classes) gives (2, C, ...).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    params = _params(state, x.ndim)
+    if isinstance(state, BMMState):
+        return bmm_log_weighted(x, *params)
+    return gmm_log_weighted(x, *params)
+
+
+def _posterior_pair(model: type, params: tuple, comp: jax.Array, x, one_minus_x=None):
+    """(p(noisy | x), 1 - p(noisy | x)), each computed directly: the posterior of each model.
+
+    For the exact posteriors (of a state's parameters, or per-sample gathered ones) and the
+    lookup table. BMM, as the original: ``pi_n f_n / (pi_0 f_0 + pi_1 f_1 + 1e-12)`` from
+    ``_bmm_weighted``. GMM: ``exp(log pi_n f_n - logsumexp_k log pi_k f_k)`` from
+    ``gmm_log_weighted``. ``comp``: the noisy component n.
+    """
+    if model is BMMState:
+        wl = _bmm_weighted(*_beta_logs(x, one_minus_x), *params)
+        total = wl[0] + wl[1] + _EPS_NAN
+        noisy, clean = jnp.where(comp == 1, wl[1], wl[0]), jnp.where(comp == 1, wl[0], wl[1])
+        return noisy / total, (clean + _EPS_NAN) / total
+    logp = gmm_log_weighted(x, *params)
+    lse = jax.nn.logsumexp(logp, axis=0)
+    noisy, clean = jnp.where(comp == 1, logp[1], logp[0]), jnp.where(comp == 1, logp[0], logp[1])
+    return jnp.exp(noisy - lse), jnp.exp(clean - lse)
+
+
+def _lookup_index(x: jax.Array) -> jax.Array:
+    """The table bin ``int(100 x)`` of normalised losses, clamped to [0, 99]."""
+    return jnp.clip((LOOKUP_RESOLUTION * x).astype(jnp.int32), 0, LOOKUP_RESOLUTION - 1)
+
+
+def _lookup_table(model: type, params: tuple, comp: jax.Array) -> jax.Array:
     """The original's 100-bin posterior table, made monotone from its argmax on.
 
-    ``posterior_fn`` returns the noisy posterior t and its complement c = 1 - t, each computed
+    ``_posterior_pair`` gives the noisy posterior t and its complement c = 1 - t, each computed
     directly. The original finds the argmax in float64; in float32, posteriors within ~1e-7 of
     1 all round to 1.0 and ``argmax`` would pick the first of them. When the flat component
     is the noisy one it wins at both ends of the grid (t = 1 - 1e-11 at x = 1e-12, above
@@ -258,20 +346,20 @@ def _lookup_table(posterior_fn) -> jax.Array:
     # The grid is symmetric, 1 - x_i = x_(99-i): the reversed grid gives 1 - x exactly where
     # float32 cannot (1 - 1e-12 rounds to 1.0), so a beta density with beta < 1 is evaluated
     # at the original's last point 1 - 1e-12 and not at the nearest float32 below 1.
-    t, c = posterior_fn(grid, grid[::-1])
+    t, c = _posterior_pair(model, params, comp, grid, grid[::-1])
     c = jnp.where(jnp.isnan(c), jnp.inf, c)
     i = jnp.where(jnp.max(t) > 0.5, jnp.argmin(c), jnp.argmax(t))
     return jnp.where(jnp.arange(LOOKUP_RESOLUTION) >= i, t[i], t)
 
 
-def _common_fields(weights, lo, hi, comp, posterior_fn, ok) -> dict:
+def _common_fields(model: type, params: tuple, lo, hi, comp, ok) -> dict:
     """The state fields both mixtures share (an invalid fit gets neutral bounds)."""
     return dict(
-        weights=weights,
+        weights=params[2],
         lo=jnp.where(ok, lo, 0.0),
         hi=jnp.where(ok, hi, 1.0),
         noisy_component=comp,
-        lookup=_lookup_table(posterior_fn),
+        lookup=_lookup_table(model, params, comp),
         valid=ok,
     )
 
@@ -296,21 +384,6 @@ def _check_iters(max_iters: int) -> None:
 # Beta mixture.
 
 
-def _beta_log_pdf(lx, l1x, a, b):
-    """log Beta(x | a, b) from precomputed log x and log(1 - x)."""
-    lbeta = (
-        jax.scipy.special.gammaln(a)
-        + jax.scipy.special.gammaln(b)
-        - jax.scipy.special.gammaln(a + b)
-    )
-    return (a - 1.0) * lx + (b - 1.0) * l1x - lbeta
-
-
-def _bmm_weighted_likelihoods(lx, l1x, alphas, betas, weights):
-    """pi_k * Beta(x | a_k, b_k) for k = 0, 1."""
-    return [weights[k] * jnp.exp(_beta_log_pdf(lx, l1x, alphas[k], betas[k])) for k in range(2)]
-
-
 @functools.partial(jax.jit, static_argnames=("max_iters", "noisy"))
 def fit_bmm(
     losses: jax.Array,
@@ -326,7 +399,7 @@ def fit_bmm(
     _check_noisy(noisy)
     _check_iters(max_iters)
     x, mask, lo, hi, valid = _prepare(losses, where)
-    lx, l1x = jnp.log(x), jnp.log1p(-x)
+    lx, l1x = _beta_logs(x)
     init = (
         jnp.array([1.0, 2.0], jnp.float32),
         jnp.array([2.0, 1.0], jnp.float32),
@@ -335,7 +408,7 @@ def fit_bmm(
 
     def em_step(_, params):
         alphas, betas, weights, shift = params
-        p0, p1 = (jnp.maximum(p, _EPS_NAN) for p in _bmm_weighted_likelihoods(lx, l1x, *params[:3]))
+        p0, p1 = (jnp.maximum(p, _EPS_NAN) for p in _bmm_weighted(lx, l1x, *params[:3]))
         inv = mask / (p0 + p1)  # floored, normalised responsibilities r_k = p_k * inv
         new_a, new_b, sums = [], [], []
         for k, rk in enumerate((p0 * inv, p1 * inv)):
@@ -361,36 +434,12 @@ def fit_bmm(
     ok = ok & jnp.all(alphas > 0) & jnp.all(betas > 0)
     alphas, betas, weights = (jnp.where(ok, v, v0) for v, v0 in zip((alphas, betas, weights), init))
     comp = _choose_noisy(alphas / (alphas + betas), noisy)
-
-    post = _bmm_posterior_fn(alphas, betas, weights, comp)
-    return BMMState(alphas=alphas, betas=betas, **_common_fields(weights, lo, hi, comp, post, ok))
-
-
-def _bmm_posterior_fn(alphas, betas, weights, comp):
-    """(x, 1 - x) -> (p(noisy | x), 1 - p(noisy | x)) as the original computes them."""
-
-    def post(xq, one_minus_xq):
-        wl = _bmm_weighted_likelihoods(jnp.log(xq), jnp.log(one_minus_xq), alphas, betas, weights)
-        total = wl[0] + wl[1] + _EPS_NAN
-        noisy_wl, clean_wl = jnp.where(comp == 1, wl[1], wl[0]), jnp.where(comp == 1, wl[0], wl[1])
-        return noisy_wl / total, (clean_wl + _EPS_NAN) / total
-
-    return post
+    fields = _common_fields(BMMState, (alphas, betas, weights), lo, hi, comp, ok)
+    return BMMState(alphas=alphas, betas=betas, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
 # Gaussian mixture (comparison model).
-
-
-def _gmm_log_weighted(x, means, variances, weights):
-    """log(pi_k N(x | mu_k, var_k)) for k = 0, 1, stacked on a leading axis."""
-    return jnp.stack(
-        [
-            jnp.log(weights[k])
-            - 0.5 * (jnp.log(2.0 * jnp.pi * variances[k]) + (x - means[k]) ** 2 / variances[k])
-            for k in range(2)
-        ]
-    )
 
 
 @functools.partial(jax.jit, static_argnames=("max_iters", "noisy"))
@@ -418,7 +467,7 @@ def fit_gmm(
 
     def em_step(_, params):
         means, variances, weights = params
-        logp = _gmm_log_weighted(x, means, variances, weights)
+        logp = gmm_log_weighted(x, means, variances, weights)
         log_norm = jax.nn.logsumexp(logp, axis=0)
         new = []
         for k, rk in enumerate(mask * jnp.exp(logp[k] - log_norm) for k in range(2)):
@@ -436,25 +485,24 @@ def fit_gmm(
         jnp.where(ok, v, v0) for v, v0 in zip((means, variances, weights), init)
     )
     comp = _choose_noisy(means, noisy)
-
-    def post(xq, _):
-        logp = _gmm_log_weighted(xq, means, variances, weights)
-        lse = jax.nn.logsumexp(logp, axis=0)
-        return jnp.exp(logp[comp] - lse), jnp.exp(logp[1 - comp] - lse)
-
-    return GMMState(
-        means=means, variances=variances, **_common_fields(weights, lo, hi, comp, post, ok)
-    )
+    fields = _common_fields(GMMState, (means, variances, weights), lo, hi, comp, ok)
+    return GMMState(means=means, variances=variances, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
-# Posteriors.
+# Posteriors, densities, log-likelihood.
 
 
 def _take(table: jax.Array, idx: jax.Array) -> jax.Array:
     """``table[idx]`` of a small replicated table, sharded like ``idx``."""
     # Explicit-sharding meshes need the output sharding of a gather from a replicated table.
     return table.at[idx].get(out_sharding=jax.typeof(idx).sharding)
+
+
+def _neutral_unless_valid(p: jax.Array, valid: jax.Array) -> jax.Array:
+    """Posteriors clipped to [0, 1]; 0.5 where not finite or the state is invalid."""
+    p = jnp.where(jnp.isfinite(p), jnp.clip(p, 0.0, 1.0), 0.5)
+    return jnp.where(valid, p, 0.5)
 
 
 def is_per_class(state: MixtureState) -> bool:
@@ -482,25 +530,13 @@ def posterior_noisy(
     losses = jnp.asarray(losses, jnp.float32)
     if is_per_class(state):
         return _posterior_per_class(state, losses, classes, lookup)
+    params = _params(state)
     x = normalize_losses(losses, state.lo, state.hi)
     if lookup:
-        idx = jnp.clip((LOOKUP_RESOLUTION * x).astype(jnp.int32), 0, LOOKUP_RESOLUTION - 1)
-        # Explicit-sharding meshes need the output sharding of a gather from a replicated table.
-        p = state.lookup.at[idx].get(out_sharding=jax.typeof(idx).sharding)
-    elif isinstance(state, BMMState):
-        wl = _bmm_weighted_likelihoods(
-            jnp.log(x), jnp.log1p(-x), state.alphas, state.betas, state.weights
-        )
-        p = jnp.where(state.noisy_component == 1, wl[1], wl[0]) / (wl[0] + wl[1] + _EPS_NAN)
-    elif isinstance(state, GMMState):
-        logp = _gmm_log_weighted(x, state.means, state.variances, state.weights)
-        p = jnp.exp(
-            jnp.where(state.noisy_component == 1, logp[1], logp[0]) - jax.nn.logsumexp(logp, axis=0)
-        )
+        p = _take(state.lookup, _lookup_index(x))
     else:
-        raise TypeError(f"expected a BMMState or GMMState, got {type(state).__name__}")
-    p = jnp.where(jnp.isfinite(p), jnp.clip(p, 0.0, 1.0), 0.5)
-    return jnp.where(state.valid, p, 0.5)
+        p = _posterior_pair(type(state), params, state.noisy_component, x)[0]
+    return _neutral_unless_valid(p, state.valid)
 
 
 def _posterior_per_class(state: MixtureState, losses: jax.Array, classes, lookup: bool):
@@ -520,36 +556,63 @@ def _posterior_per_class(state: MixtureState, losses: jax.Array, classes, lookup
     classes = jnp.asarray(classes, jnp.int32)
     if classes.shape != losses.shape:
         raise ValueError(f"classes has shape {classes.shape}, losses have {losses.shape}")
-    if not isinstance(state, BMMState | GMMState):
-        raise TypeError(f"expected a BMMState or GMMState, got {type(state).__name__}")
+    params = _params(state, 1)  # pairs of (C,) tables
 
     def take(t):
         return _take(t, classes)
 
-    def per_component(t):
-        return [take(t[:, k]) for k in range(2)]
-
     x = normalize_losses(losses, take(state.lo), take(state.hi))
     comp = take(state.noisy_component)
     if lookup:
-        idx = jnp.clip((LOOKUP_RESOLUTION * x).astype(jnp.int32), 0, LOOKUP_RESOLUTION - 1)
-        p = _take(state.lookup.reshape(-1), classes * LOOKUP_RESOLUTION + idx)
-    elif isinstance(state, BMMState):
-        a, b = state.alphas, state.betas
-        gl = jax.scipy.special.gammaln
-        lbeta = per_component(gl(a) + gl(b) - gl(a + b))  # as in _beta_log_pdf, per class
-        ak, bk, wk = per_component(a), per_component(b), per_component(state.weights)
-        lx, l1x = jnp.log(x), jnp.log1p(-x)
-        wl = [
-            wk[k] * jnp.exp((ak[k] - 1.0) * lx + (bk[k] - 1.0) * l1x - lbeta[k]) for k in range(2)
-        ]
-        p = jnp.where(comp == 1, wl[1], wl[0]) / (wl[0] + wl[1] + _EPS_NAN)
+        p = _take(state.lookup.reshape(-1), classes * LOOKUP_RESOLUTION + _lookup_index(x))
     else:
-        mv = (per_component(state.means), per_component(state.variances))
-        logp = _gmm_log_weighted(x, *mv, per_component(state.weights))
-        p = jnp.exp(jnp.where(comp == 1, logp[1], logp[0]) - jax.nn.logsumexp(logp, axis=0))
-    p = jnp.where(jnp.isfinite(p), jnp.clip(p, 0.0, 1.0), 0.5)
-    return jnp.where(take(state.valid), p, 0.5)
+        if isinstance(state, BMMState):  # the log-normalisers per class, not per sample
+            log_norm = _beta_log_norm(state.alphas, state.betas)
+            params = (*params, [log_norm[:, k] for k in range(2)])
+        gathered = tuple([take(v) for v in pair] for pair in params)
+        p = _posterior_pair(type(state), gathered, comp, x)[0]
+    return _neutral_unless_valid(p, take(state.valid))
+
+
+@jax.jit
+def density(state: MixtureState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The mixture pdf and its weighted component pdfs at normalised losses ``x`` (figures).
+
+    ``(total, comps)``: ``comps = exp(log_weighted(state, x))``, (2, ...), i.e.
+    ``pi_k f_k(x)``, and ``total = comps[0] + comps[1]``, which integrates to 1 over the
+    normalised axis (beta densities are 0 outside (0, 1)). On the raw-loss axis, ``x =
+    normalize_losses(l, lo, hi, clip=False)`` and the densities divide by ``loss_scale(lo,
+    hi)``. Shapes of a per-class state as in ``log_weighted``; an invalid state has its initial
+    parameters.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    comps = jnp.exp(log_weighted(state, x))
+    if isinstance(state, BMMState):
+        comps = jnp.where((x > 0.0) & (x < 1.0), comps, 0.0)
+    return comps[0] + comps[1], comps
+
+
+@jax.jit
+def log_likelihood(
+    state: MixtureState, losses: jax.Array, where: jax.Array | None = None
+) -> jax.Array:
+    """Mean log-likelihood ``log sum_k pi_k f_k(x)`` of the raw losses the fit uses.
+
+    Over the losses ``in_fitted_range`` (and ``where``, bool one per loss, if given), at their
+    EM observations ``x`` (normalised with the stored bounds, bounded to [1e-4, 1 - 1e-4]);
+    ``logsumexp`` of ``log_weighted``. Both models are densities over the same ``x``, so the
+    values compare: higher fits better. NaN for an invalid state or no selected loss. A
+    per-class state gives one value per class (``where`` may then be (C, N), e.g. the
+    class masks).
+    """
+    losses = jnp.asarray(losses, jnp.float32).reshape(-1)
+    sel = in_fitted_range(state, losses)
+    if where is not None:
+        sel = sel & jnp.asarray(where, bool)
+    x = _observations(losses, *_bounds(state, 1))
+    ll = jax.nn.logsumexp(log_weighted(state, x), axis=0)
+    mean = jnp.sum(jnp.where(sel, ll, 0.0), axis=-1) / jnp.sum(sel, axis=-1)
+    return jnp.where(state.valid, mean, jnp.nan)
 
 
 # ---------------------------------------------------------------------------------------------

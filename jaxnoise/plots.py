@@ -7,20 +7,21 @@ with the Agg canvas, so nothing touches pyplot's global state or needs a display
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from jaxnoise import mixture
+
 DPI = 120
 CLEAN, NOISY, UNKNOWN = "tab:blue", "tab:red", "tab:gray"
 MODEL_STYLE = {"bmm": dict(color="black", ls="-"), "gmm": dict(color="tab:green", ls="--")}
-_NORM_EPS = 1e-6  # the normalisation x = (l - lo) / (hi - lo + 1e-6) of jaxnoise.mixture
 
 
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2) -> tuple[Figure, Any]:
@@ -37,44 +38,56 @@ def _save(fig: Figure, path: str) -> str:
     return path
 
 
-def _get(params: Any, name: str) -> np.ndarray:
-    """A parameter from a ``mixture.summary`` dict or a BMMState/GMMState."""
-    v = params[name] if isinstance(params, Mapping) else getattr(params, name)
-    return np.asarray(v, np.float64)
+def _as_state(params: Any) -> mixture.MixtureState:
+    """A BMMState/GMMState from itself or from ``mixture.summary``-style parameters.
+
+    A mapping needs ``weights``, ``lo``, ``hi`` and ``alphas``/``betas`` (BMM) or
+    ``means``/``variances`` (GMM); the other fields are irrelevant to densities.
+    """
+    if isinstance(params, mixture.BMMState | mixture.GMMState):
+        return params
+    names = ("alphas", "betas") if "alphas" in params else ("means", "variances")
+    base = mixture.initial_state("bmm" if "alphas" in params else "gmm")
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return base.replace(**{k: f32(params[k]) for k in (*names, "weights", "lo", "hi")})
 
 
 def mixture_density_normalised(params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Density of a fitted BMM/GMM over normalised losses ``x``: (total, per-component (2, N))."""
-    x = np.asarray(x, np.float64)
-    w = _get(params, "weights")
-    comps = np.zeros((2, x.size))
-    is_beta = "alphas" in params if isinstance(params, Mapping) else hasattr(params, "alphas")
-    if is_beta:
-        a, b = _get(params, "alphas"), _get(params, "betas")
-        inside = (x > 0) & (x < 1)
-        xi = x[inside]
-        for k in range(2):
-            lbeta = math.lgamma(a[k]) + math.lgamma(b[k]) - math.lgamma(a[k] + b[k])
-            comps[k, inside] = np.exp((a[k] - 1) * np.log(xi) + (b[k] - 1) * np.log1p(-xi) - lbeta)
-    else:
-        m, v = _get(params, "means"), _get(params, "variances")
-        for k in range(2):
-            comps[k] = np.exp(-0.5 * (x - m[k]) ** 2 / v[k]) / np.sqrt(2 * np.pi * v[k])
-    comps = w[:, None] * comps
-    return comps.sum(0), comps
+    """Density of a fitted BMM/GMM over normalised losses ``x``: (total, per-component (2, N)).
+
+    ``mixture.density`` of the state (or ``mixture.summary`` dict), as float64 numpy arrays.
+    """
+    total, comps = mixture.density(_as_state(params), np.asarray(x, np.float32))
+    return np.asarray(total, np.float64), np.asarray(comps, np.float64)
 
 
 def mixture_density(params: Any, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Density of a fitted BMM/GMM on the raw-loss axis: (total, per-component (2, N)).
 
-    The mixtures live on ``x = (l - lo) / (hi - lo + 1e-6)``; the density over raw losses is
-    the density over ``x`` divided by ``hi - lo + 1e-6`` (the Jacobian). It describes the
-    samples between the 5th and 95th loss percentiles, which the fit uses.
+    The mixtures live on ``x = mixture.normalize_losses(l, lo, hi, clip=False)``; the density
+    over raw losses is the density over ``x`` divided by ``mixture.loss_scale(lo, hi)`` (the
+    Jacobian). It describes the samples between the 5th and 95th loss percentiles, which the
+    fit uses.
     """
-    lo, hi = float(_get(params, "lo")), float(_get(params, "hi"))
-    scale = hi - lo + _NORM_EPS
-    total, comps = mixture_density_normalised(params, (np.asarray(losses, np.float64) - lo) / scale)
-    return total / scale, comps / scale
+    state = _as_state(params)
+    x = mixture.normalize_losses(np.asarray(losses, np.float32), state.lo, state.hi, clip=False)
+    total, comps = mixture.density(state, x)
+    scale = mixture.loss_scale(state.lo, state.hi)
+    return np.asarray(total / scale, np.float64), np.asarray(comps / scale, np.float64)
+
+
+def fitted_curve(params: Any, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fit's density curve on the histogram of ``losses`` (the paper's Figure 2).
+
+    ``(grid, y)``: 398 raw losses strictly inside the fitted range ``[lo, hi]`` and the mixture
+    density there, scaled by the fraction of ``losses`` in that range
+    (``mixture.in_fitted_range``) so that it sits on the density histogram of all samples.
+    """
+    state = _as_state(params)
+    grid = np.linspace(float(state.lo), float(state.hi), 400)[1:-1]
+    frac = float(np.mean(np.asarray(mixture.in_fitted_range(state, losses))))
+    total, _ = mixture_density(state, grid)
+    return grid, frac * total
 
 
 def loss_histogram(
@@ -112,12 +125,9 @@ def loss_histogram(
                 label=f"all samples ({losses.size})")  # fmt: skip
     hist_max = np.histogram(losses, bins=edges)[0].max() * wt
     for name, params in (mixtures or {}).items():
-        lo, hi = float(_get(params, "lo")), float(_get(params, "hi"))
-        grid = np.linspace(lo, hi, 400)[1:-1]
-        frac = float(np.mean((losses >= lo - 1e-5) & (losses <= hi)))
-        total, _ = mixture_density(params, grid)
+        grid, y = fitted_curve(params, losses)
         style = MODEL_STYLE.get(name.lower(), dict(color=None, ls="-"))
-        ax.plot(grid, frac * total, lw=1.8, label=f"{name.upper()} fit", **style)
+        ax.plot(grid, y, lw=1.8, label=f"{name.upper()} fit", **style)
     if hist_max > 0:
         ax.set_ylim(0, 1.25 * hist_max)
     ax.set_xlabel("cross-entropy loss (w.r.t. the given label)")

@@ -99,18 +99,11 @@ def refit_mixtures(losses: np.ndarray, config: dict) -> dict[str, Any]:
 def mixture_log_likelihood(state: Any, losses: np.ndarray) -> float:
     """Mean log-likelihood per fitted sample (5th-95th loss percentile), on the normalised axis.
 
-    Both models are densities over the same normalised losses ``x`` (the EM observations, made
-    as in ``jaxnoise.mixture``), so their values are directly comparable: higher fits better.
+    ``mixture.log_likelihood``: both models are densities over the same normalised losses ``x``
+    (the EM observations), so their values are directly comparable: higher fits better. NaN
+    for an invalid (degenerate) fit.
     """
-    params = mixture.summary(state)
-    losses = np.asarray(losses, np.float64)
-    lo, hi = params["lo"], params["hi"]
-    x = (losses - lo) / (hi - lo + 1e-6)
-    x = np.where(x >= 1.0, 1.0 - 1e-3, x)
-    x = np.clip(np.where(x <= 0.0, 1e-3, x), 1e-4, 1.0 - 1e-4)
-    inside = (losses >= lo - 1e-5) & (losses <= hi)
-    dens, _ = plots.mixture_density_normalised(params, x[inside])
-    return float(np.mean(np.log(np.maximum(dens, 1e-300))))
+    return float(mixture.log_likelihood(state, np.asarray(losses, np.float32)))
 
 
 def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -> dict:

@@ -556,7 +556,7 @@ def test_lookup_table_argmax_as_float64_when_posteriors_round_to_one(fit_i):
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     got = np.asarray(
         mixture._lookup_table(
-            mixture._bmm_posterior_fn(f32(a), f32(b), f32(w), jnp.asarray(1, jnp.int32))
+            mixture.BMMState, (f32(a), f32(b), f32(w)), jnp.asarray(1, jnp.int32)
         )
     )
     assert got.min() < 0.5  # not the all-noisy table
