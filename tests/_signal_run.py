@@ -15,6 +15,10 @@ deterministic (the test process waits for a marker line, then signals):
   written to its temporary directory, print ``HANG_SAVE N <tmp dir>`` and block forever: the
   test sends SIGKILL while the checkpoint write is unfinished.
 
+- ``JAXNOISE_TEST_SLOW=SECONDS``: every train step, while it executes, prints ``STEP N`` (N its
+  optimizer step count) and sleeps SECONDS (a host callback inside the compiled step): slow
+  steps whose execution, not their dispatch, the test can follow.
+
 Numerical faults:
 
 - ``JAXNOISE_TEST_LR=E:LR``: learning rate LR from epoch E on (e.g. ``2:1e30`` diverges).
@@ -93,6 +97,29 @@ def _install_hooks() -> None:
             return step
 
         train.make_train_step = patched_make_train_step
+
+    slow = os.environ.get("JAXNOISE_TEST_SLOW")
+    if slow:
+        import jax
+
+        from jaxnoise import step as step_lib
+
+        make_update = step_lib.make_update
+
+        def tick(count):
+            print(f"STEP {int(count)}", flush=True)
+            time.sleep(float(slow))
+
+        def slow_make_update(*args):
+            update = make_update(*args)
+
+            def slowed(state, *a):
+                jax.debug.callback(tick, state["opt_state"].count, ordered=True)
+                return update(state, *a)
+
+            return slowed
+
+        step_lib.make_update = slow_make_update
 
     lr = os.environ.get("JAXNOISE_TEST_LR")
     if lr:

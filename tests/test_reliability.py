@@ -516,6 +516,20 @@ def test_signal_mid_epoch_saves_exact_position_and_resume_matches(
     _resume_and_compare(wd, reference, where)
 
 
+def test_sigint_with_slow_steps_stops_after_at_most_one_more_step(reference, tmp_path):
+    """Steps that take long to *execute*: a SIGINT while step N runs stops the run after at most
+    one more step (at most one step call is in flight), measured by the saved step count."""
+    cache, _ = reference
+    wd = tmp_path / "wd"
+    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_SLOW="0.3")
+    running = STEPS + 6  # optimizer step 30: step 7 of epoch 2, between log points (every 5)
+    child.wait_for(f"STEP {running}")
+    child.proc.send_signal(signal.SIGINT)
+    assert child.finish() == 128 + signal.SIGINT, child.output[-3000:]
+    saved = _committed_steps(wd)[-1]
+    assert running + 1 <= saved <= running + 2, (saved, child.output[-3000:])
+
+
 def test_sigkill_during_checkpoint_writes_keeps_previous_checkpoint(reference, tmp_path):
     """SIGKILL while a checkpoint is being written (everything written, not yet committed):
 
