@@ -690,9 +690,10 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
 def finish(run: Run, last: dict | None, interrupted: bool) -> dict:
     """per_sample.npz of the last epoch, the report (figures, label_issues.csv), the summary."""
     workdir, main_process = run.workdir, jax.process_index() == 0
-    if last is not None and main_process:
+    if last is not None:  # the gather is collective: every process takes part
         loss, p_noisy, logits = (parallel.gather_to_host(last[k])
                                  for k in ("track_loss", "p_noisy", "logits"))  # fmt: skip
+    if last is not None and main_process:
         arrays = dict(loss=loss, p_noisy=p_noisy, prediction=np.argmax(logits, -1).astype(np.int32),
                       logits=logits.astype(np.float32), noisy_label=run.noisy_labels,
                       true_label=run.ds.train_labels.astype(np.int32),
