@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.extractor": extractors.EXTRACTORS,  # features
     "data.normalization": ("published", "dataset"),
     "shortcut": models.SHORTCUTS,
+    "compute_dtype": models.COMPUTE_DTYPES,
     "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
@@ -142,6 +143,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "model": _choice("model"),
     "width": _int(1),
     "shortcut": _choice("shortcut"),
+    "compute_dtype": _choice("compute_dtype"),
     "weights": _str,
     "freeze_backbone": _bool,
     "method": _choice("method"),

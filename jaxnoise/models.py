@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "resnet34", "small_cnn", "resnet50", "linear",
                                  "mlp")  # fmt: skip
 
+# Mixed precision: "bfloat16" runs convolutions, matmuls and activations in bf16; parameters,
+# BatchNorm statistics and everything after the logits (losses, mixture fit) stay float32.
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
 # BatchNorm as torch.nn.BatchNorm2d: running = 0.9 * running + 0.1 * batch; eps 1e-5.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -116,6 +120,7 @@ class BatchNorm(nnx.BatchNorm):
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Normalise x (..., C) with batch statistics (train) or running statistics (eval)."""
+        out_dtype, x = x.dtype, x.astype(jnp.float32)  # statistics in float32 under bf16
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
@@ -128,7 +133,7 @@ class BatchNorm(nnx.BatchNorm):
             self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
             self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased)
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return y * self.scale[...] + self.bias[...]
+        return (y * self.scale[...] + self.bias[...]).astype(out_dtype)
 
 
 def _bn(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
@@ -427,6 +432,18 @@ def create_model(
     cls = {"preact_resnet18": PreActResNet18, "resnet34": ResNet34, "small_cnn": SmallCNN,
            "resnet50": ResNet50, "linear": LinearHead, "mlp": MLPHead}[name]  # fmt: skip
     return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs, **options)
+
+
+def set_compute_dtype(model: nnx.Module, compute_dtype: str) -> nnx.Module:
+    """Run `model`'s convolutions and linear layers in `compute_dtype` (one of COMPUTE_DTYPES).
+
+    Parameters keep their float32 storage (each layer casts its kernel per call) and BatchNorm
+    computes its statistics in float32, so only activations and matmuls change precision."""
+    dtype = jnp.dtype(compute_dtype)
+    for _, module in model.iter_modules():
+        if isinstance(module, (nnx.Conv, nnx.Linear)):
+            module.dtype = None if dtype == jnp.float32 else dtype
+    return model
 
 
 def head_name(name: str) -> str:

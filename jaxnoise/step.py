@@ -46,9 +46,9 @@ def make_permutation_fn(seed: int, n: int, mesh=None):
 
 
 def _apply(graphdef, params, frozen, stats, x, train: bool):
-    """Forward pass of the merged model; returns (logits, new batch stats)."""
+    """Forward pass of the merged model; returns (float32 logits, new batch stats)."""
     model = nnx.merge(graphdef, params, frozen, stats, copy=True)
-    logits = model(x, train=train)
+    logits = model(x, train=train).astype(jnp.float32)  # losses in float32 under bf16 compute
     return logits, nnx.state(model, nnx.BatchStat)
 
 

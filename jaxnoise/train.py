@@ -162,7 +162,7 @@ def create_model(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> nnx
     )
     if config.weights:
         models.load_resnet50_weights(model, config.weights)
-    return model
+    return models.set_compute_dtype(model, config.compute_dtype)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
