@@ -110,7 +110,7 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     """Out-of-fold softmax probabilities of plain cross-entropy models (cleanlab's recipe)."""
     import jax.numpy as jnp
 
-    from jaxnoise import config as config_lib
+    from jaxnoise import schedule
 
     c = config.copy_and_resolve_references()
     c.method = "CE"
@@ -131,7 +131,7 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         graphdef, tx, state, aux = train.init_train_state(cf, sub)
         mean, std = sub.mean_std()
         data = {"images": jnp.asarray(sub.train_images), "labels": jnp.asarray(noisy[keep])}
-        phase = config_lib.phase_for_epoch(cf, 1)
+        phase = schedule.phase_for_epoch(cf, 1)
         step = train.make_train_step(graphdef, tx, cf, phase, ds.num_classes, mean, std)
         permutation = train.make_permutation_fn(cf.seed, len(keep))
         for epoch in range(1, cf.epochs + 1):  # lr and positions come from the step count

@@ -32,8 +32,7 @@ def worker(num_devices: int, sizes: list[int], steps: int) -> dict:
 
     from benchmarks.bench_step import fake_cifar
     from configs import default
-    from jaxnoise import config as config_lib
-    from jaxnoise import mixture, parallel, train
+    from jaxnoise import mixture, parallel, schedule, train
 
     mesh = parallel.make_mesh(num_devices)
     ds = fake_cifar(2048)
@@ -41,7 +40,7 @@ def worker(num_devices: int, sizes: list[int], steps: int) -> dict:
     c.width = 16
     graphdef, tx, state, aux = train.init_train_state(c, ds, mesh)
     mean, std = ds.mean_std()
-    phase = config_lib.phase_for_epoch(c, c.epochs)  # M-DYR-H with bootstrapping
+    phase = schedule.phase_for_epoch(c, c.epochs)  # M-DYR-H with bootstrapping
     step = train.make_train_step(graphdef, tx, c, phase, 10, mean, std, mesh)
     data = {
         "images": parallel.put_samples(mesh, ds.train_images),

@@ -25,9 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.common import git_commit  # noqa: E402
 from configs import default  # noqa: E402
-from jaxnoise import config as config_lib  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import mixture, train  # noqa: E402
+from jaxnoise import (  # noqa: E402
+    mixture,
+    schedule,  # noqa: E402
+    train,
+)
 
 ALGOS = {
     "CE": dict(method="CE"),
@@ -65,7 +68,7 @@ def build(width: int, ds: data_lib.Dataset):
         losses = jnp.asarray(np.random.default_rng(1).gamma(1.0, 1.0, len(ds.train_labels)))
         state["mixture"] = mixture.fit(c.noise_model, losses)
         aux["p_noisy"] = mixture.posterior_noisy(state["mixture"], losses)
-        phase = config_lib.phase_for_epoch(c, c.epochs)  # the method's final (full) phase
+        phase = schedule.phase_for_epoch(c, c.epochs)  # the method's final (full) phase
         mean, std = ds.mean_std()
         fn = train.make_train_step(graphdef, tx, c, phase, 10, mean, std)
         data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}

@@ -158,7 +158,7 @@ def command_for(cell: str) -> str:
 def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     """One record of the results table."""
     method, noise, _ = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS}[cell]
-    from jaxnoise.config import bootstrap_start_epoch
+    from jaxnoise.schedule import bootstrap_start_epoch
 
     # The fit the method's correction starts from: the epoch before bootstrapping (M-DYR-H/S; the
     # same epoch for CE and M) or before dynamic mixup (MD-DYR-SH).

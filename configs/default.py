@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- model ------------------------------------------------------------------------------
     c.model = "preact_resnet18"  # "preact_resnet18" | "small_cnn" | "resnet50"
     c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
-    c.compute_dtype = "float32"  # "bfloat16": bf16 activations/matmuls; params, BN stats, losses f32
+    c.compute_dtype = "float32"  # or "bfloat16": bf16 activations, float32 params/BN stats/losses
     c.shortcut = "preactivated"  # PreAct blocks' identity shortcut: "preactivated" = relu(bn1(x))
     # as the published code's PreResNet.PreActBlock | "input" = x (He et al., pytorch-cifar)
     c.weights = ""  # local .npz of pretrained weights (resnet50, torchvision names)

@@ -19,14 +19,7 @@ from typing import Any
 from jaxnoise import data as data_lib
 from jaxnoise import extractors, losses, models
 from jaxnoise import noise as noise_lib
-from jaxnoise.schedule import (  # noqa: F401  (the schedule's names, also importable from here)
-    BOOTSTRAP_AFTER_MILESTONE,
-    Phase,
-    bootstrap_start_epoch,
-    lr_for_epoch,
-    phase_for_epoch,
-    temperature_for_epoch,
-)
+from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
 METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
 CHOICES: dict[str, tuple[str, ...]] = {

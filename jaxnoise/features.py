@@ -201,6 +201,33 @@ def default_cache_dir(root: str = "") -> Path:
     return Path.home() / ".cache" / "jaxnoise" / "features"
 
 
+def _extractor_settings(extractor: str, kmeans, weights: str) -> dict:
+    """The settings that identify an extractor's features (part of the cache key)."""
+    if extractor == "kmeans":
+        return extractors.settings_dict("kmeans", kmeans or extractors.KMeansSettings())
+    if extractor == "resnet50":
+        if not weights:
+            raise ValueError("extractor 'resnet50' needs data.extractor_weights (a local .npz)")
+        return {"extractor": "resnet50", "weights_sha256": _file_digest(weights)}
+    raise ValueError(f"unknown extractor {extractor!r}; allowed: 'kmeans', 'resnet50'")
+
+
+def _extract(ds: data_lib.Dataset, extractor: str, kmeans, weights: str, batch: int):
+    """(train features, test features, extra arrays to cache) computed by `extractor`."""
+    if extractor == "kmeans":
+        model = extractors.learn_kmeans(ds.train_images, kmeans or extractors.KMeansSettings())
+        xtr, xte = (extractors.kmeans_features(model, images, batch=batch,
+                                               desc=f"k-means features ({split})")
+                    for images, split in ((ds.train_images, "train"), (ds.test_images, "test")))
+        extra = {"kmeans_centroids": model.centroids, "kmeans_mean": model.mean,
+                 "kmeans_whitening": model.whitening}  # fmt: skip
+        return xtr, xte, extra
+    xtr, xte = (extractors.resnet50_features(weights, images, batch=batch,
+                                             desc=f"resnet50 features ({split})")
+                for images, split in ((ds.train_images, "train"), (ds.test_images, "test")))
+    return xtr, xte, {}
+
+
 def extract_cached(
     ds: data_lib.Dataset,
     extractor: str,
@@ -215,14 +242,7 @@ def extract_cached(
         raise ValueError(
             f"extractor {extractor!r} needs images; dataset {ds.name!r} holds features"
         )
-    if extractor == "kmeans":
-        settings = extractors.settings_dict("kmeans", kmeans or extractors.KMeansSettings())
-    elif extractor == "resnet50":
-        if not weights:
-            raise ValueError("extractor 'resnet50' needs data.extractor_weights (a local .npz)")
-        settings = {"extractor": "resnet50", "weights_sha256": _file_digest(weights)}
-    else:
-        raise ValueError(f"unknown extractor {extractor!r}; allowed: 'kmeans', 'resnet50'")
+    settings = _extractor_settings(extractor, kmeans, weights)
     fp = fingerprint(ds, settings)
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     # Same settings, other images: the old file is replaced; other settings keep their files.
@@ -237,21 +257,7 @@ def extract_cached(
         except ValueError as err:  # a torn or foreign file: recompute
             log(f"warning: ignoring unreadable features cache {path}: {err}")
     t0 = time.time()
-    extra: dict[str, np.ndarray] = {}
-    if extractor == "kmeans":
-        s = kmeans or extractors.KMeansSettings()
-        model = extractors.learn_kmeans(ds.train_images, s)
-        xtr = extractors.kmeans_features(model, ds.train_images, batch=batch,
-                                         desc="k-means features (train)")  # fmt: skip
-        xte = extractors.kmeans_features(model, ds.test_images, batch=batch,
-                                         desc="k-means features (test)")  # fmt: skip
-        extra = {"kmeans_centroids": model.centroids, "kmeans_mean": model.mean,
-                 "kmeans_whitening": model.whitening}  # fmt: skip
-    else:
-        xtr = extractors.resnet50_features(weights, ds.train_images, batch=batch,
-                                           desc="resnet50 features (train)")  # fmt: skip
-        xte = extractors.resnet50_features(weights, ds.test_images, batch=batch,
-                                           desc="resnet50 features (test)")  # fmt: skip
+    xtr, xte, extra = _extract(ds, extractor, kmeans, weights, batch)
     seconds = time.time() - t0
     log(f"extracted {extractor} features: train {xtr.shape}, test {xte.shape} ({seconds:.1f}s)")
     arrays = {

@@ -200,21 +200,12 @@ def default_out_dir(workdir: str, threshold: float) -> str:
     return os.path.join(workdir, f"report-threshold-{threshold:g}")
 
 
-def write_report(
-    workdir: str, *, threshold: float = 0.5, out_dir: str | None = None
-) -> dict[str, Any]:
-    """Write the figures, label_issues.csv and label_issues_summary.json into out_dir (default
-    the workdir); return a summary dict."""
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    run = load_workdir(workdir)
+def write_figures(fig_dir: str, run: dict[str, Any], mask: np.ndarray | None) -> dict[str, str]:
+    """The run's figures (loss histogram with the fitted mixtures, accuracy / AUROC per epoch,
+    posterior vs loss, loss quantiles of clean and noisy samples) as {name: png path}."""
     config, dataset, records, ps = run["config"], run["dataset"], run["records"], run["per_sample"]
-    known = bool(dataset.get("noise_known", True))
-    mask = np.asarray(ps["noise_mask"], bool) if known else None
-    out_dir = workdir if out_dir is None else out_dir
-    fig_dir = os.path.join(out_dir, "figures")
+    known = mask is not None
     os.makedirs(fig_dir, exist_ok=True)
-
     states = refit_mixtures(ps["loss"], config)
     valid = {k: s for k, s in states.items() if bool(s.valid)}
     figures = {
@@ -241,6 +232,22 @@ def write_report(
         figures["loss_quantiles"] = plots.loss_quantiles_over_epochs(
             os.path.join(fig_dir, "loss_quantiles.png"), records
         )
+    return figures
+
+
+def write_report(
+    workdir: str, *, threshold: float = 0.5, out_dir: str | None = None
+) -> dict[str, Any]:
+    """Write the figures, label_issues.csv and label_issues_summary.json into out_dir (default
+    the workdir); return a summary dict."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    run = load_workdir(workdir)
+    dataset, ps = run["dataset"], run["per_sample"]
+    known = bool(dataset.get("noise_known", True))
+    mask = np.asarray(ps["noise_mask"], bool) if known else None
+    out_dir = workdir if out_dir is None else out_dir
+    figures = write_figures(os.path.join(out_dir, "figures"), run, mask)
 
     rows = label_issues(ps, dataset, threshold=threshold)
     csv_path = write_label_issues(

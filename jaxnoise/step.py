@@ -78,6 +78,32 @@ def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> ja
     return jnp.full((num_classes,), 1.0 / k, jnp.float32)
 
 
+def mix_inputs(phase: Phase, config: ml_collections.ConfigDict, x, w, draws: StepDraws):
+    """(lambda, mixed inputs, pair weight) of the phase's mixup (static, dynamic or none)."""
+    if phase.mixup == "static":
+        lam = draws.lam
+    elif phase.mixup == "dynamic":  # weighted by the clean posteriors 1 - w
+        lam = losses.dynamic_mixup_lambda(draws.key, w, draws.pair, draw=config.mixup_draw,
+                                          n=config.binomial_n)  # fmt: skip
+    else:
+        return jnp.ones((), jnp.float32), x, jnp.ones((), jnp.float32)
+    pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
+              "mix": lam}[phase.pair_weight]  # fmt: skip
+    return lam, losses.mix(x, draws.pair, lam), pair_w
+
+
+def phase_loss(phase: Phase, logits, y, w, logits_clean, pair, pair_w, temperature, *,
+               num_classes: int):  # fmt: skip
+    """The phase's data term: CE, mixup CE, or mixup with bootstrapped targets (eq. 8)."""
+    if phase.mixup == "none":
+        return jnp.mean(losses.cross_entropy(logits, y))
+    if phase.bootstrap == "none":
+        return losses.mixup_ce_loss(logits, y, pair, pair_w)
+    return losses.mixup_bootstrap_loss(logits, y, w, logits_clean, pair, pair_w,
+                                       num_classes=num_classes, mode=phase.bootstrap,
+                                       temperature=temperature)  # fmt: skip
+
+
 def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
                 num_classes: int):  # fmt: skip
     """The optimizer step of one phase on a prepared batch (the core of the train step).
@@ -113,31 +139,13 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
             w = (losses.clip_posteriors(epoch_rows["p_noisy"]) if from_epoch
                  else batch_posteriors(params, stats))  # fmt: skip
 
-        # Mixing.
-        if phase.mixup == "static":
-            lam, x_in = draws.lam, losses.mix(x, draws.pair, draws.lam)
-        elif phase.mixup == "dynamic":
-            lam = losses.dynamic_mixup_lambda(
-                draws.key, w, draws.pair, draw=config.mixup_draw, n=config.binomial_n
-            )
-            x_in = losses.mix(x, draws.pair, lam)
-        else:
-            lam, x_in = jnp.ones((), jnp.float32), x
-        pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
-                  "mix": lam}[phase.pair_weight]  # fmt: skip
+        lam, x_in, pair_w = mix_inputs(phase, config, x, w, draws)
 
         def loss_fn(p):
             logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
             w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
-            if phase.mixup == "none":
-                loss = jnp.mean(losses.cross_entropy(logits, y))
-            elif phase.bootstrap == "none":
-                loss = losses.mixup_ce_loss(logits, y, draws.pair, pair_w)
-            else:
-                loss = losses.mixup_bootstrap_loss(
-                    logits, y, w_, logits_clean, draws.pair, pair_w, num_classes=num_classes,
-                    mode=phase.bootstrap, temperature=temperature,
-                )  # fmt: skip
+            loss = phase_loss(phase, logits, y, w_, logits_clean, draws.pair, pair_w, temperature,
+                              num_classes=num_classes)  # fmt: skip
             if phase.regularize:
                 reg = losses.class_balance_regularizer(logits, prior=prior)
                 loss = loss + config.reg_weight * reg

@@ -447,14 +447,8 @@ class Run:
         )
 
 
-def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, dict | None]:
-    """Load and place the data, build the model and the compiled pieces, restore a checkpoint.
-
-    Returns the run, the train state, the per-sample aux arrays and the restored metadata."""
-    mesh = parallel.make_mesh(config.mesh.num_devices)
-    os.makedirs(workdir, exist_ok=True)
-    resolved = _config_fingerprint(config)
-    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh and jax.process_index() == 0)
+def load_noisy_data(config, mesh):
+    """(dataset, noisy labels, noise mask), the training set cut to a multiple of the mesh."""
     t0 = time.time()
     ds = load_data(config)
     validate_against_data(config, ds, mesh.size)
@@ -465,10 +459,42 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, di
             f"(divisible by the {mesh.size} devices)")  # fmt: skip
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
-    workdir_lib.check_same_dataset(workdir, ds)
     log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
         f"{ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
         f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)")  # fmt: skip
+    return ds, noisy_labels, noise_mask
+
+
+def restore(run: Run, state, aux):
+    """(state, aux, metadata) of the newest checkpoint in the run's workdir, or the given
+    fresh state and aux with None; the run's history and position follow the checkpoint."""
+    restored = run.manager.restore_latest({"state": state, "aux": aux,
+                                           "labels": run.data["labels"]})  # fmt: skip
+    if restored is None:
+        return state, aux, None
+    tree, meta = restored
+    if not np.array_equal(parallel.gather_to_host(tree["labels"]), run.noisy_labels):
+        raise ValueError(
+            f"checkpoint in {run.workdir} holds different noisy labels than this config and "
+            "dataset produce; use another --workdir, or pass --fresh to start again"
+        )
+    run.history, run.best_acc = meta["history"], meta["best_acc"]
+    run.saved_at = _position(meta["epoch"], int(meta.get("step_in_epoch", 0)),
+                             run.steps_per_epoch)  # fmt: skip
+    log(f"resumed from {run.workdir} at {run.saved_at}")
+    return tree["state"], tree["aux"], meta
+
+
+def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, dict | None]:
+    """Load and place the data, build the model and the compiled pieces, restore a checkpoint.
+
+    Returns the run, the train state, the per-sample aux arrays and the restored metadata."""
+    mesh = parallel.make_mesh(config.mesh.num_devices)
+    os.makedirs(workdir, exist_ok=True)
+    resolved = _config_fingerprint(config)
+    ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh and jax.process_index() == 0)
+    ds, noisy_labels, noise_mask = load_noisy_data(config, mesh)
+    workdir_lib.check_same_dataset(workdir, ds)
     n_train = ds.train_images.shape[0]
     # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
     # process places only its block), the (small) test set replicated.
@@ -487,20 +513,7 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, di
         step_lib.make_permutation_fn(config.seed, n_train, mesh),
         metrics_path=os.path.join(workdir, "metrics.jsonl"),
     )  # fmt: skip
-    restored = run.manager.restore_latest({"state": state, "aux": aux, "labels": data["labels"]})
-    meta = None
-    if restored is not None:
-        tree, meta = restored
-        state, aux = tree["state"], tree["aux"]
-        if not np.array_equal(parallel.gather_to_host(tree["labels"]), noisy_labels):
-            raise ValueError(
-                f"checkpoint in {workdir} holds different noisy labels than this config and "
-                "dataset produce; use another --workdir, or pass --fresh to start again"
-            )
-        run.history, run.best_acc = meta["history"], meta["best_acc"]
-        run.saved_at = _position(meta["epoch"], int(meta.get("step_in_epoch", 0)),
-                                 run.steps_per_epoch)  # fmt: skip
-        log(f"resumed from {workdir} at {run.saved_at}")
+    state, aux, meta = restore(run, state, aux)
     if jax.process_index() == 0:
         workdir_lib.write_run_info(workdir, resolved, ds, config)
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one

@@ -20,9 +20,8 @@ import pytest
 from flax import nnx
 
 from configs import default
-from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import mixture, models, train
+from jaxnoise import mixture, models, schedule, train
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "equivalence_w2.npz")
 WIDTH, NUM_CLASSES, BATCH = 2, 10, 16
@@ -137,11 +136,11 @@ def jitted_update(kind: str):
     model = model_from_fixture()
     graphdef, params, frozen, stats = train.split_model(model, c)
     tx = train.create_optimizer(c)
-    phase = config_lib.phase_for_epoch(c, epoch)
+    phase = schedule.phase_for_epoch(c, epoch)
     update = jax.jit(train.make_update(graphdef, tx, c, phase, NUM_CLASSES))
     state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
              "mixture": jax_bmm()}  # fmt: skip
-    temperature = np.float32(config_lib.temperature_for_epoch(c, epoch))
+    temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
     return graphdef, state, update, temperature
 
 

@@ -31,7 +31,7 @@ from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
 from jaxnoise import noise as noise_lib
-from jaxnoise import train
+from jaxnoise import schedule, train
 from jaxnoise import workdir as workdir_lib
 from tests import _signal_run
 
@@ -293,10 +293,10 @@ def test_property_config_validation_is_total(overrides):
     event("accepted")
     # Accepted: the schedule functions work for every epoch and give usable numbers.
     for epoch in sorted({1, 2, config.epochs}):
-        assert math.isfinite(config_lib.lr_for_epoch(config, epoch))
-        assert config_lib.lr_for_epoch(config, epoch) > 0
-        assert config_lib.temperature_for_epoch(config, epoch) > 0
-        config_lib.phase_for_epoch(config, epoch)
+        assert math.isfinite(schedule.lr_for_epoch(config, epoch))
+        assert schedule.lr_for_epoch(config, epoch) > 0
+        assert schedule.temperature_for_epoch(config, epoch) > 0
+        schedule.phase_for_epoch(config, epoch)
     json.loads(config.to_json_best_effort())
     assert 0.0 <= config.noise <= 1.0 and isinstance(config.data.flip, bool)
 

@@ -14,6 +14,7 @@ from scipy import stats
 
 from benchmarks import diagnose_reproduce, reproduce
 from jaxnoise import config as config_lib
+from jaxnoise import schedule
 
 
 @pytest.mark.parametrize("protocol", ["reduced", "paper"])
@@ -36,8 +37,8 @@ def test_reduced_schedule_is_the_published_one_divided():
         assert red.lr_milestones == tuple(round(m / d) for m in paper.lr_milestones)
         assert all(m < red.epochs for m in red.lr_milestones)
         # Bootstrapping follows the (scaled) first milestone, as the original's milestones[0] + 6.
-        assert config_lib.bootstrap_start_epoch(red) == red.lr_milestones[0] + 6
-        assert red.method == "CE" or config_lib.bootstrap_start_epoch(red) == 16
+        assert schedule.bootstrap_start_epoch(red) == red.lr_milestones[0] + 6
+        assert red.method == "CE" or schedule.bootstrap_start_epoch(red) == 16
         assert red.width == reproduce.REDUCED["width"]
         assert red.data.subset_per_class == reproduce.REDUCED["subset_per_class"]
     md = reproduce.make_config("reduced", "MD-DYR-SH@0.9", "/nonexistent")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxnoise import config as config_lib
-from jaxnoise import mixture, train
+from jaxnoise import mixture, schedule, train
 from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def warm(digits):
     graphdef, tx, state, aux = train.init_train_state(c, ds)
     data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(noisy)}
     mean, std = ds.mean_std()
-    step = train.make_train_step(graphdef, tx, c, config_lib.phase_for_epoch(c, 1), 10, mean, std)
+    step = train.make_train_step(graphdef, tx, c, schedule.phase_for_epoch(c, 1), 10, mean, std)
     perm = jax.random.permutation(jax.random.key(0), len(noisy))
     for _ in range(len(noisy) // c.batch_size):
         state, _ = step(state, data, aux, perm)
@@ -96,7 +96,7 @@ def test_each_method_step_reduces_its_loss(warm, case):
             500,
         )
         state = dict(state, mixture=mixture.fit_gmm(loss))
-    phase = config_lib.phase_for_epoch(c, 2)
+    phase = schedule.phase_for_epoch(c, 2)
     n = data["images"].shape[0]
     tx = train.create_optimizer(c, len(train.epoch_batch_sizes(n, c.batch_size, c.drop_last)))
     step = train.make_train_step(graphdef, tx, c, phase, 10, mean, std)
@@ -284,34 +284,34 @@ def test_phase_schedule_matches_published():
     from configs import cifar10_ce, cifar10_m_dyr_h, cifar10_m_dyr_s, cifar10_md_dyr_sh
 
     c = cifar10_m_dyr_h.get_config()
-    assert config_lib.phase_for_epoch(c, 105).bootstrap == "none"
-    assert config_lib.phase_for_epoch(c, 106).bootstrap == "hard"
+    assert schedule.phase_for_epoch(c, 105).bootstrap == "none"
+    assert schedule.phase_for_epoch(c, 106).bootstrap == "hard"
     # MultiStepLR stepped at the start of every epoch (the published code): the drop is *at* 100.
-    assert [config_lib.lr_for_epoch(c, e) for e in (1, 99, 100, 249, 250, 300)] == pytest.approx(
+    assert [schedule.lr_for_epoch(c, e) for e in (1, 99, 100, 249, 250, 300)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     )
-    assert config_lib.phase_for_epoch(c, 200).posteriors_after_mixed  # after both forwards
+    assert schedule.phase_for_epoch(c, 200).posteriors_after_mixed  # after both forwards
     # The bootstrapping start follows the first milestone (milestones[0] + 5 + 1 in the original).
     c.lr_milestones, c.epochs = (10, 25), 30
-    assert config_lib.bootstrap_start_epoch(c) == 16
-    assert config_lib.phase_for_epoch(c, 15).bootstrap == "none"
-    assert config_lib.phase_for_epoch(c, 16).bootstrap == "hard"
+    assert schedule.bootstrap_start_epoch(c) == 16
+    assert schedule.phase_for_epoch(c, 15).bootstrap == "none"
+    assert schedule.phase_for_epoch(c, 16).bootstrap == "hard"
     s = cifar10_m_dyr_s.get_config()
-    assert not config_lib.phase_for_epoch(s, 200).posteriors_after_mixed  # after the clean one
-    assert config_lib.phase_for_epoch(s, 200).pair_weight == "mix"  # delta, as M-DYR-H
-    assert {config_lib.temperature_for_epoch(s, e) for e in range(1, 301)} == {1.0}
+    assert not schedule.phase_for_epoch(s, 200).posteriors_after_mixed  # after the clean one
+    assert schedule.phase_for_epoch(s, 200).pair_weight == "mix"  # delta, as M-DYR-H
+    assert {schedule.temperature_for_epoch(s, e) for e in range(1, 301)} == {1.0}
     d = cifar10_md_dyr_sh.get_config()
-    assert config_lib.phase_for_epoch(d, 105).mixup == "static"
-    assert config_lib.phase_for_epoch(d, 106).mixup == "dynamic"
-    assert config_lib.phase_for_epoch(d, 110).bootstrap == "none"
-    assert config_lib.phase_for_epoch(d, 111).bootstrap == "soft"
-    temps = [config_lib.temperature_for_epoch(d, e) for e in range(111, 201)]
+    assert schedule.phase_for_epoch(d, 105).mixup == "static"
+    assert schedule.phase_for_epoch(d, 106).mixup == "dynamic"
+    assert schedule.phase_for_epoch(d, 110).bootstrap == "none"
+    assert schedule.phase_for_epoch(d, 111).bootstrap == "soft"
+    temps = [schedule.temperature_for_epoch(d, e) for e in range(111, 201)]
     assert temps[:89] == pytest.approx(np.linspace(1, 0.001, 89).tolist())
     assert temps[89] == pytest.approx(0.001)
     ce = cifar10_ce.get_config()
     assert ce.epochs == 120 and tuple(ce.lr_milestones) == (30, 80, 110)
-    assert config_lib.lr_for_epoch(ce, 109) == pytest.approx(1e-3)
-    assert config_lib.lr_for_epoch(ce, 110) == pytest.approx(1e-4)
+    assert schedule.lr_for_epoch(ce, 109) == pytest.approx(1e-3)
+    assert schedule.lr_for_epoch(ce, 110) == pytest.approx(1e-4)
 
 
 def test_train_and_evaluate_on_tfds_mock_data(tmp_path):

@@ -48,9 +48,14 @@ from flax import nnx  # noqa: E402
 from benchmarks.common import git_commit  # noqa: E402
 from benchmarks.equivalence import original as orig_lib  # noqa: E402
 from configs import default  # noqa: E402
-from jaxnoise import config as config_lib  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import losses, mixture, models, train  # noqa: E402
+from jaxnoise import (  # noqa: E402
+    losses,
+    mixture,
+    models,
+    schedule,  # noqa: E402
+    train,
+)
 
 SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "equivalence_w2.npz")
@@ -221,14 +226,14 @@ def run_jax_steps(kind, width, state0, images, labels, mix_state, draws, epoch):
     """jaxnoise's jitted update of the same phase over the same batches; (params+stats, losses)."""
     method = STEP_KINDS[kind][0]
     c = jax_config(method, width)
-    phase = config_lib.phase_for_epoch(c, epoch)
+    phase = schedule.phase_for_epoch(c, epoch)
     model = jax_model(width, state0)
     graphdef, params, frozen, stats = train.split_model(model, c)
     tx = train.create_optimizer(c)
     state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
              "mixture": mix_state}  # fmt: skip
     update = jax.jit(train.make_update(graphdef, tx, c, phase, NUM_CLASSES))
-    temperature = np.float32(config_lib.temperature_for_epoch(c, epoch))
+    temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
     step_losses = []
     for s, d in enumerate(draws):
         sl = slice(s * BATCH, (s + 1) * BATCH)
