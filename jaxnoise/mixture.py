@@ -26,6 +26,26 @@ GMM EM (the comparison model): same preprocessing, init means ``(1/3, 2/3)`` and
 (``reg_covar`` added to the variances); the noisy component is the one with the larger mean
 (``noisy="max_mean"``, default) or component 1 (``"initial"``).
 
+DivideMix's GMM (Li et al., ICLR 2020, ``eval_train``: sklearn ``GaussianMixture(2,
+max_iter=10, tol=1e-2, reg_covar=5e-4)``, clean = the smaller-mean component) is
+``fit_gmm(losses, normalize="minmax", init="kmeans", tol=1e-2, reg_covar=5e-4)``:
+
+- ``normalize="minmax"``: ``x = (l - min) / (max - min)`` over the (selected) losses, no
+  clipping, no range mask, every selected loss observed (``minmax_normalize``, also used by
+  the posteriors; the state records it in ``GMMState.normalize``). ``"none"``: the losses are
+  already normalised (``lo, hi = 0, 1``), e.g. DivideMix's mean over the last 5 epochs of
+  min-max-normalised losses at 90% noise.
+- ``tol``: sklearn's stopping rule. Each iteration is an E-step, whose mean log-likelihood is
+  the lower bound, and an M-step; EM stops after the M-step of the first iteration whose
+  bound differs from the previous one by less than ``tol`` (at most ``max_iters``; a
+  ``lax.while_loop``). ``tol=None``: exactly ``max_iters`` iterations (default).
+- ``init="kmeans"``: a deterministic stand-in for sklearn's default initialisation (labels of
+  a k-means with a random state, then the clusters' weights, means and variances +
+  ``reg_covar``): 1-D Lloyd 2-means started from the smallest and largest observation, run to
+  its fixed point (at most 100 steps), then the same cluster moments. In 1-D the two clusters
+  are split at one threshold, and for a bimodal loss sample k-means++ + Lloyd reaches the same
+  split. ``init="fixed"``: the initial parameters above (default).
+
 Densities. One definition per model of the two weighted components' log-densities:
 ``gmm_log_weighted``, and ``bmm_log_weighted`` on ``_bmm_log_pdfs`` (log Beta from ``log x`` and
 ``log(1 - x)``, which EM computes once); ``log_weighted(state, x)`` picks by the state's type and
@@ -54,7 +74,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -70,8 +90,11 @@ LOOKUP_RESOLUTION = 100
 _EPS_OBS = 1e-4  # observations bounded to [eps, 1 - eps] in EM
 _EPS_NAN = 1e-12  # responsibility floor and posterior denominator guard
 _CLIP_LO = 1e-3  # normalised losses <= 0 become this, >= 1 become 1 - this
+_LLOYD_MAX_ITERS = 100  # bound of the k-means initialisation's loop (1-D: converges in a few)
 
 Noisy = Literal["initial", "max_mean"]
+Normalize = Literal["percentile", "minmax", "none"]
+Init = Literal["fixed", "kmeans"]
 
 
 @struct.dataclass
@@ -86,6 +109,7 @@ class BMMState:
     noisy_component: jax.Array  # () int32
     lookup: jax.Array  # (100,) float32 monotone posterior table of the noisy component
     valid: jax.Array  # () bool; False => posteriors are 0.5
+    normalize: ClassVar[str] = "percentile"  # the BMM always uses the percentile mapping
 
     @property
     def means(self) -> jax.Array:
@@ -105,6 +129,9 @@ class GMMState:
     noisy_component: jax.Array
     lookup: jax.Array
     valid: jax.Array
+    # How raw losses map to x (static): "percentile" (normalize_losses) or "minmax" / "none"
+    # (minmax_normalize; lo, hi = the fitted min, max or 0, 1).
+    normalize: str = struct.field(pytree_node=False, default="percentile")
 
 
 MixtureState = BMMState | GMMState
@@ -138,8 +165,29 @@ def normalize_losses(
     return jnp.where(x <= 0.0, _CLIP_LO, x)
 
 
-def _observations(losses: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """The EM observations: normalised losses bounded to [1e-4, 1 - 1e-4]."""
+def minmax_normalize(losses: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """DivideMix's ``eval_train`` normalisation ``x = (l - lo) / (hi - lo)``: no clipping.
+
+    ``lo, hi`` = the min and max of the fitted losses (``normalize="minmax"``) or 0 and 1
+    (``"none"``, where it is the identity).
+    """
+    return (losses - lo) / (hi - lo)
+
+
+def _unit_losses(normalize: str, losses: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """The normalised losses a state's posteriors use, by its ``normalize``."""
+    if normalize == "percentile":
+        return normalize_losses(losses, lo, hi)
+    return minmax_normalize(losses, lo, hi)
+
+
+def _observations(
+    losses: jax.Array, lo: jax.Array, hi: jax.Array, normalize: str = "percentile"
+) -> jax.Array:
+    """The EM observations: percentile-normalised losses bounded to [1e-4, 1 - 1e-4], or the
+    min-max-normalised losses as they are."""
+    if normalize != "percentile":
+        return minmax_normalize(losses, lo, hi)
     return jnp.clip(normalize_losses(losses, lo, hi), _EPS_OBS, 1.0 - _EPS_OBS)
 
 
@@ -152,16 +200,21 @@ def in_fitted_range(state: MixtureState, losses: jax.Array) -> jax.Array:
     """Whether raw losses lie in the range the fit uses, ``lo - 1e-5 <= l <= hi``.
 
     That is the 5th to 95th percentile of the fitted losses (up to the float32 rounding of
-    ``lo = p5 + 1e-5``). A per-class state gives shape ``(C, *losses.shape)``.
+    ``lo = p5 + 1e-5``); for a min-max state ``lo <= l <= hi``. A per-class state gives shape
+    ``(C, *losses.shape)``.
     """
     losses = jnp.asarray(losses, jnp.float32)
     lo, hi = _bounds(state, losses.ndim)
+    if state.normalize != "percentile":
+        return (losses >= lo) & (losses <= hi)
     return (losses >= lo - 1e-5) & (losses <= hi)
 
 
-def _prepare(losses: jax.Array, where: jax.Array | None = None):
+def _prepare(losses: jax.Array, where: jax.Array | None = None, normalize: str = "percentile"):
     """Percentile bounds, the in-range mask, the EM observations and a validity flag."""
     losses = jnp.asarray(losses, jnp.float32).reshape(-1)
+    if normalize != "percentile":
+        return _prepare_unclipped(losses, where, normalize)
     if where is not None:
         return _prepare_masked(losses, where)
     if losses.shape[0] < MIN_SAMPLES:
@@ -178,11 +231,17 @@ def _prepare(losses: jax.Array, where: jax.Array | None = None):
     return x, mask, lo, hi, valid
 
 
-def _prepare_masked(losses: jax.Array, where: jax.Array):
-    """``_prepare`` of ``losses[where]``, as a mask: unselected samples get weight 0."""
+def _selection(losses: jax.Array, where: jax.Array) -> jax.Array:
+    """``where`` as a flat bool mask, one entry per loss."""
     sel = jnp.asarray(where, bool).reshape(-1)
     if sel.shape != losses.shape:
         raise ValueError(f"where has {sel.shape[0]} entries for {losses.shape[0]} losses")
+    return sel
+
+
+def _prepare_masked(losses: jax.Array, where: jax.Array):
+    """``_prepare`` of ``losses[where]``, as a mask: unselected samples get weight 0."""
+    sel = _selection(losses, where)
     n = jnp.sum(sel, dtype=jnp.int32)
     is_finite = jnp.isfinite(losses)
     finite = jnp.all(is_finite | ~sel)  # only the selected samples must be finite
@@ -193,6 +252,34 @@ def _prepare_masked(losses: jax.Array, where: jax.Array):
     x = _observations(safe, lo, hi)
     valid = finite & (n >= MIN_SAMPLES) & (hi > lo)  # NaN bounds (none selected) fail hi > lo
     return x, mask, lo, hi, valid
+
+
+def _prepare_unclipped(losses: jax.Array, where: jax.Array | None, normalize: str):
+    """``_prepare`` for ``normalize="minmax"`` or ``"none"``: every selected loss is observed.
+
+    ``x = minmax_normalize(l, lo, hi)`` with ``lo, hi`` the min and max of the selected losses
+    (``"minmax"``) or 0 and 1 (``"none"``). Invalid input gives ``x = 0.5`` (finite; the fit
+    is then discarded).
+    """
+    if where is None:
+        if losses.shape[0] < MIN_SAMPLES:
+            raise ValueError(
+                f"a noise model needs at least {MIN_SAMPLES} losses to fit, got {losses.shape[0]}"
+            )
+        sel = jnp.ones(losses.shape, bool)
+    else:
+        sel = _selection(losses, where)
+    n = jnp.sum(sel, dtype=jnp.int32)
+    is_finite = jnp.isfinite(losses)
+    safe = jnp.where(is_finite, losses, 0.0)
+    if normalize == "minmax":
+        lo = jnp.min(jnp.where(sel, safe, jnp.inf))
+        hi = jnp.max(jnp.where(sel, safe, -jnp.inf))
+    else:
+        lo, hi = jnp.float32(0.0), jnp.float32(1.0)
+    valid = jnp.all(is_finite | ~sel) & (n >= MIN_SAMPLES) & (hi > lo)
+    x = jnp.where(valid, _observations(safe, lo, hi, normalize), 0.5)
+    return x, sel.astype(jnp.float32), lo, hi, valid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +462,11 @@ def _check_noisy(noisy: str) -> None:
         raise ValueError(f"noisy must be 'initial' or 'max_mean', got {noisy!r}")
 
 
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
 def _check_iters(max_iters: int) -> None:
     if int(max_iters) < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
@@ -442,7 +534,7 @@ def fit_bmm(
 # Gaussian mixture (comparison model).
 
 
-@functools.partial(jax.jit, static_argnames=("max_iters", "noisy"))
+@functools.partial(jax.jit, static_argnames=("max_iters", "noisy", "normalize", "tol", "init"))
 def fit_gmm(
     losses: jax.Array,
     *,
@@ -450,43 +542,110 @@ def fit_gmm(
     noisy: Noisy = "max_mean",
     reg_covar: float = 1e-6,
     where: jax.Array | None = None,
+    normalize: Normalize = "percentile",
+    tol: float | None = None,
+    init: Init = "fixed",
 ) -> GMMState:
     """Fit a two-component Gaussian mixture to normalised per-sample losses (jit, on device).
 
     ``where`` (bool, one per loss, may be traced): fit ``losses[where]`` (module docstring).
+    ``normalize``, ``tol``, ``init``: the module docstring's DivideMix options; the defaults
+    are the comparison model. An invalid fit keeps the ``"fixed"`` initial parameters.
     """
     _check_noisy(noisy)
     _check_iters(max_iters)
-    x, mask, lo, hi, valid = _prepare(losses, where)
-    init = (
+    _check_choice("normalize", normalize, ("percentile", "minmax", "none"))
+    _check_choice("init", init, ("fixed", "kmeans"))
+    if tol is not None and not float(tol) > 0:
+        raise ValueError(f"tol must be None or > 0, got {tol}")
+    x, mask, lo, hi, valid = _prepare(losses, where, normalize)
+    fixed = (
         jnp.array([1.0 / 3.0, 2.0 / 3.0], jnp.float32),
         jnp.array([1.0 / 18.0, 1.0 / 18.0], jnp.float32),
         jnp.array([0.5, 0.5], jnp.float32),
     )
     n = jnp.sum(mask)
-
-    def em_step(_, params):
-        means, variances, weights = params
-        logp = gmm_log_weighted(x, means, variances, weights)
-        log_norm = jax.nn.logsumexp(logp, axis=0)
-        new = []
-        for k, rk in enumerate(mask * jnp.exp(logp[k] - log_norm) for k in range(2)):
-            d = x - means[k]  # shift by the previous mean (see fit_bmm)
-            s0, s1, s2 = jnp.sum(rk), jnp.sum(rk * d), jnp.sum(rk * d * d)
-            mean_d = s1 / s0
-            new.append((means[k] + mean_d, s2 / s0 - mean_d * mean_d + reg_covar, s0))
-        means, variances, nk = (jnp.stack(v) for v in zip(*new))
-        return means, variances, nk / n
-
-    means, variances, weights = jax.lax.fori_loop(0, max_iters, em_step, init)
+    start = fixed if init == "fixed" else _two_means_init(x, mask, n, reg_covar)
+    means, variances, weights = _gmm_em(x, mask, n, start, reg_covar, max_iters, tol)
     ok = valid & jnp.all(jnp.isfinite(jnp.concatenate([means, variances, weights])))
     ok = ok & jnp.all(variances > 0)
     means, variances, weights = (
-        jnp.where(ok, v, v0) for v, v0 in zip((means, variances, weights), init)
+        jnp.where(ok, v, v0) for v, v0 in zip((means, variances, weights), fixed)
     )
     comp = _choose_noisy(means, noisy)
     fields = _common_fields(GMMState, (means, variances, weights), lo, hi, comp, ok)
-    return GMMState(means=means, variances=variances, **fields)
+    return GMMState(means=means, variances=variances, normalize=normalize, **fields)
+
+
+def _gaussian_moments(x: jax.Array, resps: Sequence[jax.Array], shifts: Pair, reg_covar):
+    """sklearn's M-step from (masked) responsibilities: ``(means, variances, n_k)``, (2,) each.
+
+    ``mu_k = sum r x / n_k``, ``var_k = sum r (x - mu_k)^2 / n_k + reg_covar`` (as sklearn adds
+    it, after each M-step), ``n_k = sum r``; the sums are of ``x - shifts[k]`` (the previous
+    means), which keeps the float32 variance free of cancellation (see ``fit_bmm``).
+    """
+    new = []
+    for k, rk in enumerate(resps):
+        d = x - shifts[k]
+        s0, s1, s2 = jnp.sum(rk), jnp.sum(rk * d), jnp.sum(rk * d * d)
+        mean_d = s1 / s0
+        new.append((shifts[k] + mean_d, s2 / s0 - mean_d * mean_d + reg_covar, s0))
+    return tuple(jnp.stack(v) for v in zip(*new))
+
+
+def _gmm_em(x, mask, n, start: tuple, reg_covar, max_iters: int, tol: float | None) -> tuple:
+    """EM iterations from ``start``: exactly ``max_iters``, or sklearn's ``tol`` rule.
+
+    With ``tol``, iteration i's E-step gives the lower bound ``b_i`` (the mean log-likelihood of
+    the current parameters); after its M-step EM stops if ``|b_i - b_(i-1)| < tol``
+    (``b_0 = -inf``), as ``sklearn.mixture.GaussianMixture.fit`` does.
+    """
+
+    def em_step(params):
+        logp = gmm_log_weighted(x, *params)
+        log_norm = jax.nn.logsumexp(logp, axis=0)
+        resps = [mask * jnp.exp(logp[k] - log_norm) for k in range(2)]
+        means, variances, nk = _gaussian_moments(x, resps, params[0], reg_covar)
+        bound = jnp.sum(jnp.where(mask > 0, log_norm, 0.0)) / n
+        return (means, variances, nk / n), bound
+
+    if tol is None:
+        return jax.lax.fori_loop(0, max_iters, lambda _, params: em_step(params)[0], start)
+
+    def body(carry):
+        i, params, previous, _ = carry
+        params, bound = em_step(params)
+        return i + 1, params, bound, jnp.abs(bound - previous) < tol
+
+    carry = (jnp.int32(0), start, jnp.float32(-jnp.inf), jnp.bool_(False))
+    return jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[3], body, carry)[1]
+
+
+def _two_means_init(x: jax.Array, mask: jax.Array, n: jax.Array, reg_covar) -> tuple:
+    """``init="kmeans"``: 1-D Lloyd 2-means from the extremes, then the clusters' moments.
+
+    Centroids start at the smallest and largest selected ``x``; each step assigns every sample
+    to the nearer centroid (ties to the lower) and moves the centroids to their clusters' means,
+    until they stop changing (their fixed point) or ``_LLOYD_MAX_ITERS`` steps. Then sklearn's
+    ``_initialize`` from the hard labels: weights ``n_k / n``, means and variances +
+    ``reg_covar`` (``_gaussian_moments``). Component 0 is the lower cluster.
+    """
+    sel = mask > 0
+    first = jnp.stack([jnp.min(jnp.where(sel, x, jnp.inf)), jnp.max(jnp.where(sel, x, -jnp.inf))])
+
+    def clusters(c):
+        upper = mask * ((x - c[0]) ** 2 > (x - c[1]) ** 2)
+        return [mask - upper, upper]
+
+    def step(carry):
+        i, c, _ = carry
+        new = jnp.stack([jnp.sum(r * x) / jnp.sum(r) for r in clusters(c)])
+        return i + 1, new, jnp.any(new != c)
+
+    carry = (jnp.int32(0), first, jnp.bool_(True))
+    centroids = jax.lax.while_loop(lambda c: (c[0] < _LLOYD_MAX_ITERS) & c[2], step, carry)[1]
+    means, variances, nk = _gaussian_moments(x, clusters(centroids), centroids, reg_covar)
+    return means, variances, nk / n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +680,9 @@ def posterior_noisy(
     """p(noisy | raw loss) for any array of raw losses, with the bounds stored in ``state``.
 
     ``lookup=True`` reproduces the original code's 100-bin table indexed by ``int(100 x)``;
-    ``lookup=False`` gives the exact posterior. An invalid state gives 0.5 everywhere.
+    ``lookup=False`` gives the exact posterior. An invalid state gives 0.5 everywhere. ``x``
+    follows the state's ``normalize`` (a min-max GMM: DivideMix's clean probability is
+    ``1 - posterior_noisy``).
 
     A per-class state (from ``fit_per_class``) needs ``classes`` (int, same shape as
     ``losses``, values in ``[0, C)``): each loss is evaluated under its class's mixture. For an
@@ -531,7 +692,7 @@ def posterior_noisy(
     if is_per_class(state):
         return _posterior_per_class(state, losses, classes, lookup)
     params = _params(state)
-    x = normalize_losses(losses, state.lo, state.hi)
+    x = _unit_losses(state.normalize, losses, state.lo, state.hi)
     if lookup:
         p = _take(state.lookup, _lookup_index(x))
     else:
@@ -561,7 +722,7 @@ def _posterior_per_class(state: MixtureState, losses: jax.Array, classes, lookup
     def take(t):
         return _take(t, classes)
 
-    x = normalize_losses(losses, take(state.lo), take(state.hi))
+    x = _unit_losses(state.normalize, losses, take(state.lo), take(state.hi))
     comp = take(state.noisy_component)
     if lookup:
         p = _take(state.lookup.reshape(-1), classes * LOOKUP_RESOLUTION + _lookup_index(x))
@@ -599,7 +760,8 @@ def log_likelihood(
     """Mean log-likelihood ``log sum_k pi_k f_k(x)`` of the raw losses the fit uses.
 
     Over the losses ``in_fitted_range`` (and ``where``, bool one per loss, if given), at their
-    EM observations ``x`` (normalised with the stored bounds, bounded to [1e-4, 1 - 1e-4]);
+    EM observations ``x`` (normalised with the stored bounds, bounded to [1e-4, 1 - 1e-4];
+    a min-max state: ``minmax_normalize``);
     ``logsumexp`` of ``log_weighted``. Both models are densities over the same ``x``, so the
     values compare: higher fits better. NaN for an invalid state or no selected loss. A
     per-class state gives one value per class (``where`` may then be (C, N), e.g. the
@@ -609,7 +771,7 @@ def log_likelihood(
     sel = in_fitted_range(state, losses)
     if where is not None:
         sel = sel & jnp.asarray(where, bool)
-    x = _observations(losses, *_bounds(state, 1))
+    x = _observations(losses, *_bounds(state, 1), state.normalize)
     ll = jax.nn.logsumexp(log_weighted(state, x), axis=0)
     mean = jnp.sum(jnp.where(sel, ll, 0.0), axis=-1) / jnp.sum(sel, axis=-1)
     return jnp.where(state.valid, mean, jnp.nan)
@@ -697,7 +859,8 @@ def initial_state(kind: str, num_classes: int = 0) -> MixtureState:
 def summary(state: MixtureState) -> dict:
     """Host-side dict of the fitted parameters, for logging (one small transfer).
 
-    A per-class state gives ``scope: "class"`` and one list entry per class for every field.
+    A per-class state gives ``scope: "class"`` and one list entry per class for every field; a
+    GMM fitted with ``normalize="minmax"`` or ``"none"`` adds ``normalize``.
     """
     s = jax.device_get(state)
     tolist = lambda v: np.asarray(v).tolist()  # noqa: E731
@@ -722,4 +885,6 @@ def summary(state: MixtureState) -> dict:
         out.update(alphas=np.asarray(s.alphas).tolist(), betas=np.asarray(s.betas).tolist())
     else:
         out.update(means=np.asarray(s.means).tolist(), variances=np.asarray(s.variances).tolist())
+    if s.normalize != "percentile":  # absent for the default mapping
+        out["normalize"] = s.normalize
     return out
