@@ -72,6 +72,19 @@ def step_draws(key: jax.Array, batch_size: int, alpha: float) -> StepDraws:
     )
 
 
+def sgd_or_adam(config: ml_collections.ConfigDict):
+    """``learning_rate -> optimizer``: SGD with momentum and PyTorch's coupled weight decay
+    (``grad + wd * param``), or Adam (``config.optimizer``)."""
+
+    def make(learning_rate):
+        decay = optax.add_decayed_weights(config.weight_decay)
+        if config.optimizer == "sgd":
+            return optax.chain(decay, optax.sgd(learning_rate, momentum=config.momentum))
+        return optax.chain(decay, optax.adam(learning_rate))
+
+    return make
+
+
 def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
     """The regulariser's class prior: 1/K per class (K = reg_prior_classes, or the classes)."""
     k = config.reg_prior_classes or num_classes

@@ -171,14 +171,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
     learning-rate schedule evaluated in the graph from the optimizer's step count (the state's
     ``count``; ``hyperparams["learning_rate"]`` holds the rate of the last step)."""
 
-    def make(learning_rate):
-        decay = optax.add_decayed_weights(config.weight_decay)
-        if config.optimizer == "sgd":
-            return optax.chain(decay, optax.sgd(learning_rate, momentum=config.momentum))
-        return optax.chain(decay, optax.adam(learning_rate))
-
     lr = schedule.lr_schedule(config, steps_per_epoch)
-    return optax.inject_hyperparams(make)(learning_rate=lr)
+    return optax.inject_hyperparams(step_lib.sgd_or_adam(config))(learning_rate=lr)
 
 
 def split_model(model: nnx.Module, config: ml_collections.ConfigDict):

@@ -1,0 +1,286 @@
+"""The jitted DivideMix steps (Li, Socher & Hoi, ICLR 2020): warm-up and the semi-supervised step.
+
+Both follow the official ``Train_cifar.py`` (``warmup()`` and ``train()``), built from the pure
+pieces of ``jaxnoise.dividemix``. A DivideMix epoch has a varying number of steps (the labelled
+set changes size every epoch), so unlike ``jaxnoise.step`` the steps do not derive their position
+from the optimizer's count: ``epoch`` and ``step_in_epoch`` come in as traced int32 scalars (pass
+``jnp.int32`` arrays, not Python ints, so that every epoch runs the same compiled function), and
+so does ``net_index`` (0 or 1), which keeps the two networks' draws apart. Epochs are counted as
+in the official loop: 0-based, warm-up in epochs ``0 .. warm_up - 1``.
+
+Learning rate: the official code sets ``lr = 0.02``, ``/10`` from epoch 150, once per epoch.
+Here ``lr_for_epoch`` computes it from the traced epoch (``config.lr``, times ``config.lr_gamma``
+per milestone in ``config.lr_milestones`` reached) and the step writes it into the optimizer's
+injected ``learning_rate`` hyperparameter before the update; ``create_optimizer`` builds such an
+optimizer (torch's SGD with coupled weight decay). An optimizer whose learning rate is a schedule
+of the step count (``train.create_optimizer``) is refused: the count means nothing here.
+
+Randomness: every key derives from ``step.epoch_keys(config.seed, epoch)`` (nothing to
+checkpoint): the epoch's pool orders from its permutation key folded with ``net_index``; a step's
+augmentation and MixMatch draws from its step key folded with ``net_index`` and ``step_in_epoch``.
+Single device (no mesh).
+
+Where static shapes part from the official loaders: every semi step has exactly B labelled and
+B unlabelled samples (the official last labelled batch of an epoch is smaller; here it wraps to
+the start of the epoch's shuffle, and both halves of the MixMatch batch keep B rows); a used-up
+unlabelled pool restarts in the same order (the official loader reshuffles); empty pools are
+handled instead of skipped or raised (``make_semi_step``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxnoise import data as data_lib
+from jaxnoise import dividemix, losses
+from jaxnoise.step import _apply, epoch_keys, sgd_or_adam
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer and learning rate.
+
+
+def lr_for_epoch(config: ml_collections.ConfigDict, epoch) -> jax.Array:
+    """The official per-epoch rate: ``config.lr * config.lr_gamma ** #{m : epoch >= m}`` (float32;
+    DivideMix: lr 0.02, milestones (150,), gamma 0.1; ``epoch`` 0-based, host int or traced)."""
+    milestones = jnp.asarray(tuple(config.lr_milestones), jnp.int32).reshape(-1)
+    passed = jnp.sum(jnp.asarray(epoch, jnp.int32) >= milestones)
+    return jnp.float32(config.lr) * jnp.float32(config.lr_gamma) ** passed
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """``torch.optim.SGD(lr, momentum, weight_decay)`` (decay coupled: ``grad + wd * param``), or
+    Adam, with the learning rate an injected hyperparameter that the DivideMix steps set."""
+
+    return optax.inject_hyperparams(sgd_or_adam(config))(learning_rate=float(config.lr))
+
+
+def _update_at_rate(tx, grads, opt_state, params, lr):
+    """One optimizer update with the injected learning rate set to ``lr``: (params, opt_state)."""
+    scheduled = getattr(opt_state, "hyperparams_states", {"learning_rate": None})
+    if "learning_rate" in scheduled or "learning_rate" not in opt_state.hyperparams:
+        raise ValueError("the DivideMix steps set the learning rate per epoch: build the "
+                         "optimizer with dividemix_step.create_optimizer")  # fmt: skip
+    rate = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)
+    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+# ------------------------------------------------------------------------------------------------
+# Randomness and batches.
+
+
+def step_key(seed: int, epoch, step_in_epoch, net_index) -> jax.Array:
+    """The key of one step of one network: the epoch's step key, folded with net and step."""
+    key = jax.random.fold_in(epoch_keys(seed, epoch)[2], net_index)
+    return jax.random.fold_in(key, step_in_epoch)
+
+
+def warmup_permutation(seed: int, n: int, epoch, net_index) -> jax.Array:
+    """A warm-up epoch's shuffle of the n samples for one network (the official warm-up loader is
+    iterated once per network, each time reshuffled)."""
+    key = jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index)
+    return jax.random.permutation(key, n)
+
+
+def _augmented(images, key, config: ml_collections.ConfigDict, mean, std):
+    """One random view (crop after zero padding, flip; as ``transform_train``), normalised."""
+    x = data_lib.augment(images, key, padding=config.data.crop_padding, flip=config.data.flip)
+    return data_lib.normalize(x, mean, std)
+
+
+class SemiDraws(NamedTuple):
+    """Every random draw of one DivideMix step."""
+
+    labelled: jax.Array  # (B,) int32 indices of the labelled batch
+    unlabelled: jax.Array  # (B,) int32 indices of the unlabelled batch
+    labelled_valid: jax.Array  # () bool: the labelled pool is not empty
+    unlabelled_valid: jax.Array  # () bool: the unlabelled pool is not empty
+    view_keys: jax.Array  # (4,) keys of the augmentations of x1, x2, u1, u2
+    lam: jax.Array  # () float32 MixMatch weight, max(l, 1 - l), l ~ Beta(alpha, alpha)
+    mix_perm: jax.Array  # (4B,) int32 MixMatch partner of every row of [x1, x2, u1, u2]
+
+
+def _pool_batch(key, mask, step_in_epoch, batch_size: int):
+    """Batch ``step_in_epoch`` of the epoch's shuffled pass over ``mask``'s pool: rows
+    ``[s B, (s + 1) B)`` of one shuffle of the pool, cyclically. An empty pool draws from every
+    sample instead (its batch is zero-weighted by the caller). Returns (idx (B,), non-empty)."""
+    non_empty = jnp.any(mask)
+    pool = mask | ~non_empty
+    order, _ = dividemix.sample_from_pool(key, pool, mask.shape[0])  # (N,) the pool first
+    rows = step_in_epoch * batch_size + jnp.arange(batch_size)
+    return order[rows % jnp.sum(pool, dtype=jnp.int32)], non_empty
+
+
+def semi_draws(seed: int, epoch, step_in_epoch, net_index, labelled_mask: jax.Array,
+               batch_size: int, alpha: float) -> SemiDraws:  # fmt: skip
+    """The draws of one DivideMix step of network ``net_index``.
+
+    As the official loaders (``shuffle=True``, built afresh for each network's ``train()``): the
+    labelled batches of an epoch are consecutive slices of one shuffle of the labelled pool, so
+    an epoch of ``ceil(|labelled| / B)`` steps sees every labelled sample once; the unlabelled
+    batches slice one shuffle of the unlabelled pool, cycling through it when it is used up.
+    """
+    k_lab, k_unl = jax.random.split(jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index))
+    labelled_mask = jnp.asarray(labelled_mask, bool)
+    idx_x, valid_x = _pool_batch(k_lab, labelled_mask, step_in_epoch, batch_size)
+    idx_u, valid_u = _pool_batch(k_unl, ~labelled_mask, step_in_epoch, batch_size)
+    k_views, k_mix = jax.random.split(step_key(seed, epoch, step_in_epoch, net_index))
+    lam, mix_perm = dividemix.mixmatch_draw(k_mix, 4 * batch_size, alpha)
+    return SemiDraws(idx_x, idx_u, valid_x, valid_u, jax.random.split(k_views, 4), lam, mix_perm)
+
+
+# ------------------------------------------------------------------------------------------------
+# Warm-up: cross-entropy (+ the confidence penalty for asymmetric noise), one network.
+
+
+def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
+                     mean: np.ndarray, std: np.ndarray, *, penalty: bool, batch_size: int,
+                     stride: int | None = None):  # fmt: skip
+    """The jitted official ``warmup()`` step: ``step(state, data, perm, epoch, step_in_epoch,
+    net_index) -> (state, metrics)``.
+
+    ``net.train()``; ``CEloss(net(x), y)`` on an augmented batch (the official warm-up loader has
+    batch ``2 * 64 = 128``, not dropping the last smaller batch), plus ``NegEntropy`` when
+    ``penalty`` (``noise_mode == 'asym'``); one SGD step. The batch is ``perm[s * stride :
+    s * stride + batch_size]`` (``stride`` defaults to ``batch_size``; build a second step with
+    ``batch_size = n % stride`` and ``stride`` for the last batch). ``perm``: one shuffle per
+    network and epoch (``warmup_permutation``). Metrics: ce, penalty, loss (their sum), lr.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    stride = stride or batch_size
+
+    def step(state, data, perm, epoch, step_in_epoch, net_index):
+        key = step_key(config.seed, epoch, step_in_epoch, net_index)
+        idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * stride, batch_size)
+        x = _augmented(data["images"][idx], key, config, mean, std)
+        y = data["labels"][idx]
+
+        def loss_fn(params):
+            logits, stats = _apply(graphdef, params, state["frozen"], state["stats"], x, True)
+            if logits.shape[-1] != num_classes:
+                raise ValueError(f"the model has {logits.shape[-1]} outputs, not {num_classes}")
+            ce = jnp.mean(losses.cross_entropy(logits, y))
+            conf = dividemix.neg_entropy(logits) if penalty else jnp.zeros((), jnp.float32)
+            return ce + conf, (stats, ce, conf)
+
+        (loss, (stats, ce, conf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        lr = lr_for_epoch(config, epoch)
+        params, opt_state = _update_at_rate(tx, grads, state["opt_state"], state["params"], lr)
+        state = dict(state, params=params, stats=stats, opt_state=opt_state)
+        return state, {"ce": ce, "penalty": conf, "loss": loss, "lr": lr}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------
+# The semi-supervised step: co-guessing, co-refinement, MixMatch, one network.
+
+
+def _co_targets(graphdef, state, other, views, labels_onehot, w_clean, T: float):
+    """Targets of the official ``torch.no_grad()`` block: (targets_x, targets_u, batch stats).
+
+    ``net.train()``, ``net2.eval()``; the forwards in the official order ``net(u1)``,
+    ``net(u2)``, ``net2(u1)``, ``net2(u2)``, ``net(x1)``, ``net(x2)``. The training network runs in
+    train mode (batch statistics), so each of its four forwards moves its BatchNorm running
+    statistics, threaded here in that order; the other network's eval forwards change nothing.
+    """
+    x1, x2, u1, u2 = views
+    stats = state["stats"]
+
+    def net(x, stats):
+        return _apply(graphdef, state["params"], state["frozen"], stats, x, True)
+
+    def other_net(x):
+        return _apply(graphdef, other["params"], other["frozen"], other["stats"], x, False)[0]
+
+    logits_u1, stats = net(u1, stats)
+    logits_u2, stats = net(u2, stats)
+    targets_u = dividemix.co_guess(logits_u1, logits_u2, other_net(u1), other_net(u2), T)
+    logits_x1, stats = net(x1, stats)
+    logits_x2, stats = net(x2, stats)
+    targets_x = dividemix.co_refine(logits_x1, logits_x2, labels_onehot, w_clean, T)
+    return targets_x, targets_u, stats
+
+
+def _state_if(update: jax.Array, new: dict, old: dict) -> dict:
+    """``new`` where ``update`` is True, else ``old`` (params, stats and optimizer state)."""
+    keys = ("params", "stats", "opt_state")
+    kept = jax.tree.map(lambda a, b: jnp.where(update, a, b), {k: new[k] for k in keys},
+                        {k: old[k] for k in keys})  # fmt: skip
+    return dict(new, **kept)
+
+
+def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u, B: int):
+    """``loss(params) -> (Lx + weight_u * Lu + penalty, (new stats, Lx, Lu, penalty))`` of the
+    one forward of the mixed batch (train mode; the fifth move of the running statistics)."""
+
+    def loss_fn(params):
+        logits, new_stats = _apply(graphdef, params, state["frozen"], stats, mixed_inputs, True)
+        lx, lu = dividemix.semi_losses(logits[: 2 * B], mixed_targets[: 2 * B],
+                                       logits[2 * B :], mixed_targets[2 * B :])  # fmt: skip
+        penalty = dividemix.uniform_prior_penalty(logits)  # over all 4B mixed rows
+        return lx + weight_u * lu + penalty, (new_stats, lx, lu, penalty)
+
+    return loss_fn
+
+
+def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
+                   mean: np.ndarray, std: np.ndarray, *, batch_size: int = 64, T: float = 0.5,
+                   alpha: float = 4.0, lambda_max: float, warm_up: float,
+                   rampup: float = 16.0):  # fmt: skip
+    """The jitted official ``train()`` step of network ``net`` with the other one fixed:
+    ``step(state, other, data, p_clean, labelled_mask, epoch, step_in_epoch, num_iter,
+    net_index) -> (state, metrics)``.
+
+    ``p_clean`` (N,) and ``labelled_mask`` (N,) come from the *other* network's GMM (co-divide);
+    ``num_iter = |labelled| // batch_size + 1`` as the official ramp; run ``ceil(|labelled| /
+    batch_size)`` steps per epoch. B labelled and B unlabelled samples (``semi_draws``), two
+    augmented views each; co-guessing and co-refinement (``_co_targets``); MixMatch of
+    ``[x1, x2, u1, u2]``; ``Lx + lambda_u(epoch + step / num_iter) * Lu + penalty``, the gradient
+    only through the mixed forward; one optimizer update at ``lr_for_epoch(epoch)``.
+
+    Empty pools (the official code runs no step without labelled samples and raises
+    StopIteration without unlabelled ones): an empty labelled pool leaves the state unchanged
+    (``metrics["updated"] = 0``); an empty unlabelled pool gives ``lambda_u = 0``, its rows
+    (drawn from the labelled samples) still entering MixMatch. Both give finite metrics.
+    Metrics: Lx, Lu, penalty, loss, lambda_u (the weight applied), lr, updated.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    B = batch_size
+
+    def step(state, other, data, p_clean, labelled_mask, epoch, step_in_epoch, num_iter,
+             net_index):  # fmt: skip
+        d = semi_draws(config.seed, epoch, step_in_epoch, net_index, labelled_mask, B, alpha)
+        images_x, images_u = data["images"][d.labelled], data["images"][d.unlabelled]
+        views = [
+            _augmented(images, key, config, mean, std)  # x1, x2, u1, u2
+            for images, key in zip((images_x, images_x, images_u, images_u), d.view_keys)
+        ]
+        onehot = jax.nn.one_hot(data["labels"][d.labelled], num_classes, dtype=jnp.float32)
+        w_clean = jnp.asarray(p_clean, jnp.float32)[d.labelled]
+        targets_x, targets_u, stats = _co_targets(graphdef, state, other, views, onehot, w_clean, T)
+        all_targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])  # (4B, C)
+        mixed_x, mixed_t = dividemix.mix(jnp.concatenate(views), all_targets, d.lam, d.mix_perm)
+        progress = epoch.astype(jnp.float32) + step_in_epoch / jnp.asarray(num_iter, jnp.float32)
+        weight_u = dividemix.lambda_u(progress, warm_up, lambda_max, rampup) * d.unlabelled_valid
+        loss_fn = _semi_loss_fn(graphdef, state, stats, mixed_x, mixed_t, weight_u, B)
+        (loss, (stats, lx, lu, pen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        lr = lr_for_epoch(config, epoch)
+        params, opt_state = _update_at_rate(tx, grads, state["opt_state"], state["params"], lr)
+        new = dict(state, params=params, stats=stats, opt_state=opt_state)
+        metrics = {"Lx": lx, "Lu": lu, "penalty": pen, "loss": loss, "lambda_u": weight_u,
+                   "lr": lr, "updated": d.labelled_valid.astype(jnp.float32)}  # fmt: skip
+        return _state_if(d.labelled_valid, new, state), metrics
+
+    return jax.jit(step, donate_argnums=(0,))
