@@ -19,7 +19,8 @@ def test_gpu_check_smoke(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["smoke"] and {"CE/float32", "M/float32", "M-DYR-H/float32"} <= set(r["step_s"])
+    assert r["smoke"] and {"CE/float32", "M/float32", "M-DYR-H/float32",
+                           "M-DYR-H/bfloat16"} <= set(r["step_s"])
     assert all(v > 0 for v in r["step_s"].values())
     assert r["tracking_pass_s"] > 0 and set(r["bmm_fit_s"]) == {"5000", "50000"}
     assert len(r["epochs"]["epochs"]) == 1 and r["projected_300_epochs_min"] > 0
