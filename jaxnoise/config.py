@@ -21,7 +21,7 @@ from jaxnoise import extractors, losses, models
 from jaxnoise import noise as noise_lib
 from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
-METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
+METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH", "DivideMix")
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "noise_model": ("bmm", "gmm"),
@@ -108,6 +108,18 @@ def _sizes(v: Any) -> str | None:
     return "a tuple of positive layer sizes (e.g. (512,))"
 
 
+def _auto_or(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """``check``, or the sentinel -1 ("auto": from DivideMix's published table)."""
+
+    def checked(v):
+        if _is_real(v) and float(v) == AUTO:
+            return None
+        allowed = check(v)
+        return None if allowed is None else f"{allowed}, or -1 (auto: the paper's value)"
+
+    return checked
+
+
 def _milestones(v: Any) -> str | None:
     if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
         return None
@@ -190,7 +202,56 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "data.kmeans_patches": _int(2),
     "data.kmeans_iters": _int(1),
     "mlp_hidden": _sizes,
+    # DivideMix (jaxnoise/dividemix_loop.py; documented in configs/default.py)
+    "dividemix_warm_up": _int(1),
+    "p_threshold": _auto_or(_real(0.0, 1.0, hi_open=True)),
+    "lambda_u": _auto_or(_real(0.0)),
+    "lambda_u_rampup": _real(0.0, lo_open=True),
+    "sharpen_temperature": _real(0.0, lo_open=True),
+    "mixmatch_alpha": _real(0.0, lo_open=True),
+    "dividemix_batch": _int(1),
+    "dividemix_loss_history": _int(1, 1000),
 }
+
+# ------------------------------------------------------------------------------------------------
+# DivideMix's per-setting values, used where the config says -1 ("auto"). The paper (Li, Socher
+# & Hoi, ICLR 2020, Sec. 4.1) chooses lambda_u from {0, 25, 50, 150} on a validation set and
+# tau = 0.5 (0.6 at 90% noise); the per-setting lambda_u below are the values used with the
+# official code as recalled when this was written, not checked against a table in the paper.
+
+AUTO = -1.0
+DIVIDEMIX_LAMBDA_U = {  # (dataset, noise kind, noise level) -> lambda_u
+    **{("cifar10", "symmetric", r): v for r, v in ((0.0, 0.0), (0.2, 0.0), (0.5, 25.0),
+                                                   (0.8, 25.0), (0.9, 50.0))},
+    ("cifar10", "asymmetric", 0.4): 0.0,
+    **{("cifar100", "symmetric", r): v for r, v in ((0.0, 25.0), (0.2, 25.0), (0.5, 150.0),
+                                                    (0.8, 150.0), (0.9, 150.0))},
+}  # fmt: skip
+DIVIDEMIX_HISTORY_NOISE = 0.9  # from this noise level the GMM fits the mean of the last
+# dividemix_loss_history epochs' normalised losses (the official code: r == 0.9)
+
+
+def dividemix_lambda_u(c: Any) -> float:
+    """``config.lambda_u``, or (-1) the paper's value for the dataset, noise kind and level."""
+    flat = c if isinstance(c, dict) else _as_flat_dict(c)
+    if float(flat["lambda_u"]) != AUTO:
+        return float(flat["lambda_u"])
+    name = {"cifar10_n": "cifar10", "cifar100_n": "cifar100",
+            "digits": "cifar10"}.get(flat["data.name"], flat["data.name"])  # fmt: skip
+    key = (name, flat["noise_kind"], round(float(flat["noise"]), 6))
+    if key not in DIVIDEMIX_LAMBDA_U:
+        _fail("lambda_u", -1, f"a number >= 0: the paper gives no lambda_u for {key[1]} "
+              f"noise {key[2]:g} on {name} (its table: "
+              + ", ".join(f"{k}/{r:g}" for d, k, r in DIVIDEMIX_LAMBDA_U if d == name) + ")")
+    return DIVIDEMIX_LAMBDA_U[key]
+
+
+def dividemix_p_threshold(c: Any) -> float:
+    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5."""
+    flat = c if isinstance(c, dict) else _as_flat_dict(c)
+    if float(flat["p_threshold"]) != AUTO:
+        return float(flat["p_threshold"])
+    return 0.6 if float(flat["noise"]) >= DIVIDEMIX_HISTORY_NOISE else 0.5
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -312,8 +373,10 @@ def _check_features(c: dict[str, Any]) -> None:
 def _check_consistency(c: dict[str, Any]) -> None:
     epochs = c["epochs"]
     ms = tuple(c["lr_milestones"])
-    if any(m >= epochs for m in ms) or list(ms) != sorted(set(ms)):
-        _fail("lr_milestones", ms, f"strictly increasing whole epochs in [1, epochs={epochs})")
+    last = epochs + 1 if c["method"] == "DivideMix" else epochs  # DivideMix: epochs 0..epochs
+    if any(m >= last for m in ms) or list(ms) != sorted(set(ms)):
+        _fail("lr_milestones", ms, f"strictly increasing whole epochs in [1, epochs={epochs}"
+              f"{']' if last > epochs else ')'}")
     if c["data.source"] == "tfds" and not c["data.name"]:
         _fail("data.name", c["data.name"], "a tfds dataset name when data.source='tfds'")
     if c["weights"] and c["model"] != "resnet50":
@@ -350,6 +413,30 @@ def _check_consistency(c: dict[str, Any]) -> None:
               "so the posteriors are the tracked samples', not one step's batch)")  # fmt: skip
     if c["mixup_draw"] != "none" and c["method"] != "MD-DYR-SH":
         _fail("mixup_draw", c["mixup_draw"], "'none' unless method='MD-DYR-SH'")
+    if c["method"] == "DivideMix":
+        _check_dividemix(c)
     n, pid = c["distributed.num_processes"], c["distributed.process_id"]
     if pid >= n:
         _fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
+
+
+def _check_dividemix(c: dict[str, Any]) -> None:
+    """What the DivideMix loop does not support (yet), and its schedule."""
+    unsupported = (
+        ("mesh.num_devices", c["mesh.num_devices"] > 1, "0 or 1 (DivideMix runs on one device)"),
+        ("distributed.num_processes", c["distributed.num_processes"] > 1,
+         "1 (DivideMix runs in one process)"),
+        ("distributed.auto", c["distributed.auto"], "False (DivideMix runs in one process)"),
+        ("mixture_scope", c["mixture_scope"] != "global", "'global' with DivideMix (one GMM "
+         "per network over all samples)"),
+        ("loss_signal", c["loss_signal"] != "epoch", "'epoch' with DivideMix (at 90% noise "
+         "it averages the last dividemix_loss_history epochs itself)"),
+        ("steps_per_call", c["steps_per_call"] > 1, "1 with DivideMix"),
+    )  # fmt: skip
+    for field, refused, allowed in unsupported:
+        if refused:
+            _fail(field, c[field], allowed)
+    if c["dividemix_warm_up"] > c["epochs"]:
+        _fail("dividemix_warm_up", c["dividemix_warm_up"], f"an epoch count <= epochs="
+              f"{c['epochs']} (DivideMix runs epochs 0..epochs, warm-up in 0..warm_up - 1)")
+    dividemix_lambda_u(c)  # an "auto" lambda_u must be in the paper's table

@@ -378,6 +378,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     # After jax.distributed.initialize, which installs its own SIGTERM notifier: ours replaces it.
     parallel.initialize(config)
     with ckpt_lib.PreemptionGuard() as guard:
+        if config.method == "DivideMix":  # two networks, co-divide: its own loop
+            from jaxnoise import dividemix_loop
+
+            return dividemix_loop.train_dividemix(config, workdir, fresh=fresh,
+                                                  stop_after_epoch=stop_after_epoch,
+                                                  guard=guard)  # fmt: skip
         return _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard)
 
 

@@ -169,9 +169,14 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     monkeypatch.setattr(step_lib, "make_update", counting_make_update)
     over = dict(method="MD-DYR-SH", epochs=6, lr_milestones=(5,), dynamic_start_epoch=3,
                 soft_to_hard_start_epoch=5, temperature_epochs=2)  # fmt: skip
-    one, run1 = _run_capturing(tiny_config(**over), str(tmp_path / "k1"), monkeypatch)
-    four, run4 = _run_capturing(tiny_config(steps_per_call=4, **over), str(tmp_path / "k4"),
-                                monkeypatch)  # fmt: skip
+
+    def config(**k):  # 640 samples: 10 full batches of 64, i.e. calls of 4, 4, 1, 1 steps at K=4
+        c = tiny_config(**over, **k)
+        c.data.subset_per_class = 64
+        return c
+
+    one, run1 = _run_capturing(config(), str(tmp_path / "k1"), monkeypatch)
+    four, run4 = _run_capturing(config(steps_per_call=4), str(tmp_path / "k4"), monkeypatch)
     # The same steps; not bit-identical: XLA compiles the scanned body with other fusions
     # (~1e-7 relative in the parameters after an epoch on XLA:CPU), so compare to rounding.
     for a, b in zip(one["history"], four["history"], strict=True):
@@ -181,20 +186,19 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
         np.testing.assert_allclose(a["mixture"]["weights"], b["mixture"]["weights"], atol=1e-3)
     assert {p.name for p, _, _ in run1.steps} == {"mixup", "dynamic-mixup",
                                                   "dynamic-mixup+soft-bootstrap"}  # fmt: skip
-    assert {k for _, _, k in run4.steps} == {1, 4}  # scanned full batches, single tail steps
-    # One trace per (phase, batch, K) of each run, never more: 3 phases x 2 batch sizes for
-    # K = 1, plus the 3 scanned steps for K = 4.
-    assert len(run1.steps) == 6 and len(run4.steps) == 9
-    assert len(traces) == 15 and set(traces.values()) == {1}, traces
+    assert {k for _, _, k in run4.steps} == {1, 4}  # scanned calls, then single steps
+    # One trace per (phase, batch, K) of each run, never more: 3 phases for K = 1, and 3 phases
+    # x (4 scanned, 1 single) for K = 4.
+    assert len(run1.steps) == 3 and len(run4.steps) == 6
+    assert len(traces) == 9 and set(traces.values()) == {1}, traces
 
 
 def test_no_transfers_between_log_points(tmp_path, monkeypatch):
     """Inside an epoch nothing crosses between host and device except at its start and at log
     points (the running loss stays on device): jax.transfer_guard('disallow') around the epoch."""
-    c = tiny_config(method="M-DYR-H", log_every_steps=10)
-    _, run = _run_capturing(tiny_config(method="M-DYR-H", epochs=2, lr_milestones=(1,),
-                                        log_every_steps=10),
-                            str(tmp_path / "a"), monkeypatch)  # fmt: skip
+    c = tiny_config(method="M-DYR-H", epochs=2, lr_milestones=(1,), log_every_steps=4)
+    c.data.subset_per_class = 64  # 10 full batches: one compiled step per phase
+    _, run = _run_capturing(c, str(tmp_path / "a"), monkeypatch)
     graphdef, tx, state, aux = train.init_train_state(c, run.ds)
     with jax.transfer_guard("disallow"):
         for epoch in (1, 2):  # mixup, then bootstrapping (batch posteriors); compiled by run a
