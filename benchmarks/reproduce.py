@@ -53,6 +53,9 @@ EXCLUSIVE = {"noise_kind": "symmetric_exclusive"}
 FEATURE_CELLS = {
     **CELLS,
     **{f"{m}@0.8/exclusive": (m, 0.8, EXCLUSIVE) for m in ("CE", "M", "M-DYR-H")},
+    # DivideMix (issue 16) with its CIFAR-10 lambda_u at 80% and 90% (configs/cifar10_dividemix.py)
+    "DivideMix@0.8": ("DivideMix", 0.8, {"lambda_u": 25.0}),
+    "DivideMix@0.9": ("DivideMix", 0.9, {"lambda_u": 50.0}),
 }
 
 
@@ -81,6 +84,7 @@ CONFIG_FILE = {
     "M-DYR-H": "cifar10_m_dyr_h",
     "M-DYR-S": "cifar10_m_dyr_s",
     "MD-DYR-SH": "cifar10_md_dyr_sh",
+    "DivideMix": "cifar10_dividemix",
 }
 
 
@@ -164,6 +168,8 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     # same epoch for CE and M) or before dynamic mixup (MD-DYR-SH).
     start = config.dynamic_start_epoch if method == "MD-DYR-SH" else bootstrap_start_epoch(config)
     warm = max(1, start - 1)
+    if method == "DivideMix":  # its first division, made after the warm-up (epochs from 0)
+        warm = config.dividemix_warm_up
     by_epoch = {r["epoch"]: r for r in history}
     return {
         "cell": cell,
