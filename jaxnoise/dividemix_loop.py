@@ -289,10 +289,10 @@ def train_net(run: DivideMixRun, nets: dict, k: int, division: dict, epoch: int)
     state, sums = nets[name], {"Lx": 0.0, "Lu": 0.0, "loss": 0.0}
     bar = Progress(steps, f"epoch {epoch}/{c.epochs} {name}", items_per_step=4 * B,
                    log_every_seconds=c.log_every_seconds)  # fmt: skip
+    orders = dms.pool_orders(c.seed, _i32(epoch), _i32(k), division["labelled"])
     for s in range(steps):
-        state, m = run.pieces.semi(state, nets[other], run.data, division["p_clean"],
-                                   division["labelled"], _i32(epoch), _i32(s), _i32(num_iter),
-                                   _i32(k))  # fmt: skip
+        state, m = run.pieces.semi(state, nets[other], run.data, division["p_clean"], orders,
+                                   _i32(epoch), _i32(s), _i32(num_iter), _i32(k))  # fmt: skip
         sums = {key: sums[key] + m[key] for key in sums}
         bar.update(1)
         if run.guard.stop_requested:

@@ -29,6 +29,7 @@ handled instead of skipped or raised (``make_semi_step``).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -107,33 +108,54 @@ class SemiDraws(NamedTuple):
     mix_perm: jax.Array  # (4B,) int32 MixMatch partner of every row of [x1, x2, u1, u2]
 
 
-def _pool_batch(key, mask, step_in_epoch, batch_size: int):
-    """Batch ``step_in_epoch`` of the epoch's shuffled pass over ``mask``'s pool: rows
-    ``[s B, (s + 1) B)`` of one shuffle of the pool, cyclically. An empty pool draws from every
-    sample instead (its batch is zero-weighted by the caller). Returns (idx (B,), non-empty)."""
+class PoolOrders(NamedTuple):
+    """One epoch's shuffles of a division's two pools, for one network (``pool_orders``)."""
+
+    labelled: jax.Array  # (N,) int32: the labelled pool in random order first
+    unlabelled: jax.Array  # (N,) int32: the unlabelled pool in random order first
+    n_labelled: jax.Array  # () int32 pool size (N when the pool is empty: it draws from all)
+    n_unlabelled: jax.Array  # () int32
+    labelled_valid: jax.Array  # () bool: the labelled pool is not empty
+    unlabelled_valid: jax.Array  # () bool
+
+
+def _pool_order(key, mask):
+    """(order, size, non-empty): one shuffle of ``mask``'s pool, the pool first; an empty pool
+    draws from every sample instead (its batches are zero-weighted by the step)."""
     non_empty = jnp.any(mask)
     pool = mask | ~non_empty
     order, _ = dividemix.sample_from_pool(key, pool, mask.shape[0])  # (N,) the pool first
-    rows = step_in_epoch * batch_size + jnp.arange(batch_size)
-    return order[rows % jnp.sum(pool, dtype=jnp.int32)], non_empty
+    return order, jnp.sum(pool, dtype=jnp.int32), non_empty
 
 
-def semi_draws(seed: int, epoch, step_in_epoch, net_index, labelled_mask: jax.Array,
+@functools.partial(jax.jit, static_argnums=(0,))
+def pool_orders(seed: int, epoch, net_index, labelled_mask: jax.Array) -> PoolOrders:
+    """The epoch's shuffles of the labelled and unlabelled pools of network ``net_index``, as
+    the official loaders (``shuffle=True``, built afresh for each network's ``train()``). Made
+    once per network and epoch (an O(N log N) sort), then sliced by every step."""
+    k_lab, k_unl = jax.random.split(jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index))
+    labelled_mask = jnp.asarray(labelled_mask, bool)
+    (order_x, n_x, valid_x), (order_u, n_u, valid_u) = (_pool_order(k_lab, labelled_mask),
+                                                        _pool_order(k_unl, ~labelled_mask))
+    return PoolOrders(order_x, order_u, n_x, n_u, valid_x, valid_u)
+
+
+def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
                batch_size: int, alpha: float) -> SemiDraws:  # fmt: skip
     """The draws of one DivideMix step of network ``net_index``.
 
-    As the official loaders (``shuffle=True``, built afresh for each network's ``train()``): the
-    labelled batches of an epoch are consecutive slices of one shuffle of the labelled pool, so
-    an epoch of ``ceil(|labelled| / B)`` steps sees every labelled sample once; the unlabelled
-    batches slice one shuffle of the unlabelled pool, cycling through it when it is used up.
+    The labelled batches of an epoch are consecutive slices of the epoch's shuffle of the
+    labelled pool (``orders``), so an epoch of ``ceil(|labelled| / B)`` steps sees every
+    labelled sample once; the unlabelled batches slice the unlabelled pool's shuffle, cycling
+    through it when it is used up.
     """
-    k_lab, k_unl = jax.random.split(jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index))
-    labelled_mask = jnp.asarray(labelled_mask, bool)
-    idx_x, valid_x = _pool_batch(k_lab, labelled_mask, step_in_epoch, batch_size)
-    idx_u, valid_u = _pool_batch(k_unl, ~labelled_mask, step_in_epoch, batch_size)
+    rows = step_in_epoch * batch_size + jnp.arange(batch_size)
+    idx_x = orders.labelled[rows % orders.n_labelled]
+    idx_u = orders.unlabelled[rows % orders.n_unlabelled]
     k_views, k_mix = jax.random.split(step_key(seed, epoch, step_in_epoch, net_index))
     lam, mix_perm = dividemix.mixmatch_draw(k_mix, 4 * batch_size, alpha)
-    return SemiDraws(idx_x, idx_u, valid_x, valid_u, jax.random.split(k_views, 4), lam, mix_perm)
+    return SemiDraws(idx_x, idx_u, orders.labelled_valid, orders.unlabelled_valid,
+                     jax.random.split(k_views, 4), lam, mix_perm)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,10 +260,11 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
                    alpha: float = 4.0, lambda_max: float, warm_up: float,
                    rampup: float = 16.0):  # fmt: skip
     """The jitted official ``train()`` step of network ``net`` with the other one fixed:
-    ``step(state, other, data, p_clean, labelled_mask, epoch, step_in_epoch, num_iter,
+    ``step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter,
     net_index) -> (state, metrics)``.
 
-    ``p_clean`` (N,) and ``labelled_mask`` (N,) come from the *other* network's GMM (co-divide);
+    ``p_clean`` (N,) and the labelled mask behind ``orders`` (``pool_orders``, made once per
+    network and epoch) come from the *other* network's GMM (co-divide);
     ``num_iter = |labelled| // batch_size + 1`` as the official ramp; run ``ceil(|labelled| /
     batch_size)`` steps per epoch. B labelled and B unlabelled samples (``semi_draws``), two
     augmented views each; co-guessing and co-refinement (``_co_targets``); MixMatch of
@@ -257,9 +280,8 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
     mean, std = jnp.asarray(mean), jnp.asarray(std)
     B = batch_size
 
-    def step(state, other, data, p_clean, labelled_mask, epoch, step_in_epoch, num_iter,
-             net_index):  # fmt: skip
-        d = semi_draws(config.seed, epoch, step_in_epoch, net_index, labelled_mask, B, alpha)
+    def step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter, net_index):
+        d = semi_draws(config.seed, epoch, step_in_epoch, net_index, orders, B, alpha)
         images_x, images_u = data["images"][d.labelled], data["images"][d.unlabelled]
         views = [
             _augmented(images, key, config, mean, std)  # x1, x2, u1, u2

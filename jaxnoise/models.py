@@ -440,7 +440,8 @@ def set_compute_dtype(model: nnx.Module, compute_dtype: str) -> nnx.Module:
     Parameters keep their float32 storage (each layer casts its kernel per call) and BatchNorm
     computes its statistics in float32, so only activations and matmuls change precision."""
     dtype = jnp.dtype(compute_dtype)
-    for _, module in model.iter_modules():
+    modules = nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules()
+    for _, module in modules:
         if isinstance(module, (nnx.Conv, nnx.Linear)):
             module.dtype = None if dtype == jnp.float32 else dtype
     return model

@@ -80,7 +80,8 @@ def _int(v):
 def _call_semi(linear, mask, epoch, s, net=0):
     c, _, _, state, other, data, p_clean, step = linear
     num_iter = int(mask.sum()) // B + 1  # as the official num_iter
-    args = (data, jnp.asarray(p_clean), jnp.asarray(mask), _int(epoch), _int(s), _int(num_iter))
+    orders = dms.pool_orders(c.seed, _int(epoch), _int(net), jnp.asarray(mask))
+    args = (data, jnp.asarray(p_clean), orders, _int(epoch), _int(s), _int(num_iter))
     new, metrics = step(_copy(state), other, *args, _int(net))
     return new, {k: float(v) for k, v in metrics.items()}, num_iter
 
@@ -137,7 +138,7 @@ def test_semi_step_is_the_official_train_body(linear):
     mask = p_clean > 0.5
     epoch, s, net = 12, 2, 1
     new, m, num_iter = _call_semi(linear, mask, epoch, s, net)
-    d = dms.semi_draws(c.seed, epoch, s, net, jnp.asarray(mask), B, ALPHA)
+    d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
     idx_x, idx_u = np.asarray(d.labelled), np.asarray(d.unlabelled)
     assert mask[idx_x].all() and not mask[idx_u].any()
     lambda_u = LAMBDA_MAX * np.clip((epoch + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
@@ -167,13 +168,14 @@ def test_labelled_batches_of_an_epoch_cover_the_pool_once():
     mask = jnp.asarray(p_clean > 0.5)
     n_lab, n_unl = int(mask.sum()), N - int(mask.sum())
     steps = -(-n_lab // B)
-    draws = [dms.semi_draws(0, 11, s, 0, mask, B, ALPHA) for s in range(steps)]
+    orders = dms.pool_orders(0, 11, 0, mask)
+    draws = [dms.semi_draws(0, 11, s, 0, orders, B, ALPHA) for s in range(steps)]
     lab = np.concatenate([np.asarray(d.labelled) for d in draws])
     unl = np.concatenate([np.asarray(d.unlabelled) for d in draws])
     np.testing.assert_array_equal(np.sort(lab[:n_lab]), np.flatnonzero(np.asarray(mask)))
     np.testing.assert_array_equal(lab[n_lab:], lab[: steps * B - n_lab])  # the wrapped tail
     assert len(set(unl[:n_unl].tolist())) == n_unl and not np.asarray(mask)[unl].any()
-    other = dms.semi_draws(0, 11, 0, 1, mask, B, ALPHA)
+    other = dms.semi_draws(0, 11, 0, 1, dms.pool_orders(0, 11, 1, mask), B, ALPHA)
     assert not np.array_equal(np.asarray(other.labelled), np.asarray(draws[0].labelled))
     assert 0.5 <= float(draws[0].lam) <= 1.0
 
@@ -289,9 +291,10 @@ def test_batchnorm_modes_and_running_statistics_order():
                               lambda_max=LAMBDA_MAX, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
     epoch, s, net, num_iter = 30, 1, 0, int(mask.sum()) // B + 1
     data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
-    new, m = step(_copy(state), other, data, jnp.asarray(p_clean), jnp.asarray(mask),
+    orders = dms.pool_orders(c.seed, _int(epoch), _int(net), jnp.asarray(mask))
+    new, m = step(_copy(state), other, data, jnp.asarray(p_clean), orders,
                   _int(epoch), _int(s), _int(num_iter), _int(net))  # fmt: skip
-    d = dms.semi_draws(c.seed, epoch, s, net, jnp.asarray(mask), B, ALPHA)
+    d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
     xs = (x[np.asarray(d.labelled)] - MEAN) / STD
     us = (x[np.asarray(d.unlabelled)] - MEAN) / STD
     lam, perm = float(d.lam), np.asarray(d.mix_perm)
