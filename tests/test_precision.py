@@ -38,8 +38,12 @@ def test_bf16_runs_convolutions_in_bf16_and_keeps_float32_state():
 
 def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
     """The quickstart (digits, 50% noise, M-DYR-H) on a 12-epoch schedule in both precisions:
-    best test accuracy within 1 point, noise-detection AUROC within 0.01 (the full 60-epoch
-    comparison is in benchmarks/results/bf16.md)."""
+    bf16's best test accuracy at most 1 point below float32's, the noise-detection AUROC within
+    0.01 (the full 60-epoch comparison is in benchmarks/results/bf16.md).
+
+    One-sided on accuracy: on this short schedule float32 alone moves by 0.67 points (2 of the
+    297 test images) between XLA:CPU with one and with two threads (93.60 against 92.93), so a
+    two-sided point would test that noise; bf16 was 0.67 and 1.01 points *above* float32."""
     results = {}
     for dtype in ("float32", "bfloat16"):
         c = quickstart.get_config()
@@ -49,5 +53,5 @@ def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
         results[dtype] = train.train_and_evaluate(c, str(tmp_path / dtype))
     f32, bf16 = results["float32"], results["bfloat16"]
     assert f32["best_acc"] > 85.0, f32  # the comparison is between two runs that learned
-    assert abs(bf16["best_acc"] - f32["best_acc"]) <= 1.0, (f32, bf16)
+    assert bf16["best_acc"] >= f32["best_acc"] - 1.0, (f32, bf16)
     assert abs(bf16["auroc"] - f32["auroc"]) <= 0.01, (f32, bf16)

@@ -170,10 +170,8 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     over = dict(method="MD-DYR-SH", epochs=6, lr_milestones=(5,), dynamic_start_epoch=3,
                 soft_to_hard_start_epoch=5, temperature_epochs=2)  # fmt: skip
 
-    def config(**k):  # 640 samples: 10 full batches of 64, i.e. calls of 4, 4, 1, 1 steps at K=4
-        c = tiny_config(**over, **k)
-        c.data.subset_per_class = 64
-        return c
+    def config(**k):  # full batches only (23 of 64): calls of 4 x 5, then 1 x 3 at K=4
+        return tiny_config(drop_last=True, **over, **k)
 
     one, run1 = _run_capturing(config(), str(tmp_path / "k1"), monkeypatch)
     four, run4 = _run_capturing(config(steps_per_call=4), str(tmp_path / "k4"), monkeypatch)
