@@ -184,8 +184,8 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
         "last_acc": history[-1]["test_acc"] if history else None,
         "auroc_warmup": by_epoch.get(warm, {}).get("auroc"),
         "auroc_loss_warmup": by_epoch.get(warm, {}).get("auroc_loss"),
-        "auroc_final": history[-1]["auroc"] if history else None,
-        "auroc_loss_final": history[-1]["auroc_loss"] if history else None,
+        "auroc_final": history[-1].get("auroc") if history else None,  # DivideMix's warm-up
+        "auroc_loss_final": history[-1].get("auroc_loss") if history else None,  # has neither
         "minutes": minutes,
     }
 
