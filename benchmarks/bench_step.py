@@ -7,6 +7,13 @@ Each algorithm's step is the real jaxnoise step of its bootstrapping phase (the 
 phase of the method), compiled once; the algorithms are timed in interleaved rounds (so machine
 noise hits all alike) and reported as the median seconds per step and the cost relative to CE,
 measured in one run.
+
+DivideMix has no step of the same size: its epoch is two division passes (an eval forward of
+every sample per network) and, per network, ceil(|labelled| / 64) semi-supervised steps of 64
+labelled + 64 unlabelled samples (six forwards of 64 for the targets, one forward and backward
+of the 256 mixed rows). Its row is therefore an *epoch* on CIFAR-10 (N = 50,000), built from
+the median times of its real compiled semi step and eval chunk measured in the same rounds,
+against an M-DYR-H epoch (ceil(N / 128) steps + its tracking pass), at a few labelled fractions.
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ from benchmarks.common import git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
 from jaxnoise import (  # noqa: E402
+    dividemix_loop,
+    dividemix_step,
     mixture,
     schedule,  # noqa: E402
     train,
 )
+
+CIFAR_N = 50_000
+LABELLED_FRACTIONS = (0.2, 0.5, 0.8)
 
 ALGOS = {
     "CE": dict(method="CE"),
@@ -87,6 +99,59 @@ def run_step(entry, i: int) -> float:
     return time.perf_counter() - t
 
 
+def build_dividemix(width: int, ds: data_lib.Dataset) -> dict:
+    """DivideMix's compiled semi step and eval chunk (``dividemix_loop.build_pieces``), inputs."""
+    from configs import cifar10_dividemix
+
+    c = cifar10_dividemix.get_config()
+    c.width, c.noise = width, 0.5
+    mean_std = ds.mean_std()
+    pieces = dividemix_loop.build_pieces(c, ds, mean_std, dividemix_loop.hyperparameters(c))
+    nets = dividemix_loop.init_nets(c, ds, pieces.tx)
+    n = len(ds.train_labels)
+    data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}
+    labelled = jnp.arange(n) % 2 == 0
+    i32 = jnp.int32
+    orders = dividemix_step.pool_orders(c.seed, i32(20), i32(0), labelled)
+    args = (data, jnp.full((n,), 0.9, jnp.float32), orders, i32(20))
+    return {"pieces": pieces, "nets": nets, "args": args, "data": data, "config": c}
+
+
+def run_dividemix(entry: dict, i: int) -> tuple[float, float]:
+    """(seconds of one semi step, seconds of one eval chunk of eval_batch_size samples)."""
+    p, nets, c = entry["pieces"], entry["nets"], entry["config"]
+    i32 = jnp.int32
+    t = time.perf_counter()
+    state, metrics = p.semi(nets["net1"], nets["net2"], *entry["args"], i32(i % 4), i32(400),
+                            i32(0))  # fmt: skip
+    jax.block_until_ready(metrics["loss"])
+    semi = time.perf_counter() - t
+    entry["nets"] = dict(nets, net1=state)
+    idx = np.arange(c.eval_batch_size, dtype=np.int32) % len(entry["data"]["labels"])
+    t = time.perf_counter()
+    loss, _ = p.eval_chunk(state, entry["data"]["images"], entry["data"]["labels"], idx,
+                           np.int32(0))  # fmt: skip
+    jax.block_until_ready(loss)
+    return semi, time.perf_counter() - t
+
+
+def dividemix_lines(width: int, med: dict, semi: float, chunk: float, eval_batch: int) -> list:
+    """The epoch table: DivideMix at a few labelled fractions against M-DYR-H (batch)."""
+    per_sample = chunk / eval_batch
+    mdyrh = -(-CIFAR_N // 128) * med["M-DYR-H (batch)"] + CIFAR_N * per_sample
+    lines = ["", f"DivideMix, width {width}: semi step (64 + 64 samples) {semi:.3f} s, eval "
+             f"{per_sample * 1e3:.3f} ms/sample; M-DYR-H (batch) epoch on N = {CIFAR_N:,}: "
+             f"{mdyrh / 60:.1f} min (its steps + tracking pass).", "",
+             "| DivideMix epoch, labelled fraction | min/epoch | vs M-DYR-H epoch |",
+             "|---|---:|---:|"]  # fmt: skip
+    for f in LABELLED_FRACTIONS:
+        dm = 2 * CIFAR_N * per_sample + 2 * -(-int(f * CIFAR_N) // 64) * semi
+        lines.append(f"| {f:.0%} | {dm / 60:.1f} | {dm / mdyrh:.2f}x |")
+        print(f"width {width:3d}  DivideMix epoch at {f:.0%} labelled: {dm / mdyrh:.2f}x M-DYR-H",
+              flush=True)  # fmt: skip
+    return lines
+
+
 def main() -> None:
     """Measure and print (and by default write) the table."""
     ap = argparse.ArgumentParser()
@@ -98,15 +163,18 @@ def main() -> None:
     sections = []
     for width in args.widths:
         rounds = args.rounds if width <= 16 else max(2, args.rounds // 2)
-        steps = build(width, ds)
-        for entry in steps.values():  # compile + warm up
-            run_step(entry, 0)
-            run_step(entry, 1)
-        times = {name: [] for name in steps}
+        steps, dm = build(width, ds), build_dividemix(width, ds)
+        for i in range(2):  # compile + warm up
+            for entry in steps.values():
+                run_step(entry, i)
+            run_dividemix(dm, i)
+        times, dm_times = {name: [] for name in steps}, []
         for r in range(rounds):
             for name, entry in steps.items():
                 times[name].append(run_step(entry, 2 + r))
+            dm_times.append(run_dividemix(dm, 2 + r))
         med = {name: float(np.median(t)) for name, t in times.items()}
+        semi, chunk = (float(np.median(t)) for t in zip(*dm_times))
         lines = [
             f"### width {width} ({'full' if width == 64 else f'1/{64 // width}'}), batch 128",
             "",
@@ -117,6 +185,7 @@ def main() -> None:
             lines.append(f"| {name} | {s:.3f} | {128 / s:.0f} | {s / med['CE']:.2f}x |")
             print(f"width {width:3d}  {name:20s} {s:.3f} s/step  {128 / s:7.0f} img/s  "
                   f"{s / med['CE']:.2f}x CE", flush=True)  # fmt: skip
+        lines += dividemix_lines(width, med, semi, chunk, dm["config"].eval_batch_size)
         sections.append("\n".join(lines))
     commit = git_commit()
     text = (

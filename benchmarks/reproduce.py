@@ -175,7 +175,7 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
         "cell": cell,
         "method": method,
         "noise": noise,
-        "mixture": config.noise_model,
+        "mixture": "gmm (co-divide)" if method == "DivideMix" else config.noise_model,
         "mixup_draw": config.mixup_draw,
         "noise_kind": config.noise_kind,
         "epochs": config.epochs,

@@ -9,11 +9,12 @@ so does ``net_index`` (0 or 1), which keeps the two networks' draws apart. Epoch
 in the official loop: 0-based, warm-up in epochs ``0 .. warm_up - 1``.
 
 Learning rate: the official code sets ``lr = 0.02``, ``/10`` from epoch 150, once per epoch.
-Here ``lr_for_epoch`` computes it from the traced epoch (``config.lr``, times ``config.lr_gamma``
-per milestone in ``config.lr_milestones`` reached) and the step writes it into the optimizer's
-injected ``learning_rate`` hyperparameter before the update; ``create_optimizer`` builds such an
-optimizer (torch's SGD with coupled weight decay). An optimizer whose learning rate is a schedule
-of the step count (``train.create_optimizer``) is refused: the count means nothing here.
+Here ``lr_for_epoch`` reads it from the traced epoch (``schedule.lr_for_epoch``: ``config.lr``
+times ``config.lr_gamma`` per milestone in ``config.lr_milestones`` reached) and the step
+writes it into the optimizer's injected ``learning_rate`` hyperparameter before the update;
+``create_optimizer`` builds such an optimizer (torch's SGD with coupled weight decay). An
+optimizer whose learning rate is a schedule of the step count (``train.create_optimizer``) is
+refused: the count means nothing here.
 
 Randomness: every key derives from ``step.epoch_keys(config.seed, epoch)`` (nothing to
 checkpoint): the epoch's pool orders from its permutation key folded with ``net_index``; a step's
@@ -39,7 +40,7 @@ import numpy as np
 import optax
 
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix, losses
+from jaxnoise import dividemix, losses, schedule
 from jaxnoise.step import _apply, epoch_keys, sgd_or_adam
 
 # ------------------------------------------------------------------------------------------------
@@ -47,11 +48,9 @@ from jaxnoise.step import _apply, epoch_keys, sgd_or_adam
 
 
 def lr_for_epoch(config: ml_collections.ConfigDict, epoch) -> jax.Array:
-    """The official per-epoch rate: ``config.lr * config.lr_gamma ** #{m : epoch >= m}`` (float32;
-    DivideMix: lr 0.02, milestones (150,), gamma 0.1; ``epoch`` 0-based, host int or traced)."""
-    milestones = jnp.asarray(tuple(config.lr_milestones), jnp.int32).reshape(-1)
-    passed = jnp.sum(jnp.asarray(epoch, jnp.int32) >= milestones)
-    return jnp.float32(config.lr) * jnp.float32(config.lr_gamma) ** passed
+    """The official per-epoch rate, ``schedule.lr_for_epoch`` of a traced epoch (float32;
+    DivideMix: lr 0.02, milestones (150,), gamma 0.1, ``epoch`` 0-based as the official loop)."""
+    return schedule.lr(config, jnp.asarray(epoch, jnp.int32))
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -140,6 +140,11 @@ def lr_schedule(config: Any, steps_per_epoch: int):
     return lambda count: table[jnp.minimum(epoch_of_step(count, steps_per_epoch), last)]
 
 
+def lr(config: Any, epoch) -> jnp.ndarray:
+    """``lr_for_epoch`` of a traced (or host) epoch (float32; epochs past the last hold)."""
+    return _per_epoch(lr_for_epoch, config)[jnp.clip(epoch, 0, config.epochs + 1)]
+
+
 def temperature(config: Any, epoch) -> jnp.ndarray:
     """``temperature_for_epoch`` of a traced epoch (float32)."""
     return _per_epoch(temperature_for_epoch, config)[jnp.minimum(epoch, config.epochs + 1)]
