@@ -142,4 +142,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dividemix_batch = 64  # B labelled + B unlabelled samples per step; warm-up batch 2B
     c.dividemix_loss_history = 5  # at noise >= 0.9 the GMM fits the mean of the last this
     # many epochs' min-max-normalised losses (official: at r = 0.9, 5 epochs)
+    c.dividemix_views = "weak"  # "augdesc-ws" (Nishi et al. 2021): targets from weak views,
+    # MixMatch of strong views (crop, flip, AutoAugment's CIFAR-10 policy on the device)
+    c.dividemix_warmup_strong = 0.0  # probability of a strong warm-up view (AugDesc's SAW: 1)
     return c

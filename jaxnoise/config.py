@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
+    "dividemix_views": ("weak", "augdesc-ws"),  # jaxnoise/dividemix_step.py VIEWS
 }
 
 
@@ -211,6 +212,8 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "mixmatch_alpha": _real(0.0, lo_open=True),
     "dividemix_batch": _int(1),
     "dividemix_loss_history": _int(1, 1000),
+    "dividemix_views": _choice("dividemix_views"),
+    "dividemix_warmup_strong": _real(0.0, 1.0),
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -425,7 +428,6 @@ def _check_consistency(c: dict[str, Any]) -> None:
 def _check_dividemix(c: dict[str, Any]) -> None:
     """What the DivideMix loop does not support (yet), and its schedule."""
     unsupported = (
-        ("mesh.num_devices", c["mesh.num_devices"] > 1, "0 or 1 (DivideMix runs on one device)"),
         ("distributed.num_processes", c["distributed.num_processes"] > 1,
          "1 (DivideMix runs in one process)"),
         ("distributed.auto", c["distributed.auto"], "False (DivideMix runs in one process)"),
@@ -438,6 +440,10 @@ def _check_dividemix(c: dict[str, Any]) -> None:
     for field, refused, allowed in unsupported:
         if refused:
             _fail(field, c[field], allowed)
+    features = c["data.source"] == "features" or c["data.extractor"] != "none"
+    for field, weak in (("dividemix_views", "'weak'"), ("dividemix_warmup_strong", "0")):
+        if features and c[field] not in ("weak", 0, 0.0):
+            _fail(field, c[field], f"{weak} on feature vectors (strong augmentation is for images)")
     if c["dividemix_warm_up"] > c["epochs"]:
         _fail("dividemix_warm_up", c["dividemix_warm_up"], f"an epoch count <= epochs="
               f"{c['epochs']} (DivideMix runs epochs 0..epochs, warm-up in 0..warm_up - 1)")

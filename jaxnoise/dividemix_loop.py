@@ -37,7 +37,8 @@ Where this parts from the official code (besides the steps' own, ``jaxnoise.divi
 the GMM runs in float32 with a deterministic k-means start (``mixture.fit_gmm``); the loss
 history is used at ``noise >= 0.9`` (official: ``r == 0.9``); the networks are initialised
 from seeds ``seed`` and ``seed + 1`` and every draw derives from ``config.seed`` (nothing to
-checkpoint); one device only.
+checkpoint); the devices of one process (``mesh.num_devices``; the per-sample arrays sharded over
+the ``("data",)`` mesh, both networks replicated, each batch sharded), not several processes.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class DivideMixRun:
     mask: jax.Array  # the noise mask on device
     test: tuple  # (images, labels) on device
     pieces: Pieces
+    mesh: Any
     manager: ckpt_lib.Checkpointer
     hyper: dict  # resolved lambda_u, p_threshold, loss-history length (0: none)
     metrics_path: str = ""
@@ -150,27 +152,30 @@ def make_divide(history_used: bool):
 _PIECES: dict = {}  # (config, dataset shape, stats) -> Pieces: compiled once per process
 
 
-def build_pieces(config, ds: data_lib.Dataset, mean_std: tuple, hyper: dict) -> Pieces:
+def build_pieces(config, ds: data_lib.Dataset, mean_std: tuple, hyper: dict,
+                 mesh=None) -> Pieces:  # fmt: skip
     """The graph definition, optimizer and jitted steps (cached across runs of one config)."""
     n, B = ds.train_images.shape[0], config.dividemix_batch
     key = (config.to_json_best_effort(sort_keys=True), ds.train_images.shape, ds.num_classes,
-           np.asarray(mean_std).tobytes(), json.dumps(hyper, sort_keys=True))  # fmt: skip
+           np.asarray(mean_std).tobytes(), json.dumps(hyper, sort_keys=True),
+           None if mesh is None else tuple(mesh.devices.flat))  # fmt: skip
     if key in _PIECES:
         return _PIECES[key]
     graphdef = train.split_model(train.create_model(config, ds), config)[0]
     tx = dms.create_optimizer(config)
-    common = dict(penalty=config.noise_kind == "asymmetric", stride=2 * B)
+    common = dict(penalty=config.noise_kind == "asymmetric", stride=2 * B, mesh=mesh,
+                  strong_prob=float(config.dividemix_warmup_strong))  # fmt: skip
     warm = functools.partial(dms.make_warmup_step, graphdef, tx, config, ds.num_classes,
                              *mean_std, **common)  # fmt: skip
     semi = dms.make_semi_step(
         graphdef, tx, config, ds.num_classes, *mean_std, batch_size=B,
         T=config.sharpen_temperature, alpha=config.mixmatch_alpha,
         lambda_max=hyper["lambda_u"], warm_up=config.dividemix_warm_up,
-        rampup=config.lambda_u_rampup,
+        rampup=config.lambda_u_rampup, views=config.dividemix_views, mesh=mesh,
     )  # fmt: skip
     pieces = Pieces(graphdef, tx, warm(batch_size=2 * B) if n >= 2 * B else None,
                     warm(batch_size=n % (2 * B)) if n % (2 * B) else None, semi,
-                    train.make_eval_chunk(graphdef, config, *mean_std),
+                    train.make_eval_chunk(graphdef, config, *mean_std, mesh),
                     make_divide(hyper["loss_history"] > 0))  # fmt: skip
     _PIECES[key] = pieces
     return pieces
@@ -188,42 +193,49 @@ def init_nets(config, ds: data_lib.Dataset, tx) -> dict:
     return nets
 
 
-def init_history(hyper: dict, n: int) -> dict:
-    """Each network's ring buffer of its last normalised losses (empty below 90% noise)."""
+def init_history(hyper: dict, n: int, mesh) -> dict:
+    """Each network's ring buffer of its last normalised losses (empty below 90% noise), the
+    buffer sharded over the mesh by sample."""
     if not hyper["loss_history"]:
         return {}
-    return {name: signals.init("mean_k", n, hyper["loss_history"]) for name in NETS}
+    fresh = signals.init("mean_k", n, hyper["loss_history"])
+    state = fresh._replace(buffer=parallel.zeros_like_sharded(mesh, fresh.buffer.shape,
+                                                              jnp.float32),
+                           count=parallel.put_replicated(mesh, fresh.count))  # fmt: skip
+    return {name: state for name in NETS}
 
 
-def _commit(tree):
-    """The tree on the (first) device, committed: a fresh and a restored run then call the
-    compiled functions with the same input placements (no recompile on resume)."""
-    return jax.device_put(tree, jax.devices()[0])
+def _placed_like(tree, like):
+    """``tree`` (restored) with the shardings of ``like`` (fresh): a fresh and a restored run
+    call the compiled functions with the same input placements (no recompile on resume)."""
+    return jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
 
 
 def setup(config, workdir: str, fresh: bool, guard) -> tuple[DivideMixRun, dict, dict, Any]:
     """Data on the device, both networks, the compiled pieces, the restored checkpoint."""
-    if len(jax.devices()) > 1:
-        log(f"DivideMix runs on one device ({len(jax.devices())} visible; using the first)")
+    mesh = parallel.make_mesh(config.mesh.num_devices)
     os.makedirs(workdir, exist_ok=True)
     resolved = train._config_fingerprint(config)
     ckpt_lib.check_workdir_config(workdir, resolved, fresh=fresh)
-    ds, noisy, mask = train.load_noisy_data(config, parallel.make_mesh(1))
+    ds, noisy, mask = train.load_noisy_data(config, mesh)
     workdir_lib.check_same_dataset(workdir, ds)
     mean_std = data_lib.normalization_stats(ds, config.data.normalization)
     hyper = hyperparameters(config)
-    pieces = build_pieces(config, ds, mean_std, hyper)
-    data = _commit({"images": ds.train_images, "labels": noisy.astype(np.int32)})
-    test = _commit((ds.test_images, ds.test_labels.astype(np.int32)))
-    run = DivideMixRun(config, workdir, guard, ds, noisy, mask, data, _commit(mask), test,
-                       pieces, ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints),
-                       hyper, metrics_path=os.path.join(workdir, "metrics.jsonl"))  # fmt: skip
+    pieces = build_pieces(config, ds, mean_std, hyper, mesh)
+    data = {"images": parallel.put_samples(mesh, ds.train_images),
+            "labels": parallel.put_samples(mesh, noisy.astype(np.int32))}  # fmt: skip
+    test = parallel.put_replicated(mesh, (ds.test_images, ds.test_labels.astype(np.int32)))
+    run = DivideMixRun(config, workdir, guard, ds, noisy, mask, data,
+                       parallel.put_samples(mesh, mask), test, pieces, mesh,
+                       ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints), hyper,
+                       metrics_path=os.path.join(workdir, "metrics.jsonl"))  # fmt: skip
     log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}, "
-        f"loss history {hyper['loss_history'] or 'off'}, epochs 0..{config.epochs}")
-    nets = init_nets(config, ds, pieces.tx)
-    loss_history = init_history(hyper, ds.train_images.shape[0])
-    nets, aux, meta = train.restore(run, *_commit((nets, {"loss_history": loss_history})))
-    nets, aux = _commit((nets, aux))  # restored arrays are committed: so are fresh ones
+        f"loss history {hyper['loss_history'] or 'off'}, epochs 0..{config.epochs}, "
+        f"devices: {mesh.size}")
+    fresh_tree = (parallel.put_replicated(mesh, init_nets(config, ds, pieces.tx)),
+                  {"loss_history": init_history(hyper, ds.train_images.shape[0], mesh)})
+    nets, aux, meta = train.restore(run, *fresh_tree)
+    nets, aux = _placed_like((nets, aux), fresh_tree)
     workdir_lib.write_run_info(workdir, resolved, ds, config)
     ckpt_lib.atomic_write_text(run.metrics_path,
                                "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
@@ -267,12 +279,13 @@ def divide(run: DivideMixRun, nets: dict, loss_history: dict, epoch: int) -> tup
     c, out, new_history = run.config, {}, {}
     for name in NETS:
         loss, logits = train.forward_all(run.pieces.eval_chunk, nets[name], run.data["images"],
-                                         run.data["labels"], c.eval_batch_size, epoch=epoch)
+                                         run.data["labels"], c.eval_batch_size, epoch=epoch,
+                                         mesh=run.mesh)  # fmt: skip
         if not bool(jnp.all(jnp.isfinite(loss))):
             raise run.diverged(f"non-finite per-sample losses of {name} before epoch {epoch}")
         hist, x, p_clean, gmm = run.pieces.divide(loss, loss_history.get(name))
-        if hist is not None:
-            new_history[name] = hist
+        if hist is not None:  # kept in its placement (sharded by sample): no recompile
+            new_history[name] = _placed_like(hist, loss_history[name])
         if not bool(gmm.valid):
             log(f"warning: epoch {epoch}: {name}'s GMM fit was degenerate (p_clean = 0.5)")
         out[name] = {"loss": loss, "fit_loss": x, "p_clean": p_clean, "logits": logits,
@@ -313,7 +326,8 @@ def evaluate(run: DivideMixRun, nets: dict) -> dict:
     """Test loss and accuracy of the summed logits of both networks."""
     images, labels = run.test
     logits = sum(train.forward_all(run.pieces.eval_chunk, nets[name], images, labels,
-                                   run.config.eval_batch_size)[1] for name in NETS)  # fmt: skip
+                                   run.config.eval_batch_size, mesh=run.mesh)[1]
+                 for name in NETS)  # fmt: skip
     return {"test_loss": float(jnp.mean(losses.cross_entropy(logits, labels))),
             "test_acc": 100.0 * float(jnp.mean(jnp.argmax(logits, -1) == labels))}  # fmt: skip
 

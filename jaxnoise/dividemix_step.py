@@ -19,7 +19,8 @@ refused: the count means nothing here.
 Randomness: every key derives from ``step.epoch_keys(config.seed, epoch)`` (nothing to
 checkpoint): the epoch's pool orders from its permutation key folded with ``net_index``; a step's
 augmentation and MixMatch draws from its step key folded with ``net_index`` and ``step_in_epoch``.
-Single device (no mesh).
+With a ``mesh``, every batch (its gathered images, the views, the mixed batch) is sharded over
+its ``"data"`` axis (``parallel.constrain_batch``); the states are replicated.
 
 Where static shapes part from the official loaders: every semi step has exactly B labelled and
 B unlabelled samples (the official last labelled batch of an epoch is smaller; here it wraps to
@@ -40,7 +41,7 @@ import numpy as np
 import optax
 
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix, losses, schedule
+from jaxnoise import dividemix, losses, parallel, schedule, strong_augment
 from jaxnoise.step import _apply, epoch_keys, sgd_or_adam
 
 # ------------------------------------------------------------------------------------------------
@@ -89,10 +90,29 @@ def warmup_permutation(seed: int, n: int, epoch, net_index) -> jax.Array:
     return jax.random.permutation(key, n)
 
 
-def _augmented(images, key, config: ml_collections.ConfigDict, mean, std):
-    """One random view (crop after zero padding, flip; as ``transform_train``), normalised."""
-    x = data_lib.augment(images, key, padding=config.data.crop_padding, flip=config.data.flip)
+VIEWS = ("weak", "augdesc-ws")  # config.dividemix_views
+
+
+def _augmented(images, key, config: ml_collections.ConfigDict, mean, std, strong: bool = False):
+    """One random view, normalised: weak (crop after zero padding, flip; as ``transform_train``)
+    or strong (that, then AutoAugment's CIFAR-10 policy: ``strong_augment``, AugDesc-WS)."""
+    kw = dict(padding=config.data.crop_padding, flip=config.data.flip)
+    x = strong_augment.strong_augment(images, key, **kw) if strong else data_lib.augment(
+        images, key, **kw)  # fmt: skip
     return data_lib.normalize(x, mean, std)
+
+
+def _warmup_view(images, key, config, mean, std, strong_prob: float):
+    """The warm-up view: weak, strong (AugDesc's SAW, ``strong_prob = 1``), or per sample strong
+    with probability ``strong_prob`` (AugDesc's ``prob_transform``)."""
+    if strong_prob <= 0.0:
+        return _augmented(images, key, config, mean, std)
+    k_weak, k_strong, k_pick = jax.random.split(key, 3)
+    strong = _augmented(images, k_strong, config, mean, std, strong=True)
+    if strong_prob >= 1.0:
+        return strong
+    pick = jax.random.bernoulli(k_pick, strong_prob, (images.shape[0],) + (1,) * (images.ndim - 1))
+    return jnp.where(pick, strong, _augmented(images, k_weak, config, mean, std))
 
 
 class SemiDraws(NamedTuple):
@@ -103,6 +123,7 @@ class SemiDraws(NamedTuple):
     labelled_valid: jax.Array  # () bool: the labelled pool is not empty
     unlabelled_valid: jax.Array  # () bool: the unlabelled pool is not empty
     view_keys: jax.Array  # (4,) keys of the augmentations of x1, x2, u1, u2
+    strong_keys: jax.Array  # (4,) keys of their strong views (AugDesc-WS; unused otherwise)
     lam: jax.Array  # () float32 MixMatch weight, max(l, 1 - l), l ~ Beta(alpha, alpha)
     mix_perm: jax.Array  # (4B,) int32 MixMatch partner of every row of [x1, x2, u1, u2]
 
@@ -153,8 +174,9 @@ def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
     idx_u = orders.unlabelled[rows % orders.n_unlabelled]
     k_views, k_mix = jax.random.split(step_key(seed, epoch, step_in_epoch, net_index))
     lam, mix_perm = dividemix.mixmatch_draw(k_mix, 4 * batch_size, alpha)
+    strong_keys = jax.random.split(jax.random.fold_in(k_views, 1), 4)
     return SemiDraws(idx_x, idx_u, orders.labelled_valid, orders.unlabelled_valid,
-                     jax.random.split(k_views, 4), lam, mix_perm)  # fmt: skip
+                     jax.random.split(k_views, 4), strong_keys, lam, mix_perm)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,7 +185,8 @@ def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
 
 def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
                      mean: np.ndarray, std: np.ndarray, *, penalty: bool, batch_size: int,
-                     stride: int | None = None):  # fmt: skip
+                     stride: int | None = None, strong_prob: float = 0.0,
+                     mesh=None):  # fmt: skip
     """The jitted official ``warmup()`` step: ``step(state, data, perm, epoch, step_in_epoch,
     net_index) -> (state, metrics)``.
 
@@ -172,7 +195,9 @@ def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classe
     ``penalty`` (``noise_mode == 'asym'``); one SGD step. The batch is ``perm[s * stride :
     s * stride + batch_size]`` (``stride`` defaults to ``batch_size``; build a second step with
     ``batch_size = n % stride`` and ``stride`` for the last batch). ``perm``: one shuffle per
-    network and epoch (``warmup_permutation``). Metrics: ce, penalty, loss (their sum), lr.
+    network and epoch (``warmup_permutation``). ``strong_prob``: the probability of a sample's
+    view being strong (``_warmup_view``; 0 official, 1 AugDesc-WS's SAW). Metrics: ce,
+    penalty, loss (their sum), lr.
     """
     mean, std = jnp.asarray(mean), jnp.asarray(std)
     stride = stride or batch_size
@@ -180,8 +205,9 @@ def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classe
     def step(state, data, perm, epoch, step_in_epoch, net_index):
         key = step_key(config.seed, epoch, step_in_epoch, net_index)
         idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * stride, batch_size)
-        x = _augmented(data["images"][idx], key, config, mean, std)
-        y = data["labels"][idx]
+        images = parallel.constrain_batch(data["images"][idx], mesh)
+        x = _warmup_view(images, key, config, mean, std, strong_prob)
+        y = parallel.constrain_batch(data["labels"][idx], mesh)
 
         def loss_fn(params):
             logits, stats = _apply(graphdef, params, state["frozen"], state["stats"], x, True)
@@ -257,7 +283,7 @@ def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u,
 def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
                    mean: np.ndarray, std: np.ndarray, *, batch_size: int = 64, T: float = 0.5,
                    alpha: float = 4.0, lambda_max: float, warm_up: float,
-                   rampup: float = 16.0):  # fmt: skip
+                   rampup: float = 16.0, views: str = "weak", mesh=None):  # fmt: skip
     """The jitted official ``train()`` step of network ``net`` with the other one fixed:
     ``step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter,
     net_index) -> (state, metrics)``.
@@ -274,23 +300,32 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
     StopIteration without unlabelled ones): an empty labelled pool leaves the state unchanged
     (``metrics["updated"] = 0``); an empty unlabelled pool gives ``lambda_u = 0``, its rows
     (drawn from the labelled samples) still entering MixMatch. Both give finite metrics.
+    ``views="augdesc-ws"`` (Nishi et al., CVPR 2021): the targets come from the weak views as
+    above and MixMatch mixes four *strong* views instead (``strong_augment``; the official
+    AugDesc ``labeled_transforms = [strong, strong, weak, weak]``).
     Metrics: Lx, Lu, penalty, loss, lambda_u (the weight applied), lr, updated.
     """
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
     mean, std = jnp.asarray(mean), jnp.asarray(std)
-    B = batch_size
+    B, strong = batch_size, views == "augdesc-ws"
 
     def step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter, net_index):
         d = semi_draws(config.seed, epoch, step_in_epoch, net_index, orders, B, alpha)
-        images_x, images_u = data["images"][d.labelled], data["images"][d.unlabelled]
-        views = [
-            _augmented(images, key, config, mean, std)  # x1, x2, u1, u2
-            for images, key in zip((images_x, images_x, images_u, images_u), d.view_keys)
-        ]
+        images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
+                              for i in (d.labelled, d.unlabelled))  # fmt: skip
+        batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
+        views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
+        trained = views  # DivideMix mixes the views it made its targets from; AugDesc-WS:
+        if strong:  # strong views of the same samples
+            trained = [_augmented(b, k, config, mean, std, strong=True)
+                       for b, k in zip(batches, d.strong_keys)]  # fmt: skip
         onehot = jax.nn.one_hot(data["labels"][d.labelled], num_classes, dtype=jnp.float32)
         w_clean = jnp.asarray(p_clean, jnp.float32)[d.labelled]
         targets_x, targets_u, stats = _co_targets(graphdef, state, other, views, onehot, w_clean, T)
         all_targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])  # (4B, C)
-        mixed_x, mixed_t = dividemix.mix(jnp.concatenate(views), all_targets, d.lam, d.mix_perm)
+        mixed_x, mixed_t = dividemix.mix(parallel.constrain_batch(jnp.concatenate(trained), mesh),
+                                         all_targets, d.lam, d.mix_perm)  # fmt: skip
         progress = epoch.astype(jnp.float32) + step_in_epoch / jnp.asarray(num_iter, jnp.float32)
         weight_u = dividemix.lambda_u(progress, warm_up, lambda_max, rampup) * d.unlabelled_valid
         loss_fn = _semi_loss_fn(graphdef, state, stats, mixed_x, mixed_t, weight_u, B)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,16 +125,23 @@ def test_semi_step_compiles_once_across_epochs_and_pool_sizes(full_run):
     assert pieces.divide._cache_size() == 1
 
 
+_KMEANS = dict(model="linear", data={"extractor": "kmeans", "crop_padding": 0})  # features
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        (dict(mesh=dict(num_devices=2)), "mesh.num_devices"),
+        (dict(distributed=dict(num_processes=2)), "distributed.num_processes"),
         (dict(mixture_scope="class"), "mixture_scope"),
         (dict(loss_signal="mean_k", posterior_source="epoch"), "loss_signal"),
         (dict(steps_per_call=2), "steps_per_call"),
         (dict(noise=0.3), "lambda_u"),  # -1 (auto): not in the paper's table
         (dict(dividemix_warm_up=3), "dividemix_warm_up"),  # > epochs
         (dict(p_threshold=1.0), "p_threshold"),
+        (dict(dividemix_views="ss"), "dividemix_views"),
+        (dict(dividemix_views="augdesc-ws", **_KMEANS), "dividemix_views"),
+        (dict(dividemix_warmup_strong=1.0, **_KMEANS), "dividemix_warmup_strong"),
+        (dict(dividemix_warmup_strong=1.5), "dividemix_warmup_strong"),
     ],
 )
 def test_config_refusals_name_the_field(overrides, field):
@@ -176,3 +185,23 @@ def test_published_configs_resolve_the_presets_table():
             got.append(config_lib.dividemix_lambda_u(c))
             assert config_lib.dividemix_p_threshold(c) == (0.6 if noise == 0.9 else 0.5)
         assert tuple(got) == expected[c.data.name]
+
+
+def test_same_metrics_on_1_and_2_devices(full_run):
+    """The tiny run on a 2-device mesh (data sharded, both networks replicated, every batch
+    sharded) gives the 1-device run's metrics to float tolerance and its labelled-set sizes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")  # fmt: skip
+    r = subprocess.run([sys.executable, "tests/_dividemix_parallel_check.py", "2"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, r.stdout[-3000:]
+    two = json.loads(line[-1][len("RESULT ") :])["2"]
+    one = full_run[0]["history"]
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert [v["labelled"] for v in a.get("division", {}).values()] == b["labelled"]
+        for k in ("train_loss", "test_loss", "test_acc", "auroc"):
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-3, atol=1e-3, err_msg=k)

@@ -23,7 +23,7 @@ from scipy import special
 from configs import default
 from jaxnoise import data as data_lib
 from jaxnoise import dividemix_step as dms
-from jaxnoise import models, train
+from jaxnoise import models, strong_augment, train
 
 N, D, C, B = 40, 5, 3, 8  # samples, features, classes, labelled (= unlabelled) batch
 T, ALPHA, LAMBDA_MAX, WARM_UP, RAMPUP = 0.5, 4.0, 25.0, 10, 16
@@ -77,8 +77,9 @@ def _int(v):
     return jnp.int32(v)
 
 
-def _call_semi(linear, mask, epoch, s, net=0):
-    c, _, _, state, other, data, p_clean, step = linear
+def _call_semi(linear, mask, epoch, s, net=0, step=None):
+    c, _, _, state, other, data, p_clean, default_step = linear
+    step = step or default_step
     num_iter = int(mask.sum()) // B + 1  # as the official num_iter
     orders = dms.pool_orders(c.seed, _int(epoch), _int(net), jnp.asarray(mask))
     args = (data, jnp.asarray(p_clean), orders, _int(epoch), _int(s), _int(num_iter))
@@ -103,14 +104,17 @@ def _sharpen(p):
     return pt / pt.sum(1, keepdims=True)
 
 
-def _semi_reference(w, b, w2, b2, x, y, p_clean, idx_x, idx_u, lam, perm, lambda_u):
-    """The official train() loop body for a linear net (float64): loss, its parts, dL/dW, dL/db."""
+def _semi_reference(w, b, w2, b2, x, y, p_clean, idx_x, idx_u, lam, perm, lambda_u, strong=None):
+    """The official train() loop body for a linear net (float64): loss, its parts, dL/dW, dL/db.
+    ``strong``: AugDesc-WS, the (deterministic) strong view that MixMatch mixes instead."""
     xs, us = (x[idx_x] - MEAN) / STD, (x[idx_u] - MEAN) / STD  # both views equal
+    strong = strong or (lambda a: a)
+    xs_t, us_t = (strong(x[idx_x]) - MEAN) / STD, (strong(x[idx_u]) - MEAN) / STD
     pu = (2 * _softmax(us @ w + b) + 2 * _softmax(us @ w2 + b2)) / 4  # co-guessing
     wx = p_clean[idx_x][:, None]
     tx = _sharpen(wx * np.eye(C)[y[idx_x]] + (1 - wx) * _softmax(xs @ w + b))  # co-refinement
     tu = _sharpen(pu)
-    inputs, targets = np.concatenate([xs, xs, us, us]), np.concatenate([tx, tx, tu, tu])
+    inputs, targets = np.concatenate([xs_t, xs_t, us_t, us_t]), np.concatenate([tx, tx, tu, tu])
     mixed_in = lam * inputs + (1 - lam) * inputs[perm]
     mixed_t = lam * targets + (1 - lam) * targets[perm]
     h = mixed_in @ w + b
@@ -159,6 +163,53 @@ def test_semi_step_is_the_official_train_body(linear):
     other_loss = _semi_reference(w, b, w, b, x, y, p_clean, idx_x, idx_u, float(d.lam),
                                  np.asarray(d.mix_perm), lambda_u)[0]  # fmt: skip
     assert abs(other_loss - loss) > 1e-4
+
+
+def _fake_strong(images, key, **kw):
+    """A deterministic stand-in for the strong view (feature vectors cannot be AutoAugmented)."""
+    del key, kw
+    return images[:, ::-1] * 2.0 + 0.25
+
+
+def test_augdesc_ws_targets_from_weak_views_mixmatch_of_strong_views(linear, monkeypatch):
+    """views="augdesc-ws": co-guessing / co-refinement on the weak views, MixMatch (and so the
+    gradient) on the strong ones; the same draws as the weak step."""
+    monkeypatch.setattr(strong_augment, "strong_augment", _fake_strong)
+    c, graphdef, tx, state, other, data, p_clean, _ = linear
+    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
+                              lambda_max=LAMBDA_MAX, warm_up=WARM_UP, rampup=RAMPUP,
+                              views="augdesc-ws")  # fmt: skip
+    x, y = np.asarray(data["images"], np.float64), np.asarray(data["labels"])
+    mask, (epoch, s, net) = p_clean > 0.5, (13, 1, 0)
+    new, m, num_iter = _call_semi(linear, mask, epoch, s, net, step=step)
+    d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
+    lambda_u = LAMBDA_MAX * np.clip((epoch + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
+    (w, b), (w2, b2) = _kernel_bias(state["params"]), _kernel_bias(other["params"])
+    args = (w, b, w2, b2, x, y, p_clean.astype(np.float64), np.asarray(d.labelled),
+            np.asarray(d.unlabelled), float(d.lam), np.asarray(d.mix_perm), lambda_u)  # fmt: skip
+    loss, lx, lu, pen, g_w, g_b = _semi_reference(*args, strong=lambda a: a[:, ::-1] * 2 + 0.25)
+    for name, want in (("loss", loss), ("Lx", lx), ("Lu", lu), ("penalty", pen)):
+        np.testing.assert_allclose(m[name], want, rtol=1e-5, err_msg=name)
+    w_new, _ = _kernel_bias(new["params"])
+    np.testing.assert_allclose(w_new - w, -LR * (g_w + WD * w), rtol=1e-4, atol=1e-8)
+    assert abs(_semi_reference(*args)[0] - loss) > 1e-3  # the strong views matter
+    with pytest.raises(ValueError, match="views must be one of"):
+        dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, lambda_max=1.0, warm_up=1, views="ss")
+
+
+def test_warmup_view_strong_with_probability(monkeypatch):
+    """The warm-up view: weak at 0, strong at 1 (SAW), per sample strong with probability p."""
+    monkeypatch.setattr(strong_augment, "strong_augment", _fake_strong)
+    c = _config()
+    x = np.random.default_rng(3).normal(size=(4000, D)).astype(np.float32)
+    weak, strong = (x - MEAN) / STD, (_fake_strong(x, None) - MEAN) / STD
+    key = jax.random.key(5)
+    np.testing.assert_allclose(dms._warmup_view(x, key, c, MEAN, STD, 0.0), weak, rtol=1e-6)
+    np.testing.assert_allclose(dms._warmup_view(x, key, c, MEAN, STD, 1.0), strong, rtol=1e-6)
+    got = np.asarray(dms._warmup_view(x, key, c, MEAN, STD, 0.25))
+    is_strong = np.all(np.isclose(got, strong, rtol=1e-6), axis=1)
+    assert np.all(is_strong | np.all(np.isclose(got, weak, rtol=1e-6), axis=1))
+    assert abs(is_strong.mean() - 0.25) < 4 * np.sqrt(0.25 * 0.75 / len(x))  # 4 sigma
 
 
 def test_labelled_batches_of_an_epoch_cover_the_pool_once():
