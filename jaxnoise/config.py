@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import data as data_lib
-from jaxnoise import extractors, losses, models
+from jaxnoise import dividemix_step, extractors, losses, models
 from jaxnoise import noise as noise_lib
 from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
@@ -40,7 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
-    "dividemix_views": ("weak", "augdesc-ws"),  # jaxnoise/dividemix_step.py VIEWS
+    "dividemix_views": dividemix_step.VIEWS,
 }
 
 

@@ -432,14 +432,19 @@ def main(argv=None) -> int:
         "original network built at the widths below from its own modules, its weights copied "
         "into jaxnoise's; no augmentation on either side (the same batch goes to both).", "",
     ]
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(header + lines) + "\n")
-    print(f"wrote {RESULTS}")
-    if args.write_fixtures:
-        os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
-        np.savez_compressed(FIXTURE, **fx)
-        print(f"wrote {FIXTURE} ({os.path.getsize(FIXTURE) / 1024:.0f} KiB)")
+    write_files(RESULTS, header + lines, FIXTURE if args.write_fixtures else None, fx)
     return 0
+
+
+def write_files(results: str, lines: list[str], fixture: str | None, fx: dict) -> None:
+    """The results page, and (``fixture`` given) the original's outputs as the test fixture."""
+    with open(results, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {results}")
+    if fixture:
+        os.makedirs(os.path.dirname(fixture), exist_ok=True)
+        np.savez_compressed(fixture, **fx)
+        print(f"wrote {fixture} ({os.path.getsize(fixture) / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":

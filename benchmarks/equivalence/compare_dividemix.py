@@ -484,13 +484,7 @@ def write_outputs(args, lines, fx, t0) -> None:
         "update|| over all parameters and BatchNorm running statistics.",
         "",
     ]
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(header + lines) + "\n")
-    print(f"wrote {RESULTS}")
-    if args.write_fixtures:
-        os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
-        np.savez_compressed(FIXTURE, **fx)
-        print(f"wrote {FIXTURE} ({os.path.getsize(FIXTURE) / 1024:.0f} KiB)")
+    arazo.write_files(RESULTS, header + lines, FIXTURE if args.write_fixtures else None, fx)
 
 
 if __name__ == "__main__":
