@@ -21,6 +21,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxnoise import config as config_lib  # the validator: imports no jax
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
 )
@@ -32,6 +34,14 @@ flags.mark_flags_as_required(["config"])
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+# Where each group of fields is set, with its comments: (heading, file, variable, prefix).
+FIELD_SOURCES = (
+    ("shared fields (configs/default.py)", DEFAULT_CONFIG, "c", ""),
+    ("config.bootstrap: CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH (jaxnoise/bootstrap/config.py)",
+     os.path.join(ROOT, "jaxnoise", "bootstrap", "config.py"), "b", "bootstrap."),
+    ("config.dividemix: DivideMix (jaxnoise/dividemix/config.py)",
+     os.path.join(ROOT, "jaxnoise", "dividemix", "config.py"), "d", "dividemix."),
+)
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 SOURCE_HELP = {  # --help's line for each data source
     "tfds": "a tensorflow-datasets dataset (--config.data.name=cifar10, cifar100, ...); "
@@ -52,8 +62,10 @@ def refuse(message: str) -> None:
 # --help: the config fields with their comments, read from configs/default.py.
 
 
-def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
-    """(field, default value, comment) of every field set in configs/default.py, in order.
+def default_fields(path: str = DEFAULT_CONFIG, var: str = "c",
+                   prefix: str = "") -> list[tuple[str, str, str]]:  # fmt: skip
+    """(field, default value, comment) of every field set as ``var.FIELD = value`` in a file,
+    in order, named ``prefix + FIELD``.
 
     A field's comment is the one on its line plus the comment-only lines right below it.
     """
@@ -69,7 +81,7 @@ def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
         while isinstance(target, ast.Attribute):
             parts.append(target.attr)
             target = target.value
-        if not (isinstance(target, ast.Name) and target.id == "c" and parts):
+        if not (isinstance(target, ast.Name) and target.id == var and parts):
             continue
         if isinstance(node.value, ast.Call):  # c.data = ml_collections.ConfigDict()
             continue
@@ -81,7 +93,7 @@ def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
             if not s.startswith("#") or s.startswith("# ---"):
                 break
             comment.append(s[1:].strip())
-        out.append((node.lineno, ".".join(reversed(parts)), value, " ".join(comment)))
+        out.append((node.lineno, prefix + ".".join(reversed(parts)), value, " ".join(comment)))
     return [t[1:] for t in sorted(out)]
 
 
@@ -110,10 +122,13 @@ def help_text() -> str:
         "data sources (--config.data.source=SOURCE):",
         *(f"  {s:<8} {SOURCE_HELP.get(s, 'see configs/default.py')}" for s in SOURCES),
         "",
-        "config fields (defaults from configs/default.py; each config file states what differs):",
+        "config fields (the defaults; each config file states what differs). A config has the",
+        "shared fields and the block of its method: config.bootstrap or config.dividemix.",
     ]
-    for field, value, comment in default_fields():
-        out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
+    for heading, path, var, prefix in FIELD_SOURCES:
+        out += ["", heading + ":"]
+        for field, value, comment in default_fields(path, var, prefix):
+            out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
     out += [
         "",
         "after (or during) a run:",
@@ -149,6 +164,21 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def _load_config(path: str):
+    """The ConfigDict of a config file (``FILE`` or ``FILE:ARG``), as --config loads it."""
+    import importlib.util
+
+    file, _, arg = path.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_jaxnoise_config", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # a config file that raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        refuse(f"--config {path}: {type(e).__name__}: {first}")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with --help exiting 0 and every refusal one line with exit code 2."""
     if any(a in HELP_FLAGS for a in argv[1:]):
@@ -158,14 +188,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     if path is None:
         refuse("--config CONFIG is required, e.g. python main.py --config configs/quickstart.py; "
                "python main.py --help lists the configs and fields")  # fmt: skip
-    fields = [f for f, _, _ in default_fields()]
-    for name in _config_overrides(argv[1:]):
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            refuse(f"--config.{name}: not a config field{hint}; python main.py --help lists them")
     if not os.path.isfile(path.split(":", 1)[0]):
         refuse(f"--config {path}: no such file (the configs are in configs/)")
+    config = _load_config(path)
+    fields = sorted(config_lib.flatten(config.to_dict()))
+    for name in _config_overrides(argv[1:]):
+        if name not in fields:
+            why = config_lib.foreign_field(name, config.method)
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            refuse(f"--config.{name}: {why or f'not a config field{hint}'}; python main.py "
+                   "--help lists the fields")  # fmt: skip
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
