@@ -59,7 +59,10 @@ def _anchors(path: Path) -> set[str]:
 def test_slug_matches_github_examples():
     """The slug rule on headings whose GitHub anchors are known."""
     assert _slug("GPU, cloud and many hosts") == "gpu-cloud-and-many-hosts"
-    assert _slug("CIFAR-10N / CIFAR-100N (real human noise)") == "cifar-10n--cifar-100n-real-human-noise"
+    assert (
+        _slug("CIFAR-10N / CIFAR-100N (real human noise)")
+        == "cifar-10n--cifar-100n-real-human-noise"
+    )
     assert _slug("The `prepare` extra") == "the-prepare-extra"
 
 
