@@ -255,11 +255,18 @@ def main(argv):
             file=sys.stderr,
         )
         sys.exit(128 + signal.Signals[name or "SIGTERM"].value)
-    print(
-        f"done: {config.method} noise={config.noise} best test acc {summary['best_acc']:.2f}% "
-        f"last {summary['last_acc']:.2f}%  noise-detection AUROC {summary['auroc']:.4f}  "
-        f"workdir {workdir}"
-    )
+    print(done_line(config, summary, workdir, train.labels_summary(config)))
+
+
+def done_line(config, summary: dict, workdir: str, labels: str) -> str:
+    """The last line of a finished run: accuracy, and the detection AUROC when the noise is
+    known (else the noise model's estimate of the fraction of wrong labels)."""
+    if summary.get("noise_known", True):
+        detection = f"noise-detection AUROC {summary['auroc']:.4f}"
+    else:
+        detection = f"est. noisy {summary['est_noisy']:.1%} (which labels are wrong is unknown)"
+    return (f"done: {config.method} {labels} best test acc {summary['best_acc']:.2f}% last "
+            f"{summary['last_acc']:.2f}%  {detection}  workdir {workdir}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[DivideMixRun, dict,
                   {"loss_history": init_history(hyper, ds.train_images.shape[0], mesh)})
     nets, aux, meta = train.restore(run, *fresh_tree)
     nets, aux = _placed_like((nets, aux), fresh_tree)
-    workdir_lib.write_run_info(workdir, resolved, ds, config)
+    workdir_lib.write_run_info(workdir, resolved, ds, config, metrics_lib.noise_known(mask))
     ckpt_lib.atomic_write_text(run.metrics_path,
                                "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
     return run, nets, aux["loss_history"], meta
@@ -375,8 +375,12 @@ def record(run: DivideMixRun, epoch: int, phase: str, trained: dict, division: d
     with open(run.metrics_path, "a") as f:
         f.write(json.dumps(r) + "\n")
     labelled = "/".join(str(d["labelled"]) for d in division.get("division", {}).values())
+    if metrics_lib.noise_known(run.noise_mask):
+        detection = f"  division AUROC {division['auroc']:.4f}"
+    else:  # no label known wrong: the divisions' estimate (none yet in warm-up)
+        detection = f"  est. noisy {division['est_noisy']:.1%}" if "est_noisy" in division else ""
     log(f"epoch {epoch} ({phase}): train loss {train_loss:.4f}  test acc {test['test_acc']:.2f}%"
-        f" (best {run.best_acc:.2f}%)  division AUROC {division['auroc']:.4f}"
+        f" (best {run.best_acc:.2f}%){detection}"
         f"{f'  labelled {labelled}' if labelled else ''}  [{sum(seconds.values()):.1f}s]")
     return r
 
