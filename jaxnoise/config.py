@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix_step, extractors, losses, models
+from jaxnoise import dividemix_step, extractors, human_labels, losses, models
 from jaxnoise import noise as noise_lib
 from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
@@ -37,7 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalization": ("published", "dataset"),
     "shortcut": models.SHORTCUTS,
     "compute_dtype": models.COMPUTE_DTYPES,
-    "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
+    "label_order": human_labels.ORDERS,
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
     "dividemix_views": dividemix_step.VIEWS,
@@ -339,6 +339,10 @@ def _check_files(c: dict[str, Any]) -> None:
             _fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
         if not os.path.isdir(c["data.root"]):
             _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
+        human_file = c["noise_kind"] == "human" and c["label_file"]
+        if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
+            if not human_labels.names_its_samples(c["label_file"], c["label_key"]):
+                _fail("label_order", "auto", human_labels.no_path_column(c["label_file"]))
 
 
 # features ----------------------------------------------------------------------------------------

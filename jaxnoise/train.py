@@ -460,7 +460,8 @@ def load_noisy_data(config, mesh):
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
     log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
-        f"{ds.num_classes}; {labels_line(config, noise_mask)} ({time.time() - t0:.1f}s)")  # fmt: skip
+        f"{ds.num_classes}; {labels_line(config, noise_mask)} "
+        f"({time.time() - t0:.1f}s)")  # fmt: skip
     return ds, noisy_labels, noise_mask
 
 

@@ -250,3 +250,135 @@ def test_report_without_a_noisy_label_has_no_precision_and_one_histogram(tmp_pat
     hists.clear()
     plots.loss_histogram(str(tmp_path / "h.png"), np.arange(10.0), noise_mask=np.zeros(10, bool))
     assert hists == ["all samples (10)"], hists
+
+
+# ------------------------------------------------------------------------------------------------
+# 3-6. Label files: refused before loading, plain values in messages, index arrays, short names.
+
+
+def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """python main.py ARGS, output captured."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+
+
+def one_line_refusal(r: subprocess.CompletedProcess) -> str:
+    """The refusal's one stderr line (exit code 2)."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_auto_label_order_on_an_image_folder_is_refused_in_validation(tmp_path):
+    """A label file without a path column on an image folder: refused by config validation (exit
+    2, one line naming label_order), before any image is loaded: the folder here holds none, so a
+    refusal after loading would be a different error (exit 1)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    path = tmp_path / "human.npz"
+    np.savez(path, worse_label=np.arange(6) % 3)
+    r = run_main("--config", "configs/quickstart.py", "--config.data.source=folder",
+                 f"--config.data.root={root}", "--config.noise_kind=human",
+                 f"--config.label_file={path}", "--config.label_key=worse_label",
+                 f"--workdir={tmp_path / 'run'}")  # fmt: skip
+    line = one_line_refusal(r)
+    assert "config.label_order = 'auto'" in line and "no path column" in line, line
+    assert not (tmp_path / "run").exists()
+    csv = tmp_path / "human.csv"  # a path column: auto is fine, and the folder's absence shows
+    csv.write_text("path,label\ntrain/a/0.png,1\n")
+    r = run_main("--config", "configs/quickstart.py", "--config.data.source=folder",
+                 f"--config.data.root={root}", "--config.noise_kind=human",
+                 f"--config.label_file={csv}", f"--workdir={tmp_path / 'run'}")  # fmt: skip
+    assert r.returncode == 1 and "config.label_order" not in r.stderr, r.stderr[-2000:]
+    assert "has no train/ subfolder" in r.stderr, r.stderr[-2000:]
+
+
+def folder_like_dataset(n: int = 6):
+    """An in-memory dataset with an image folder's paths and ids (train/<class>/<i>.png)."""
+    from jaxnoise import data as data_lib
+
+    ids = np.asarray([f"train/{'ab'[i % 2]}/{i}.png" for i in range(n)])
+    labels = (np.arange(n) % 2).astype(np.int32)
+    return data_lib.Dataset(np.zeros((n, 2, 2, 3), np.uint8), labels,
+                            np.zeros((2, 2, 2, 3), np.uint8), labels[:2], ["a", "b"], "imgs",
+                            train_paths=[f"/r/{i}" for i in ids], train_ids=ids)  # fmt: skip
+
+
+def test_refusals_show_plain_values_not_numpy_reprs(tmp_path):
+    """Messages that quote a value taken from an array show it as Python shows a str / number."""
+    from jaxnoise import human_labels
+    from jaxnoise import noise as noise_lib
+
+    ds = folder_like_dataset()
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},1\n" for p in ds.train_ids[:-1]))
+    with pytest.raises(ValueError) as e:
+        human_labels.resolve(ds, label_file=str(csv), label_key="", label_order="id")
+    assert "e.g. 'train/b/5.png'" in str(e.value) and "np." not in str(e.value), e.value
+    with pytest.raises(ValueError) as e:
+        human_labels.resolve(ds, label_file=str(csv), label_key="", label_order="cifar")
+    assert "ids like 'train/a/0.png'" in str(e.value) and "np." not in str(e.value), e.value
+    with pytest.raises(ValueError) as e:
+        noise_lib.apply("symmetric", np.zeros(4, int), num_classes=3, rate=np.float64(1.5))
+    assert "got 1.5" in str(e.value) and "np." not in str(e.value), e.value
+
+
+def cifar_like_dataset(n: int = 8, seed: int = 0):
+    """A tfds-CIFAR-like dataset: ids train_XXXXX (XXXXX the CIFAR index) in another order."""
+    from jaxnoise import data as data_lib
+
+    rng = np.random.default_rng(seed)
+    cifar_index = rng.permutation(n)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    ids = np.asarray([f"train_{i:05d}" for i in cifar_index])
+    return data_lib.Dataset(np.zeros((n, 2, 2, 3), np.uint8), labels,
+                            np.zeros((2, 2, 2, 3), np.uint8), labels[:2],
+                            [str(k) for k in range(10)], "cifar10", train_ids=ids), cifar_index
+
+
+def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
+    """A CIFAR-N .npz with an `index` array (CIFAR positions of its rows, here shuffled): the
+    index is not listed among the label sets, and the rows are aligned by it."""
+    from jaxnoise import human_labels, label_files
+
+    ds, cifar_index = cifar_like_dataset()
+    n = len(cifar_index)
+    rng = np.random.default_rng(1)
+    rows_order = rng.permutation(n)  # the file's row r holds CIFAR sample rows_order[r]
+    clean_by_cifar = np.empty(n, np.int64)
+    clean_by_cifar[cifar_index] = ds.train_labels  # the label of CIFAR sample i
+    worse_by_cifar = (clean_by_cifar + 1) % 10
+    path = tmp_path / "CIFAR-10_human.npz"
+    np.savez(path, clean_label=clean_by_cifar[rows_order], worse_label=worse_by_cifar[rows_order],
+             index=rows_order)  # fmt: skip
+    assert label_files.available_keys(path) == ["clean_label", "worse_label"]
+    with pytest.raises(ValueError, match=r"several label sets \(clean_label, worse_label\)"):
+        label_files.read(path)
+    got = human_labels.resolve(ds, label_file=str(path), label_key="worse_label")
+    expected = worse_by_cifar[cifar_index]  # sample j of ds is CIFAR sample cifar_index[j]
+    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], expected)
+
+
+@pytest.mark.parametrize(("short", "long"), [("worse", "worse_label"), ("aggre", "aggre_label"),
+                                             ("random1", "random_label1"),
+                                             ("random3", "random_label3"),
+                                             ("rand2", "random_label2")])  # fmt: skip
+def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, tmp_path):
+    """label_key=worse (etc.) picks worse_label from a file as it does from tfds cifar10_n."""
+    import dataclasses
+
+    from jaxnoise import human_labels
+
+    ds = folder_like_dataset(12)
+    rng = np.random.default_rng(0)
+    sets = {name: rng.integers(0, 2, 12) for name in ("worse_label", "aggre_label",
+                                                      "random_label1", "random_label2",
+                                                      "random_label3")}  # fmt: skip
+    path = tmp_path / "labels.npz"
+    np.savez(path, **sets)
+    got = human_labels.resolve(ds, label_file=str(path), label_key=short, label_order="dataset")
+    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], sets[long])
+    source = dataclasses.replace(ds, label_sets=sets)  # as tfds cifar10_n carries them
+    got = human_labels.resolve(source, label_file="", label_key=short)
+    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], sets[long])
