@@ -133,9 +133,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.dividemix_warm_up = 10  # cross-entropy warm-up of both networks in epochs 0..warm_up-1
     # (official: 10 on CIFAR-10, 30 on CIFAR-100)
     c.p_threshold = 0.5  # clean probability above which a sample is labelled (official
-    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise)
+    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise; with noise_kind="human",
+    # which has no noise level, -1 resolves to 0.5 and the run's first line says so)
     c.lambda_u = 25.0  # weight of the unlabelled loss after its ramp-up (official default;
-    # -1: the paper's table for the dataset, noise kind and level, jaxnoise/config.py)
+    # -1: the paper's table for the dataset, noise kind and level, jaxnoise/config.py; refused
+    # with noise_kind="human": the paper gives none for human noise, so set it, e.g. from the
+    # paper's grid {0, 25, 50, 150})
     c.lambda_u_rampup = 16.0  # lambda_u ramps up linearly over this many epochs after warm-up
     c.sharpen_temperature = 0.5  # T of co-guessing / co-refinement sharpening
     c.mixmatch_alpha = 4.0  # MixMatch lam ~ Beta(alpha, alpha), lam = max(lam, 1 - lam)

@@ -241,6 +241,10 @@ def dividemix_lambda_u(c: Any) -> float:
     flat = c if isinstance(c, dict) else _as_flat_dict(c)
     if float(flat["lambda_u"]) != AUTO:
         return float(flat["lambda_u"])
+    if flat["noise_kind"] == "human":
+        _fail("lambda_u", -1, "a number >= 0, set explicitly for noise_kind='human': DivideMix's "
+              "paper gives lambda_u for synthetic noise levels only (it picks it from "
+              "{0, 25, 50, 150} on a validation set; the official code's default is 25)")
     name = {"cifar10_n": "cifar10", "cifar100_n": "cifar100",
             "digits": "cifar10"}.get(flat["data.name"], flat["data.name"])  # fmt: skip
     key = (name, flat["noise_kind"], round(float(flat["noise"]), 6))
@@ -252,10 +256,13 @@ def dividemix_lambda_u(c: Any) -> float:
 
 
 def dividemix_p_threshold(c: Any) -> float:
-    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5."""
+    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5 (also for
+    noise_kind='human', which has no noise level: ``config.noise`` is not read then)."""
     flat = c if isinstance(c, dict) else _as_flat_dict(c)
     if float(flat["p_threshold"]) != AUTO:
         return float(flat["p_threshold"])
+    if flat["noise_kind"] == "human":
+        return 0.5
     return 0.6 if float(flat["noise"]) >= DIVIDEMIX_HISTORY_NOISE else 0.5
 
 

@@ -229,7 +229,9 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[DivideMixRun, dict,
                        parallel.put_samples(mesh, mask), test, pieces, mesh,
                        ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints), hyper,
                        metrics_path=os.path.join(workdir, "metrics.jsonl"))  # fmt: skip
-    log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}, "
+    auto_human = config.p_threshold == config_lib.AUTO and config.noise_kind == "human"
+    why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
+    log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}{why}, "
         f"loss history {hyper['loss_history'] or 'off'}, epochs 0..{config.epochs}, "
         f"devices: {mesh.size}")
     fresh_tree = (parallel.put_replicated(mesh, init_nets(config, ds, pieces.tx)),

@@ -382,3 +382,42 @@ def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, t
     source = dataclasses.replace(ds, label_sets=sets)  # as tfds cifar10_n carries them
     got = human_labels.resolve(source, label_file="", label_key=short)
     np.testing.assert_array_equal(got.label_sets[human_labels.KEY], sets[long])
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. DivideMix with human labels: lambda_u must be set; p_threshold=-1 is 0.5, not read from noise.
+
+
+def human_dividemix(**overrides):
+    """configs/cifar10_dividemix.py (lambda_u and p_threshold -1) on CIFAR-10N's worse labels."""
+    from configs import cifar10_dividemix
+
+    c = cifar10_dividemix.get_config()
+    c.data.name, c.noise_kind, c.label_key = "cifar10_n", "human", "worse_label"
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_dividemix_human_labels_need_an_explicit_lambda_u():
+    """lambda_u=-1 with human labels: one line saying the paper gives none and what to set,
+    not 'no lambda_u for human noise 0'; an explicit value passes."""
+    from jaxnoise import config as config_lib
+
+    with pytest.raises(ValueError) as e:
+        config_lib.validate(human_dividemix())
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("config.lambda_u = -1")
+    assert "noise_kind='human'" in msg and "{0, 25, 50, 150}" in msg, msg
+    assert "human noise 0" not in msg
+    config_lib.validate(human_dividemix(lambda_u=25.0))
+
+
+def test_dividemix_human_labels_p_threshold_auto_is_half_whatever_config_noise_says():
+    """p_threshold=-1 with human labels is 0.5 (the paper's below 90%); config.noise, which
+    human labels do not use, is not read: 0.95 there would otherwise give 0.6."""
+    from jaxnoise import config as config_lib
+
+    assert config_lib.dividemix_p_threshold(human_dividemix(lambda_u=0.0, noise=0.95)) == 0.5
+    synthetic = human_dividemix(noise_kind="symmetric", label_key="", noise=0.9)
+    assert config_lib.dividemix_p_threshold(synthetic) == 0.6
