@@ -421,3 +421,40 @@ def test_dividemix_human_labels_p_threshold_auto_is_half_whatever_config_noise_s
     assert config_lib.dividemix_p_threshold(human_dividemix(lambda_u=0.0, noise=0.95)) == 0.5
     synthetic = human_dividemix(noise_kind="symmetric", label_key="", noise=0.9)
     assert config_lib.dividemix_p_threshold(synthetic) == 0.6
+
+
+# ------------------------------------------------------------------------------------------------
+# 8, 9, 12. --help: the quoted tuple, every model, the features source; a field given twice.
+
+
+def test_help_shows_quoted_tuples_every_model_and_the_features_source():
+    """The tuple example is quoted for the shell (and parses as one shell word), the model field
+    lists every model the library builds, and the features source names its keys."""
+    import shlex
+
+    from jaxnoise import models
+
+    out = run_main("--help").stdout
+    assert "'--config.mlp_hidden=(512,)'" in out
+    assert shlex.split("python main.py '--config.mlp_hidden=(512,)'")[-1] == (
+        "--config.mlp_hidden=(512,)"
+    )
+    (model_line,) = [x for x in out.splitlines() if x.startswith("  model = ")]
+    for name in models.MODEL_NAMES:
+        assert f'"{name}"' in model_line, (name, model_line)
+    (features,) = [x for x in out.splitlines() if x.startswith("  features ")]
+    for key in ("train_features", "train_labels", "test_features", "test_labels", "class_names",
+                "train_ids", "--config.data.features=", ".npz", ".npy"):  # fmt: skip
+        assert key in features, (key, features)
+    assert "see configs/default.py" not in features
+
+
+def test_a_field_given_twice_is_refused():
+    """--config.mlp_hidden=(128,) --config.mlp_hidden=(512,) would train a (128, 512) head
+    (ml_collections joins repeated tuple flags): refused in one line, exit 2."""
+    r = run_main("--config", "configs/features_m_dyr_h.py", "--config.mlp_hidden=(128,)",
+                 "--config.mlp_hidden=(512,)")  # fmt: skip
+    line = one_line_refusal(r)
+    assert "--config.mlp_hidden is given twice" in line, line
+    r = run_main("--config", "configs/quickstart.py", "--config.noise=0.2", "--config.noise=0.4")
+    assert "--config.noise is given twice" in one_line_refusal(r)
