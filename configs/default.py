@@ -126,6 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.kmeans_centroids = 1600  # K: 4K features after 4-quadrant pooling
     c.data.kmeans_patches = 400000  # random 6x6 patches the whitening and k-means learn from
     c.data.kmeans_iters = 20  # k-means (Lloyd) iterations
+    c.data.kmeans_eps = 10.0  # contrast normalisation of each patch, (x - mean) / sqrt(var + eps)
+    # on 0..255 pixel values (10: Coates et al.'s code); part of the features cache key, so a
+    # changed eps extracts again (benchmarks/results/features_notes.md)
     c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none); quoted
     # on the command line: '--config.mlp_hidden=(512,)' (a bare (512,) is a shell syntax error)
 

@@ -202,6 +202,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "data.kmeans_centroids": _int(2),
     "data.kmeans_patches": _int(2),
     "data.kmeans_iters": _int(1),
+    "data.kmeans_eps": _real(0.0, lo_open=True),
     "mlp_hidden": _sizes,
     # DivideMix (jaxnoise/dividemix_loop.py; documented in configs/default.py)
     "dividemix_warm_up": _int(1),

@@ -33,6 +33,10 @@ _NON_RESULT_FIELDS = {
     "distributed.process_id",
 }
 
+# Fields added after runs were made, with the value that reproduces those runs: a config.json
+# without the field resumes under that value (and only under it).
+_ADDED_FIELDS = {"data.kmeans_eps": 10.0}
+
 # What --fresh removes: everything a run writes into its workdir.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
 
@@ -115,7 +119,7 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     try:
         with open(path) as f:
-            old = _flatten(json.load(f))
+            old = {**_ADDED_FIELDS, **_flatten(json.load(f))}
     except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not an object
         raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "

@@ -458,3 +458,130 @@ def test_a_field_given_twice_is_refused():
     assert "--config.mlp_hidden is given twice" in line, line
     r = run_main("--config", "configs/quickstart.py", "--config.noise=0.2", "--config.noise=0.4")
     assert "--config.noise is given twice" in one_line_refusal(r)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. configs/features_m_dyr_h.py is the features protocol's M-DYR-H cell; the protocol takes
+#     human labels from a file.
+
+
+def flat(config) -> dict:
+    from jaxnoise import config as config_lib
+
+    return config_lib.flatten(config.to_dict())
+
+
+def test_features_config_equals_the_features_protocol_cell(tmp_path):
+    """Every field of configs/features_m_dyr_h.py equals the protocol's M-DYR-H cell except
+    where the data come from (data.source/root/extractor/cache_dir/name) and the noise level."""
+    from benchmarks import reproduce
+    from configs import features_m_dyr_h
+
+    protocol = flat(reproduce.make_config("features", "M-DYR-H@0.0", str(tmp_path), "/cache"))
+    config = flat(features_m_dyr_h.get_config())
+    where = {"data.source", "data.root", "data.extractor", "data.cache_dir", "data.name"}
+    differ = {k for k in protocol if protocol[k] != config[k]}
+    assert differ == where, {k: (protocol[k], config[k]) for k in differ - where}
+    assert config["data.kmeans_centroids"] == reproduce.FEATURES["kmeans_centroids"] == 400
+
+
+def test_reproduce_features_label_file_options_reach_the_config(tmp_path, monkeypatch):
+    """--protocol features --label-file F --label-key worse: every cell's config has human labels
+    from F (key, order), on the protocol's features; nothing is trained here."""
+    from benchmarks import reproduce
+    from jaxnoise import config as config_lib
+
+    seen = {}
+
+    def fake_train(config, workdir):
+        seen[workdir] = config
+        return {"history": []}
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(reproduce, "cifar_folder", lambda data_dir: str(tmp_path))
+    monkeypatch.setattr(reproduce, "write_table", lambda *a: seen.setdefault("table", a[0]))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,worse_label\ntrain/a/0.png,1\n")
+    argv = ["reproduce.py", "--protocol", "features", "--root", str(tmp_path / "runs"),
+            "--label-file", str(labels), "--label-key", "worse", "--cells", "M-DYR-H@human",
+            "CE@human"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    reproduce.main()
+    assert seen.pop("table") == "features_human_worse"
+    assert sorted(os.path.basename(w) for w in seen) == ["CE_human", "M-DYR-H_human"]
+    for workdir, c in seen.items():
+        assert os.path.dirname(workdir) == str(tmp_path / "runs" / "features_human_worse")
+        assert (c.noise_kind, c.label_file, c.label_key, c.label_order) == (
+            "human", str(labels), "worse", "auto")
+        assert (c.data.source, c.data.extractor, c.data.kmeans_centroids, c.model) == (
+            "folder", "kmeans", 400, "mlp")
+        config_lib.validate(c)  # the CSV names its samples: auto order is fine on the folder
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--protocol", "reduced", "--label-file",
+                                      str(labels)])  # fmt: skip
+    with pytest.raises(SystemExit):
+        reproduce.main()
+
+
+# ------------------------------------------------------------------------------------------------
+# 13. config.data.kmeans_eps: the k-means contrast-normalisation epsilon, in the cache key.
+
+
+def test_kmeans_eps_reaches_the_extractor_and_a_changed_eps_extracts_again(tmp_path):
+    """Digits through train.load_data with a tiny k-means extractor: eps 10 and 2550 give two
+    cache files and different features; the features equal a numpy reference of step 2 (contrast
+    normalisation with that eps) composed with the cached whitening and centroids."""
+    from jaxnoise import config as config_lib
+
+    def load(eps):
+        c = tiny_config(model="mlp", track_augment=False)
+        c.data.extractor, c.data.cache_dir, c.data.crop_padding = "kmeans", str(tmp_path), 0
+        c.data.kmeans_centroids, c.data.kmeans_patches, c.data.kmeans_iters = 4, 300, 1
+        c.data.kmeans_eps = eps
+        config_lib.validate(c)
+        return train.load_data(c)
+
+    a, b = load(10.0), load(2550.0)
+    caches = sorted(tmp_path.glob("features-kmeans-*.npz"))
+    assert len(caches) == 2
+    assert not np.allclose(a.train_images, b.train_images)
+    for path in caches:  # each cache holds the features its eps gives (numpy reference)
+        with np.load(path) as z:
+            eps = json.loads(str(z["settings_json"]))["patch_eps"]
+            ref = kmeans_reference(train.load_data(tiny_config()).train_images[:5], z, eps)
+            got = (a if eps == 10.0 else b).train_images[:5]
+            np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
+    assert {json.loads(str(np.load(p)["settings_json"]))["patch_eps"] for p in caches} == {
+        10.0, 2550.0}
+
+
+def kmeans_reference(images: np.ndarray, z, eps: float) -> np.ndarray:
+    """Coates et al.'s features in numpy: 6x6 patches at stride 1, (x - mean) / sqrt(var + eps)
+    (ddof 1), whitening, triangle activation, sum over the 4 quadrants (half rounded up)."""
+    x = images.astype(np.float64)
+    n, h, w, ch = x.shape
+    rows, cols = h - 5, w - 5
+    p = np.stack([x[:, i:i + rows, j:j + cols, :] for i in range(6) for j in range(6)], axis=3)
+    p = p.reshape(n, rows, cols, 36 * ch)
+    p = p - p.mean(-1, keepdims=True)
+    p = p / np.sqrt(p.var(-1, ddof=1, keepdims=True) + eps)
+    p = (p - z["kmeans_mean"]) @ z["kmeans_whitening"]
+    d = np.sqrt(np.maximum(((p[..., None, :] - z["kmeans_centroids"]) ** 2).sum(-1), 0.0))
+    f = np.maximum(0.0, d.mean(-1, keepdims=True) - d)
+    r, c = -(-rows // 2), -(-cols // 2)
+    quads = [f[:, :r, :c], f[:, r:, :c], f[:, :r, c:], f[:, r:, c:]]
+    return np.concatenate([q.sum((1, 2)) for q in quads], axis=-1)
+
+
+def test_a_run_from_before_kmeans_eps_resumes_under_its_old_value(tmp_path):
+    """A workdir whose config.json predates data.kmeans_eps resumes with eps 10 (what it ran
+    with), and refuses another eps."""
+    from jaxnoise import workdir as workdir_lib
+
+    new = train._config_fingerprint(tiny_config())  # what config.json holds
+    old = json.loads(json.dumps(new))
+    del old["data"]["kmeans_eps"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
+    new["data"]["kmeans_eps"] = 2550.0
+    with pytest.raises(workdir_lib.WorkdirConflict, match="data.kmeans_eps"):
+        workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
