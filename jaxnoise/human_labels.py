@@ -40,6 +40,7 @@ ORDERS = ("auto", "dataset", "cifar", "id")
 KEY = "human"  # the resolved set's key in Dataset.label_sets
 # CIFAR-100N's noisy set is "noisy_label" in the official file and "noise_label" in tfds.
 ALIASES = {"noisy_label": "noise_label", "noise_label": "noisy_label"}
+_CIFAR_ID = re.compile(r"^train_(\d{5})$")
 # Short names of the CIFAR-N label sets (the CIFAR-N code's and the configs' arguments), taken by
 # label_key for the data source's sets and a file's alike; a set of that very name wins.
 SHORT_NAMES = {
@@ -54,7 +55,6 @@ def key_names(key: str) -> list[str]:
     names = [key, SHORT_NAMES.get(key, "")]
     names += [ALIASES.get(n, "") for n in names]
     return list(dict.fromkeys(n for n in names if n))
-_CIFAR_ID = re.compile(r"^train_(\d{5})$")
 
 
 def resolve(ds: data_lib.Dataset, *, label_file: str, label_key: str,
