@@ -39,6 +39,11 @@ SOURCE_HELP = {  # --help's line for each data source
     "pip install -e '.[prepare]'",
     "folder": "your own images: --config.data.root=ROOT with ROOT/{train,test}/<class>/<image>",
     "digits": "scikit-learn's embedded 8x8 digits (offline; configs/quickstart.py)",
+    "features": "your own embeddings, --config.data.features=FILE: an .npz with train_features "
+    "(N, D), train_labels (N,), test_features, test_labels and optionally class_names, "
+    "train_ids (or a train/test pair: data.features + data.test_features, each an .npz of "
+    "features, labels or an .npy of features beside <stem>_labels.npy); model mlp or linear "
+    "(configs/features_m_dyr_h.py)",
 }
 
 
@@ -101,7 +106,11 @@ def help_text() -> str:
         "",
         "flags:",
         "  --config CONFIG        a config file: " + ", ".join(f"configs/{c}" for c in configs),
-        "  --config.FIELD=VALUE   override one field of it (the fields are below)",
+        "  --config.FIELD=VALUE   override one field of it (the fields are below), each field "
+        "once (a field",
+        "                         given twice is refused: neither combined nor the last one "
+        "winning); quote",
+        "                         a tuple for the shell: '--config.mlp_hidden=(512,)'",
         "  --workdir DIR          run directory (default runs/<config name>-<data source>); "
         "re-running the same command resumes there",
         "  --fresh                discard the run in the workdir and start again",
@@ -159,11 +168,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         refuse("--config CONFIG is required, e.g. python main.py --config configs/quickstart.py; "
                "python main.py --help lists the configs and fields")  # fmt: skip
     fields = [f for f, _, _ in default_fields()]
-    for name in _config_overrides(argv[1:]):
+    names = _config_overrides(argv[1:])
+    for i, name in enumerate(names):
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             refuse(f"--config.{name}: not a config field{hint}; python main.py --help lists them")
+        if name in names[:i]:  # ml_collections would silently join two tuples into one
+            refuse(f"--config.{name} is given twice: give each field once (ml_collections "
+                   "would join two tuples, e.g. (128,) and (512,) into (128, 512))")
     if not os.path.isfile(path.split(":", 1)[0]):
         refuse(f"--config {path}: no such file (the configs are in configs/)")
     try:
@@ -255,11 +268,18 @@ def main(argv):
             file=sys.stderr,
         )
         sys.exit(128 + signal.Signals[name or "SIGTERM"].value)
-    print(
-        f"done: {config.method} noise={config.noise} best test acc {summary['best_acc']:.2f}% "
-        f"last {summary['last_acc']:.2f}%  noise-detection AUROC {summary['auroc']:.4f}  "
-        f"workdir {workdir}"
-    )
+    print(done_line(config, summary, workdir, train.labels_summary(config)))
+
+
+def done_line(config, summary: dict, workdir: str, labels: str) -> str:
+    """The last line of a finished run: accuracy, and the detection AUROC when the noise is
+    known (else the noise model's estimate of the fraction of wrong labels)."""
+    if summary.get("noise_known", True):
+        detection = f"noise-detection AUROC {summary['auroc']:.4f}"
+    else:
+        detection = f"est. noisy {summary['est_noisy']:.1%} (which labels are wrong is unknown)"
+    return (f"done: {config.method} {labels} best test acc {summary['best_acc']:.2f}% last "
+            f"{summary['last_acc']:.2f}%  {detection}  workdir {workdir}")  # fmt: skip
 
 
 if __name__ == "__main__":

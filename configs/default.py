@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data -------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # "tfds" | "folder" (ROOT/{train,test}/<class>/<img>) | "digits"
+    # | "features" (your own embeddings: data.features below)
     c.data.name = "cifar10"  # tfds dataset name (source="tfds")
     c.data.root = ""  # image-folder root (source="folder")
     c.data.data_dir = ""  # tfds data_dir ("" = tfds default)
@@ -33,14 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.label_file = ""  # noise_kind="human": a label file (.pt of the CIFAR-N release, .npz,
     # .npy, .csv); "" with label_key: a label set the data source carries (tfds cifar10_n)
     c.label_key = ""  # the label set to use, e.g. "worse_label", "aggre_label", "random_label1"
-    # (CIFAR-10N), "noisy_label" (CIFAR-100N); a file holding several sets needs it
+    # (CIFAR-10N), "noisy_label" (CIFAR-100N), or their short names "worse", "aggre",
+    # "random1".."random3", "noisy" (file or data source alike); a file holding several needs it
     c.label_order = "auto"  # how the file's rows map to samples: "cifar" (original CIFAR order,
     # the CIFAR-N files; mapped through the tfds id) | "dataset" (the dataset's own order) |
     # "id" (its id/path column) | "auto" (see jaxnoise/human_labels.py; ambiguity is refused)
     c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
 
     # --- model ------------------------------------------------------------------------------
-    c.model = "preact_resnet18"  # "preact_resnet18" | "small_cnn" | "resnet50"
+    c.model = "preact_resnet18"  # images: "preact_resnet18" | "resnet34" | "small_cnn" |
+    # "resnet50"; features (data.source="features" or a data.extractor): "mlp" | "linear"
     c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 activations, float32 params/BN stats/losses
     c.shortcut = "preactivated"  # PreAct blocks' identity shortcut: "preactivated" = relu(bn1(x))
@@ -123,7 +126,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.kmeans_centroids = 1600  # K: 4K features after 4-quadrant pooling
     c.data.kmeans_patches = 400000  # random 6x6 patches the whitening and k-means learn from
     c.data.kmeans_iters = 20  # k-means (Lloyd) iterations
-    c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none)
+    c.data.kmeans_eps = 10.0  # contrast normalisation of each patch, (x - mean) / sqrt(var + eps)
+    # on 0..255 pixel values (10: Coates et al.'s code); part of the features cache key, so a
+    # changed eps extracts again (benchmarks/results/features_notes.md)
+    c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none); quoted
+    # on the command line: '--config.mlp_hidden=(512,)' (a bare (512,) is a shell syntax error)
 
     # --- DivideMix (method="DivideMix"; Li, Socher & Hoi 2020; jaxnoise/dividemix_loop.py) ---
     # Two networks; DivideMix counts epochs from 0 as the official code and runs epochs
@@ -133,9 +140,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.dividemix_warm_up = 10  # cross-entropy warm-up of both networks in epochs 0..warm_up-1
     # (official: 10 on CIFAR-10, 30 on CIFAR-100)
     c.p_threshold = 0.5  # clean probability above which a sample is labelled (official
-    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise)
+    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise; with noise_kind="human",
+    # which has no noise level, -1 resolves to 0.5 and the run's first line says so)
     c.lambda_u = 25.0  # weight of the unlabelled loss after its ramp-up (official default;
-    # -1: the paper's table for the dataset, noise kind and level, jaxnoise/config.py)
+    # -1: the paper's table for the dataset, noise kind and level, jaxnoise/config.py; refused
+    # with noise_kind="human": the paper gives none for human noise, so set it, e.g. from the
+    # paper's grid {0, 25, 50, 150})
     c.lambda_u_rampup = 16.0  # lambda_u ramps up linearly over this many epochs after warm-up
     c.sharpen_temperature = 0.5  # T of co-guessing / co-refinement sharpening
     c.mixmatch_alpha = 4.0  # MixMatch lam ~ Beta(alpha, alpha), lam = max(lam, 1 - lam)

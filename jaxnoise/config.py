@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix_step, extractors, losses, models
+from jaxnoise import dividemix_step, extractors, human_labels, losses, models
 from jaxnoise import noise as noise_lib
 from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
@@ -37,7 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalization": ("published", "dataset"),
     "shortcut": models.SHORTCUTS,
     "compute_dtype": models.COMPUTE_DTYPES,
-    "label_order": ("auto", "dataset", "cifar", "id"),  # jaxnoise/human_labels.py
+    "label_order": human_labels.ORDERS,
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
     "dividemix_views": dividemix_step.VIEWS,
@@ -202,6 +202,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "data.kmeans_centroids": _int(2),
     "data.kmeans_patches": _int(2),
     "data.kmeans_iters": _int(1),
+    "data.kmeans_eps": _real(0.0, lo_open=True),
     "mlp_hidden": _sizes,
     # DivideMix (jaxnoise/dividemix_loop.py; documented in configs/default.py)
     "dividemix_warm_up": _int(1),
@@ -241,6 +242,10 @@ def dividemix_lambda_u(c: Any) -> float:
     flat = c if isinstance(c, dict) else _as_flat_dict(c)
     if float(flat["lambda_u"]) != AUTO:
         return float(flat["lambda_u"])
+    if flat["noise_kind"] == "human":
+        _fail("lambda_u", -1, "a number >= 0, set explicitly for noise_kind='human': DivideMix's "
+              "paper gives lambda_u for synthetic noise levels only (it picks it from "
+              "{0, 25, 50, 150} on a validation set; the official code's default is 25)")
     name = {"cifar10_n": "cifar10", "cifar100_n": "cifar100",
             "digits": "cifar10"}.get(flat["data.name"], flat["data.name"])  # fmt: skip
     key = (name, flat["noise_kind"], round(float(flat["noise"]), 6))
@@ -252,10 +257,13 @@ def dividemix_lambda_u(c: Any) -> float:
 
 
 def dividemix_p_threshold(c: Any) -> float:
-    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5."""
+    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5 (also for
+    noise_kind='human', which has no noise level: ``config.noise`` is not read then)."""
     flat = c if isinstance(c, dict) else _as_flat_dict(c)
     if float(flat["p_threshold"]) != AUTO:
         return float(flat["p_threshold"])
+    if flat["noise_kind"] == "human":
+        return 0.5
     return 0.6 if float(flat["noise"]) >= DIVIDEMIX_HISTORY_NOISE else 0.5
 
 
@@ -339,6 +347,10 @@ def _check_files(c: dict[str, Any]) -> None:
             _fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
         if not os.path.isdir(c["data.root"]):
             _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
+        human_file = c["noise_kind"] == "human" and c["label_file"]
+        if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
+            if not human_labels.names_its_samples(c["label_file"], c["label_key"]):
+                _fail("label_order", "auto", human_labels.no_path_column(c["label_file"]))
 
 
 # features ----------------------------------------------------------------------------------------

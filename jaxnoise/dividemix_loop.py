@@ -229,14 +229,16 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[DivideMixRun, dict,
                        parallel.put_samples(mesh, mask), test, pieces, mesh,
                        ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints), hyper,
                        metrics_path=os.path.join(workdir, "metrics.jsonl"))  # fmt: skip
-    log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}, "
+    auto_human = config.p_threshold == config_lib.AUTO and config.noise_kind == "human"
+    why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
+    log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}{why}, "
         f"loss history {hyper['loss_history'] or 'off'}, epochs 0..{config.epochs}, "
         f"devices: {mesh.size}")
     fresh_tree = (parallel.put_replicated(mesh, init_nets(config, ds, pieces.tx)),
                   {"loss_history": init_history(hyper, ds.train_images.shape[0], mesh)})
     nets, aux, meta = train.restore(run, *fresh_tree)
     nets, aux = _placed_like((nets, aux), fresh_tree)
-    workdir_lib.write_run_info(workdir, resolved, ds, config)
+    workdir_lib.write_run_info(workdir, resolved, ds, config, metrics_lib.noise_known(mask))
     ckpt_lib.atomic_write_text(run.metrics_path,
                                "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
     return run, nets, aux["loss_history"], meta
@@ -375,8 +377,12 @@ def record(run: DivideMixRun, epoch: int, phase: str, trained: dict, division: d
     with open(run.metrics_path, "a") as f:
         f.write(json.dumps(r) + "\n")
     labelled = "/".join(str(d["labelled"]) for d in division.get("division", {}).values())
+    if metrics_lib.noise_known(run.noise_mask):
+        detection = f"  division AUROC {division['auroc']:.4f}"
+    else:  # no label known wrong: the divisions' estimate (none yet in warm-up)
+        detection = f"  est. noisy {division['est_noisy']:.1%}" if "est_noisy" in division else ""
     log(f"epoch {epoch} ({phase}): train loss {train_loss:.4f}  test acc {test['test_acc']:.2f}%"
-        f" (best {run.best_acc:.2f}%)  division AUROC {division['auroc']:.4f}"
+        f" (best {run.best_acc:.2f}%){detection}"
         f"{f'  labelled {labelled}' if labelled else ''}  [{sum(seconds.values()):.1f}s]")
     return r
 

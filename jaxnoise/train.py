@@ -79,7 +79,8 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
             ds, d.extractor,
             kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
                                              num_patches=d.kmeans_patches,
-                                             iters=d.kmeans_iters),
+                                             iters=d.kmeans_iters,
+                                             patch_eps=d.kmeans_eps),
             weights=d.extractor_weights,
             cache_dir=d.cache_dir or features.default_cache_dir(root),
             batch=d.extractor_batch,
@@ -460,9 +461,36 @@ def load_noisy_data(config, mesh):
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
     log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
-        f"{ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
-        f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)")  # fmt: skip
+        f"{ds.num_classes}; {labels_line(config, noise_mask)} "
+        f"({time.time() - t0:.1f}s)")  # fmt: skip
     return ds, noisy_labels, noise_mask
+
+
+def _label_source(config: ml_collections.ConfigDict) -> str:
+    """'label file F / key K' (either part may be absent) of human labels."""
+    parts = [f"label file {config.label_file}"] if config.label_file else []
+    return " / ".join(parts + ([f"key {config.label_key}"] if config.label_key else []))
+
+
+def labels_summary(config: ml_collections.ConfigDict) -> str:
+    """Where the training labels come from, in a few words: "human labels (label file F / key
+    K)", "labels as given" (noise_kind="none") or "symmetric noise r=0.5"."""
+    if config.noise_kind == "human":
+        return f"human labels ({_label_source(config)})"
+    if config.noise_kind == "none":
+        return "labels as given"
+    return f"{config.noise_kind} noise r={config.noise:g}"
+
+
+def labels_line(config: ml_collections.ConfigDict, noise_mask: np.ndarray) -> str:
+    """The data log line's account of the labels: human labels differ from the dataset's
+    labels, synthetic noise flips them, noise_kind="none" leaves which are wrong unknown."""
+    if config.noise_kind == "human":
+        return (f"labels: human ({_label_source(config)}): {noise_mask.mean():.1%} differ from "
+                "the dataset's labels")  # fmt: skip
+    if config.noise_kind == "none":
+        return "labels: as given (noise_kind=none: which are wrong is unknown)"
+    return f"labels: {labels_summary(config)}: {noise_mask.mean():.1%} flipped"
 
 
 def restore(run: Run, state, aux):
@@ -515,7 +543,8 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[Run, dict, dict, di
     )  # fmt: skip
     state, aux, meta = restore(run, state, aux)
     if jax.process_index() == 0:
-        workdir_lib.write_run_info(workdir, resolved, ds, config)
+        workdir_lib.write_run_info(workdir, resolved, ds, config,
+                                   metrics_lib.noise_known(noise_mask))  # fmt: skip
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
         # whose checkpoint was being written) or a torn last line never appear twice.
         ckpt_lib.atomic_write_text(run.metrics_path,
@@ -649,10 +678,18 @@ def record(run: Run, epoch: int, train_loss: float, fitted: dict, test: dict, se
         with open(run.metrics_path, "a") as f:
             f.write(json.dumps(r) + "\n")
     log(f"epoch {epoch}: train loss {train_loss:.4f}  test acc {r['test_acc']:.2f}% (best "
-        f"{run.best_acc:.2f}%)  noise AUROC {r['auroc']:.4f}  P/R@0.5 {r['precision']:.3f}/"
-        f"{r['recall']:.3f}  [{seconds['train']:.1f}s train, {seconds['track']:.1f}s track, "
-        f"{seconds['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
+        f"{run.best_acc:.2f}%)  {detection_text(r, run.noise_mask)}  [{seconds['train']:.1f}s "
+        f"train, {seconds['track']:.1f}s track, {seconds['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
     return r
+
+
+def detection_text(r: dict, noise_mask: np.ndarray) -> str:
+    """An epoch line's detection part: AUROC and P/R@0.5 against the known noise, else (no
+    label known wrong) the noise model's estimate of the wrong labels' fraction."""
+    if metrics_lib.noise_known(noise_mask):
+        return (f"noise AUROC {r['auroc']:.4f}  P/R@0.5 {r['precision']:.3f}/"
+                f"{r['recall']:.3f}")  # fmt: skip
+    return f"est. noisy {r['est_noisy']:.1%}"
 
 
 def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict:
@@ -719,6 +756,8 @@ def finish(run: Run, last: dict | None, interrupted: bool) -> dict:
         "last_acc": h[-1]["test_acc"] if h else float("nan"),
         "epochs_done": h[-1]["epoch"] if h else 0,
         "auroc": h[-1]["auroc"] if h else float("nan"),
+        "noise_known": metrics_lib.noise_known(run.noise_mask),
+        "est_noisy": h[-1].get("est_noisy", float("nan")) if h else float("nan"),
         "history": h,
         "interrupted": interrupted,
         "signal": guard.signal_name if interrupted and guard.signum else None,
@@ -731,6 +770,8 @@ def finish(run: Run, last: dict | None, interrupted: bool) -> dict:
             out = report.write_report(workdir)
             log(f"figures and label_issues.csv written to {workdir} ({out.get('num_flagged', '?')} "
                 "samples flagged as probably mislabeled)")  # fmt: skip
+            if out.get("nothing_flagged"):
+                log(out["nothing_flagged"])
         except Exception as e:  # the run's results are saved; a plotting failure must not hide it
             log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
                 f"retry with: python -m jaxnoise.report {workdir}")  # fmt: skip

@@ -33,6 +33,10 @@ _NON_RESULT_FIELDS = {
     "distributed.process_id",
 }
 
+# Fields added after runs were made, with the value that reproduces those runs: a config.json
+# without the field resumes under that value (and only under it).
+_ADDED_FIELDS = {"data.kmeans_eps": 10.0}
+
 # What --fresh removes: everything a run writes into its workdir.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
 
@@ -115,7 +119,7 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     try:
         with open(path) as f:
-            old = _flatten(json.load(f))
+            old = {**_ADDED_FIELDS, **_flatten(json.load(f))}
     except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not an object
         raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
@@ -133,8 +137,10 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         )
 
 
-def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any) -> None:
-    """config.json and dataset.json (class names, image paths, whether the noise is known).
+def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any,
+                   noise_known: bool | None = None) -> None:  # fmt: skip
+    """config.json and dataset.json (class names, image paths, whether the noise is known:
+    ``noise_known``, ``metrics.noise_known`` of the run's noise mask; None: noise_kind != none).
 
     Written atomically: a process killed meanwhile leaves the previous files, never torn ones.
     """
@@ -145,8 +151,8 @@ def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: A
         "name": ds.name,
         "class_names": list(ds.class_names),
         "num_train": int(ds.train_images.shape[0]),
-        # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
-        "noise_known": config.noise_kind != "none",
+        # With noise_kind="none" (or no label flipped) which labels are wrong is unknown.
+        "noise_known": config.noise_kind != "none" if noise_known is None else bool(noise_known),
         "train_paths": list(ds.train_paths) if ds.train_paths else None,
         # the samples' own identifiers (tfds id, folder-relative path, features train_ids)
         "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,
