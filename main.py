@@ -49,6 +49,11 @@ SOURCE_HELP = {  # --help's line for each data source
     "pip install -e '.[prepare]'",
     "folder": "your own images: --config.data.root=ROOT with ROOT/{train,test}/<class>/<image>",
     "digits": "scikit-learn's embedded 8x8 digits (offline; configs/quickstart.py)",
+    "features": "your own embeddings, --config.data.features=FILE: an .npz with train_features "
+    "(N, D), train_labels (N,), test_features, test_labels and optionally class_names, "
+    "train_ids (or a train/test pair: data.features + data.test_features, each an .npz of "
+    "features, labels or an .npy of features beside <stem>_labels.npy); model mlp or linear "
+    "(configs/features_m_dyr_h.py)",
 }
 
 
@@ -113,7 +118,11 @@ def help_text() -> str:
         "",
         "flags:",
         "  --config CONFIG        a config file: " + ", ".join(f"configs/{c}" for c in configs),
-        "  --config.FIELD=VALUE   override one field of it (the fields are below)",
+        "  --config.FIELD=VALUE   override one field of it (the fields are below), each field "
+        "once (a field",
+        "                         given twice is refused: neither combined nor the last one "
+        "winning); quote",
+        "                         a tuple for the shell: '--config.mlp_hidden=(512,)'",
         "  --workdir DIR          run directory (default runs/<config name>-<data source>); "
         "re-running the same command resumes there",
         "  --fresh                discard the run in the workdir and start again",
@@ -192,13 +201,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         refuse(f"--config {path}: no such file (the configs are in configs/)")
     config = _load_config(path)
     fields = sorted(config_lib.flatten(config.to_dict()))
-    for name in _config_overrides(argv[1:]):
+    names = _config_overrides(argv[1:])
+    for i, name in enumerate(names):
         if name not in fields:
             why = config_lib.foreign_field(name, config.method)
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             refuse(f"--config.{name}: {why or f'not a config field{hint}'}; python main.py "
                    "--help lists the fields")  # fmt: skip
+        if name in names[:i]:  # ml_collections would silently join two tuples into one
+            refuse(f"--config.{name} is given twice: give each field once (ml_collections "
+                   "would join two tuples, e.g. (128,) and (512,) into (128, 512))")
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -257,7 +270,7 @@ def main(argv):
         refuse(e)
 
     from jaxnoise import data as data_lib
-    from jaxnoise import train
+    from jaxnoise import inputs, train
 
     workdir = _WORKDIR.value or default_workdir(config)
     created = _first_missing_dir(workdir)  # e.g. runs/ of runs/quickstart-digits
@@ -288,11 +301,18 @@ def main(argv):
             file=sys.stderr,
         )
         sys.exit(128 + signal.Signals[name or "SIGTERM"].value)
-    print(
-        f"done: {config.method} noise={config.noise} best test acc {summary['best_acc']:.2f}% "
-        f"last {summary['last_acc']:.2f}%  noise-detection AUROC {summary['auroc']:.4f}  "
-        f"workdir {workdir}"
-    )
+    print(done_line(config, summary, workdir, inputs.labels_summary(config)))
+
+
+def done_line(config, summary: dict, workdir: str, labels: str) -> str:
+    """The last line of a finished run: accuracy, and the detection AUROC when the noise is
+    known (else the noise model's estimate of the fraction of wrong labels)."""
+    if summary.get("noise_known", True):
+        detection = f"noise-detection AUROC {summary['auroc']:.4f}"
+    else:
+        detection = f"est. noisy {summary['est_noisy']:.1%} (which labels are wrong is unknown)"
+    return (f"done: {config.method} {labels} best test acc {summary['best_acc']:.2f}% last "
+            f"{summary['last_acc']:.2f}%  {detection}  workdir {workdir}")  # fmt: skip
 
 
 if __name__ == "__main__":

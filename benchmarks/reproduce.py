@@ -16,6 +16,14 @@ Protocols:
   minutes on a 2-core CPU: a width-8 PreAct ResNet-18 on a class-balanced 10,000-image subset
   of the real CIFAR-10 training images (../shared/data JPEGs), all schedule epochs divided by
   10, the full 10,000-image test set.
+- ``features``: a head on frozen k-means features of all 50,000 training images, the published
+  schedules (``FEATURES``; configs/features_m_dyr_h.py is its M-DYR-H cell on your own
+  embeddings). With ``--label-file F [--label-key K] [--label-order O]`` its cells are the
+  methods on those human labels instead of synthetic noise (``HUMAN_LABEL_CELLS``; workdirs
+  under ``<root>/features_human_<K or F's name>``), e.g.
+
+      python benchmarks/reproduce.py --protocol features --label-file labels.csv \
+          --label-key worse --cells M-DYR-H@human
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ REDUCED = {"width": 8, "subset_per_class": 1000, "schedule_divisor": 10}
 # The features protocol: the published schedules on frozen k-means features of all 50,000
 # training images (chosen by measurement: benchmarks/results/features_notes.md).
 FEATURES = {"kmeans_centroids": 400, "kmeans_patches": 400_000, "kmeans_iters": 20,
-            "model": "mlp", "mlp_hidden": (128,), "lr": 0.02}  # fmt: skip
+            "kmeans_eps": 10.0, "model": "mlp", "mlp_hidden": (128,), "lr": 0.02}  # fmt: skip
 # ... with its extra cells: 80% noise drawn over the *other* classes only.
 EXCLUSIVE = {"noise_kind": "symmetric_exclusive"}
 FEATURE_CELLS = {
@@ -72,12 +80,25 @@ HUMAN_NOISE_CELLS = {
     "M-DYR-H@asym0.4/ema": ("M-DYR-H", 0.4, {**_ASYM, **_EMA}),
     "M-DYR-H@asym0.4/class+ema": ("M-DYR-H", 0.4, {**_ASYM, **_CLASS, **_EMA}),
 }
+# The features protocol on real human labels (--label-file): one cell per method.
+HUMAN_LABEL_CELLS = {
+    **{f"{m}@human": (m, 0.0, {}) for m in ("CE", "M", "M-DYR-H", "MD-DYR-SH")},
+    "M-DYR-H@human/class": ("M-DYR-H", 0.0, _CLASS),
+}
 PROTOCOLS = ("reduced", "paper", "features", "human_noise")
 
 
-def cells_for(protocol: str) -> dict:
-    """The cells of a protocol."""
+def cells_for(protocol: str, labels: dict | None = None) -> dict:
+    """The cells of a protocol (with human labels from a file: ``HUMAN_LABEL_CELLS``)."""
+    if labels:
+        return HUMAN_LABEL_CELLS
     return {"features": FEATURE_CELLS, "human_noise": HUMAN_NOISE_CELLS}.get(protocol, CELLS)
+
+
+def labels_tag(labels: dict) -> str:
+    """A file-name-safe name of a label set: the key, else the label file's stem."""
+    name = labels["label_key"] or os.path.splitext(os.path.basename(labels["label_file"]))[0]
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 CONFIG_FILE = {
@@ -134,11 +155,13 @@ def cifar_folder(extract_to: str) -> str:
     raise FileNotFoundError(f"no train/ and test/ folders under {root}")
 
 
-def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str = ""):
-    """The full config of one cell under a protocol."""
+def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str = "",
+                labels: dict | None = None):  # fmt: skip
+    """The full config of one cell under a protocol; ``labels`` (``label_file``, ``label_key``,
+    ``label_order``): the features protocol on those human labels."""
     import importlib
 
-    method, noise, over = cells_for(protocol)[cell]
+    method, noise, over = cells_for(protocol, labels)[cell]
     c = importlib.import_module(f"configs.{CONFIG_FILE[method]}").get_config()
     c.noise = float(noise)
     for k, v in over.items():
@@ -156,6 +179,7 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
         c.data.kmeans_centroids = FEATURES["kmeans_centroids"]
         c.data.kmeans_patches = FEATURES["kmeans_patches"]
         c.data.kmeans_iters = FEATURES["kmeans_iters"]
+        c.data.kmeans_eps = FEATURES["kmeans_eps"]
         c.data.crop_padding, c.data.flip = 0, False  # no augmentation
         if "bootstrap" in c:  # nor of the tracking pass (DivideMix's division never augments)
             c.bootstrap.track_augment = False
@@ -163,19 +187,23 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
         c.model, c.mlp_hidden, c.lr = FEATURES["model"], FEATURES["mlp_hidden"], FEATURES["lr"]
     elif protocol != "paper":
         raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    if labels:
+        c.noise_kind, c.noise = "human", 0.0
+        c.label_file, c.label_key = labels["label_file"], labels["label_key"]
+        c.label_order = labels["label_order"]
     return c
 
 
 def command_for(cell: str) -> str:
     """The exact full-scale command of a published row (README table)."""
-    method, noise, over = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS}[cell]
+    method, noise, over = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS, **HUMAN_LABEL_CELLS}[cell]
     extra = "".join(f" --config.{k}={v}" for k, v in over.items())
     return f"python main.py --config configs/{CONFIG_FILE[method]}.py --config.noise={noise}{extra}"
 
 
 def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     """One record of the results table."""
-    method, noise, _ = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS}[cell]
+    method, noise, _ = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS, **HUMAN_LABEL_CELLS}[cell]
     from jaxnoise.bootstrap.schedule import bootstrap_start_epoch
 
     if method == "DivideMix":  # its first division, made at the start of the first epoch after
@@ -206,17 +234,23 @@ def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     }
 
 
+def protocol_dir(protocol: str, labels: dict | None) -> str:
+    """The folder of a protocol's cells under --root: features_human_<tag> with human labels."""
+    return f"{protocol}_human_{labels_tag(labels)}" if labels else protocol
+
+
 def cell_dir(root: str, protocol: str, cell: str) -> str:
     """The workdir of one cell, e.g. <root>/reduced/MD-DYR-SH_0.9_beta."""
     return os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
 
 
-def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict:
+def run_cell(protocol: str, cell: str, root: str, data_root: str | None,
+             labels: dict | None = None) -> dict:  # fmt: skip
     """Run (or resume, or just read) one cell's workdir and summarise it."""
     from jaxnoise import train
 
-    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"))
-    wd = cell_dir(root, protocol, cell)
+    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"), labels)
+    wd = cell_dir(root, protocol_dir(protocol, labels), cell)
     timing = os.path.join(wd, "minutes.json")
     spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
     t = time.time()
@@ -230,10 +264,11 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict
     return summarize(cell, c, s["history"], spent)
 
 
-def read_cell(protocol: str, cell: str, root: str, data_root: str | None) -> dict | None:
+def read_cell(protocol: str, cell: str, root: str, data_root: str | None,
+              labels: dict | None = None) -> dict | None:  # fmt: skip
     """Summarise a cell from its workdir without training (None if it has not started)."""
-    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"))
-    wd = cell_dir(root, protocol, cell)
+    c = make_config(protocol, cell, data_root, os.path.join(root, "cache"), labels)
+    wd = cell_dir(root, protocol_dir(protocol, labels), cell)
     path = os.path.join(wd, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -315,8 +350,22 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--results-suffix", default="",
                     help="write benchmarks/results/reproduce_<protocol><suffix>.{md,json}")
+    ap.add_argument("--label-file", default="",
+                    help="--protocol features on these human labels (config.label_file): cells "
+                    "CE@human, M@human, ... instead of synthetic noise")  # fmt: skip
+    ap.add_argument("--label-key", default="", help="config.label_key (e.g. worse_label, worse)")
+    ap.add_argument("--label-order", default="auto", help="config.label_order (default auto)")
     args = ap.parse_args()
-    cells = cells_for(args.protocol)
+    labels = None
+    if args.label_file:
+        if args.protocol != "features":
+            ap.error("--label-file goes with --protocol features")
+        labels = {"label_file": os.path.abspath(args.label_file), "label_key": args.label_key,
+                  "label_order": args.label_order}  # fmt: skip
+        args.results_suffix = args.results_suffix or f"_human_{labels_tag(labels)}"
+    elif args.label_key or args.label_order != "auto":
+        ap.error("--label-key / --label-order need --label-file")
+    cells = cells_for(args.protocol, labels)
     args.cells = list(cells) if args.cells is None else args.cells
     unknown = [c for c in args.cells if c not in cells]
     if unknown:
@@ -325,8 +374,9 @@ def main() -> None:
     if not args.collect_only:
         for cell in args.cells:
             print(f"=== {cell}", flush=True)
-            run_cell(args.protocol, cell, args.root, data_root)
-    records = [r for cell in cells if (r := read_cell(args.protocol, cell, args.root, data_root))]
+            run_cell(args.protocol, cell, args.root, data_root, labels)
+    records = [r for cell in cells
+               if (r := read_cell(args.protocol, cell, args.root, data_root, labels))]  # fmt: skip
     command = " ".join(["python", "benchmarks/reproduce.py", *sys.argv[1:]])
     write_table(args.protocol + args.results_suffix, records, command)
 

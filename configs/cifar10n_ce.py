@@ -12,13 +12,11 @@ Data: tfds ``cifar10_n`` (its records carry every label set and the clean label)
 """
 
 from configs import default
+from jaxnoise.human_labels import SHORT_NAMES
 
-# The CIFAR-N code's short names -> the label sets' names (files and tfds features).
-LABEL_SETS = {
-    "aggre": "aggre_label", "worse": "worse_label", "worst": "worse_label",
-    "rand1": "random_label1", "rand2": "random_label2", "rand3": "random_label3",
-    "noisy100": "noisy_label", "clean": "clean_label",
-}  # fmt: skip
+# The CIFAR-N code's short names -> the label sets' names (files and tfds features); label_key
+# takes the short names too (jaxnoise/human_labels.py).
+LABEL_SETS = SHORT_NAMES
 
 
 def cifar_n(c, label_set: str, dataset: str):

@@ -25,6 +25,7 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # --- data -------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # "tfds" | "folder" (ROOT/{train,test}/<class>/<img>) | "digits"
+    # | "features" (your own embeddings: data.features below)
     c.data.name = "cifar10"  # tfds dataset name (source="tfds")
     c.data.root = ""  # image-folder root (source="folder")
     c.data.data_dir = ""  # tfds data_dir ("" = tfds default)
@@ -42,14 +43,16 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.label_file = ""  # noise_kind="human": a label file (.pt of the CIFAR-N release, .npz,
     # .npy, .csv); "" with label_key: a label set the data source carries (tfds cifar10_n)
     c.label_key = ""  # the label set to use, e.g. "worse_label", "aggre_label", "random_label1"
-    # (CIFAR-10N), "noisy_label" (CIFAR-100N); a file holding several sets needs it
+    # (CIFAR-10N), "noisy_label" (CIFAR-100N), or their short names "worse", "aggre",
+    # "random1".."random3", "noisy" (file or data source alike); a file holding several needs it
     c.label_order = "auto"  # how the file's rows map to samples: "cifar" (original CIFAR order,
     # the CIFAR-N files; mapped through the tfds id) | "dataset" (the dataset's own order) |
     # "id" (its id/path column) | "auto" (see jaxnoise/human_labels.py; ambiguity is refused)
     c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
 
     # --- model ------------------------------------------------------------------------------
-    c.model = "preact_resnet18"  # "preact_resnet18" | "small_cnn" | "resnet50"
+    c.model = "preact_resnet18"  # images: "preact_resnet18" | "resnet34" | "small_cnn" |
+    # "resnet50"; features (data.source="features" or a data.extractor): "mlp" | "linear"
     c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 activations, float32 params/BN stats/losses
     c.shortcut = "preactivated"  # PreAct blocks' identity shortcut: "preactivated" = relu(bn1(x))
@@ -97,7 +100,11 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.data.kmeans_centroids = 1600  # K: 4K features after 4-quadrant pooling
     c.data.kmeans_patches = 400000  # random 6x6 patches the whitening and k-means learn from
     c.data.kmeans_iters = 20  # k-means (Lloyd) iterations
-    c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none)
+    c.data.kmeans_eps = 10.0  # contrast normalisation of each patch, (x - mean) / sqrt(var + eps)
+    # on 0..255 pixel values (10: Coates et al.'s code); part of the features cache key, so a
+    # changed eps extracts again (benchmarks/results/features_notes.md)
+    c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none); quoted
+    # on the command line: '--config.mlp_hidden=(512,)' (a bare (512,) is a shell syntax error)
 
     # --- the method's own fields ------------------------------------------------------------
     if method in BOOTSTRAP_METHODS:

@@ -49,6 +49,7 @@ SHARED: dict[str, f.Check] = {
     "data.kmeans_centroids": f.integer(2),
     "data.kmeans_patches": f.integer(2),
     "data.kmeans_iters": f.integer(1),
+    "data.kmeans_eps": f.real(0.0, lo_open=True),
     "noise": f.real(0.0, 1.0),
     "noise_kind": f.choice(choices.NOISE_KINDS),
     "label_file": f.string,
@@ -195,6 +196,12 @@ def _check_files(c: dict[str, Any]) -> None:
             f.fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
         if not os.path.isdir(c["data.root"]):
             f.fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
+        human_file = c["noise_kind"] == "human" and c["label_file"]
+        if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
+            from jaxnoise import human_labels  # reads the label file (imported only on this path)
+
+            if not human_labels.names_its_samples(c["label_file"], c["label_key"]):
+                f.fail("label_order", "auto", human_labels.no_path_column(c["label_file"]))
 
 
 def _check_features(c: dict[str, Any]) -> None:

@@ -722,7 +722,7 @@ def balanced_subset(ds: Dataset, per_class: int, *, seed: int) -> Dataset:
         idx = np.flatnonzero(ds.train_labels == c)
         if len(idx) < per_class:
             raise ValueError(
-                f"class {c} ({ds.class_names[c]!r}) has {len(idx)} training images, "
+                f"class {c} ({str(ds.class_names[c])!r}) has {len(idx)} training images, "
                 f"fewer than per_class={per_class}"
             )
         picks.append(rng.choice(idx, per_class, replace=False))

@@ -12,7 +12,7 @@ training *images* only, never their labels:
 1. ``num_patches`` random ``patch x patch`` patches (random image, random position).
 2. Per-patch contrast normalisation: ``x <- (x - mean(x)) / sqrt(var(x) + patch_eps)`` over the
    patch's ``patch*patch*C`` pixel values (0..255; ``var`` with ddof=1, ``patch_eps = 10``, as
-   their code).
+   their code; ``config.data.kmeans_eps``).
 3. ZCA whitening: ``x <- (x - m) V diag(1 / sqrt(d + zca_eps)) V^T`` with ``C = V diag(d) V^T``
    the patches' covariance (ddof=1), ``zca_eps = 0.1``.
 4. k-means (Lloyd iterations; initialised from random patches, an empty cluster keeps its

@@ -2,8 +2,10 @@
 
 A label set comes either from the data source itself (tfds ``cifar10_n`` / ``cifar100_n``: its
 records carry ``worse_label``, ``aggre_label``, ...) or from a label file (``label_file``, read by
-``jaxnoise.label_files``; the set chosen by ``label_key``). A file's rows are mapped to the
-dataset's samples by ``label_order``:
+``jaxnoise.label_files``; the set chosen by ``label_key``, which takes the CIFAR-N short names
+``worse``, ``aggre``, ``random1``..``random3`` (or ``rand1``..), ``noisy``, ``clean`` for both
+alike: :data:`SHORT_NAMES`). A file's rows are mapped to the dataset's samples by
+``label_order``:
 
 * ``"cifar"``: the original CIFAR order (the python batches ``data_batch_1..5`` concatenated), the
   order of the CIFAR-N release. Row ``i`` belongs to the record whose tfds ``id`` is
@@ -11,9 +13,10 @@ dataset's samples by ``label_order``:
   the wrong images;
 * ``"dataset"``: the dataset's own order as loaded (tfds record order, the image folder's sorted
   listing, the rows of a features file);
-* ``"id"``: by the file's ``id``/``path`` column (CSV) or ``ids`` array: each sample's identifier
-  (``Dataset.ids()``: tfds ``id``, the image path relative to the folder root, a features file's
-  ``train_ids`` or row index) must appear in it exactly once;
+* ``"id"``: by the file's ``id``/``path`` column (CSV) or ``ids``/``index`` array: each sample's
+  identifier (``Dataset.ids()``: tfds ``id``, the image path relative to the folder root, a
+  features file's ``train_ids`` or row index; on a tfds CIFAR dataset also its index in the
+  original CIFAR order, as the ``XXXXX`` of ``train_XXXXX``) must appear in it exactly once;
 * ``"auto"`` (default): ``"id"`` when the file names its samples; ``"cifar"`` for a file holding
   the CIFAR-N ``clean_label`` on a tfds CIFAR dataset; ``"dataset"`` for features and digits,
   whose rows are the user's own order. Anything else is ambiguous and refused with what to pass.
@@ -38,6 +41,20 @@ KEY = "human"  # the resolved set's key in Dataset.label_sets
 # CIFAR-100N's noisy set is "noisy_label" in the official file and "noise_label" in tfds.
 ALIASES = {"noisy_label": "noise_label", "noise_label": "noisy_label"}
 _CIFAR_ID = re.compile(r"^train_(\d{5})$")
+# Short names of the CIFAR-N label sets (the CIFAR-N code's and the configs' arguments), taken by
+# label_key for the data source's sets and a file's alike; a set of that very name wins.
+SHORT_NAMES = {
+    "aggre": "aggre_label", "worse": "worse_label", "worst": "worse_label",
+    **{f"{p}{i}": f"random_label{i}" for p in ("rand", "random") for i in (1, 2, 3)},
+    "noisy": "noisy_label", "noisy100": "noisy_label", "clean": "clean_label",
+}  # fmt: skip
+
+
+def key_names(key: str) -> list[str]:
+    """The label-set names ``key`` stands for, in order: itself, its long name, their aliases."""
+    names = [key, SHORT_NAMES.get(key, "")]
+    names += [ALIASES.get(n, "") for n in names]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def resolve(ds: data_lib.Dataset, *, label_file: str, label_key: str,
@@ -54,8 +71,8 @@ def resolve(ds: data_lib.Dataset, *, label_file: str, label_key: str,
 
 def _from_source(ds: data_lib.Dataset, key: str) -> np.ndarray:
     """A label set the data source carries (tfds cifar10_n / cifar100_n)."""
-    for k in (key, ALIASES.get(key, "")):
-        if k and k in ds.label_sets:
+    for k in key_names(key):
+        if k in ds.label_sets:
             return np.asarray(ds.label_sets[k])
     have = ", ".join(sorted(ds.label_sets)) or "none"
     raise ValueError(
@@ -84,6 +101,9 @@ def _id_rows(ds: data_lib.Dataset, ids: np.ndarray, path: str) -> np.ndarray:
                              f"and {row})")  # fmt: skip
         where[key] = row
     names = [ds.ids()]
+    cifar = _cifar_rows(ds)
+    if cifar is not None:  # an index array: a CIFAR sample's position in the original order
+        names.append(cifar.astype(str))
     if ds.train_paths is not None:  # image folders: also absolute paths, or relative to train/
         names += [np.asarray(ds.train_paths), np.asarray([os.path.relpath(p, "train")
                                                           for p in ds.ids()])]  # fmt: skip
@@ -96,8 +116,8 @@ def _id_rows(ds: data_lib.Dataset, ids: np.ndarray, path: str) -> np.ndarray:
     if missing.size:
         raise ValueError(
             f"label file {path!r}: {missing.size} of {rows.size} training samples are not in its "
-            f"id column, e.g. {ds.ids()[missing[0]]!r} (ids are the tfds id, the path relative "
-            "to the image folder, or a features file's train_ids)"
+            f"id column, e.g. {str(ds.ids()[missing[0]])!r} (ids are the tfds id or the CIFAR "
+            "index, the path relative to the image folder, or a features file's train_ids)"
         )
     return rows
 
@@ -116,17 +136,33 @@ def _auto_order(ds: data_lib.Dataset, labels: label_files.LabelSet, keys: list[s
             "original CIFAR order) or 'dataset' (the tfds record order)"
         )
     if ds.train_paths is not None:
-        raise ValueError(
-            f"label file {labels.path!r} has no path column: give a CSV with 'path,label' "
-            f"rows (paths relative to the image folder), or pass config.label_order='dataset' "
-            f"if it follows the folder's sorted listing (train/<class>/<file>)"
-        )
+        raise ValueError(no_path_column(labels.path))
     return "dataset"
+
+
+def no_path_column(path: str) -> str:
+    """Why label_order="auto" refuses a file without ids on an image folder, and what to do."""
+    return (f"label file {path!r} has no path column: give a CSV with 'path,label' rows (paths "
+            "relative to the image folder), or pass config.label_order='dataset' if it follows "
+            "the folder's sorted listing (train/<class>/<file>)")  # fmt: skip
+
+
+def names_its_samples(path: str, key: str) -> bool:
+    """Whether the label set ``key`` of the file comes with the samples' ids (a CSV id/path
+    column, an ids array): ``label_order="auto"`` on an image folder needs them."""
+    return label_files.read(path, file_key(label_files.available_keys(path), key)).ids is not None
+
+
+def file_key(keys: list[str], key: str) -> str:
+    """The name ``key`` stands for among a file's label sets ``keys`` (``key`` itself when none
+    matches: reading it then says which sets the file has)."""
+    return next((k for k in key_names(key) if k in keys), key)
 
 
 def _from_file(ds: data_lib.Dataset, path: str, key: str, order: str) -> np.ndarray:
     """The label set ``key`` of ``path``, with its rows mapped to the samples of ``ds``."""
     keys = label_files.available_keys(path)
+    key = file_key(keys, key)
     chosen = label_files.read(path, key)
     if order == "auto":
         order = _auto_order(ds, chosen, keys)
@@ -139,7 +175,7 @@ def _from_file(ds: data_lib.Dataset, path: str, key: str, order: str) -> np.ndar
     elif order == "cifar":
         rows = _cifar_rows(ds)
         if rows is None:
-            example = ds.ids()[0] if n else ""
+            example = str(ds.ids()[0]) if n else ""
             raise ValueError(
                 f"config.label_order = 'cifar' needs the tfds ids of a CIFAR dataset "
                 f"(train_XXXXX); dataset {ds.name!r} has ids like {example!r}: give a CSV with "

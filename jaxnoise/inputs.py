@@ -35,7 +35,8 @@ def load_data(config: Any) -> data_lib.Dataset:
             ds, d.extractor,
             kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
                                              num_patches=d.kmeans_patches,
-                                             iters=d.kmeans_iters),
+                                             iters=d.kmeans_iters,
+                                             patch_eps=d.kmeans_eps),
             weights=d.extractor_weights,
             cache_dir=d.cache_dir or features.default_cache_dir(root),
             batch=d.extractor_batch,
@@ -93,6 +94,33 @@ def load_noisy_data(config: Any, num_devices: int):
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
     log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
-        f"{ds.num_classes}; noise {config.noise_kind} r={config.noise}: "
-        f"{noise_mask.mean():.1%} of labels flipped ({time.time() - t0:.1f}s)")  # fmt: skip
+        f"{ds.num_classes}; {labels_line(config, noise_mask)} "
+        f"({time.time() - t0:.1f}s)")  # fmt: skip
     return ds, noisy_labels, noise_mask
+
+
+def _label_source(config: Any) -> str:
+    """'label file F / key K' (either part may be absent) of human labels."""
+    parts = [f"label file {config.label_file}"] if config.label_file else []
+    return " / ".join(parts + ([f"key {config.label_key}"] if config.label_key else []))
+
+
+def labels_summary(config: Any) -> str:
+    """Where the training labels come from, in a few words: "human labels (label file F / key
+    K)", "labels as given" (noise_kind="none") or "symmetric noise r=0.5"."""
+    if config.noise_kind == "human":
+        return f"human labels ({_label_source(config)})"
+    if config.noise_kind == "none":
+        return "labels as given"
+    return f"{config.noise_kind} noise r={config.noise:g}"
+
+
+def labels_line(config: Any, noise_mask: np.ndarray) -> str:
+    """The data log line's account of the labels: human labels differ from the dataset's
+    labels, synthetic noise flips them, noise_kind="none" leaves which are wrong unknown."""
+    if config.noise_kind == "human":
+        return (f"labels: human ({_label_source(config)}): {noise_mask.mean():.1%} differ from "
+                "the dataset's labels")  # fmt: skip
+    if config.noise_kind == "none":
+        return "labels: as given (noise_kind=none: which are wrong is unknown)"
+    return f"labels: {labels_summary(config)}: {noise_mask.mean():.1%} flipped"

@@ -6,9 +6,10 @@ refusing to guess whenever the choice is ambiguous. The format is told by the fi
 (``.pt``/``.pth``/``.pkl``/``.pickle`` also mark a pickle; anything else not binary is text):
 
 * ``.npy``: one 1-D integer array (no key).
-* ``.npz``: named arrays. An array named ``ids``, ``id`` or ``path`` names the samples; every other
-  1-D integer array is a label set. With one label set the key may be left empty; with several
-  it must name one.
+* ``.npz``: named arrays. An array named ``ids``, ``id``, ``path``, ``index``, ``indices``,
+  ``idx`` or ``train_ids`` names the samples (the first of these present; none of them is ever a
+  label set); every other 1-D integer array is a label set. With one label set the key may be
+  left empty; with several it must name one.
 * ``.csv`` / ``.txt``: either one integer per line (with an optional non-numeric header line), or
   a header row naming the columns: an id column (``id``, ``path``, ``filename`` or ``file``, any
   case; the first one if several) and named label columns (``key``, else the one named ``label``,
@@ -17,7 +18,8 @@ refusing to guess whenever the choice is ambiguous. The format is told by the fi
 * ``.pt``: a dict of label arrays (numpy arrays or tensors) saved by ``torch.save``, as the
   official ``CIFAR-10_human.pt`` (``clean_label, aggre_label, worse_label, random_label1,
   random_label2, random_label3``) and ``CIFAR-100_human.pt`` (``clean_label, noisy_label,
-  clean_coarse_label, noisy_coarse_label``); an ``ids``/``id``/``path`` entry names the samples.
+  clean_coarse_label, noisy_coarse_label``); an id entry (the names listed for ``.npz``) names
+  the samples.
   Both the zip format (torch >= 1.6) and the legacy raw-pickle format are read, as is a plain
   pickle of such a dict, of one array or of a list.
 
@@ -56,7 +58,8 @@ from numpy._core.multiarray import scalar as _np_scalar
 
 __all__ = ["LabelSet", "available_keys", "read"]
 
-_ARRAY_ID_NAMES = ("ids", "id", "path")  # .npz / .pt entries that name the samples
+# .npz / .pt entries that name the samples (an index array included): never label sets
+_ARRAY_ID_NAMES = ("ids", "id", "path", "index", "indices", "idx", "train_ids")
 _CSV_ID_NAMES = ("id", "path", "filename", "file")  # CSV columns that do (any case)
 _PICKLE_EXTS = (".pt", ".pth", ".pkl", ".pickle")
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy torch.save file
@@ -82,7 +85,7 @@ class LabelSet:
     """One label set of a file: labels in file order, with the samples' ids when the file has them.
 
     `ids` is a (N,) unicode array when the file names its samples (a CSV id/path column, or an
-    ``ids``/``id``/``path`` array in a .npz/.pt), else None. `key` is the set's name in the file
+    ``ids``/``index``/... array in a .npz/.pt), else None. `key` is the set's name in the file
     ('' for a single-array file or a plain one-column text file).
     """
 
@@ -256,8 +259,7 @@ def _ids_key(values: dict[str, Any]) -> str | None:
 
 
 def _label_keys(values: dict[str, np.ndarray | str]) -> list[str]:
-    ids_key = _ids_key(values)
-    return [k for k, v in values.items() if k != ids_key and _label_problem(v) is None]
+    return [k for k, v in values.items() if k not in _ARRAY_ID_NAMES and _label_problem(v) is None]
 
 
 def _read_named(path: str, values: dict[str, np.ndarray | str], key: str) -> LabelSet:

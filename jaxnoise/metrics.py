@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.jit
@@ -27,7 +28,8 @@ def auroc(scores: jax.Array, positives: jax.Array) -> jax.Array:
 
 @jax.jit
 def detection_metrics(p_noisy: jax.Array, losses: jax.Array, noise_mask: jax.Array) -> dict:
-    """AUROC of p(noisy) and of the raw loss, precision and recall of p(noisy) > 0.5."""
+    """AUROC of p(noisy) and of the raw loss, precision and recall of p(noisy) > 0.5, and the
+    mean p(noisy) (``est_noisy``: the noise model's estimate of the fraction of wrong labels)."""
     pred = p_noisy > 0.5
     tp = jnp.sum(pred & noise_mask)
     return {
@@ -38,7 +40,19 @@ def detection_metrics(p_noisy: jax.Array, losses: jax.Array, noise_mask: jax.Arr
             jnp.sum(noise_mask) > 0, tp / jnp.maximum(jnp.sum(noise_mask), 1), jnp.nan
         ),
         "flagged_fraction": jnp.mean(pred.astype(jnp.float32)),
+        "est_noisy": jnp.mean(p_noisy.astype(jnp.float32)),
     }
+
+
+def noise_known(noise_mask) -> bool:
+    """Whether detection metrics mean anything: some labels are known wrong and some right.
+
+    False without noise (``noise_kind="none"``, a rate that flipped nothing, human labels equal
+    to the dataset's): which labels are wrong is then unknown, and AUROC / precision / recall
+    against the mask are undefined or meaningless.
+    """
+    n_noisy = int(np.sum(np.asarray(noise_mask, bool)))
+    return 0 < n_noisy < np.size(noise_mask)
 
 
 @jax.jit

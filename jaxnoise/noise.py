@@ -42,6 +42,11 @@ CIFAR100_COARSE = np.array(
 )  # fmt: skip
 
 
+def _plain(value):
+    """A numpy scalar as the Python value it holds (messages show 3, not np.int64(3))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_num_classes(num_classes: int) -> int:
     """Return num_classes as int after checking it is an integer >= 2."""
     if (
@@ -49,7 +54,7 @@ def _check_num_classes(num_classes: int) -> int:
         or isinstance(num_classes, bool)
         or num_classes < 2
     ):
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        raise ValueError(f"num_classes must be an integer >= 2, got {_plain(num_classes)!r}")
     return int(num_classes)
 
 
@@ -85,17 +90,17 @@ def _check_labels(labels: np.ndarray | Sequence[int], num_classes: int) -> np.nd
 def _check_rate(rate: float) -> float:
     """Return rate as float after checking it is a probability."""
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
-        raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}")
+        raise ValueError(f"noise rate must be a number in [0, 1], got {_plain(rate)!r}")
     r = float(rate)
     if not (0.0 <= r <= 1.0):  # also rejects NaN
-        raise ValueError(f"noise rate must be in [0, 1], got {rate!r}")
+        raise ValueError(f"noise rate must be in [0, 1], got {_plain(rate)!r}")
     return r
 
 
 def _check_seed(seed: int) -> int:
     """Return seed as int after checking it is a non-negative integer."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"noise seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"noise seed must be a non-negative integer, got {_plain(seed)!r}")
     return int(seed)
 
 
@@ -134,7 +139,7 @@ def asymmetric(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-pair flips with probability ``rate`` (CIFAR-10 pairs / CIFAR-100 superclass cycles)."""
     if not isinstance(dataset, str):
-        raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
+        raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {_plain(dataset)!r}")
     if dataset == "cifar10":
         num_classes = 10
         target = np.arange(10)
@@ -148,7 +153,8 @@ def asymmetric(
             target[members] = np.roll(members, -1)
     else:
         raise ValueError(
-            f"asymmetric noise is defined for dataset 'cifar10' or 'cifar100', got {dataset!r}"
+            "asymmetric noise is defined for dataset 'cifar10' or 'cifar100', got "
+            f"{_plain(dataset)!r}"
         )
     labels = _check_labels(labels, num_classes)
     rate = _check_rate(rate)
@@ -251,8 +257,8 @@ def apply(
         expected = {"cifar10": 10, "cifar100": 100}.get(dataset) if isinstance(dataset, str) else 0
         if expected and num_classes != expected:
             raise ValueError(
-                f"asymmetric noise for {dataset!r} needs {expected} classes, but the dataset has "
-                f"{num_classes}"
+                f"asymmetric noise for {_plain(dataset)!r} needs {expected} classes, but the "
+                f"dataset has {num_classes}"
             )
         return asymmetric(labels, rate=rate, dataset=dataset, seed=seed)
     if kind == "human":

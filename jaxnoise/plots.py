@@ -52,6 +52,12 @@ def _as_state(params: Any) -> mixture.MixtureState:
     return base.replace(**{k: f32(params[k]) for k in (*names, "weights", "lo", "hi")})
 
 
+def _one_group(noise_mask: np.ndarray) -> bool:
+    """True when a noise mask splits nothing (every label clean, or every one noisy)."""
+    m = np.asarray(noise_mask, bool)
+    return bool(m.all() or not m.any())
+
+
 def mixture_density_normalised(params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Density of a fitted BMM/GMM over normalised losses ``x``: (total, per-component (2, N)).
 
@@ -114,6 +120,8 @@ def loss_histogram(
         lo_edge, hi_edge = lo_edge - 0.5, hi_edge + 0.5
     edges = np.linspace(lo_edge, hi_edge, bins + 1)
     wt = 1.0 / (max(losses.size, 1) * (edges[1] - edges[0]))
+    if noise_mask is not None and _one_group(noise_mask):
+        noise_mask = None  # no label known wrong (or right): one histogram, no empty group
     if noise_mask is not None:
         m = np.asarray(noise_mask, bool)[finite]
         groups = [losses[~m], losses[m]]
@@ -178,6 +186,9 @@ def accuracy_and_auroc(
     else:
         frac = [100.0 * r.get("flagged_fraction", float("nan")) for r in records]
         ax_det.plot(epochs, frac, lw=1.8, color=NOISY, label="p(noisy) > 0.5")
+        if all("est_noisy" in r for r in records):  # the model's estimate of the wrong labels
+            ax_det.plot(epochs, [100.0 * r["est_noisy"] for r in records], lw=1.3, ls="--",
+                        color="0.3", label="mean p(noisy) (estimated wrong)")  # fmt: skip
         ax_det.set_ylabel("flagged samples (%)")
         ax_det.set_title("Samples the noise model calls mislabeled")
     ax_det.set_xlabel("epoch")
@@ -208,7 +219,7 @@ def posterior_vs_loss(
         idx = np.sort(np.random.default_rng(seed).choice(losses.size, max_points, replace=False))
     fig, (ax,) = _figure()
     kw = dict(s=10, alpha=0.5, linewidths=0, zorder=2)
-    if noise_mask is not None:
+    if noise_mask is not None and not _one_group(noise_mask):
         m = np.asarray(noise_mask, bool)[idx]
         ax.scatter(losses[idx][~m], p_noisy[idx][~m], color=CLEAN, label="clean", **kw)
         ax.scatter(losses[idx][m], p_noisy[idx][m], color=NOISY, label="noisy", **kw)

@@ -10,7 +10,9 @@ reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metri
 - ``figures/accuracy_auroc.png``: test accuracy and detection AUROC over epochs,
 - ``figures/posterior_vs_loss.png``: p(noisy) against the loss with the posterior curves,
 - ``label_issues.csv``: every training sample with p(noisy) > threshold, most suspect first,
-- ``label_issues_summary.json``: counts, and precision/recall of the list when the noise is known.
+- ``label_issues_summary.json``: counts, the largest p(noisy) and the estimated number of wrong
+  labels (``est_noisy``, the sum of p(noisy)), and precision/recall of the list when the noise
+  is known (some label known wrong).
 
 The end of a training run writes this report into the workdir itself. The command line never
 writes over a run's files: once the workdir holds its report (``label_issues.csv``), the output
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxnoise import mixture, plots
+from jaxnoise import metrics, mixture, plots
 
 REQUIRED = ("config.json", "metrics.jsonl", "per_sample.npz")
 PER_SAMPLE_KEYS = ("loss", "p_noisy", "prediction", "noisy_label", "true_label", "noise_mask")
@@ -86,12 +88,21 @@ def load_workdir(workdir: str) -> dict[str, Any]:
 # Noise models refitted on the saved losses.
 
 
+def noise_model(config: dict) -> dict[str, Any]:
+    """The run's own noise model, from its config.json: ``model``, ``lookup``, ``em_iters``,
+    ``noisy`` (the bootstrap methods' block; DivideMix's co-divide GMM; a flat config.json of
+    jaxnoise before the per-method blocks)."""
+    if "dividemix" in config:
+        return {"model": "gmm", "lookup": False, "em_iters": 10, "noisy": "max_mean"}
+    b = config.get("bootstrap", config)
+    return {"model": b.get("noise_model", "bmm"), "lookup": bool(b.get("posterior_lookup", True)),
+            "em_iters": int(b.get("em_iters", 10)), "noisy": b.get("noisy_component", "initial")}
+
+
 def refit_mixtures(losses: np.ndarray, config: dict) -> dict[str, Any]:
     """BMM and GMM fitted to the losses with the run's EM iterations and noisy-component rule."""
-    kw = dict(
-        max_iters=int(config.get("em_iters", 10)),
-        noisy=config.get("noisy_component", "initial"),
-    )
+    own = noise_model(config)
+    kw = dict(max_iters=own["em_iters"], noisy=own["noisy"])
     losses = np.asarray(losses, np.float32)
     return {"bmm": mixture.fit_bmm(losses, **kw), "gmm": mixture.fit_gmm(losses, **kw)}
 
@@ -109,8 +120,7 @@ def mixture_log_likelihood(state: Any, losses: np.ndarray) -> float:
 def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -> dict:
     """p(noisy | loss) over a loss grid for each model; the run's own model as it trained."""
     grid = np.linspace(float(np.min(losses)), float(np.max(losses)), 500).astype(np.float32)
-    own = config.get("noise_model", "bmm")
-    lookup = bool(config.get("posterior_lookup", True))
+    own, lookup = noise_model(config)["model"], noise_model(config)["lookup"]
     curves = {}
     for name, st in states.items():
         if name == own and lookup:
@@ -244,7 +254,7 @@ def write_report(
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     run = load_workdir(workdir)
     dataset, ps = run["dataset"], run["per_sample"]
-    known = bool(dataset.get("noise_known", True))
+    known = bool(dataset.get("noise_known", True)) and metrics.noise_known(ps["noise_mask"])
     mask = np.asarray(ps["noise_mask"], bool) if known else None
     out_dir = workdir if out_dir is None else out_dir
     figures = write_figures(os.path.join(out_dir, "figures"), run, mask)
@@ -260,6 +270,9 @@ def write_report(
         "num_flagged": len(rows),
         "noise_known": known,
     }
+    p_noisy = np.asarray(ps["p_noisy"], np.float64)
+    summary["max_p_noisy"] = float(p_noisy.max()) if p_noisy.size else float("nan")
+    summary["est_noisy"] = float(p_noisy.sum())  # the noise model's expected count of wrong labels
     if known:
         summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
         summary["num_noisy"] = int(mask.sum())
@@ -268,10 +281,22 @@ def write_report(
         json.dump(summary, f, indent=2)
     return {
         **summary,
+        "nothing_flagged": nothing_flagged(summary),
         "figures": figures,
         "label_issues_csv": csv_path,
         "summary_json": summary_path,
     }
+
+
+def nothing_flagged(summary: dict[str, Any]) -> str | None:
+    """One line when the threshold lists no sample (None when it lists some): the largest
+    p(noisy) and the noise model's estimated count of wrong labels (the sum of p(noisy))."""
+    if summary["num_flagged"]:
+        return None
+    return (f"no sample has p(noisy) > {summary['threshold']:g} (the largest is "
+            f"{summary['max_p_noisy']:.3f}); the noise model estimates {summary['est_noisy']:.0f} "
+            f"of {summary['num_train']} labels wrong (the sum of p(noisy)): a lower threshold "
+            "(python -m jaxnoise.report WORKDIR --threshold T) lists the most suspect")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figure: {path}")
     print(f"label issues: {out['label_issues_csv']} ({out['num_flagged']} of {out['num_train']} "
           f"samples with p(noisy) > {args.threshold:g})")  # fmt: skip
+    if out["nothing_flagged"]:
+        print(out["nothing_flagged"])
     if out["noise_known"]:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
         print(

@@ -34,6 +34,7 @@ import numpy as np
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import data as data_lib
 from jaxnoise import inputs, parallel
+from jaxnoise import metrics as metrics_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.progress import log
 
@@ -56,6 +57,7 @@ class Run:
     mean_std: tuple  # the input normalisation
     manager: ckpt_lib.Checkpointer
     steps_per_epoch: int = 1  # set by the method: positions in messages and checkpoint steps
+    noise_known: bool = True  # some labels are known wrong and some right (detection metrics)
     history: list = dataclasses.field(default_factory=list)
     best_acc: float = 0.0
     saved_at: str | None = None  # position of the newest checkpoint, for messages
@@ -102,6 +104,7 @@ def open_run(config, workdir: str, *, fresh: bool, guard) -> Run:
         parallel.put_samples(mesh, noise_mask), test,
         data_lib.normalization_stats(ds, config.data.normalization),
         ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints),
+        noise_known=metrics_lib.noise_known(noise_mask),
         metrics_path=os.path.join(workdir, "metrics.jsonl"),
     )  # fmt: skip
 
@@ -141,7 +144,8 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
         run.saved_at = position(run, meta["epoch"], int(meta.get("step_in_epoch", 0)))
         log(f"resumed from {run.workdir} at {run.saved_at}")
     if jax.process_index() == 0:
-        workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config)
+        workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config,
+                                   run.noise_known)  # fmt: skip
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
         # whose checkpoint was being written) or a torn last line never appear twice.
         ckpt_lib.atomic_write_text(run.metrics_path,
@@ -176,6 +180,17 @@ def record(run: Run, r: dict, describe: Callable[[dict], str]) -> dict:
             f.write(json.dumps(r) + "\n")
     log(describe(r))
     return r
+
+
+def detection_text(run: Run, r: dict, auroc: str = "auroc") -> str:
+    """An epoch line's detection part: AUROC (and P/R@0.5) against the known noise, else (no
+    label known wrong) the noise model's estimate of the wrong labels' fraction."""
+    if run.noise_known:
+        text = f"{'division AUROC' if auroc == 'division' else 'noise AUROC'} {r['auroc']:.4f}"
+        if "precision" in r and auroc != "division":
+            text += f"  P/R@0.5 {r['precision']:.3f}/{r['recall']:.3f}"
+        return text
+    return f"est. noisy {r['est_noisy']:.1%}" if "est_noisy" in r else ""
 
 
 def warn_degenerate(epoch: int, what: str, why: str, consequence: str) -> None:
@@ -299,6 +314,8 @@ def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: b
         "last_acc": h[-1]["test_acc"] if h else float("nan"),
         "epochs_done": h[-1]["epoch"] if h else 0,
         "auroc": h[-1]["auroc"] if h else float("nan"),
+        "noise_known": run.noise_known,
+        "est_noisy": h[-1].get("est_noisy", float("nan")) if h else float("nan"),
         "history": h,
         "interrupted": interrupted,
         "signal": run.guard.signal_name if interrupted and run.guard.signum else None,
@@ -322,6 +339,8 @@ def write_outputs(run: Run, arrays: dict) -> None:
         out = report.write_report(run.workdir)
         log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
             f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip
+        if out.get("nothing_flagged"):
+            log(out["nothing_flagged"])
     except Exception as e:  # the run's results are saved; a plotting failure must not hide it
         log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
             f"retry with: python -m jaxnoise.report {run.workdir}")  # fmt: skip

@@ -3,8 +3,9 @@
 A workdir holds one run: ``config.json`` (the resolved config), ``dataset.json`` (what the
 samples and classes were), ``metrics.jsonl``, ``per_sample.npz`` and ``checkpoints/``. Resuming
 is refused when the config (:func:`check_workdir_config`) or the dataset
-(:func:`check_same_dataset`) differs from the run already there. This module imports no other
-jaxnoise module, so :mod:`jaxnoise.checkpoint` can re-export it without importing config.py.
+(:func:`check_same_dataset`) differs from the run already there. Of jaxnoise it imports only
+``fields`` (the one ``flatten``), so :mod:`jaxnoise.checkpoint` can use it without importing the
+validator.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
+
+from jaxnoise.fields import flatten
 
 if TYPE_CHECKING:
     from jaxnoise import data as data_lib
@@ -32,6 +35,10 @@ _NON_RESULT_FIELDS = {
     "distributed.coordinator_address",
     "distributed.process_id",
 }
+
+# Fields added after runs were made, with the value that reproduces those runs: a config.json
+# without the field resumes under that value (and only under it).
+_ADDED_FIELDS = {"data.kmeans_eps": 10.0}
 
 # What --fresh removes: everything a run writes into its workdir.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
@@ -86,17 +93,6 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b": value} (as config.flatten, for the JSON of config.json)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
     """Refuse to resume a workdir that holds a run with a different config.
 
@@ -115,13 +111,20 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     try:
         with open(path) as f:
-            old = _flatten(json.load(f))
+            old = {**_ADDED_FIELDS, **flatten(json.load(f))}
     except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not an object
         raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
             "or pass --fresh to discard that run and start again"
         ) from None
-    new = _flatten(resolved)
+    if "method" in old and not ({"bootstrap.batch_size", "dividemix.batch_size"} & set(old)):
+        raise WorkdirConflict(
+            f"workdir {workdir!r} holds a run of an earlier jaxnoise (a flat config.json, before "
+            "each method's fields moved to config.bootstrap / config.dividemix), whose "
+            "checkpoints this version cannot resume; use another --workdir, or pass --fresh to "
+            "discard that run and start again"
+        )
+    new = flatten(resolved)
     diff = sorted(
         k for k in set(old) | set(new) if k not in _NON_RESULT_FIELDS and old.get(k) != new.get(k)
     )
@@ -133,8 +136,10 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         )
 
 
-def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any) -> None:
-    """config.json and dataset.json (class names, image paths, whether the noise is known).
+def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any,
+                   noise_known: bool | None = None) -> None:  # fmt: skip
+    """config.json and dataset.json (class names, image paths, whether the noise is known:
+    ``noise_known``, ``metrics.noise_known`` of the run's noise mask; None: noise_kind != none).
 
     Written atomically: a process killed meanwhile leaves the previous files, never torn ones.
     """
@@ -145,8 +150,8 @@ def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: A
         "name": ds.name,
         "class_names": list(ds.class_names),
         "num_train": int(ds.train_images.shape[0]),
-        # With noise_kind="none" the labels are taken as given: which are wrong is unknown.
-        "noise_known": config.noise_kind != "none",
+        # With noise_kind="none" (or no label flipped) which labels are wrong is unknown.
+        "noise_known": config.noise_kind != "none" if noise_known is None else bool(noise_known),
         "train_paths": list(ds.train_paths) if ds.train_paths else None,
         # the samples' own identifiers (tfds id, folder-relative path, features train_ids)
         "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,

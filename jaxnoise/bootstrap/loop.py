@@ -231,13 +231,17 @@ def epoch_record(run: runkit.Run, epoch: int, train_loss: float, aux: dict, extr
     return r
 
 
-def describe(r: dict) -> str:
+def describer(run: runkit.Run):
     """The epoch's log line."""
-    s = r["seconds"]
-    return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  test acc {r['test_acc']:.2f}% "
-            f"(best {r['best_acc']:.2f}%)  noise AUROC {r['auroc']:.4f}  P/R@0.5 "
-            f"{r['precision']:.3f}/{r['recall']:.3f}  [{s['train']:.1f}s train, "
-            f"{s['track']:.1f}s track, {s['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
+
+    def describe(r: dict) -> str:
+        s = r["seconds"]
+        return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  test acc "
+                f"{r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)  "
+                f"{runkit.detection_text(run, r)}  [{s['train']:.1f}s train, "
+                f"{s['track']:.1f}s track, {s['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
+
+    return describe
 
 
 def make_epoch(run: runkit.Run, p: Pieces):
@@ -261,7 +265,7 @@ def make_epoch(run: runkit.Run, p: Pieces):
         seconds = {"train": t_train, **seconds, "eval": time.time() - t0}
         r = epoch_record(run, epoch, train_loss, aux, extras, state["mixture"], test, seconds,
                          images)  # fmt: skip
-        return runkit.Epoch({"state": state, "aux": aux}, r, describe)
+        return runkit.Epoch({"state": state, "aux": aux}, r, describer(run))
 
     return epoch_fn
 

@@ -24,9 +24,10 @@ def defaults() -> ml_collections.ConfigDict:
     d.warm_up = 10  # cross-entropy warm-up of both networks in epochs 1..warm_up
     # (official: 10 on CIFAR-10, 30 on CIFAR-100)
     d.p_threshold = 0.5  # clean probability above which a sample is labelled (official
-    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise)
+    # default; -1: the paper's, 0.6 at 90% noise and 0.5 otherwise, 0.5 for human labels)
     d.lambda_u = 25.0  # weight of the unlabelled loss after its ramp-up (official default;
-    # -1: the paper's table for the dataset, noise kind and level; none for human noise)
+    # -1: the paper's table for the dataset, noise kind and level; human labels (no noise
+    # level) need an explicit value: the paper picks from {0, 25, 50, 150} on a validation set)
     d.lambda_u_rampup = 16.0  # lambda_u ramps up linearly over this many epochs after warm-up
     d.sharpen_temperature = 0.5  # T of co-guessing / co-refinement sharpening
     d.mixmatch_alpha = 4.0  # MixMatch lam ~ Beta(alpha, alpha), lam = max(lam, 1 - lam)
@@ -78,6 +79,10 @@ def lambda_u(config: Any) -> float:
     c = _flat(config)
     if float(c["dividemix.lambda_u"]) != f.AUTO:
         return float(c["dividemix.lambda_u"])
+    if c["noise_kind"] == "human":
+        f.fail("dividemix.lambda_u", -1, "a number >= 0, set explicitly for noise_kind='human': "
+               "DivideMix's paper gives lambda_u for synthetic noise levels only (it picks it "
+               "from {0, 25, 50, 150} on a validation set; the official code's default is 25)")
     name = _TABLE_NAME.get(c["data.name"], c["data.name"])
     key = (name, c["noise_kind"], round(float(c["noise"]), 6))
     if key not in LAMBDA_U:
@@ -88,10 +93,13 @@ def lambda_u(config: Any) -> float:
 
 
 def p_threshold(config: Any) -> float:
-    """``dividemix.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5."""
+    """``dividemix.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5 (also for
+    noise_kind='human', which has no noise level: ``config.noise`` is not read then)."""
     c = _flat(config)
     if float(c["dividemix.p_threshold"]) != f.AUTO:
         return float(c["dividemix.p_threshold"])
+    if c["noise_kind"] == "human":
+        return 0.5
     return 0.6 if float(c["noise"]) >= HISTORY_NOISE else 0.5
 
 

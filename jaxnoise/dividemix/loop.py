@@ -248,13 +248,19 @@ def division_metrics(run: runkit.Run, divisions: dict | None) -> dict:
     return {**{k: float(v) for k, v in jax.device_get(det).items()}, "division": out}
 
 
-def describe(r: dict) -> str:
+def describer(run: runkit.Run):
     """The epoch's log line."""
-    labelled = "/".join(str(d["labelled"]) for d in r.get("division", {}).values())
-    return (f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  test acc "
-            f"{r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)  division AUROC {r['auroc']:.4f}"
-            f"{f'  labelled {labelled}' if labelled else ''}  "
-            f"[{sum(r['seconds'].values()):.1f}s]")  # fmt: skip
+
+    def describe(r: dict) -> str:
+        labelled = "/".join(str(d["labelled"]) for d in r.get("division", {}).values())
+        detection = runkit.detection_text(run, r, auroc="division") if labelled else ""
+        return (f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  test acc "
+                f"{r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)"
+                f"{f'  {detection}' if detection else ''}"
+                f"{f'  labelled {labelled}' if labelled else ''}  "
+                f"[{sum(r['seconds'].values()):.1f}s]")  # fmt: skip
+
+    return describe
 
 
 def make_epoch(run: runkit.Run, p: Pieces):
@@ -285,7 +291,7 @@ def make_epoch(run: runkit.Run, p: Pieces):
         r = {"epoch": epoch, "phase": phase, "lr": lr_schedule.lr_for_epoch(run.config, epoch),
              "train_loss": train_loss, **test, **division_metrics(run, divisions),
              "nets": trained, "seconds": seconds}  # fmt: skip
-        return runkit.Epoch({"state": nets, "aux": {"loss_history": history}}, r, describe)
+        return runkit.Epoch({"state": nets, "aux": {"loss_history": history}}, r, describer(run))
 
     return epoch_fn
 
@@ -294,9 +300,11 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     """Train DivideMix in the run's workdir (resuming at its newest checkpoint); the summary of
     ``runkit.finish``."""
     pieces, fresh = build(run)
-    h = pieces.hyper
-    log(f"DivideMix: lambda_u {h['lambda_u']:g}, p_threshold {h['p_threshold']:g}, loss history "
-        f"{h['loss_history'] or 'off'}, warm-up epochs 1..{run.config.dividemix.warm_up} of "
+    h, d = pieces.hyper, run.config.dividemix
+    auto_human = d.p_threshold == -1 and run.config.noise_kind == "human"
+    why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
+    log(f"DivideMix: lambda_u {h['lambda_u']:g}, p_threshold {h['p_threshold']:g}{why}, loss "
+        f"history {h['loss_history'] or 'off'}, warm-up epochs 1..{d.warm_up} of "
         f"{run.config.epochs}")  # fmt: skip
     tree, meta = runkit.restore(run, fresh)
     tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),
