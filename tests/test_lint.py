@@ -34,7 +34,7 @@ def test_no_library_function_is_longer_than_sixty_lines():
     import glob
 
     long = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "jaxnoise", "*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "jaxnoise", "**", "*.py"), recursive=True)):
         with open(path) as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):

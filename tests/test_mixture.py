@@ -40,6 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from jaxnoise import mixture
+from jaxnoise.mixture import posterior
 
 N = 20_000  # size of the fixed synthetic loss arrays (one jit shape)
 NP = 4_096  # size of the property-test arrays (a second jit shape)
@@ -555,7 +556,7 @@ def test_lookup_table_argmax_as_float64_when_posteriors_round_to_one(fit_i):
     t[np.argmax(t) :] = t.max()
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     got = np.asarray(
-        mixture._lookup_table(
+        posterior._lookup_table(
             mixture.BMMState, (f32(a), f32(b), f32(w)), jnp.asarray(1, jnp.int32)
         )
     )

@@ -160,12 +160,12 @@ def test_preact_resnet18_param_count_matches_pytorch() -> None:
 def test_resnet34_param_count_and_names_match_the_cifar_n_code() -> None:
     """The CIFAR-N paper's ResNet34 (its models/resnet.py): sum(p.numel()) on torch 2.13 is
     21,282,122; its projection shortcuts are nn.Sequential(conv, BN) in layer2..4's first block."""
-    from jaxnoise import models
+    from jaxnoise.models import torch_port
 
     model = nnx.eval_shape(lambda: create_model("resnet34", 10, width=64, in_channels=3,
                                                 rngs=nnx.Rngs(0)))  # fmt: skip
     assert _n_params(model) == 21_282_122
-    keys = set(models._torch_keyed_state(model))
+    keys = set(torch_port._torch_keyed_state(model))
     assert {"layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.running_var",
             "layer4.2.bn2.weight", "linear.bias"} <= keys  # fmt: skip
     assert not any(k.startswith("layer1.0.shortcut") for k in keys)  # identity in layer1
