@@ -21,8 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxnoise import choices
+
 POSTERIOR_EPS = 1e-4
-DRAWS = ("none", "beta", "binomial")
+DRAWS = choices.MIXUP_DRAWS
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
