@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import bootstrap_state, git_commit, standin_run  # noqa: E402
+from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
 from jaxnoise import mixture  # noqa: E402
@@ -103,7 +103,7 @@ def build_dividemix(width: int, ds: data_lib.Dataset) -> dict:
 
     c = cifar10_dividemix.get_config()
     c.width, c.noise = width, 0.5
-    pieces, tree = dividemix_loop.build(standin_run(c, ds))
+    pieces, tree = dividemix_loop.build(c, ds, ds.mean_std())
     n = len(ds.train_labels)
     data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}
     labelled = jnp.arange(n) % 2 == 0

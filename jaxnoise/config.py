@@ -99,10 +99,16 @@ def block_of(method: str) -> str:
     return next(name for name, (methods, _) in BLOCKS.items() if method in methods)
 
 
+def checks_of(method: str) -> dict[str, f.Check]:
+    """The check of every field of a config of this method (shared, then its block's), flat; a
+    choice's check carries its names as ``.allowed``."""
+    name = block_of(method)
+    return {**SHARED, **{f"{name}.{k}": v for k, v in BLOCKS[name][1].CHECKS.items()}}
+
+
 def fields_of(method: str) -> list[str]:
     """Every field of a config of this method (shared, then its block's), flat."""
-    name = block_of(method)
-    return list(SHARED) + [f"{name}.{k}" for k in BLOCKS[name][1].CHECKS]
+    return list(checks_of(method))
 
 
 def foreign_field(name: str, method: str) -> str | None:

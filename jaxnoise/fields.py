@@ -74,6 +74,7 @@ def choice(allowed: Sequence[str]) -> Check:
             return None
         return "one of " + ", ".join(repr(a) for a in allowed)
 
+    check.allowed = tuple(allowed)  # the names, for --help and tests
     return check
 
 

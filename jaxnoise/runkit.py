@@ -304,11 +304,16 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
 def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: bool) -> dict:
     """per_sample.npz (``outputs(tree)``: per-sample ``loss``, ``p_noisy``, ``logits`` on the
     devices) and the report when the run was not stopped by a signal; the summary."""
-    h = run.history
-    if h and not interrupted:
+    if run.history and not interrupted:
         arrays = {k: parallel.gather_to_host(v) for k, v in outputs(tree).items()}  # collective
         if jax.process_index() == 0:
             write_outputs(run, arrays)
+    return summary(run, interrupted)
+
+
+def summary(run: Run, interrupted: bool) -> dict:
+    """The run's summary: accuracies, detection (or the noise estimate), history, position."""
+    h = run.history
     return {
         "best_acc": run.best_acc,
         "last_acc": h[-1]["test_acc"] if h else float("nan"),

@@ -16,7 +16,7 @@ deterministic (the test process waits for a marker line, then signals):
   test sends SIGKILL while the checkpoint write is unfinished.
 
 - ``JAXNOISE_TEST_SLOW=SECONDS``: every train step, while it executes, prints ``STEP N`` (N its
-  optimizer step count) and sleeps SECONDS (a host callback inside the compiled step): slow
+  train step count) and sleeps SECONDS (a host callback inside the compiled step): slow
   steps whose execution, not their dispatch, the test can follow.
 
 Numerical faults:
@@ -45,16 +45,33 @@ def get_config():
     c.width = 8
     c.epochs = 3
     c.lr_milestones = (2,)
-    c.bootstrap_start_epoch = 2
-    c.dynamic_start_epoch = 2
-    c.soft_to_hard_start_epoch = 3
-    c.temperature_epochs = 2
+    c.bootstrap.start_epoch = 2
+    c.bootstrap.dynamic_start_epoch = 2
+    c.bootstrap.soft_to_hard_start_epoch = 3
+    c.bootstrap.temperature_epochs = 2
+    return c
+
+
+def set_fields(c, **fields):
+    """Set config fields by name: a shared field, a field of the config's method block
+    (``batch_size`` is ``bootstrap.batch_size`` on a bootstrap config), or a dotted path."""
+    for name, value in fields.items():
+        target, key = c, name
+        if "." in name:
+            *path, key = name.split(".")
+            for part in path:
+                target = target[part]
+        elif name not in c:
+            target = next(c[b] for b in ("bootstrap", "dividemix") if b in c and name in c[b])
+        with c.unlocked():
+            target[key] = value
     return c
 
 
 def _install_hooks() -> None:
     from jaxnoise import checkpoint as ckpt_lib
-    from jaxnoise import train
+    from jaxnoise.bootstrap import loop as bootstrap_loop
+    from jaxnoise.bootstrap import step as step_lib
 
     guards: list = []
 
@@ -68,7 +85,7 @@ def _install_hooks() -> None:
     pause = os.environ.get("JAXNOISE_TEST_PAUSE_AT")
     if pause:
         pause_at = tuple(int(v) for v in pause.split(":"))
-        make_train_step = train.make_train_step
+        make_train_step = step_lib.make_train_step
 
         def patched_make_train_step(*args, **kwargs):
             step_fn = make_train_step(*args, **kwargs)
@@ -77,13 +94,11 @@ def _install_hooks() -> None:
             def step(state, data, aux, perm):
                 import jax
 
-                from jaxnoise import step as step_lib
-
                 if not spe:
-                    c = args[2]
+                    b = args[2].bootstrap
                     n = data["images"].shape[0]
-                    spe.append(len(step_lib.epoch_batch_sizes(n, c.batch_size, c.drop_last)))
-                count = int(state["opt_state"].count)  # the position of the step about to run
+                    spe.append(len(step_lib.epoch_batch_sizes(n, b.batch_size, b.drop_last)))
+                count = int(state["step"])  # the position of the step about to run
                 epoch, s = count // spe[0] + 1, count % spe[0]
                 out = step_fn(state, data, aux, perm)
                 if (epoch, s) == pause_at:
@@ -96,13 +111,11 @@ def _install_hooks() -> None:
 
             return step
 
-        train.make_train_step = patched_make_train_step
+        step_lib.make_train_step = patched_make_train_step
 
     slow = os.environ.get("JAXNOISE_TEST_SLOW")
     if slow:
         import jax
-
-        from jaxnoise import step as step_lib
 
         make_update = step_lib.make_update
 
@@ -114,7 +127,7 @@ def _install_hooks() -> None:
             update = make_update(*args)
 
             def slowed(state, *a):
-                jax.debug.callback(tick, state["opt_state"].count, ordered=True)
+                jax.debug.callback(tick, state["step"], ordered=True)
                 return update(state, *a)
 
             return slowed
@@ -132,17 +145,26 @@ def _install_hooks() -> None:
     track = os.environ.get("JAXNOISE_TEST_TRACK")
     if track:
         modes = {int(e): m for e, m in (item.split(":") for item in track.split(","))}
-        forward_all = train.forward_all
+        track_and_fit = bootstrap_loop.track_and_fit
 
-        def patched_forward_all(*args, epoch: int = 0, **kwargs):
-            loss, logits = forward_all(*args, epoch=epoch, **kwargs)
-            if modes.get(epoch) == "const":
-                loss = loss * 0.0 + 0.7
-            elif modes.get(epoch) == "nan":
-                loss = loss.at[0].set(float("nan"))
-            return loss, logits
+        def patched_track_and_fit(run, pieces, state, aux, epoch):
+            forward = pieces.forward
 
-        train.forward_all = patched_forward_all
+            def tracking(*args, **kwargs):
+                loss, logits = forward(*args, **kwargs)
+                if modes.get(epoch) == "const":
+                    loss = loss * 0.0 + 0.7
+                elif modes.get(epoch) == "nan":
+                    loss = loss.at[0].set(float("nan"))
+                return loss, logits
+
+            pieces.forward = tracking
+            try:
+                return track_and_fit(run, pieces, state, aux, epoch)
+            finally:
+                pieces.forward = forward
+
+        bootstrap_loop.track_and_fit = patched_track_and_fit
 
     hang = os.environ.get("JAXNOISE_TEST_HANG_SAVE")
     if hang:

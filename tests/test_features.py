@@ -290,8 +290,8 @@ def test_end_to_end_on_synthetic_embeddings(tmp_path):
     c = _features_config(str(path))
     c.data.name = "synthetic"
     c.noise, c.method = 0.5, "M-DYR-H"
-    c.epochs, c.lr_milestones, c.bootstrap_start_epoch = 4, (2,), 3
-    c.batch_size, c.lr, c.eval_batch_size = 50, 0.05, 200  # one compiled eval chunk
+    c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 4, (2,), 3
+    c.bootstrap.batch_size, c.lr, c.eval_batch_size = 50, 0.05, 200  # one compiled eval chunk
     s = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert s["epochs_done"] == 4 and not s["interrupted"]
     assert s["last_acc"] > 90.0  # 4 well-separated classes: clean accuracy despite 50% noise

@@ -30,9 +30,11 @@ from hypothesis.extra import numpy as hnp
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
+from jaxnoise import inputs, runkit, schedule, train
 from jaxnoise import noise as noise_lib
-from jaxnoise import schedule, train
 from jaxnoise import workdir as workdir_lib
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from jaxnoise.bootstrap import step as step_lib
 from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,10 +44,7 @@ TIMING = ("seconds", "images_per_s")
 
 
 def tiny(**overrides) -> ml_collections.ConfigDict:
-    c = _signal_run.get_config()
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+    return _signal_run.set_fields(_signal_run.get_config(), **overrides)
 
 
 # ================================================================================================
@@ -65,10 +64,10 @@ def tiny(**overrides) -> ml_collections.ConfigDict:
         ("width", 2**40, r"config\.width = 1099511627776 .*at most 2\*\*31 - 1"),
         ("momentum", "high", r"config\.momentum = 'high' .*\[0, 1\)"),
         ("lr_milestones", 5, r"config\.lr_milestones = 5 .*tuple of whole epochs"),
-        ("lr_milestones", (3,), r"config\.lr_milestones = \(3,\) .*\[1, epochs=3\)"),
+        ("lr_milestones", (4,), r"config\.lr_milestones = \(4,\) .*\[1, epochs=3\]"),
         ("seed", -1, r"config\.seed = -1 .*\[0, 4294967295\]"),
         ("method", 3, r"config\.method = 3 .*one of 'CE'"),
-        ("bootstrap_start_epoch", 1, r"bootstrap_start_epoch = 1 .*warm-up"),
+        ("bootstrap.start_epoch", 1, r"bootstrap\.start_epoch = 1 .*warm-up"),
     ],
 )
 def test_config_errors_name_field_value_and_allowed(field, value, match):
@@ -77,15 +76,15 @@ def test_config_errors_name_field_value_and_allowed(field, value, match):
     (A value of the wrong type cannot be set on a type-safe ConfigDict, but a config file or a
     hand-built dict can hold one, so the config is rebuilt from a dict here.)"""
     d = tiny().to_dict()
-    d[field] = value
+    _set(d, field, value)
     with pytest.raises(ValueError, match=match):
         config_lib.validate(ml_collections.ConfigDict(d))
 
 
 def test_config_missing_field_and_md_dyr_sh_schedule():
     d = tiny().to_dict()
-    del d["em_iters"]
-    with pytest.raises(ValueError, match=r"config\.em_iters is missing"):
+    del d["bootstrap"]["em_iters"]
+    with pytest.raises(ValueError, match=r"config\.bootstrap\.em_iters is missing"):
         config_lib.validate(ml_collections.ConfigDict(d))
     c = tiny(method="MD-DYR-SH", dynamic_start_epoch=3, soft_to_hard_start_epoch=2)
     with pytest.raises(ValueError, match="2 <= dynamic_start_epoch <= soft_to_hard_start_epoch"):
@@ -127,7 +126,7 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
     """A corrupt image (named), a label file of the wrong length or with out-of-range labels,
     a one-class or tiny dataset: ValueError before anything is compiled."""
     compiled = []
-    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+    monkeypatch.setattr(step_lib, "make_train_step", lambda *a, **k: compiled.append(1))
     # Image folder with a corrupt image.
     from PIL import Image
 
@@ -158,10 +157,10 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
     img = np.zeros((8, 4, 4, 1), np.uint8)
     one_class = data_lib.Dataset(img, np.zeros(8, np.int32), img, np.zeros(8, np.int32), ["a"], "x")
     with pytest.raises(ValueError, match=r"1 class\(es\) \['a'\]; .*at least 2"):
-        train.validate_against_data(tiny(batch_size=4), one_class)
+        inputs.validate_against_data(tiny(batch_size=4), one_class)
     two = data_lib.Dataset(img, np.arange(8) % 2, img, np.arange(8) % 2, ["a", "b"], "x")
     with pytest.raises(ValueError, match="8 training samples; the noise model needs at least 10"):
-        train.validate_against_data(tiny(batch_size=4), two)
+        inputs.validate_against_data(tiny(batch_size=4), two)
     # Asymmetric (CIFAR class-pair) noise on a dataset with another number of classes.
     with pytest.raises(ValueError, match="'cifar10' needs 10 classes, but the dataset has 5"):
         noise_lib.apply("asymmetric", np.arange(20) % 5, num_classes=5, rate=0.5, dataset="cifar10")
@@ -190,9 +189,9 @@ def test_workdir_check_ignores_per_process_and_rescheduling_fields(tmp_path):
     with another coordinator address, must still resume (they used to be refused)."""
     c = tiny()
     c.distributed.num_processes, c.distributed.coordinator_address = 2, "10.0.0.1:1234"
-    (tmp_path / "config.json").write_text(json.dumps(train._config_fingerprint(c)))
+    (tmp_path / "config.json").write_text(json.dumps(runkit.fingerprint(c)))
     c.distributed.process_id, c.distributed.coordinator_address = 1, "10.0.0.7:4321"
-    ckpt_lib.check_workdir_config(str(tmp_path), train._config_fingerprint(c), fresh=False)
+    ckpt_lib.check_workdir_config(str(tmp_path), runkit.fingerprint(c), fresh=False)
 
 
 def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path):
@@ -222,9 +221,11 @@ def test_preemption_guard_records_signal_and_second_sigint_interrupts():
 # Property tests: any config override / any label array is accepted (and valid) or refused with a
 # ValueError carrying a message, never another exception.
 
-_FIELDS = sorted(config_lib.FIELDS)
+_CHECKS = config_lib.checks_of("M-DYR-H")
+_FIELDS = sorted(_CHECKS)
 _DEFAULTS = _signal_run.get_config()
-_CHOICE_VALUES = sorted({v for vs in config_lib.CHOICES.values() for v in vs})
+_CHOICES = {k: c.allowed for k, c in _CHECKS.items() if hasattr(c, "allowed")}
+_CHOICE_VALUES = sorted({v for vs in _CHOICES.values() for v in vs})
 _wild = st.one_of(
     st.integers(-3, 12),
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -240,8 +241,8 @@ _wild = st.one_of(
 
 def _plausible(field: str):
     """Values of the field's own type (so that many configs are accepted)."""
-    if field in config_lib.CHOICES:
-        return st.sampled_from(config_lib.CHOICES[field])
+    if field in _CHOICES:
+        return st.sampled_from(_CHOICES[field])
     default = _get(_DEFAULTS.to_dict(), field)
     if isinstance(default, bool):
         return st.booleans()
@@ -295,8 +296,8 @@ def test_property_config_validation_is_total(overrides):
     for epoch in sorted({1, 2, config.epochs}):
         assert math.isfinite(schedule.lr_for_epoch(config, epoch))
         assert schedule.lr_for_epoch(config, epoch) > 0
-        assert schedule.temperature_for_epoch(config, epoch) > 0
-        schedule.phase_for_epoch(config, epoch)
+        assert bootstrap_schedule.temperature_for_epoch(config, epoch) > 0
+        bootstrap_schedule.phase_for_epoch(config, epoch)
     json.loads(config.to_json_best_effort())
     assert 0.0 <= config.noise <= 1.0 and isinstance(config.data.flip, bool)
 

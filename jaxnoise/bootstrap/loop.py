@@ -87,9 +87,10 @@ def make_fit_fns(config, num_classes: int):
     return fit_signal, fit_mixture
 
 
-def build(run: runkit.Run) -> tuple[Pieces, dict]:
-    """The pieces and the fresh tree (``state``, ``aux``) of a run, placed on its mesh."""
-    c, ds, mesh = run.config, run.ds, run.mesh
+def build(c, ds, mean_std: tuple, mesh=None) -> tuple[Pieces, dict]:
+    """The pieces and the fresh tree (``state``, ``aux``) of a config on a dataset, placed on the
+    mesh (default: one device)."""
+    mesh = mesh or parallel.make_mesh(1)
     graphdef, params, frozen, stats = network.split(
         network.create(c, ds.num_classes, ds.image_shape[-1]), c)  # fmt: skip
     n, k = ds.train_images.shape[0], ds.num_classes
@@ -108,7 +109,7 @@ def build(run: runkit.Run) -> tuple[Pieces, dict]:
             count=parallel.put_replicated(mesh, fresh.count))
     sizes = step.epoch_batch_sizes(n, c.bootstrap.batch_size, c.bootstrap.drop_last, mesh.size)
     pieces = Pieces(graphdef, tx, sizes,
-                    forward_lib.make_forward(graphdef, c, *run.mean_std, mesh),
+                    forward_lib.make_forward(graphdef, c, *mean_std, mesh),
                     *make_fit_fns(c, k), step.make_permutation_fn(c.seed, n, mesh))  # fmt: skip
     return pieces, {"state": parallel.put_replicated(mesh, state), "aux": aux}
 
@@ -278,7 +279,7 @@ def outputs(tree: dict) -> dict:
 def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     """Train a bootstrap method in the run's workdir (resuming from its newest checkpoint);
     the summary of ``runkit.finish``."""
-    pieces, fresh = build(run)
+    pieces, fresh = build(run.config, run.ds, run.mean_std, run.mesh)
     run.steps_per_epoch = len(pieces.batch_sizes)
     tree, meta = runkit.restore(run, fresh)
     tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),

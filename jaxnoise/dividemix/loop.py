@@ -101,9 +101,10 @@ def _i32(v) -> jax.Array:
     return jnp.asarray(v, jnp.int32)
 
 
-def build(run: runkit.Run) -> tuple[Pieces, dict]:
-    """The pieces and the fresh tree (both networks, the loss histories), on the run's mesh."""
-    c, ds, mesh, d = run.config, run.ds, run.mesh, run.config.dividemix
+def build(c, ds, mean_std: tuple, mesh=None) -> tuple[Pieces, dict]:
+    """The pieces and the fresh tree (both networks, the loss histories) of a config on a
+    dataset, placed on the mesh (default: one device)."""
+    mesh, d = mesh or parallel.make_mesh(1), c.dividemix
     n, B = ds.train_images.shape[0], d.batch_size
     hyper = {"lambda_u": dm_config.lambda_u(c), "p_threshold": dm_config.p_threshold(c),
              "loss_history": dm_config.loss_history(c)}  # fmt: skip
@@ -118,17 +119,17 @@ def build(run: runkit.Run) -> tuple[Pieces, dict]:
                   strong_prob=float(d.warmup_strong))  # fmt: skip
 
     def warm(batch_size):
-        return step.make_warmup_step(graphdef, tx, c, ds.num_classes, *run.mean_std,
+        return step.make_warmup_step(graphdef, tx, c, ds.num_classes, *mean_std,
                                      batch_size=batch_size, **common)  # fmt: skip
 
     semi = step.make_semi_step(
-        graphdef, tx, c, ds.num_classes, *run.mean_std, batch_size=B, T=d.sharpen_temperature,
+        graphdef, tx, c, ds.num_classes, *mean_std, batch_size=B, T=d.sharpen_temperature,
         alpha=d.mixmatch_alpha, lambda_max=hyper["lambda_u"], warm_up=d.warm_up,
         rampup=d.lambda_u_rampup, views=d.views, mesh=mesh,
     )  # fmt: skip
     pieces = Pieces(graphdef, tx, warm(2 * B) if n >= 2 * B else None,
                     warm(n % (2 * B)) if n % (2 * B) else None, semi,
-                    forward_lib.make_forward(graphdef, c, *run.mean_std, mesh),
+                    forward_lib.make_forward(graphdef, c, *mean_std, mesh),
                     make_divide(hyper["loss_history"] > 0), hyper)  # fmt: skip
     history = {}
     if hyper["loss_history"]:  # each network's ring buffer of its last normalised losses
@@ -299,7 +300,7 @@ def make_epoch(run: runkit.Run, p: Pieces):
 def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     """Train DivideMix in the run's workdir (resuming at its newest checkpoint); the summary of
     ``runkit.finish``."""
-    pieces, fresh = build(run)
+    pieces, fresh = build(run.config, run.ds, run.mean_std, run.mesh)
     h, d = pieces.hyper, run.config.dividemix
     auto_human = d.p_threshold == -1 and run.config.noise_kind == "human"
     why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
