@@ -129,6 +129,13 @@ def device_count(tree: Any) -> int:
     return max(counts) if counts else jax.device_count()
 
 
+def tree_nbytes(tree: Any) -> int:
+    """The bytes of every array of ``tree`` (global, not per host): about what one checkpoint
+    of it takes on disk (orbax compresses, so usually less), for :func:`workdir.check_space`."""
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+               for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))  # fmt: skip
+
+
 def _leaves(metadata_tree: Any) -> list:
     """The array metadata of an orbax item (name, shape, dtype), in its order."""
     return jax.tree_util.tree_leaves(metadata_tree)
