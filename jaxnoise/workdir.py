@@ -276,9 +276,9 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 def _write_error(workdir: str, e: OSError) -> WorkdirError:
     """The one-line error of a failed write in (or creation of) the workdir."""
-    where = f"workdir {workdir!r}"
-    if e.filename and os.path.abspath(e.filename) != os.path.abspath(workdir):
-        where += f" ({e.filename})"
+    where, path = f"workdir {workdir!r}", os.path.abspath(workdir)
+    if e.filename and not os.path.abspath(e.filename).startswith(path):  # creating a parent
+        where += f" (creating {e.filename})"
     if e.errno in (errno.EACCES, errno.EPERM):
         return WorkdirError(f"{where} is not writable (permission denied); change its "
                             "permissions or pass another --workdir")  # fmt: skip
