@@ -207,7 +207,7 @@ def _words(x: jax.Array) -> jax.Array:
 
 def _checksum(x: jax.Array) -> jax.Array:
     """(2,) uint32: for each of _SUMS, sum mod 2**32 over the words w_i (i: the word's position
-    in C order) of fmix32(w_i ^ (i * multiplier + offset))."""
+    in C order, mod 2**32) of fmix32(w_i ^ (i * multiplier + offset))."""
     w = _words(x)
     pos = jnp.zeros(w.shape, jnp.uint32)
     stride = 1
@@ -218,10 +218,7 @@ def _checksum(x: jax.Array) -> jax.Array:
     return jnp.stack([jnp.sum(_fmix32(w ^ k), dtype=jnp.uint32) for k in keys])
 
 
-@jax.jit
-def _checksums(leaves: list[jax.Array]) -> jax.Array:
-    """(len(leaves), 2) uint32: the checksums of arrays on the same devices, in one program."""
-    return jnp.stack([_checksum(x) for x in leaves])
+_checksum_jit = jax.jit(_checksum)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -242,23 +239,20 @@ def array_checksums(items: dict[str, Any]) -> dict[str, dict[str, str]]:
     multiplier m and offset c: 64 bits. Computed on the arrays' devices in jit, as reductions over
     the (sharded, possibly multi-host) arrays: only the sums leave the devices, and they do not
     depend on the sharding. Any change of one word changes both sums (the mix is a bijection);
-    other random damage leaves them unchanged with probability about 2**-64. This detects
-    accidental damage, not tampering (anyone can recompute a checksum).
+    any other damage changes each mixed word by a pseudo-random amount, so the two sums both
+    stay the same with probability about 2**-64. (Sums of the raw words, even weighted by odd
+    a_i, miss structured damage: flipping bit 31 of two words adds 2**31 * (+-a_i +- a_j), which
+    is 0 mod 2**32.)
+    This detects accidental damage, not tampering: anyone can recompute a checksum.
     """
     named = [(k, n, x) for k, item in items.items() for n, x in _named(item).items()]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (_, _, x) in enumerate(named):
-        devices = x.sharding.device_set if isinstance(x, jax.Array) else ()
-        groups.setdefault(tuple(sorted(d.id for d in devices)), []).append(i)
-    sums: dict[int, str] = {}
-    for indices in groups.values():  # jit needs its arguments on one set of devices
-        leaves = [named[i][2] for i in indices]
-        leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in leaves]
-        for i, (a, b) in zip(indices, _to_host(_checksums(leaves))):
-            sums[i] = f"{int(a):08x}{int(b):08x}"
+    # One small program per shape, dtype and sharding (params and momentum share theirs), all
+    # dispatched before the first result is read.
+    sums = [_checksum_jit(x if isinstance(x, jax.Array) else jnp.asarray(x)) for _, _, x in named]
     out: dict[str, dict[str, str]] = {k: {} for k in items}
-    for i, (k, n, _) in enumerate(named):
-        out[k][n] = sums[i]
+    for (k, n, _), s in zip(named, sums):
+        a, b = _to_host(s)
+        out[k][n] = f"{int(a):08x}{int(b):08x}"
     return out
 
 
@@ -272,10 +266,11 @@ def meta_checksum(meta: dict) -> str:
 
 
 def _verify_meta(meta: dict) -> None:
-    """_Unreadable if the metadata has a checksum that does not match it."""
+    """_Unreadable if the metadata has checksums (it has both or neither) and does not match its
+    own."""
     info = meta.get(INFO)
-    if isinstance(info, dict) and "meta_checksum" in info:
-        if info["meta_checksum"] != meta_checksum(meta):
+    if isinstance(info, dict) and ("checksums" in info or "meta_checksum" in info):
+        if info.get("meta_checksum") != meta_checksum(meta) or "checksums" not in info:
             raise _Unreadable("its metadata does not match its checksum")
 
 
@@ -363,10 +358,9 @@ class Checkpointer:
         An unreadable newest checkpoint (damaged files, or arrays or metadata that do not match
         their checksums) is set aside (``N.unreadable``) and the one before is restored, with a
         warning; if none is readable, ValueError. A checkpoint written before checksums existed
-        is restored without the check. A checkpoint of another
-        structure raises :class:`CheckpointMismatch`. A checkpoint written on another number of
-        devices than ``num_devices`` (default: the template's) restores resharded, with a
-        warning.
+        is restored without the check. A checkpoint of another structure raises
+        :class:`CheckpointMismatch`. A checkpoint written on another number of devices than
+        ``num_devices`` (default: the template's) restores resharded, with a warning.
         """
         self._items(template)
         here = num_devices or device_count(template)

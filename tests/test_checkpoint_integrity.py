@@ -9,7 +9,6 @@ import glob
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ import pytest
 from etils import epath
 
 from jaxnoise import checkpoint as ckpt_lib
+from tests.test_parallel import _free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRESH = "use another --workdir, or pass --fresh to discard that run and start again"
@@ -268,6 +268,8 @@ META_EDITS = {
     "history": lambda m: m["history"][0].update(acc=51.0),
     "array-checksum": lambda m: m["checkpoint"]["checksums"]["labels"].update(labels="0" * 16),
     "devices": lambda m: m["checkpoint"].update(num_devices=2),
+    "checksum-lost": lambda m: m["checkpoint"].pop("meta_checksum"),
+    "array-checksums-lost": lambda m: m["checkpoint"].pop("checksums"),
 }
 
 
@@ -326,6 +328,7 @@ jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxnoise import checkpoint as ckpt_lib
+from tests.test_parallel import _free_port
 from tests.test_checkpoint_integrity import noise_bits
 
 mesh = jax.make_mesh((2,), ("data",))
@@ -357,12 +360,6 @@ print("RESTORED", meta["epoch"], bool(np.array_equal(w, noise_bits((64, 64), 1))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_checksum_sharded_arrays_and_detect_damage_to_one_shard(tmp_path):
     port, workdir = str(_free_port()), str(tmp_path / "wd")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -374,7 +371,7 @@ def test_two_processes_checksum_sharded_arrays_and_detect_damage_to_one_shard(tm
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
