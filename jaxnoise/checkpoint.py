@@ -15,11 +15,20 @@ JSON item ``meta``, which also records the item names and the number of devices 
 A restore compares names, shapes and dtypes with the template first: a checkpoint of another
 structure is refused naming the first difference (:class:`CheckpointMismatch`).
 
+Integrity: the metadata item also holds a 64-bit checksum of every saved array
+(``meta["checkpoint"]["checksums"]``: ``{item: {array name: 16 hex digits}}``, see
+:func:`array_checksums`) and one of the JSON metadata itself
+(``meta["checkpoint"]["meta_checksum"]``, see :func:`meta_checksum`). A restore verifies both;
+a mismatch is handled as an unreadable checkpoint (below). The checksums detect accidental
+damage (bit rot, torn or overwritten files, a faulty disk or network filesystem), not
+tampering: whoever edits a checkpoint can recompute them. A checkpoint written before checksums
+existed restores without the check.
+
 orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
 killed while writing leaves the previous checkpoint restorable; the unfinished temporary
 directory is removed when the next run opens the workdir. A committed checkpoint that cannot be
-read (damaged files) is set aside as ``N.unreadable`` and the previous one is restored, with a
-warning.
+read (damaged files, a checksum mismatch) is set aside as ``N.unreadable`` and the previous one
+is restored, with a warning.
 
 The run files (config.json, dataset.json, atomic writes) are :mod:`jaxnoise.workdir`; their
 names are re-exported here.
@@ -27,6 +36,8 @@ names are re-exported here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax import lax
 
 from jaxnoise.progress import log
 from jaxnoise.workdir import (  # noqa: F401  (re-exported: train.py, main.py and tests use them)
@@ -117,6 +129,13 @@ def device_count(tree: Any) -> int:
     return max(counts) if counts else jax.device_count()
 
 
+def tree_nbytes(tree: Any) -> int:
+    """The bytes of every array of ``tree`` (global, not per host): about what one checkpoint
+    of it takes on disk (orbax compresses, so usually less), for :func:`workdir.check_space`."""
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+               for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))  # fmt: skip
+
+
 def _leaves(metadata_tree: Any) -> list:
     """The array metadata of an orbax item (name, shape, dtype), in its order."""
     return jax.tree_util.tree_leaves(metadata_tree)
@@ -153,6 +172,119 @@ def _reason(e: BaseException) -> str:
     if not isinstance(e, _Unreadable):
         text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+# The array checksum (see array_checksums): per sum, an odd multiplier and an offset that turn a
+# word's position into its key (Weyl sequences with the golden ratio and murmur3's constants).
+_SUMS = ((0x9E3779B9, 0x7F4A7C15), (0x85EBCA77, 0xC2B2AE3D))
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finalizer: a bijection of uint32 whose output bits each depend on all
+    input bits."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The bits of an array as uint32 words: one per element (two, in a trailing axis, per 64-bit
+    element); narrower elements are widened so that distinct values stay distinct."""
+    dt = jnp.dtype(x.dtype)
+    if jnp.issubdtype(dt, jnp.complexfloating):
+        return _words(jnp.stack([x.real, x.imag], axis=-1))
+    if dt.itemsize < 4 and jnp.issubdtype(dt, jnp.floating):
+        if dt.itemsize == 1:  # float8 (and float4) values are exact in float32
+            return lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+        return lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    if dt.itemsize < 4:  # bool and narrow integers, by value
+        wide = jnp.int32 if jnp.issubdtype(dt, jnp.signedinteger) else jnp.uint32
+        return lax.bitcast_convert_type(x.astype(wide), jnp.uint32)
+    return lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """(2,) uint32: for each of _SUMS, sum mod 2**32 over the words w_i (i: the word's position
+    in C order, mod 2**32) of fmix32(w_i ^ (i * multiplier + offset))."""
+    w = _words(x)
+    pos = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for d in reversed(range(w.ndim)):  # from iotas, so a sharded array is never gathered
+        pos = pos + lax.broadcasted_iota(jnp.uint32, w.shape, d) * jnp.uint32(stride % 2**32)
+        stride *= w.shape[d]
+    keys = [pos * jnp.uint32(a) + jnp.uint32(b) for a, b in _SUMS]
+    return jnp.stack([jnp.sum(_fmix32(w ^ k), dtype=jnp.uint32) for k in keys])
+
+
+_checksum_jit = jax.jit(_checksum)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A small result of a (possibly multi-host) computation, on every host."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def array_checksums(items: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``{item: {array name: 16 hex digits}}`` of a dict of trees as stored; collective.
+
+    Each array's 32-bit words w_i (its bits: float32 bitcast to uint32, narrower types widened,
+    64-bit types split in two) are mixed with their position i by murmur3's finalizer (a
+    bijection of uint32), fmix32(w_i ^ (i * m + c)), and summed mod 2**32, for two pairs of odd
+    multiplier m and offset c: 64 bits. Computed on the arrays' devices in jit, as reductions over
+    the (sharded, possibly multi-host) arrays: only the sums leave the devices, and they do not
+    depend on the sharding. Any change of one word changes both sums (the mix is a bijection);
+    any other damage changes each mixed word by a pseudo-random amount, so the two sums both
+    stay the same with probability about 2**-64. (Sums of the raw words, even weighted by odd
+    a_i, miss structured damage: flipping bit 31 of two words adds 2**31 * (+-a_i +- a_j), which
+    is 0 mod 2**32.)
+    This detects accidental damage, not tampering: anyone can recompute a checksum.
+    """
+    named = [(k, n, x) for k, item in items.items() for n, x in _named(item).items()]
+    # One small program per shape, dtype and sharding (params and momentum share theirs), all
+    # dispatched before the first result is read.
+    sums = [_checksum_jit(x if isinstance(x, jax.Array) else jnp.asarray(x)) for _, _, x in named]
+    out: dict[str, dict[str, str]] = {k: {} for k in items}
+    for (k, n, _), s in zip(named, sums):
+        a, b = _to_host(s)
+        out[k][n] = f"{int(a):08x}{int(b):08x}"
+    return out
+
+
+def meta_checksum(meta: dict) -> str:
+    """16 hex digits (blake2b) of the JSON metadata as stored, with sorted keys, less the
+    checksum itself (``meta["checkpoint"]["meta_checksum"]``)."""
+    info = {k: v for k, v in meta.get(INFO, {}).items() if k != "meta_checksum"}
+    stored = json.loads(json.dumps({**meta, INFO: info}))  # as it reads back: str keys, lists
+    text = json.dumps(stored, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _verify_meta(meta: dict) -> None:
+    """_Unreadable if the metadata has checksums (it has both or neither) and does not match its
+    own."""
+    info = meta.get(INFO)
+    if isinstance(info, dict) and ("checksums" in info or "meta_checksum" in info):
+        if info.get("meta_checksum") != meta_checksum(meta) or "checksums" not in info:
+            raise _Unreadable("its metadata does not match its checksum")
+
+
+def _verify_arrays(info: dict, restored: dict[str, Any], items: dict[str, Any]) -> None:
+    """_Unreadable naming the first restored array that does not match its stored checksum (a
+    checkpoint of before checksums is not checked)."""
+    stored = info.get("checksums")
+    if stored is None:
+        return
+    for k, arrays in array_checksums(restored).items():
+        for n, h in arrays.items():
+            if stored.get(k, {}).get(n) != h:
+                shown = k if _is_bare(items[k]) else f"{k}.{n}"
+                raise _Unreadable(f"its array {shown} does not match its checksum")
 
 
 def _sync(name: str) -> None:
@@ -196,7 +328,8 @@ class Checkpointer:
 
         ``num_devices`` (default: the devices the arrays live on) is recorded for the restore.
         The arrays are copied on device first, so the caller may donate its buffers to the next
-        step while orbax writes in the background.
+        step while orbax writes in the background; the checksums of the copies are stored in the
+        metadata (:func:`array_checksums`, :func:`meta_checksum`).
         """
         if INFO in meta:
             raise ValueError(f"{INFO!r} is a reserved key of the checkpoint metadata")
@@ -204,8 +337,14 @@ class Checkpointer:
         items = jax.tree_util.tree_map(
             lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, items
         )
-        info = {"items": sorted(items), "num_devices": num_devices or device_count(tree)}
-        args = {k: ocp.args.StandardSave(_item(k, v)) for k, v in items.items()}
+        stored = {k: _item(k, v) for k, v in items.items()}
+        info = {
+            "items": sorted(items),
+            "num_devices": num_devices or device_count(tree),
+            "checksums": array_checksums(stored),  # of the copies, which are what is written
+        }
+        info["meta_checksum"] = meta_checksum({**meta, INFO: info})
+        args = {k: ocp.args.StandardSave(v) for k, v in stored.items()}
         self.manager.save(
             step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonSave({**meta, INFO: info})})
         )
@@ -216,11 +355,12 @@ class Checkpointer:
         """Restore the newest readable checkpoint into the structure and shardings of
         ``template``: ``(tree, meta)``, or None if there is no checkpoint.
 
-        An unreadable newest checkpoint is set aside (``N.unreadable``) and the one before is
-        restored, with a warning; if none is readable, ValueError. A checkpoint of another
-        structure raises :class:`CheckpointMismatch`. A checkpoint written on another number of
-        devices than ``num_devices`` (default: the template's) restores resharded, with a
-        warning.
+        An unreadable newest checkpoint (damaged files, or arrays or metadata that do not match
+        their checksums) is set aside (``N.unreadable``) and the one before is restored, with a
+        warning; if none is readable, ValueError. A checkpoint written before checksums existed
+        is restored without the check. A checkpoint of another structure raises
+        :class:`CheckpointMismatch`. A checkpoint written on another number of devices than
+        ``num_devices`` (default: the template's) restores resharded, with a warning.
         """
         self._items(template)
         here = num_devices or device_count(template)
@@ -291,6 +431,7 @@ class Checkpointer:
         meta = meta[META]
         if not isinstance(meta, dict):
             raise _Unreadable("its metadata is not a JSON object")
+        _verify_meta(meta)
         info = meta.pop(INFO, None)
         if info is None:
             return self._restore_unnamed(step, path, on_disk, template, meta)
@@ -314,6 +455,7 @@ class Checkpointer:
             for k, v in items.items()
         }
         out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        _verify_arrays(info, {k: out[k] for k in items}, items)
         tree = dict(template)
         for k, subtree in items.items():
             got = _named(out[k])
