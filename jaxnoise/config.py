@@ -17,8 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix_step, extractors, human_labels, losses, models
+from jaxnoise import dividemix_step, losses, models
+from jaxnoise import labels as labels_lib
 from jaxnoise import noise as noise_lib
+from jaxnoise.data import extractors
 from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
 
 METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH", "DivideMix")
@@ -37,7 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalization": ("published", "dataset"),
     "shortcut": models.SHORTCUTS,
     "compute_dtype": models.COMPUTE_DTYPES,
-    "label_order": human_labels.ORDERS,
+    "label_order": labels_lib.ORDERS,
     "mixture_scope": ("global", "class"),
     "loss_signal": ("epoch", "ema", "mean_k"),
     "dividemix_views": dividemix_step.VIEWS,
@@ -193,7 +195,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     # cli/progress
     "log_every_seconds": _real(0.0),
     "keep_checkpoints": _int(1),
-    # features (jaxnoise/features.py, jaxnoise/extractors.py; documented in configs/default.py)
+    # features (jaxnoise/data/embeddings.py, extract.py, extractors.py; see configs/default.py)
     "data.features": _str,
     "data.test_features": _str,
     "data.extractor": _choice("data.extractor"),
@@ -349,8 +351,8 @@ def _check_files(c: dict[str, Any]) -> None:
             _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
         human_file = c["noise_kind"] == "human" and c["label_file"]
         if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
-            if not human_labels.names_its_samples(c["label_file"], c["label_key"]):
-                _fail("label_order", "auto", human_labels.no_path_column(c["label_file"]))
+            if not labels_lib.names_its_samples(c["label_file"], c["label_key"]):
+                _fail("label_order", "auto", labels_lib.no_path_column(c["label_file"]))
 
 
 # features ----------------------------------------------------------------------------------------

@@ -31,11 +31,13 @@ from flax import nnx
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import human_labels, losses, mixture, models, parallel, schedule, signals
+from jaxnoise import labels as labels_lib
+from jaxnoise import losses, mixture, models, parallel, schedule, signals
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise import step as step_lib
 from jaxnoise import workdir as workdir_lib
+from jaxnoise.data import extract, extractors
 from jaxnoise.progress import Progress, log
 from jaxnoise.schedule import Phase
 from jaxnoise.step import (  # noqa: F401  (the step's pieces, also importable from here)
@@ -67,22 +69,20 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
         test_features=d.test_features,
     )
     if config.noise_kind == "human":  # aligned by identity before any subsetting
-        ds = human_labels.resolve(ds, label_file=config.label_file, label_key=config.label_key,
-                                  label_order=config.label_order)  # fmt: skip
+        ds = labels_lib.resolve(ds, label_file=config.label_file, label_key=config.label_key,
+                                label_order=config.label_order)  # fmt: skip
     if d.subset_per_class > 0:
         ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
     if d.extractor != "none":  # frozen features, computed once and cached
-        from jaxnoise import extractors, features
-
         root = d.root if d.source == "folder" else ""
-        ds = features.extract_cached(
+        ds = extract.extract_cached(
             ds, d.extractor,
             kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
                                              num_patches=d.kmeans_patches,
                                              iters=d.kmeans_iters,
                                              patch_eps=d.kmeans_eps),
             weights=d.extractor_weights,
-            cache_dir=d.cache_dir or features.default_cache_dir(root),
+            cache_dir=d.cache_dir or extract.default_cache_dir(root),
             batch=d.extractor_batch,
         )  # fmt: skip
     return ds
@@ -98,7 +98,7 @@ def inject_noise(config: ml_collections.ConfigDict, ds: data_lib.Dataset):
         rate=config.noise,
         seed=config.noise_seed,
         dataset=dataset,
-        human_labels=ds.label_sets.get(human_labels.KEY),
+        human_labels=ds.label_sets.get(labels_lib.KEY),
     )
     if noisy.size and not (0 <= noisy.min() and noisy.max() < ds.num_classes):  # never trains
         raise ValueError(  # on labels outside the model's classes (jax would not complain)

@@ -1,6 +1,6 @@
 """Frozen feature extractors: single-layer k-means features (Coates, Lee & Ng 2011), ResNet-50.
 
-Both map uint8 images (N, H, W, C) to float32 features (N, D) once; :mod:`jaxnoise.features`
+Both map uint8 images (N, H, W, C) to float32 features (N, D) once; :mod:`jaxnoise.data.extract`
 caches the result. Everything heavy is a jitted, batched ``jax.numpy`` computation (patch
 extraction as strided slices, distances as one matrix product per batch), so the same code runs
 on CPU, GPU or TPU.
