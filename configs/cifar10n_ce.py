@@ -12,10 +12,10 @@ Data: tfds ``cifar10_n`` (its records carry every label set and the clean label)
 """
 
 from configs import default
-from jaxnoise.human_labels import SHORT_NAMES
+from jaxnoise.labels import SHORT_NAMES
 
 # The CIFAR-N code's short names -> the label sets' names (files and tfds features); label_key
-# takes the short names too (jaxnoise/human_labels.py).
+# takes the short names too (jaxnoise/labels/human.py).
 LABEL_SETS = SHORT_NAMES
 
 

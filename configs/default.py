@@ -47,7 +47,7 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # "random1".."random3", "noisy" (file or data source alike); a file holding several needs it
     c.label_order = "auto"  # how the file's rows map to samples: "cifar" (original CIFAR order,
     # the CIFAR-N files; mapped through the tfds id) | "dataset" (the dataset's own order) |
-    # "id" (its id/path column) | "auto" (see jaxnoise/human_labels.py; ambiguity is refused)
+    # "id" (its id/path column) | "auto" (see jaxnoise/labels/human.py; ambiguity is refused)
     c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
 
     # --- model ------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)
     c.keep_checkpoints = 2  # how many checkpoints to keep (epoch ends and preemption saves)
 
-    # --- features (jaxnoise/features.py: embeddings source, cached frozen extractors) --------
+    # --- features (jaxnoise/data/: embeddings.py source, extract.py cached frozen extractors) -
     c.data.features = ""  # source="features": one .npz (train_features, train_labels,
     # test_features, test_labels[, class_names]) or the train side of a pair (.npz with
     # features, labels[, class_names]; or .npy with its labels in <stem>_labels.npy)

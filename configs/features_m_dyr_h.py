@@ -5,7 +5,7 @@
 
 `emb.npz` holds train_features (N, D) float, train_labels (N,) int, test_features, test_labels
 and optionally class_names (or pass a train/test pair: data.features + data.test_features; see
-jaxnoise/features.py). `noise_kind=none` takes your labels as given; the run's
+jaxnoise/data/embeddings.py). `noise_kind=none` takes your labels as given; the run's
 label_issues.csv then lists the samples the noise model finds probably mislabeled. The
 published schedule (300 epochs, lr /10 from 100 and 250, bootstrapping from 106); the head,
 learning rate and k-means extractor of the `features` protocol of benchmarks/reproduce.py

@@ -19,6 +19,7 @@ from typing import Any
 
 from jaxnoise import choices
 from jaxnoise import fields as f
+from jaxnoise import labels as labels_lib  # label files: numpy only
 from jaxnoise.bootstrap import config as bootstrap_config
 from jaxnoise.dividemix import config as dividemix_config
 from jaxnoise.fields import ConfigError, flatten  # noqa: F401  (re-exported)
@@ -204,10 +205,8 @@ def _check_files(c: dict[str, Any]) -> None:
             f.fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
         human_file = c["noise_kind"] == "human" and c["label_file"]
         if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
-            from jaxnoise import human_labels  # reads the label file (imported only on this path)
-
-            if not human_labels.names_its_samples(c["label_file"], c["label_key"]):
-                f.fail("label_order", "auto", human_labels.no_path_column(c["label_file"]))
+            if not labels_lib.names_its_samples(c["label_file"], c["label_key"]):
+                f.fail("label_order", "auto", labels_lib.no_path_column(c["label_file"]))
 
 
 def _check_features(c: dict[str, Any]) -> None:

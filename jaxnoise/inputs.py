@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxnoise import choices, extractors, features, human_labels, mixture
+from jaxnoise import choices, mixture
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
+from jaxnoise import labels as labels_lib
 from jaxnoise import noise as noise_lib
+from jaxnoise.data import extract, extractors
 from jaxnoise.progress import log
 
 
@@ -25,20 +27,20 @@ def load_data(config: Any) -> data_lib.Dataset:
                        cache_dir=d.cache_dir or None, features=d.features,
                        test_features=d.test_features)  # fmt: skip
     if config.noise_kind == "human":  # aligned by identity before any subsetting
-        ds = human_labels.resolve(ds, label_file=config.label_file, label_key=config.label_key,
-                                  label_order=config.label_order)  # fmt: skip
+        ds = labels_lib.resolve(ds, label_file=config.label_file, label_key=config.label_key,
+                                label_order=config.label_order)  # fmt: skip
     if d.subset_per_class > 0:
         ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
     if d.extractor != "none":  # frozen features, computed once and cached
         root = d.root if d.source == "folder" else ""
-        ds = features.extract_cached(
+        ds = extract.extract_cached(
             ds, d.extractor,
             kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
                                              num_patches=d.kmeans_patches,
                                              iters=d.kmeans_iters,
                                              patch_eps=d.kmeans_eps),
             weights=d.extractor_weights,
-            cache_dir=d.cache_dir or features.default_cache_dir(root),
+            cache_dir=d.cache_dir or extract.default_cache_dir(root),
             batch=d.extractor_batch,
         )  # fmt: skip
     return ds
@@ -53,7 +55,7 @@ def inject_noise(config: Any, ds: data_lib.Dataset) -> tuple[np.ndarray, np.ndar
         rate=config.noise,
         seed=config.noise_seed,
         dataset=ds.name,
-        human_labels=ds.label_sets.get(human_labels.KEY),
+        human_labels=ds.label_sets.get(labels_lib.KEY),
     )
     if noisy.size and not (0 <= noisy.min() and noisy.max() < ds.num_classes):  # never trains
         raise ValueError(  # on labels outside the model's classes (jax would not complain)

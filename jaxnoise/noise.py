@@ -13,7 +13,8 @@ Kinds (``apply(kind, ...)``):
   classes (flip rate ``rate``).
 - ``"asymmetric"``: class-pair flips with probability ``rate``. CIFAR-10: truck→automobile,
   bird→airplane, deer→horse, cat↔dog. CIFAR-100: the next fine class within the same superclass.
-- ``"human"``: real human labels (e.g. CIFAR-10N) from an array or a file of the same length.
+- ``"human"``: real human labels (e.g. CIFAR-10N), an array of the same length (label files are
+  read and aligned to the samples by :mod:`jaxnoise.labels`).
 - ``"none"``: the labels unchanged.
 """
 
@@ -25,7 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-KINDS = ("none", "symmetric", "symmetric_exclusive", "asymmetric", "human")
+from jaxnoise import choices
+
+KINDS = choices.NOISE_KINDS
 
 # CIFAR-10 class-pair flips (Patrini et al. 2017): truck→automobile, bird→airplane, deer→horse,
 # cat↔dog.
@@ -163,67 +166,29 @@ def asymmetric(
     return _result(labels, np.where(selected, target[labels], labels))
 
 
-def _read_label_file(path: str | os.PathLike) -> np.ndarray:
-    """Read labels from .npy, .npz (first array, or key 'labels'), or text/CSV (one per line)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"label file {path!r} does not exist")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            return np.load(path, allow_pickle=False)
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if not z.files:
-                    raise ValueError(f"label file {path!r} holds no arrays")
-                key = "labels" if "labels" in z.files else z.files[0]
-                return z[key]
-        rows = []
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                field = line.strip().split(",")[-1].strip()
-                if not field:
-                    continue
-                try:
-                    rows.append(int(field))
-                except ValueError:
-                    if lineno == 1:  # header line
-                        continue
-                    raise ValueError(
-                        f"label file {path!r} line {lineno}: {field!r} is not an integer"
-                    ) from None
-        return np.asarray(rows, dtype=np.int64)
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"label file {path!r} is neither .npy/.npz nor text (one integer label per line)"
-        ) from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read label file {path!r}: {e}") from e
-
-
 def from_human(
     labels: np.ndarray | Sequence[int],
-    human_labels: np.ndarray | Sequence[int] | str | os.PathLike,
+    human_labels: np.ndarray | Sequence[int],
     *,
     num_classes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Use real human labels (an array or a .npy/.npz/.csv/.txt file) as the noisy labels."""
+    """Use real human labels (an array, one per sample in ``labels``' order) as the noisy labels."""
     labels = _check_labels(labels, num_classes)
     if isinstance(human_labels, (str, os.PathLike)):
-        source = f"label file {os.fspath(human_labels)!r}"
-        human = _read_label_file(human_labels)
-    else:
-        source = "human labels"
-        human = np.asarray(human_labels)
+        raise ValueError(
+            f"human labels must be an array, got the path {os.fspath(human_labels)!r}: a label "
+            "file is read and aligned by jaxnoise.labels (resolve, or read(path).labels)"
+        )
+    human = np.asarray(human_labels)
     if human.ndim != 1 or human.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"{source} has shape {human.shape}, expected ({labels.shape[0]},) "
+            f"human labels has shape {human.shape}, expected ({labels.shape[0]},) "
             "(one label per training sample, in dataset order)"
         )
     try:
         human = _check_labels(human, num_classes)
     except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise ValueError(f"human labels: {e}") from None
     return _result(labels, human)
 
 
@@ -235,7 +200,7 @@ def apply(
     rate: float = 0.0,
     seed: int = 0,
     dataset: str = "cifar10",
-    human_labels: np.ndarray | str | None = None,
+    human_labels: np.ndarray | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inject label noise of the given kind; see the module docstring for the kinds.
 
@@ -263,6 +228,6 @@ def apply(
         return asymmetric(labels, rate=rate, dataset=dataset, seed=seed)
     if kind == "human":
         if human_labels is None:
-            raise ValueError("noise kind 'human' needs human_labels (an array or a label file)")
+            raise ValueError("noise kind 'human' needs human_labels (an array)")
         return from_human(labels, human_labels, num_classes=num_classes)
     raise ValueError(f"unknown noise kind {kind!r}; allowed: {', '.join(KINDS)}")

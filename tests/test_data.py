@@ -14,7 +14,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxnoise import data
-from jaxnoise.data import Dataset, ImageFolderError
+from jaxnoise.data import Dataset, ImageFolderError, folder
+from jaxnoise.data import tfds as tfds_source
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.gz"
@@ -59,7 +60,7 @@ def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("images were decoded")
 
-    monkeypatch.setattr(data, "_decode_files", boom)
+    monkeypatch.setattr(folder, "_decode_files", boom)
 
 
 # --------------------------------------------------------------------------------------
@@ -150,8 +151,8 @@ def test_folder_cache_invalidated_when_files_change(tmp_path, monkeypatch) -> No
     new = np.full((8, 8, 3), 7, np.uint8)
     _write(root / "train/dog/999.png", new)
     calls = []
-    real_decode = data._decode_files
-    monkeypatch.setattr(data, "_decode_files", lambda *a: calls.append(1) or real_decode(*a))
+    real_decode = folder._decode_files
+    monkeypatch.setattr(folder, "_decode_files", lambda *a: calls.append(1) or real_decode(*a))
     ds = data.load_image_folder(str(root), cache_dir=str(cache))
     assert calls and len(ds.train_labels) == 7
     np.testing.assert_array_equal(ds.train_images[-1], new)
@@ -512,7 +513,7 @@ def test_tfds_mock_data_through_load() -> None:
 
 
 def test_tfds_download_failure_names_offline_alternatives(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "_tf_importable", lambda: False)
+    monkeypatch.setattr(tfds_source, "_tf_importable", lambda: False)
     with pytest.raises(RuntimeError) as info:
         data.load_tfds("jaxnoise_offline_fail", data_dir=str(tmp_path))
     msg = str(info.value)
@@ -523,7 +524,7 @@ def test_tfds_download_failure_names_offline_alternatives(tmp_path, monkeypatch)
 
 
 def test_tfds_not_prepared_and_no_download(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "_tf_importable", lambda: False)
+    monkeypatch.setattr(tfds_source, "_tf_importable", lambda: False)
     with pytest.raises(RuntimeError, match="--config.data.source=digits"):
         data.load_tfds("jaxnoise_tiny_images", data_dir=str(tmp_path), download=False)
 
@@ -616,7 +617,7 @@ def test_tfds_cifar10_prepared_from_fake_download_and_read(tmp_path, monkeypatch
     from unittest import mock
 
     written = write_fake_cifar10_download(tmp_path / "download")
-    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])  # offline test machine
+    monkeypatch.setattr(tfds_source, "_unreachable_hosts", lambda urls: [])  # offline test machine
     with mock.patch.object(
         tfds.download.DownloadManager, "download_and_extract",
         return_value=str(tmp_path / "download"),
@@ -650,7 +651,7 @@ def test_tfds_offline_fails_fast_with_a_blocked_network(tmp_path, monkeypatch) -
         raise OSError("network blocked by the test")
 
     monkeypatch.setattr(socket, "create_connection", blocked)
-    monkeypatch.setattr(data, "_tf_importable", lambda: True)
+    monkeypatch.setattr(tfds_source, "_tf_importable", lambda: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_prepare)
     with pytest.raises(data.DatasetUnavailable) as info:
         data.load_tfds("cifar10", data_dir=str(tmp_path))
@@ -663,8 +664,8 @@ def test_tfds_offline_fails_fast_with_a_blocked_network(tmp_path, monkeypatch) -
 
 def test_tfds_without_tensorflow_fails_fast(tmp_path, monkeypatch) -> None:
     """Network up but no TensorFlow: refused before anything is downloaded, naming the extra."""
-    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])
-    monkeypatch.setattr(data, "_tf_importable", lambda: False)
+    monkeypatch.setattr(tfds_source, "_unreachable_hosts", lambda urls: [])
+    monkeypatch.setattr(tfds_source, "_tf_importable", lambda: False)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_prepare)
     with pytest.raises(data.DatasetUnavailable, match=r"needs TensorFlow, which is not installed"):
         data.load_tfds("cifar100", data_dir=str(tmp_path))
@@ -682,7 +683,7 @@ def test_unreachable_hosts_lists_each_host_once(monkeypatch) -> None:
     monkeypatch.setattr(socket, "create_connection", fake)
     for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    bad = data._unreachable_hosts(
+    bad = tfds_source._unreachable_hosts(
         ["https://a.example/x.tgz", "https://a.example/y", "http://b.example:8080/z"]
     )
     assert tried == [("a.example", 443), ("b.example", 8080)]
@@ -691,4 +692,4 @@ def test_unreachable_hosts_lists_each_host_once(monkeypatch) -> None:
         "b.example (ConnectionRefusedError: refused)",
     ]
     monkeypatch.setenv("https_proxy", "http://proxy:3128")  # the proxy downloads: no probe
-    assert data._unreachable_hosts(["https://a.example/x.tgz"]) == []
+    assert tfds_source._unreachable_hosts(["https://a.example/x.tgz"]) == []

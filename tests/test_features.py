@@ -17,7 +17,8 @@ import pytest
 
 from configs import default, features_m_dyr_h
 from jaxnoise import config as config_lib
-from jaxnoise import data, extractors, features, train
+from jaxnoise import data, train
+from jaxnoise.data import embeddings, extract, extractors
 
 RNG = np.random.default_rng(0)
 
@@ -191,21 +192,21 @@ def _single(tmp_path, name="emb.npz", **over):
 
 
 def test_single_npz_and_pairs_load(tmp_path):
-    ds = features.load_features(_single(tmp_path, class_names=np.asarray(["a", "b", "c"])))
+    ds = embeddings.load_features(_single(tmp_path, class_names=np.asarray(["a", "b", "c"])))
     assert ds.is_features and ds.image_shape == (5,) and ds.class_names == ["a", "b", "c"]
     assert ds.train_images.dtype == np.float32 and ds.train_labels.dtype == np.int32
     # .npz pair
     xtr, xte = RNG.normal(size=(10, 4)), RNG.normal(size=(3, 4))
     np.savez(tmp_path / "tr.npz", features=xtr, labels=np.arange(10) % 2)
     np.savez(tmp_path / "te.npz", features=xte, labels=np.arange(3) % 2)
-    ds = features.load_features(str(tmp_path / "tr.npz"), str(tmp_path / "te.npz"))
+    ds = embeddings.load_features(str(tmp_path / "tr.npz"), str(tmp_path / "te.npz"))
     assert ds.class_names == ["0", "1"] and ds.test_images.shape == (3, 4)
     # .npy pair with <stem>_labels.npy
     np.save(tmp_path / "a.npy", xtr.astype(np.float16))
     np.save(tmp_path / "a_labels.npy", np.arange(10) % 2)
     np.save(tmp_path / "b.npy", xte)
     np.save(tmp_path / "b_labels.npy", np.arange(3) % 2)
-    ds = features.load_features(str(tmp_path / "a.npy"), str(tmp_path / "b.npy"))
+    ds = embeddings.load_features(str(tmp_path / "a.npy"), str(tmp_path / "b.npy"))
     np.testing.assert_allclose(ds.train_images, xtr.astype(np.float16).astype(np.float32))
 
 
@@ -230,19 +231,19 @@ def test_bad_embeddings_are_refused_naming_the_file(tmp_path, case):
     over, message = BAD[case]
     path = _single(tmp_path, **over)
     with pytest.raises(ValueError, match=message) as err:
-        features.load_features(path)
+        embeddings.load_features(path)
     assert path in str(err.value) and "\n" not in str(err.value)
 
 
 def test_pair_problems_name_the_file(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match=r"x_labels\.npy does not exist"):
-        features.load_features(str(tmp_path / "x.npy"), str(tmp_path / "x.npy"))
+        embeddings.load_features(str(tmp_path / "x.npy"), str(tmp_path / "x.npy"))
     np.savez(tmp_path / "y.npz", feats=np.zeros((4, 2)))
     with pytest.raises(ValueError, match=r"y\.npz: has no 'features' array"):
-        features.load_features(str(tmp_path / "y.npz"), str(tmp_path / "y.npz"))
+        embeddings.load_features(str(tmp_path / "y.npz"), str(tmp_path / "y.npz"))
     with pytest.raises(ValueError, match=r"nothere\.npz: no such file"):
-        features.load_features(str(tmp_path / "nothere.npz"))
+        embeddings.load_features(str(tmp_path / "nothere.npz"))
 
 
 def _features_config(path: str):
@@ -319,20 +320,21 @@ def _tiny_images():
 
 def test_cache_is_reused_and_invalidated_by_settings_and_images(tmp_path, monkeypatch):
     ds = _tiny_images()
-    first = features.extract_cached(ds, "kmeans", kmeans=TINY, cache_dir=tmp_path, batch=4)
+    first = extract.extract_cached(ds, "kmeans", kmeans=TINY, cache_dir=tmp_path, batch=4)
     assert first.train_images.shape == (12, 16) and first.test_images.shape == (4, 16)
     assert len(list(tmp_path.glob("features-kmeans-*.npz"))) == 1
     calls = []
     real = extractors.learn_kmeans
     monkeypatch.setattr(extractors, "learn_kmeans", lambda *a: calls.append(1) or real(*a))
-    again = features.extract_cached(ds, "kmeans", kmeans=TINY, cache_dir=tmp_path, batch=4)
+    again = extract.extract_cached(ds, "kmeans", kmeans=TINY, cache_dir=tmp_path, batch=4)
     assert calls == []  # from the cache
     np.testing.assert_array_equal(again.train_images, first.train_images)
     # The cache file is itself a single-file embeddings .npz.
     (path,) = tmp_path.glob("features-kmeans-*.npz")
-    np.testing.assert_array_equal(features.load_features(str(path)).test_images, first.test_images)
+    cached = embeddings.load_features(str(path))
+    np.testing.assert_array_equal(cached.test_images, first.test_images)
     # Other settings: recomputed, into a file of their own.
-    other = features.extract_cached(  # (same shapes: nothing new to compile)
+    other = extract.extract_cached(  # (same shapes: nothing new to compile)
         ds, "kmeans", kmeans=dataclasses.replace(TINY, seed=1), cache_dir=tmp_path, batch=4
     )
     assert calls == [1] and not np.array_equal(other.train_images, first.train_images)
@@ -340,14 +342,14 @@ def test_cache_is_reused_and_invalidated_by_settings_and_images(tmp_path, monkey
     # One changed pixel: recomputed, and replaces the stale file of the same settings.
     images = ds.train_images.copy()
     images[3, 2, 2, 1] ^= 1
-    changed = features.extract_cached(dataclasses.replace(ds, train_images=images), "kmeans",
+    changed = extract.extract_cached(dataclasses.replace(ds, train_images=images), "kmeans",
                                       kmeans=TINY, cache_dir=tmp_path, batch=4)  # fmt: skip
     assert calls == [1, 1] and changed.train_images.shape == (12, 16)
     assert len(list(tmp_path.glob("features-kmeans-*.npz"))) == 2
     # Changed labels: recomputed as well (they are stored in the cache).
     labels = ds.train_labels.copy()
     labels[0] = 1
-    features.extract_cached(dataclasses.replace(ds, train_labels=labels), "kmeans", kmeans=TINY,
+    extract.extract_cached(dataclasses.replace(ds, train_labels=labels), "kmeans", kmeans=TINY,
                             cache_dir=tmp_path, batch=4)  # fmt: skip
     assert calls == [1, 1, 1]
 

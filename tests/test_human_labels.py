@@ -1,4 +1,4 @@
-"""Human label sets aligned by identity (jaxnoise/human_labels.py), through the real loaders.
+"""Human label sets aligned by identity (jaxnoise/labels/human.py), through the real loaders.
 
 Each synthetic dataset encodes every image's original CIFAR position in its pixels, so a label
 that lands on the wrong image is seen directly; the expected labels are computed here from that
@@ -15,7 +15,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxnoise import data, human_labels
+from jaxnoise import data, noise
+from jaxnoise import labels as labels_lib
 
 N, C = 40, 10
 RNG = np.random.default_rng(0)
@@ -72,9 +73,9 @@ def test_cifar_order_file_lands_on_the_right_images(cifar10, tmp_path) -> None:
     path = tmp_path / "human.npz"
     np.savez(path, clean_label=CLEAN, worse_label=HUMAN)  # the CIFAR-N release's layout
     for order in ("cifar", "auto"):  # auto: a file with clean_label on tfds CIFAR is the release
-        ds = human_labels.resolve(cifar10, label_file=str(path), label_key="worse_label",
-                                  label_order=order)  # fmt: skip
-        got = ds.label_sets[human_labels.KEY]
+        ds = labels_lib.resolve(cifar10, label_file=str(path), label_key="worse_label",
+                                label_order=order)  # fmt: skip
+        got = ds.label_sets[labels_lib.KEY]
         np.testing.assert_array_equal(got, HUMAN[_positions(ds.train_images)])
     # By position (the old behaviour) most labels would land on other images:
     assert np.mean(HUMAN != HUMAN[TFDS_ORDER]) > 0.2
@@ -84,16 +85,16 @@ def test_wrong_order_is_caught_by_the_clean_labels(cifar10, tmp_path) -> None:
     path = tmp_path / "human.npz"
     np.savez(path, clean_label=CLEAN, worse_label=HUMAN)
     with pytest.raises(ValueError, match=r"clean_label disagrees .* on \d+ of 40 samples"):
-        human_labels.resolve(cifar10, label_file=str(path), label_key="worse_label",
-                             label_order="dataset")  # fmt: skip
+        labels_lib.resolve(cifar10, label_file=str(path), label_key="worse_label",
+                           label_order="dataset")  # fmt: skip
 
 
 def test_ambiguous_order_is_refused(cifar10, tmp_path) -> None:
     path = tmp_path / "labels.npy"
     np.save(path, HUMAN)
     with pytest.raises(ValueError, match=r"pass config\.label_order='cifar'"):
-        human_labels.resolve(cifar10, label_file=str(path), label_key="", label_order="auto")
-    ds = human_labels.resolve(cifar10, label_file=str(path), label_key="", label_order="cifar")
+        labels_lib.resolve(cifar10, label_file=str(path), label_key="", label_order="auto")
+    ds = labels_lib.resolve(cifar10, label_file=str(path), label_key="", label_order="cifar")
     np.testing.assert_array_equal(ds.label_sets["human"], HUMAN[TFDS_ORDER])
 
 
@@ -101,7 +102,7 @@ def test_multi_array_file_without_key_is_refused_with_its_keys(cifar10, tmp_path
     path = tmp_path / "human.npz"
     np.savez(path, clean_label=CLEAN, worse_label=HUMAN, aggre_label=CLEAN)
     with pytest.raises(ValueError, match=r"aggre_label.*label_key|label_key.*aggre_label"):
-        human_labels.resolve(cifar10, label_file=str(path), label_key="", label_order="cifar")
+        labels_lib.resolve(cifar10, label_file=str(path), label_key="", label_order="cifar")
 
 
 def test_cifar10_n_source_carries_the_label_sets(tmp_path) -> None:
@@ -110,10 +111,10 @@ def test_cifar10_n_source_carries_the_label_sets(tmp_path) -> None:
     pos = _positions(ds.train_images)
     np.testing.assert_array_equal(ds.label_sets["worse_label"], HUMAN[pos])
     np.testing.assert_array_equal(ds.train_labels, CLEAN[pos])  # clean kept as ground truth
-    out = human_labels.resolve(ds, label_file="", label_key="worse_label")
+    out = labels_lib.resolve(ds, label_file="", label_key="worse_label")
     np.testing.assert_array_equal(out.label_sets["human"], HUMAN[pos])
     with pytest.raises(ValueError, match=r"label_key = 'noisy_label'.*has: aggre_label"):
-        human_labels.resolve(ds, label_file="", label_key="noisy_label")
+        labels_lib.resolve(ds, label_file="", label_key="noisy_label")
     # ... and the subset keeps the label sets and ids with their images
     sub = data.balanced_subset(out, 1, seed=0)
     pos = _positions(sub.train_images)
@@ -141,18 +142,56 @@ def test_csv_in_shuffled_order_maps_by_path(tmp_path) -> None:
         w.writerow(["path", "label"])
         for pos in RNG.permutation(N):
             w.writerow([f"train/{CLEAN[pos]}/{pos:04d}.png", HUMAN[pos]])
-    out = human_labels.resolve(ds, label_file=str(path), label_key="")
+    out = labels_lib.resolve(ds, label_file=str(path), label_key="")
     np.testing.assert_array_equal(out.label_sets["human"], HUMAN[_positions(ds.train_images)])
     # A file without paths is refused on a folder (its order would be a guess) ...
     np.save(tmp_path / "plain.npy", HUMAN)
     with pytest.raises(ValueError, match="has no path column"):
-        human_labels.resolve(ds, label_file=str(tmp_path / "plain.npy"), label_key="")
+        labels_lib.resolve(ds, label_file=str(tmp_path / "plain.npy"), label_key="")
     # ... and a CSV missing a sample names it.
     rows = list(csv.reader(open(path)))
     with open(tmp_path / "short.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows[:-1])
     with pytest.raises(ValueError, match=r"1 of 40 training samples are not in its id column"):
-        human_labels.resolve(ds, label_file=str(tmp_path / "short.csv"), label_key="")
+        labels_lib.resolve(ds, label_file=str(tmp_path / "short.csv"), label_key="")
+
+
+def _write_unnamed(path, values) -> str:
+    """One unnamed label set: .npy, .npz (one positional array) or one integer per line."""
+    if path.suffix == ".npy":
+        np.save(path, values)
+    elif path.suffix == ".npz":
+        np.savez(path, values)
+    else:
+        path.write_text("".join(f"{int(v)}\n" for v in values))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "csv", "txt"])
+def test_file_in_dataset_order_gives_the_noisy_labels(tmp_path, fmt) -> None:
+    """A file of one label per sample in dataset order (embeddings: the user's own row order)
+    becomes exactly the noisy labels; a wrong length or a label outside the classes is refused,
+    naming it (ported from test_noise.py, when noise.from_human also read files)."""
+    n, rng = 1000, np.random.default_rng(16)
+    clean = rng.integers(0, C, n).astype(np.int32)
+    human = np.where(rng.random(n) < 0.3, rng.integers(0, C, n), clean)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    ds = data.Dataset(x, clean, x[:10], clean[:10], [str(c) for c in range(C)], "emb")
+    path = _write_unnamed(tmp_path / f"human.{fmt}", human)
+    out = labels_lib.resolve(ds, label_file=path, label_key="")  # auto: dataset order
+    noisy, mask = noise.apply("human", ds.train_labels, num_classes=C,
+                              human_labels=out.label_sets[labels_lib.KEY])  # fmt: skip
+    np.testing.assert_array_equal(noisy, human)
+    np.testing.assert_array_equal(mask, human != clean)
+    short = _write_unnamed(tmp_path / f"short.{fmt}", human[:999])
+    with pytest.raises(ValueError, match=r"short\.\w+' has shape \(999,\), expected \(1000,\)"):
+        labels_lib.resolve(ds, label_file=short, label_key="", label_order="dataset")
+    for value in (77, -4):
+        bad = human.copy()
+        bad[10] = value
+        path = _write_unnamed(tmp_path / f"bad{value}.{fmt}", bad)
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, {C}\), got .*{value}"):
+            labels_lib.resolve(ds, label_file=path, label_key="")
 
 
 def test_label_issues_csv_carries_the_sample_ids(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for jaxnoise.label_files: named label sets from .pt/.npz/.npy/.csv files, without torch.
+"""Tests for jaxnoise.labels.files: named label sets from .pt/.npz/.npy/.csv files, without torch.
 
 The `.pt` files are written here without torch, in torch.save's formats: a zip holding
 `archive/data.pkl` (pickled with the same GLOBAL opcodes and persistent ids torch writes) and
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jaxnoise import label_files
+from jaxnoise import labels as labels_lib
 
 CIFAR10N_KEYS = (
     "clean_label",
@@ -157,14 +157,14 @@ def test_pt_tensors(tmp_path, monkeypatch, keys, classes):
     """An official-format .pt of tensors: every key reads back exactly."""
     sets = shuffled_sets(keys, n=211, classes=classes)
     path = write_pt(tmp_path / "human.pt", {k: FakeTensor(v) for k, v in sets.items()}, monkeypatch)
-    assert label_files.available_keys(path) == list(keys)
+    assert labels_lib.available_keys(path) == list(keys)
     for key, expected in sets.items():
-        got = label_files.read(path, key)
+        got = labels_lib.read(path, key)
         assert got.key == key and got.path == path and got.ids is None
         assert got.labels.dtype == np.int64
         np.testing.assert_array_equal(got.labels, expected)
     with pytest.raises(ValueError, match=r"several label sets \(clean_label, .*label_key="):
-        label_files.read(path)
+        labels_lib.read(path)
 
 
 def test_pt_numpy_values(tmp_path, monkeypatch):
@@ -175,9 +175,9 @@ def test_pt_numpy_values(tmp_path, monkeypatch):
     old = data_pkl.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     for name, pkl in (("new.pt", data_pkl), ("old.pt", old)):
         path = write_pt(tmp_path / name, None, data_pkl=pkl)
-        assert label_files.available_keys(path) == list(CIFAR10N_KEYS)
+        assert labels_lib.available_keys(path) == list(CIFAR10N_KEYS)
         for key, expected in sets.items():
-            np.testing.assert_array_equal(label_files.read(path, key).labels, expected)
+            np.testing.assert_array_equal(labels_lib.read(path, key).labels, expected)
 
 
 def test_pt_views_dtypes_and_ids(tmp_path, monkeypatch):
@@ -192,16 +192,16 @@ def test_pt_views_dtypes_and_ids(tmp_path, monkeypatch):
         "path": ["a.png", "b.png", "c.png"],
     }
     path = write_pt(tmp_path / "x.pt", obj, monkeypatch)
-    assert label_files.available_keys(path) == ["strided", "int32", "uint8", "float"]
-    np.testing.assert_array_equal(label_files.read(path, "strided").labels, storage[3:9:2])
+    assert labels_lib.available_keys(path) == ["strided", "int32", "uint8", "float"]
+    np.testing.assert_array_equal(labels_lib.read(path, "strided").labels, storage[3:9:2])
     for key in ("strided", "int32", "uint8", "float"):
-        got = label_files.read(path, key)
+        got = labels_lib.read(path, key)
         assert got.labels.dtype == np.int64
         if key != "strided":
             np.testing.assert_array_equal(got.labels, obj[key].storage.astype(np.int64))
         assert list(got.ids) == ["a.png", "b.png", "c.png"]
     with pytest.raises(ValueError, match=r"key 'matrix' holds a 2-D int64 array"):
-        label_files.read(path, "matrix")
+        labels_lib.read(path, "matrix")
 
 
 def test_pt_tensor_outside_storage_refused(tmp_path, monkeypatch):
@@ -209,20 +209,20 @@ def test_pt_tensor_outside_storage_refused(tmp_path, monkeypatch):
     obj = {"labels": FakeTensor(np.arange(4), size=(3,), stride=(5,))}
     path = write_pt(tmp_path / "bad.pt", obj, monkeypatch)
     with pytest.raises(ValueError, match=r"'labels'.*does not fit its storage of 4 elements"):
-        label_files.read(path)
+        labels_lib.read(path)
 
 
 def test_pt_single_tensor_and_float_values(tmp_path, monkeypatch):
     """A .pt of one tensor is a single label set; non-integral floats are refused."""
     path = write_pt(tmp_path / "one.pt", FakeTensor(np.array([4, 2, 0])), monkeypatch)
-    assert label_files.available_keys(path) == []
-    np.testing.assert_array_equal(label_files.read(path).labels, [4, 2, 0])
+    assert labels_lib.available_keys(path) == []
+    np.testing.assert_array_equal(labels_lib.read(path).labels, [4, 2, 0])
     with pytest.raises(ValueError, match="holds one array.*label_key must be ''"):
-        label_files.read(path, "clean_label")
+        labels_lib.read(path, "clean_label")
     values = {"soft": np.array([0.5, 1.0])}
     path = write_pt(tmp_path / "f.pt", None, data_pkl=pickle.dumps(values, protocol=2))
     with pytest.raises(ValueError, match=r"key 'soft' holds a 1-D float64 array with non-integer"):
-        label_files.read(path, "soft")
+        labels_lib.read(path, "soft")
 
 
 def test_legacy_pt_and_plain_pickle(tmp_path, monkeypatch):
@@ -230,20 +230,20 @@ def test_legacy_pt_and_plain_pickle(tmp_path, monkeypatch):
     sets = shuffled_sets(CIFAR100N_KEYS, classes=100, seed=2)
     obj = {k: FakeTensor(v) for k, v in sets.items()}
     path = write_legacy_pt(tmp_path / "legacy.pt", obj, monkeypatch)
-    assert label_files.available_keys(path) == list(CIFAR100N_KEYS)
+    assert labels_lib.available_keys(path) == list(CIFAR100N_KEYS)
     for key, expected in sets.items():
-        np.testing.assert_array_equal(label_files.read(path, key).labels, expected)
+        np.testing.assert_array_equal(labels_lib.read(path, key).labels, expected)
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps({"noisy_label": sets["noisy_label"], "ids": ["x", "y"] * 48}))
     with pytest.raises(ValueError, match="'ids' has 96 ids, but the label set has 97 labels"):
-        label_files.read(plain)
+        labels_lib.read(plain)
     plain.write_bytes(pickle.dumps({"noisy_label": [3, 1, 2], "id": np.array(["x", "y", "z"])}))
-    got = label_files.read(plain)
+    got = labels_lib.read(plain)
     assert got.key == "noisy_label" and list(got.ids) == ["x", "y", "z"]
     np.testing.assert_array_equal(got.labels, [3, 1, 2])
     plain.write_bytes(pickle.dumps(sets, protocol=5))  # arrays pickle through _frombuffer
     np.testing.assert_array_equal(
-        label_files.read(plain, "noisy_label").labels, sets["noisy_label"]
+        labels_lib.read(plain, "noisy_label").labels, sets["noisy_label"]
     )
 
 
@@ -264,16 +264,16 @@ def test_pt_with_code_refused(tmp_path, monkeypatch):
     data_pkl = pickle.dumps({"clean_label": np.arange(3), "x": payload}, protocol=2)
     path = write_pt(tmp_path / "evil.pt", None, data_pkl=data_pkl)
     with pytest.raises(ValueError, match=r"asks to load posix\.system.*refusing to unpickle"):
-        label_files.read(path, "clean_label")
+        labels_lib.read(path, "clean_label")
     with pytest.raises(ValueError, match="refusing to unpickle"):
-        label_files.available_keys(path)
+        labels_lib.available_keys(path)
     legacy = tmp_path / "evil_legacy.pt"
     with open(legacy, "wb") as f:
         for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
             pickle.dump(header, f, protocol=2)
         f.write(data_pkl)
     with pytest.raises(ValueError, match=r"asks to load posix\.system"):
-        label_files.read(legacy)
+        labels_lib.read(legacy)
     assert not marker.exists()
 
 
@@ -284,7 +284,7 @@ def test_raw_pickle_with_code_refused(tmp_path):
     payload = _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()")
     path.write_bytes(pickle.dumps([payload, 1, 2]))
     with pytest.raises(ValueError) as e:
-        label_files.read(path)
+        labels_lib.read(path)
     message = str(e.value)
     assert message == (
         f"label file {str(path)!r} asks to load builtins.exec, which a label file never needs; "
@@ -302,11 +302,11 @@ def test_pt_unexpected_persistent_id_refused(tmp_path):
     path = tmp_path / "p.pkl"
     path.write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="refers to an external object"):
-        label_files.read(path)
+        labels_lib.read(path)
     with zipfile.ZipFile(tmp_path / "nopkl.pt", "w") as zf:
         zf.writestr("archive/other.txt", "x")
     with pytest.raises(ValueError, match="holds no label set.*other.txt: not a .npy member"):
-        label_files.read(tmp_path / "nopkl.pt")
+        labels_lib.read(tmp_path / "nopkl.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,18 +317,18 @@ def test_npz_several_sets(tmp_path):
     sets = shuffled_sets(("clean_label", "worse_label", "aggre_label"), seed=3)
     path = tmp_path / "x.npz"
     np.savez(path, **sets)
-    assert label_files.available_keys(path) == ["clean_label", "worse_label", "aggre_label"]
+    assert labels_lib.available_keys(path) == ["clean_label", "worse_label", "aggre_label"]
     with pytest.raises(ValueError) as e:
-        label_files.read(path)
+        labels_lib.read(path)
     assert str(e.value) == (
         f"label file {str(path)!r} holds several label sets (clean_label, worse_label, "
         "aggre_label): pass label_key=<one of them>"
     )
-    got = label_files.read(path, "worse_label")
+    got = labels_lib.read(path, "worse_label")
     np.testing.assert_array_equal(got.labels, sets["worse_label"])
     assert got.key == "worse_label" and got.ids is None
     with pytest.raises(ValueError, match=r"no label set 'labels'.*clean_label, worse_label"):
-        label_files.read(path, "labels")
+        labels_lib.read(path, "labels")
 
 
 def test_npz_single_set_with_ids(tmp_path):
@@ -336,35 +336,35 @@ def test_npz_single_set_with_ids(tmp_path):
     labels = np.array([2, 0, 1, 2])
     ids = np.array(["d.png", "a.png", "c.png", "b.png"])
     np.savez(path, aggre_label=labels, ids=ids, features=np.zeros((4, 3), np.float32))
-    assert label_files.available_keys(path) == ["aggre_label"]
-    got = label_files.read(path)
+    assert labels_lib.available_keys(path) == ["aggre_label"]
+    got = labels_lib.read(path)
     assert got.key == "aggre_label"
     np.testing.assert_array_equal(got.labels, labels)
     np.testing.assert_array_equal(got.ids, ids)
     np.savez(path, ids=ids, features=np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="holds no label set.*features: a float32 array"):
-        label_files.read(path)
+        labels_lib.read(path)
 
 
 def test_npy(tmp_path):
     path = tmp_path / "z.npy"
     np.save(path, np.array([1, 0, 3], dtype=np.int32))
-    assert label_files.available_keys(path) == []
-    got = label_files.read(path)
+    assert labels_lib.available_keys(path) == []
+    got = labels_lib.read(path)
     assert got.key == "" and got.ids is None and got.labels.dtype == np.int64
     np.testing.assert_array_equal(got.labels, [1, 0, 3])
     with pytest.raises(ValueError, match="a .npy file holds one array; label_key must be ''"):
-        label_files.read(path, "clean_label")
+        labels_lib.read(path, "clean_label")
     np.save(path, np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="holds a 2-D int64 array"):
-        label_files.read(path)
+        labels_lib.read(path)
 
 
 def test_missing_file():
     with pytest.raises(ValueError, match="^label file 'nope.pt' does not exist$"):
-        label_files.read("nope.pt")
+        labels_lib.read("nope.pt")
     with pytest.raises(ValueError, match="does not exist"):
-        label_files.available_keys("nope.csv")
+        labels_lib.available_keys("nope.csv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +375,8 @@ def test_csv_path_label(tmp_path):
     """Labels and ids come back in file order (aligning them is the caller's)."""
     path = tmp_path / "l.csv"
     path.write_text("path , label\n c.png, 2\nA.png,0\n\nb.png ,1\n")
-    assert label_files.available_keys(path) == ["label"]
-    got = label_files.read(path)
+    assert labels_lib.available_keys(path) == ["label"]
+    got = labels_lib.read(path)
     assert got.key == "label"
     np.testing.assert_array_equal(got.labels, [2, 0, 1])
     assert list(got.ids) == ["c.png", "A.png", "b.png"]
@@ -385,50 +385,69 @@ def test_csv_path_label(tmp_path):
 def test_csv_several_columns(tmp_path):
     path = tmp_path / "n.csv"
     path.write_text("ID,clean_label,worse_label\n7,1,2\n3,4,5\n")
-    assert label_files.available_keys(path) == ["clean_label", "worse_label"]
+    assert labels_lib.available_keys(path) == ["clean_label", "worse_label"]
     with pytest.raises(ValueError, match=r"several label columns \(clean_label, worse_label\)"):
-        label_files.read(path)
-    got = label_files.read(path, "worse_label")
+        labels_lib.read(path)
+    got = labels_lib.read(path, "worse_label")
     np.testing.assert_array_equal(got.labels, [2, 5])
     assert list(got.ids) == ["7", "3"]
     with pytest.raises(ValueError, match="no column 'label'; its label columns: clean_label"):
-        label_files.read(path, "label")
+        labels_lib.read(path, "label")
     path.write_text(",aggre_label\n0,3\n1,5\n")  # pandas' to_csv: an unnamed index column
-    assert label_files.available_keys(path) == ["aggre_label"]
-    np.testing.assert_array_equal(label_files.read(path).labels, [3, 5])
+    assert labels_lib.available_keys(path) == ["aggre_label"]
+    np.testing.assert_array_equal(labels_lib.read(path).labels, [3, 5])
 
 
 def test_csv_one_per_line(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("3\n1\n\n 2 \n")
-    assert label_files.available_keys(path) == []
-    got = label_files.read(path)
+    assert labels_lib.available_keys(path) == []
+    got = labels_lib.read(path)
     assert got.key == "" and got.ids is None
     np.testing.assert_array_equal(got.labels, [3, 1, 2])
     path.write_text("aggre_label\n3\n1\n")
-    np.testing.assert_array_equal(label_files.read(path).labels, [3, 1])
-    np.testing.assert_array_equal(label_files.read(path, "aggre_label").labels, [3, 1])
+    np.testing.assert_array_equal(labels_lib.read(path).labels, [3, 1])
+    np.testing.assert_array_equal(labels_lib.read(path, "aggre_label").labels, [3, 1])
     with pytest.raises(ValueError, match="one label column; label_key must be '' or 'aggre_label'"):
-        label_files.read(path, "worse_label")
+        labels_lib.read(path, "worse_label")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "csv", "txt"])
+def test_one_unnamed_label_set(tmp_path, fmt):
+    """One label set without a name (np.save; np.savez of one positional array; one integer per
+    line in a .csv or .txt), named by a str or a Path: the labels as written. These are the files
+    that noise.from_human read before the one reader (ported from test_noise.py)."""
+    human = np.random.default_rng(16).integers(0, 10, 1000)
+    path = tmp_path / f"human.{fmt}"
+    if fmt == "npy":
+        np.save(path, human)
+    elif fmt == "npz":
+        np.savez(path, human)  # stored as 'arr_0'
+    else:
+        path.write_text("\n".join(str(int(v)) for v in human) + "\n")
+    for p in (path, str(path)):
+        got = labels_lib.read(p)
+        assert got.ids is None and got.path == str(path)
+        np.testing.assert_array_equal(got.labels, human)
 
 
 def test_csv_refusals(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text("a.png,3\nb.png,1\n")
     with pytest.raises(ValueError, match="2 columns but no header row.*id/path column"):
-        label_files.read(path)
+        labels_lib.read(path)
     path.write_text("0,3\n1,1\n")
     with pytest.raises(ValueError, match="no header row"):
-        label_files.available_keys(path)
+        labels_lib.available_keys(path)
     path.write_text("path,label\na.png,3\nb.png,x\n")
     with pytest.raises(ValueError, match=r"q.csv' line 3 column 'label': 'x' is not an integer"):
-        label_files.read(path)
+        labels_lib.read(path)
     path.write_text("3\n1\n2.5\n")
     with pytest.raises(ValueError, match=r"line 3: '2.5' is not an integer label$"):
-        label_files.read(path)
+        labels_lib.read(path)
     path.write_text("path,label\na.png,3,9\n")
     with pytest.raises(ValueError, match="line 2 has 3 fields, expected 2"):
-        label_files.read(path)
+        labels_lib.read(path)
     path.write_bytes(b"label\n\xff\xfe\n")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
-        label_files.read(path)
+        labels_lib.read(path)

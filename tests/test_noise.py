@@ -278,32 +278,12 @@ def test_from_human_array():
     np.testing.assert_array_equal(noisy, human)
 
 
-@pytest.mark.parametrize("fmt", ["npy", "npz", "csv", "txt"])
-def test_from_human_files(tmp_path, fmt):
-    """from_human with a path to .npy/.npz/.csv/.txt (one int per line) == array input."""
-    labels, human = _human_pair()
-    path = tmp_path / f"human.{fmt}"
-    if fmt == "npy":
-        np.save(path, human)
-    elif fmt == "npz":
-        np.savez(path, human)  # a single array
-    else:
-        path.write_text("\n".join(str(int(v)) for v in human) + "\n")
-    for p in (path, str(path)):
-        noisy, mask = noise.from_human(labels, p, num_classes=C10)
-        _check_output(labels, noisy, mask)
-        np.testing.assert_array_equal(noisy, human)
-
-
-def test_from_human_errors(tmp_path):
-    """Wrong length and out-of-range human labels -> ValueError naming the value."""
+def test_from_human_errors():
+    """Wrong length and out-of-range human labels -> ValueError naming the value; a path is
+    refused (label files are read and aligned by jaxnoise.labels: test_human_labels.py)."""
     labels, human = _human_pair()
     with pytest.raises(ValueError, match="999"):
         noise.from_human(labels, human[:999], num_classes=C10)
-    path = tmp_path / "short.npy"
-    np.save(path, human[:999])
-    with pytest.raises(ValueError, match="999"):
-        noise.from_human(labels, path, num_classes=C10)
     bad = human.copy()
     bad[10] = 77
     with pytest.raises(ValueError, match="77"):
@@ -311,6 +291,8 @@ def test_from_human_errors(tmp_path):
     bad[10] = -4
     with pytest.raises(ValueError, match="-4"):
         noise.from_human(labels, bad, num_classes=C10)
+    with pytest.raises(ValueError, match=r"got the path 'h\.npy'.*jaxnoise\.labels"):
+        noise.from_human(labels, "h.npy", num_classes=C10)
 
 
 # --------------------------------------------------------------------------- apply

@@ -320,17 +320,17 @@ def folder_like_dataset(n: int = 6):
 
 def test_refusals_show_plain_values_not_numpy_reprs(tmp_path):
     """Messages that quote a value taken from an array show it as Python shows a str / number."""
-    from jaxnoise import human_labels
+    from jaxnoise import labels as labels_lib
     from jaxnoise import noise as noise_lib
 
     ds = folder_like_dataset()
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label\n" + "".join(f"{p},1\n" for p in ds.train_ids[:-1]))
     with pytest.raises(ValueError) as e:
-        human_labels.resolve(ds, label_file=str(csv), label_key="", label_order="id")
+        labels_lib.resolve(ds, label_file=str(csv), label_key="", label_order="id")
     assert "e.g. 'train/b/5.png'" in str(e.value) and "np." not in str(e.value), e.value
     with pytest.raises(ValueError) as e:
-        human_labels.resolve(ds, label_file=str(csv), label_key="", label_order="cifar")
+        labels_lib.resolve(ds, label_file=str(csv), label_key="", label_order="cifar")
     assert "ids like 'train/a/0.png'" in str(e.value) and "np." not in str(e.value), e.value
     with pytest.raises(ValueError) as e:
         noise_lib.apply("symmetric", np.zeros(4, int), num_classes=3, rate=np.float64(1.5))
@@ -353,7 +353,7 @@ def cifar_like_dataset(n: int = 8, seed: int = 0):
 def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
     """A CIFAR-N .npz with an `index` array (CIFAR positions of its rows, here shuffled): the
     index is not listed among the label sets, and the rows are aligned by it."""
-    from jaxnoise import human_labels, label_files
+    from jaxnoise import labels as labels_lib
 
     ds, cifar_index = cifar_like_dataset()
     n = len(cifar_index)
@@ -365,12 +365,12 @@ def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
     path = tmp_path / "CIFAR-10_human.npz"
     np.savez(path, clean_label=clean_by_cifar[rows_order], worse_label=worse_by_cifar[rows_order],
              index=rows_order)  # fmt: skip
-    assert label_files.available_keys(path) == ["clean_label", "worse_label"]
+    assert labels_lib.available_keys(path) == ["clean_label", "worse_label"]
     with pytest.raises(ValueError, match=r"several label sets \(clean_label, worse_label\)"):
-        label_files.read(path)
-    got = human_labels.resolve(ds, label_file=str(path), label_key="worse_label")
+        labels_lib.read(path)
+    got = labels_lib.resolve(ds, label_file=str(path), label_key="worse_label")
     expected = worse_by_cifar[cifar_index]  # sample j of ds is CIFAR sample cifar_index[j]
-    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], expected)
+    np.testing.assert_array_equal(got.label_sets[labels_lib.KEY], expected)
 
 
 @pytest.mark.parametrize(("short", "long"), [("worse", "worse_label"), ("aggre", "aggre_label"),
@@ -381,7 +381,7 @@ def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, t
     """label_key=worse (etc.) picks worse_label from a file as it does from tfds cifar10_n."""
     import dataclasses
 
-    from jaxnoise import human_labels
+    from jaxnoise import labels as labels_lib
 
     ds = folder_like_dataset(12)
     rng = np.random.default_rng(0)
@@ -390,11 +390,11 @@ def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, t
                                                       "random_label3")}  # fmt: skip
     path = tmp_path / "labels.npz"
     np.savez(path, **sets)
-    got = human_labels.resolve(ds, label_file=str(path), label_key=short, label_order="dataset")
-    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], sets[long])
+    got = labels_lib.resolve(ds, label_file=str(path), label_key=short, label_order="dataset")
+    np.testing.assert_array_equal(got.label_sets[labels_lib.KEY], sets[long])
     source = dataclasses.replace(ds, label_sets=sets)  # as tfds cifar10_n carries them
-    got = human_labels.resolve(source, label_file="", label_key=short)
-    np.testing.assert_array_equal(got.label_sets[human_labels.KEY], sets[long])
+    got = labels_lib.resolve(source, label_file="", label_key=short)
+    np.testing.assert_array_equal(got.label_sets[labels_lib.KEY], sets[long])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Frozen feature extractors: single-layer k-means features (Coates, Lee & Ng 2011), ResNet-50.
 
-Both map uint8 images (N, H, W, C) to float32 features (N, D) once; :mod:`jaxnoise.features`
+Both map uint8 images (N, H, W, C) to float32 features (N, D) once; :mod:`jaxnoise.data.extract`
 caches the result. Everything heavy is a jitted, batched ``jax.numpy`` computation (patch
 extraction as strided slices, distances as one matrix product per batch), so the same code runs
 on CPU, GPU or TPU.
@@ -41,9 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnoise import choices
 from jaxnoise.progress import Progress, log
 
-EXTRACTORS = ("none", "kmeans", "resnet50")
+EXTRACTORS = choices.EXTRACTORS
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators: distances matter
 
 # ImageNet statistics expected by torchvision's pretrained ResNet-50.

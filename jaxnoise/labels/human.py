@@ -2,7 +2,7 @@
 
 A label set comes either from the data source itself (tfds ``cifar10_n`` / ``cifar100_n``: its
 records carry ``worse_label``, ``aggre_label``, ...) or from a label file (``label_file``, read by
-``jaxnoise.label_files``; the set chosen by ``label_key``, which takes the CIFAR-N short names
+``jaxnoise.labels.files``; the set chosen by ``label_key``, which takes the CIFAR-N short names
 ``worse``, ``aggre``, ``random1``..``random3`` (or ``rand1``..), ``noisy``, ``clean`` for both
 alike: :data:`SHORT_NAMES`). A file's rows are mapped to the dataset's samples by
 ``label_order``:
@@ -30,13 +30,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxnoise import data as data_lib
-from jaxnoise import label_files
+from jaxnoise import choices
+from jaxnoise.labels import files
 
-ORDERS = ("auto", "dataset", "cifar", "id")
+if TYPE_CHECKING:  # a type only: the validator reads label files without importing jax
+    from jaxnoise.data import Dataset
+
+ORDERS = choices.LABEL_ORDERS
 KEY = "human"  # the resolved set's key in Dataset.label_sets
 # CIFAR-100N's noisy set is "noisy_label" in the official file and "noise_label" in tfds.
 ALIASES = {"noisy_label": "noise_label", "noise_label": "noisy_label"}
@@ -57,8 +61,8 @@ def key_names(key: str) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def resolve(ds: data_lib.Dataset, *, label_file: str, label_key: str,
-            label_order: str = "auto") -> data_lib.Dataset:  # fmt: skip
+def resolve(ds: Dataset, *, label_file: str, label_key: str,
+            label_order: str = "auto") -> Dataset:  # fmt: skip
     """``ds`` with the chosen human label set aligned to its samples in ``label_sets[KEY]``."""
     if label_order not in ORDERS:
         raise ValueError(f"config.label_order = {label_order!r}; allowed: {', '.join(ORDERS)}")
@@ -69,7 +73,7 @@ def resolve(ds: data_lib.Dataset, *, label_file: str, label_key: str,
     return dataclasses.replace(ds, label_sets={**ds.label_sets, KEY: labels})
 
 
-def _from_source(ds: data_lib.Dataset, key: str) -> np.ndarray:
+def _from_source(ds: Dataset, key: str) -> np.ndarray:
     """A label set the data source carries (tfds cifar10_n / cifar100_n)."""
     for k in key_names(key):
         if k in ds.label_sets:
@@ -81,7 +85,7 @@ def _from_source(ds: data_lib.Dataset, key: str) -> np.ndarray:
     )
 
 
-def _cifar_rows(ds: data_lib.Dataset) -> np.ndarray | None:
+def _cifar_rows(ds: Dataset) -> np.ndarray | None:
     """Each sample's position in the original CIFAR order, from its tfds id (None if unknown)."""
     if ds.train_ids is None:
         return None
@@ -91,7 +95,7 @@ def _cifar_rows(ds: data_lib.Dataset) -> np.ndarray | None:
     return np.asarray([int(m.group(1)) for m in found])
 
 
-def _id_rows(ds: data_lib.Dataset, ids: np.ndarray, path: str) -> np.ndarray:
+def _id_rows(ds: Dataset, ids: np.ndarray, path: str) -> np.ndarray:
     """For every sample of ``ds``, the row of the file that names it."""
     where: dict[str, int] = {}
     for row, i in enumerate(ids.tolist()):
@@ -122,7 +126,7 @@ def _id_rows(ds: data_lib.Dataset, ids: np.ndarray, path: str) -> np.ndarray:
     return rows
 
 
-def _auto_order(ds: data_lib.Dataset, labels: label_files.LabelSet, keys: list[str]) -> str:
+def _auto_order(ds: Dataset, labels: files.LabelSet, keys: list[str]) -> str:
     """The order a file without an explicit label_order must be in, or a refusal."""
     if labels.ids is not None:
         return "id"
@@ -150,7 +154,7 @@ def no_path_column(path: str) -> str:
 def names_its_samples(path: str, key: str) -> bool:
     """Whether the label set ``key`` of the file comes with the samples' ids (a CSV id/path
     column, an ids array): ``label_order="auto"`` on an image folder needs them."""
-    return label_files.read(path, file_key(label_files.available_keys(path), key)).ids is not None
+    return files.read(path, file_key(files.available_keys(path), key)).ids is not None
 
 
 def file_key(keys: list[str], key: str) -> str:
@@ -159,11 +163,11 @@ def file_key(keys: list[str], key: str) -> str:
     return next((k for k in key_names(key) if k in keys), key)
 
 
-def _from_file(ds: data_lib.Dataset, path: str, key: str, order: str) -> np.ndarray:
+def _from_file(ds: Dataset, path: str, key: str, order: str) -> np.ndarray:
     """The label set ``key`` of ``path``, with its rows mapped to the samples of ``ds``."""
-    keys = label_files.available_keys(path)
+    keys = files.available_keys(path)
     key = file_key(keys, key)
-    chosen = label_files.read(path, key)
+    chosen = files.read(path, key)
     if order == "auto":
         order = _auto_order(ds, chosen, keys)
     n = len(ds.train_labels)
@@ -196,7 +200,7 @@ def _from_file(ds: data_lib.Dataset, path: str, key: str, order: str) -> np.ndar
         raise ValueError(f"label file {path!r}: labels must lie in [0, {ds.num_classes}), got "
                          f"[{labels.min()}, {labels.max()}]")  # fmt: skip
     if "clean_label" in keys and key != "clean_label":
-        clean = np.asarray(label_files.read(path, "clean_label").labels)[rows]
+        clean = np.asarray(files.read(path, "clean_label").labels)[rows]
         wrong = int(np.sum(clean != ds.train_labels))
         if wrong:
             raise ValueError(
