@@ -263,6 +263,19 @@ def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u,
     return loss_fn
 
 
+def _semi_views(data, d: SemiDraws, config, mean, std, strong: bool, mesh):
+    """(views, trained views) of ``[x1, x2, u1, u2]``: the weak views the targets are made
+    from, and the views MixMatch mixes (the same; AugDesc-WS: strong views of the samples)."""
+    images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
+                          for i in (d.labelled, d.unlabelled))  # fmt: skip
+    batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
+    views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
+    if not strong:  # DivideMix mixes the views it made its targets from
+        return views, views
+    return views, [_augmented(b, k, config, mean, std, strong=True)
+                   for b, k in zip(batches, d.strong_keys)]  # fmt: skip
+
+
 def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
                    mean: np.ndarray, std: np.ndarray, *, batch_size: int = 64, T: float = 0.5,
                    alpha: float = 4.0, lambda_max: float, warm_up: float,
@@ -295,14 +308,7 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
 
     def step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter, net_index):
         d = semi_draws(config.seed, epoch, step_in_epoch, net_index, orders, B, alpha)
-        images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
-                              for i in (d.labelled, d.unlabelled))  # fmt: skip
-        batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
-        views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
-        trained = views  # DivideMix mixes the views it made its targets from; AugDesc-WS:
-        if strong:  # strong views of the same samples
-            trained = [_augmented(b, k, config, mean, std, strong=True)
-                       for b, k in zip(batches, d.strong_keys)]  # fmt: skip
+        views, trained = _semi_views(data, d, config, mean, std, strong, mesh)
         onehot = jax.nn.one_hot(data["labels"][d.labelled], num_classes, dtype=jnp.float32)
         w_clean = jnp.asarray(p_clean, jnp.float32)[d.labelled]
         targets_x, targets_u, stats = _co_targets(graphdef, state, other, views, onehot, w_clean, T)
