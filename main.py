@@ -7,21 +7,33 @@ metrics.jsonl, the checkpoints and the last epoch's per-sample arrays; re-runnin
 command resumes. ``python main.py --help`` lists every config field.
 
 Exit codes: 0 finished; 2 the command line was refused (a flag, a config field or value, a file
-the config names, a workdir holding another run), before anything was loaded or compiled;
-1 failed later (data that cannot be loaded or prepared, a diverged run); 143 / 130 stopped by
-SIGTERM / SIGINT with a checkpoint saved.
+the config names, a workdir holding another run, in use by another process, or not writable),
+before anything was loaded or compiled; 1 failed later (data that cannot be loaded or prepared,
+a diverged run, a checkpoint that could not be written); 143 / 130 stopped by SIGTERM / SIGINT
+(with a checkpoint saved once training had started).
 """
 
-import ast
-import difflib
 import os
 import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from jaxnoise import config as config_lib  # the validator: imports no jax
+def _interrupted_while_starting(signum, frame):  # before the run installs its own handlers
+    print(f"interrupted ({signal.Signals(signum).name} while starting): nothing to save",
+          file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":  # Ctrl-C during the imports below: one line, not a traceback
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import ast  # noqa: E402
+import difflib  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxnoise import config as config_lib  # noqa: E402  (the validator: imports no jax)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
@@ -245,10 +257,14 @@ def _first_missing_dir(path: str) -> str | None:
     return path
 
 
-def _remove_new_empty_dirs(top: str | None) -> None:
-    """Remove the folders under `top` (created by this run) that hold no file, and `top`."""
+def _remove_new_empty_dirs(top: str | None, workdir: str) -> None:
+    """Remove the folders under `top` (created by this run) that hold no file, and `top`; the
+    workdir's lock file goes too when it is all the workdir holds (the lock is released)."""
     if top is None or not os.path.isdir(top):
         return
+    lock = os.path.join(workdir, ".lock")
+    if os.path.isfile(lock) and os.listdir(workdir) == [".lock"]:
+        os.remove(lock)
     for dirpath, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
         try:
             os.rmdir(dirpath)  # fails (and keeps it) unless empty
@@ -260,8 +276,8 @@ def main(argv):
     """Validate the config, then train and evaluate."""
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from jaxnoise import checkpoint as ckpt_lib
     from jaxnoise import config as config_lib
+    from jaxnoise import workdir as workdir_lib
 
     config = _CONFIG.value
     try:
@@ -270,15 +286,19 @@ def main(argv):
         refuse(e)
 
     from jaxnoise import data as data_lib
-    from jaxnoise import inputs, train
+    from jaxnoise import inputs, stops, train
 
     workdir = _WORKDIR.value or default_workdir(config)
     created = _first_missing_dir(workdir)  # e.g. runs/ of runs/quickstart-digits
+    stops.at_idle_exit(lambda: _remove_new_empty_dirs(created, workdir))
     summary = None
     try:
         summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
-    except ckpt_lib.WorkdirConflict as e:
-        refuse(e)
+    except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(1)
+    except (workdir_lib.WorkdirConflict, workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
+        refuse(e)  # before any data was loaded
     except (ValueError, FileNotFoundError, FloatingPointError, data_lib.DatasetUnavailable) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(1)
@@ -287,7 +307,7 @@ def main(argv):
         sys.exit(128 + signal.SIGINT)
     finally:
         if summary is None or summary["checkpoint_at"] is None:
-            _remove_new_empty_dirs(created)  # a failed start leaves no empty workdir behind
+            _remove_new_empty_dirs(created, workdir)  # a failed start leaves no empty workdir
     if summary["interrupted"]:
         # Preempted (SIGTERM) or Ctrl-C: a checkpoint of the exact position was saved. Exit with
         # the shell's code for that signal (143 / 130), so schedulers and scripts can tell an

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from jaxnoise import metrics, mixture, plots
+from jaxnoise import workdir as workdir_lib
 
 REQUIRED = ("config.json", "metrics.jsonl", "per_sample.npz")
 PER_SAMPLE_KEYS = ("loss", "p_noisy", "prediction", "noisy_label", "true_label", "noise_mask")
@@ -64,6 +66,7 @@ def load_workdir(workdir: str) -> dict[str, Any]:
     records = [by_epoch[e] for e in sorted(by_epoch)]
     with np.load(os.path.join(workdir, "per_sample.npz")) as d:
         arrays = {k: d[k] for k in d.files}
+    checkpoint = _check_made_from_newest(workdir, arrays)
     absent = [k for k in PER_SAMPLE_KEYS if k not in arrays]
     if absent:
         raise WorkdirError(f"{workdir}/per_sample.npz lacks {', '.join(absent)}")
@@ -81,7 +84,30 @@ def load_workdir(workdir: str) -> dict[str, Any]:
             "noise_known": config.get("noise_kind", "symmetric") != "none",
             "train_paths": None,
         }
-    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays}
+    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays,
+            "checkpoint": checkpoint}  # fmt: skip
+
+
+def newest_checkpoint(workdir: str) -> int | None:
+    """The newest committed checkpoint of a workdir (its orbax step), or None."""
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return max(steps) if steps else None
+
+
+def _check_made_from_newest(workdir: str, arrays: dict) -> int | None:
+    """The checkpoint per_sample.npz was made from; WorkdirError when the workdir holds a newer
+    one (the outputs are stale: the training command rebuilds them). Arrays written before
+    jaxnoise recorded it name none and are taken as they are."""
+    made = int(arrays.pop("checkpoint")) if "checkpoint" in arrays else None
+    newest = newest_checkpoint(workdir)
+    if made is not None and newest is not None and made != newest:
+        raise WorkdirError(
+            f"{workdir!r}: its per_sample.npz was made from checkpoint {made}, but its newest "
+            f"checkpoint is {newest} (a run stopped or killed before it wrote its outputs): "
+            "re-run the training command, which makes them from the newest checkpoint"
+        )
+    return made
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,11 +204,12 @@ def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool
     cols = ["index", *(["id"] if with_id else []), *(["path"] if with_path else []),
             "given_label", "given_class",
             "predicted_label", "predicted_class", "p_noisy", "loss"]  # fmt: skip
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "p_noisy": f"{r['p_noisy']:.6g}", "loss": f"{r['loss']:.6g}"})
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "p_noisy": f"{r['p_noisy']:.6g}", "loss": f"{r['loss']:.6g}"})
+    workdir_lib.atomic_write_text(path, text.getvalue())
     return path
 
 
@@ -265,6 +292,7 @@ def write_report(
         with_id=bool(dataset.get("train_ids")),
     )
     summary: dict[str, Any] = {
+        "checkpoint": run["checkpoint"],  # the checkpoint the per-sample arrays were made from
         "threshold": threshold,
         "num_train": int(ps["loss"].shape[0]),
         "num_flagged": len(rows),
@@ -277,8 +305,7 @@ def write_report(
         summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
         summary["num_noisy"] = int(mask.sum())
     summary_path = os.path.join(out_dir, "label_issues_summary.json")
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    workdir_lib.atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return {
         **summary,
         "nothing_flagged": nothing_flagged(summary),

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import data as data_lib
-from jaxnoise import inputs, parallel
+from jaxnoise import inputs, parallel, stops
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.progress import log
@@ -47,7 +47,7 @@ class Run:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: Any
-    guard: ckpt_lib.PreemptionGuard
+    guard: stops.PreemptionGuard
     ds: data_lib.Dataset
     noisy_labels: np.ndarray  # (N,) int32 on the host
     noise_mask: np.ndarray  # (N,) bool: which labels the noise changed (all False if unknown)
@@ -62,6 +62,8 @@ class Run:
     best_acc: float = 0.0
     saved_at: str | None = None  # position of the newest checkpoint, for messages
     metrics_path: str = ""
+    lock: Any = None  # the workdir's lock (process 0), released by close()
+    trained: bool = False  # whether this process trained an epoch (or part of one)
 
     @property
     def last_good(self) -> str:
@@ -85,12 +87,43 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def open_workdir(config, workdir: str, *, fresh: bool):
+    """Before any data is loaded: the workdir writable (process 0: else one-line errors), its
+    lock taken (process 0; a second run on it is refused), the config checked against the run
+    it holds (or the run discarded with ``fresh``). Returns the lock (None elsewhere)."""
+    if jax.process_index() != 0:
+        os.makedirs(workdir, exist_ok=True)
+        return None
+    workdir_lib.check_writable(workdir)
+    lock = workdir_lib.lock(workdir)
+    try:
+        ckpt_lib.check_workdir_config(workdir, fingerprint(config), fresh=fresh)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def open_run(config, workdir: str, *, fresh: bool, guard) -> Run:
-    """The mesh, the workdir checks, the data loaded, checked and placed on the mesh."""
+    """The mesh, the workdir checks and lock, the data loaded, checked and placed on the mesh."""
     mesh = parallel.make_mesh(config.mesh.num_devices)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt_lib.check_workdir_config(workdir, fingerprint(config),
-                                  fresh=fresh and jax.process_index() == 0)  # fmt: skip
+    lock = open_workdir(config, workdir, fresh=fresh)
+    try:
+        return _place(config, workdir, mesh, guard, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def close(run: Run) -> None:
+    """Release the run's workdir lock (also done by the kernel when the process ends)."""
+    if run.lock is not None:
+        run.lock.release()
+
+
+def _place(config, workdir: str, mesh, guard, lock) -> Run:
+    """The run's data loaded and placed on the mesh."""
     ds, noisy_labels, noise_mask = inputs.load_noisy_data(config, mesh.size)
     workdir_lib.check_same_dataset(workdir, ds)
     # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
@@ -105,7 +138,7 @@ def open_run(config, workdir: str, *, fresh: bool, guard) -> Run:
         data_lib.normalization_stats(ds, config.data.normalization),
         ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints),
         noise_known=metrics_lib.noise_known(noise_mask),
-        metrics_path=os.path.join(workdir, "metrics.jsonl"),
+        metrics_path=os.path.join(workdir, "metrics.jsonl"), lock=lock,
     )  # fmt: skip
 
 
@@ -130,7 +163,10 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
     """(tree, metadata) of the newest checkpoint in the workdir, placed as ``fresh``, or
     ``(fresh, None)``; the run's history and position follow the checkpoint. Then the run's
     files are written (process 0): config.json, dataset.json, metrics.jsonl as restored."""
-    restored = run.manager.restore_latest({**fresh, "labels": run.data["labels"]})
+    template = {**fresh, "labels": run.data["labels"]}
+    if jax.process_index() == 0:  # room for one more checkpoint, before anything is trained
+        workdir_lib.check_space(run.workdir, ckpt_lib.tree_nbytes(template))
+    restored = run.manager.restore_latest(template)
     tree, meta = fresh, None
     if restored is not None:
         tree, meta = restored
@@ -143,6 +179,7 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
         run.history, run.best_acc = meta["history"], meta["best_acc"]
         run.saved_at = position(run, meta["epoch"], int(meta.get("step_in_epoch", 0)))
         log(f"resumed from {run.workdir} at {run.saved_at}")
+    run.guard.idle_message = f"nothing new to save; {run.last_good}"
     if jax.process_index() == 0:
         workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config,
                                    run.noise_known)  # fmt: skip
@@ -153,16 +190,36 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
     return tree, meta
 
 
+def _named(run: Run, action: Callable[[], Any]) -> Any:
+    """``action()`` (a save, or a wait for one), its OS errors (a full disk, a quota, a
+    read-only filesystem, I/O) turned into one line naming the checkpoint folder and the last
+    committed checkpoint (:class:`workdir.SaveFailed`)."""
+    try:
+        return action()
+    except Exception as e:
+        failed = workdir_lib.save_failed(e, run.manager.directory, run.manager.committed())
+        if failed is None:
+            raise
+        raise failed from None
+
+
 def save(run: Run, tree: dict, epoch_done: int, step_in_epoch: int = 0, **partial) -> None:
     """Checkpoint ``tree`` and the noisy labels at a position (``partial``: what a mid-epoch
-    position needs besides the tree, e.g. the running loss sum)."""
-    run.manager.save(
+    position needs besides the tree, e.g. the running loss sum). Asynchronous: a failure is
+    raised at the next :func:`stop_agreed` or :func:`wait`."""
+    _named(run, lambda: run.manager.save(
         epoch_done * run.steps_per_epoch + step_in_epoch,
         {**tree, "labels": run.data["labels"]},
         {"epoch": epoch_done, "step_in_epoch": step_in_epoch, "history": run.history,
          "best_acc": run.best_acc, **partial},
-    )  # fmt: skip
+    ))  # fmt: skip
     run.saved_at = position(run, epoch_done, step_in_epoch)
+
+
+def wait(run: Run) -> None:
+    """Until the checkpoints being written are committed (a second signal meanwhile waits)."""
+    with run.guard.saving_checkpoint():
+        _named(run, run.manager.wait)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,6 +259,14 @@ def stop_agreed(run: Run, sync_point: bool) -> bool:
     """Whether to stop now. With several processes, all must stop at the same step (the save is
     collective), so they agree at sync points (log steps, epoch ends) on whether any of them
     was signalled."""
+    run.guard.busy()  # called after a train step: something new to save from now on
+    run.trained = True
+    _named(run, run.manager.check_for_errors)  # a failed save is named here, not an epoch later
+    return _signalled(run, sync_point)
+
+
+def _signalled(run: Run, sync_point: bool) -> bool:
+    """Whether a stop was requested (agreed by every process at sync points)."""
     if jax.process_count() == 1:
         return run.guard.stop_requested
     if not sync_point:
@@ -263,6 +328,7 @@ def _stopped(run: Run, out: Stopped, epoch: int) -> None:
     if not bool(all_finite(out.tree)):
         raise run.diverged(f"non-finite train state at step {out.step} of epoch {epoch}")
     save(run, out.tree, epoch - 1, out.step, **out.partial)
+    wait(run)  # "saved" only once committed
     log(f"{name} during epoch {epoch}: saved a checkpoint after step {out.step}/"
         f"{run.steps_per_epoch}; re-run the same command to resume from there")  # fmt: skip
 
@@ -275,7 +341,7 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
     start, first, partial = resume_point(meta)
     try:
         for epoch in range(start, run.config.epochs + 1):
-            if epoch == start and stop_agreed(run, True):
+            if epoch == start and _signalled(run, True):
                 log(f"{run.guard.signal_name} before training resumed; {run.last_good}")
                 return tree, True
             out = epoch_fn(tree, epoch, first, partial)
@@ -287,13 +353,14 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
             save(run, tree, epoch)
             first, partial = 0, {}
             if epoch < run.config.epochs and stop_agreed(run, True):
+                wait(run)  # "saved" only once committed
                 log(f"{run.guard.signal_name}: saved the checkpoint of epoch {epoch}; re-run the "
                     "same command to resume")  # fmt: skip
                 return tree, True
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
     finally:
-        run.manager.wait()  # an asynchronous save in flight is completed, also when raising
+        wait(run)  # an asynchronous save in flight is completed, also when raising
     return tree, False
 
 
@@ -301,13 +368,52 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
 # The end of a run.
 
 
+OUTPUTS = "outputs.json"  # which checkpoint the run's outputs were made from (written last)
+OUTPUT_FILES = ("per_sample.npz", "label_issues.csv", "label_issues_summary.json")
+
+
+def made_from(workdir: str) -> tuple[int | None, list[str]]:
+    """(the checkpoint the workdir's outputs were made from, the outputs missing): from
+    ``outputs.json``, written after them; (None, [outputs.json]) without it."""
+    try:
+        with open(os.path.join(workdir, OUTPUTS)) as f:
+            made = json.load(f)
+        files, step = list(made["files"]), made["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, [OUTPUTS]
+    return step, [name for name in files if not os.path.exists(os.path.join(workdir, name))]
+
+
+def _stale(run: Run, step: int | None) -> str | None:
+    """Why the workdir's outputs are not those of checkpoint ``step`` (None: they are)."""
+    made, missing = made_from(run.workdir)
+    if missing == [OUTPUTS]:
+        return "" if run.trained else f"{OUTPUTS} is missing"
+    if made != step:
+        return f"they were made from checkpoint {made}"
+    return f"{', '.join(missing)} missing" if missing else None
+
+
 def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: bool) -> dict:
-    """per_sample.npz (``outputs(tree)``: per-sample ``loss``, ``p_noisy``, ``logits`` on the
-    devices) and the report when the run was not stopped by a signal; the summary."""
-    if run.history and not interrupted:
+    """The run's outputs, a function of its newest checkpoint (``tree``): per_sample.npz of
+    ``outputs(tree)`` (per-sample ``loss``, ``p_noisy``, ``logits`` on the devices), the report
+    and ``outputs.json`` naming the checkpoint, each written atomically; made unless a signal
+    stopped the run, and rebuilt (saying so) when missing or made from another checkpoint.
+    Returns the summary."""
+    step = run.manager.committed()
+    why = _stale(run, step) if run.history and not interrupted else None
+    if jax.process_count() > 1:  # process 0's files decide, for every process (a collective)
+        from jax.experimental import multihost_utils
+
+        rebuild = multihost_utils.broadcast_one_to_all(np.int32(why is not None))
+        why = (why or "") if bool(rebuild) else None
+    if why is not None:
+        if why and not run.trained:  # a finished run whose outputs a kill left stale or missing
+            log(f"rebuilding the outputs of checkpoint {step} ({run.saved_at}) in {run.workdir}: "
+                f"{why}")  # fmt: skip
         arrays = {k: parallel.gather_to_host(v) for k, v in outputs(tree).items()}  # collective
         if jax.process_index() == 0:
-            write_outputs(run, arrays)
+            write_outputs(run, arrays, step)
     return summary(run, interrupted)
 
 
@@ -328,13 +434,15 @@ def summary(run: Run, interrupted: bool) -> dict:
     }
 
 
-def write_outputs(run: Run, arrays: dict) -> None:
-    """per_sample.npz of the final per-sample arrays, then the report (figures, label_issues)."""
+def write_outputs(run: Run, arrays: dict, step: int | None) -> None:
+    """per_sample.npz of the final per-sample arrays, then the report (figures, label_issues),
+    then ``outputs.json`` naming the checkpoint ``step`` they were made from."""
     logits = arrays["logits"].astype(np.float32)
     per_sample = dict(loss=arrays["loss"], p_noisy=arrays["p_noisy"],
                       prediction=np.argmax(logits, -1).astype(np.int32), logits=logits,
                       noisy_label=run.noisy_labels, true_label=run.ds.train_labels.astype(np.int32),
-                      noise_mask=run.noise_mask)  # fmt: skip
+                      noise_mask=run.noise_mask,
+                      checkpoint=np.int64(-1 if step is None else step))  # fmt: skip
     ckpt_lib.atomic_write(os.path.join(run.workdir, "per_sample.npz"),
                           lambda f: np.savez(f, **per_sample))  # fmt: skip
     from jaxnoise import report  # matplotlib is imported only here
@@ -342,10 +450,13 @@ def write_outputs(run: Run, arrays: dict) -> None:
     t0 = time.time()
     try:
         out = report.write_report(run.workdir)
-        log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
-            f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip
-        if out.get("nothing_flagged"):
-            log(out["nothing_flagged"])
     except Exception as e:  # the run's results are saved; a plotting failure must not hide it
         log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
             f"retry with: python -m jaxnoise.report {run.workdir}")  # fmt: skip
+        return
+    log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
+        f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip
+    if out.get("nothing_flagged"):
+        log(out["nothing_flagged"])
+    made = {"checkpoint": step, "position": run.saved_at, "files": [*OUTPUT_FILES, "figures"]}
+    ckpt_lib.atomic_write_text(os.path.join(run.workdir, OUTPUTS), json.dumps(made, indent=2))

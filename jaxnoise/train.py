@@ -9,11 +9,11 @@ The loop is picked from ``LOOPS`` by the config's block: the bootstrap methods o
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
-from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
-from jaxnoise import parallel, runkit
+from jaxnoise import parallel, runkit, stops
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.dividemix import loop as dividemix_loop
 
@@ -30,13 +30,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     checkpoint where the method can resume exactly (the bootstrap methods: that step;
     DivideMix: the last finished epoch) and returns with ``summary["interrupted"] = True``
     (``summary["signal"]`` names the signal); calling again resumes and gives exactly the
-    metrics of an uninterrupted run. A non-finite loss raises FloatingPointError and keeps the
-    last good checkpoint.
+    metrics of an uninterrupted run. Before the first train step (nothing new to save) a signal
+    ends the process at once (``jaxnoise.stops``). A non-finite loss raises FloatingPointError
+    and keeps the last good checkpoint. The workdir is locked for the call: another process
+    on it is refused (``workdir.WorkdirBusy``).
     """
     config_lib.validate(config)
     # After jax.distributed.initialize, which installs its own SIGTERM notifier: ours replaces it.
     parallel.initialize(config)
-    with ckpt_lib.PreemptionGuard() as guard:
+    with stops.PreemptionGuard(exit_when_idle=jax.process_count() == 1) as guard:
         run = runkit.open_run(config, workdir, fresh=fresh, guard=guard)
-        loop = LOOPS[config_lib.block_of(config.method)]
-        return loop(run, stop_after_epoch=stop_after_epoch)
+        try:
+            return LOOPS[config_lib.block_of(config.method)](run, stop_after_epoch=stop_after_epoch)
+        finally:
+            runkit.close(run)

@@ -50,7 +50,8 @@ _NON_RESULT_FIELDS = {
 _ADDED_FIELDS = {"data.kmeans_eps": 10.0}
 
 # What --fresh removes: everything a run writes into its workdir.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz",
+             "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures")
 
 
 def _umask() -> int:

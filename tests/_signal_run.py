@@ -69,18 +69,18 @@ def set_fields(c, **fields):
 
 
 def _install_hooks() -> None:
-    from jaxnoise import checkpoint as ckpt_lib
+    from jaxnoise import stops
     from jaxnoise.bootstrap import loop as bootstrap_loop
     from jaxnoise.bootstrap import step as step_lib
 
     guards: list = []
 
-    class RecordingGuard(ckpt_lib.PreemptionGuard):
+    class RecordingGuard(stops.PreemptionGuard):
         def __enter__(self):
             guards.append(self)
             return super().__enter__()
 
-    ckpt_lib.PreemptionGuard = RecordingGuard
+    stops.PreemptionGuard = RecordingGuard
 
     pause = os.environ.get("JAXNOISE_TEST_PAUSE_AT")
     if pause:

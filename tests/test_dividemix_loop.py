@@ -20,7 +20,7 @@ import pytest
 
 from configs import quickstart_dividemix
 from jaxnoise import config as config_lib
-from jaxnoise import runkit, train
+from jaxnoise import runkit, stops, train
 from jaxnoise.dividemix import config as dm_config
 from jaxnoise.dividemix import loop as dm_loop
 from tests._signal_run import set_fields
@@ -112,9 +112,14 @@ class _StopAfterReads:
     step)."""
 
     signum, signal_name = 15, "SIGTERM"
+    idle_message = ""
 
     def __init__(self, reads: int):
         self.reads = reads
+        self.saving_checkpoint = stops.PreemptionGuard().saving_checkpoint  # a no-op here
+
+    def busy(self) -> None:
+        pass
 
     @property
     def stop_requested(self) -> bool:

@@ -30,7 +30,7 @@ from hypothesis.extra import numpy as hnp
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import inputs, runkit, schedule, train
+from jaxnoise import inputs, runkit, schedule, stops, train
 from jaxnoise import noise as noise_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.bootstrap import schedule as bootstrap_schedule
@@ -209,7 +209,7 @@ def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path):
 
 
 def test_preemption_guard_records_signal_and_second_sigint_interrupts():
-    with ckpt_lib.PreemptionGuard() as g:
+    with stops.PreemptionGuard(exit_when_idle=False) as g:
         signal.raise_signal(signal.SIGTERM)
         assert g.stop_requested and g.signal_name == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
