@@ -94,6 +94,25 @@ def _str(v: Any) -> str | None:
     return None if isinstance(v, str) else "a string"
 
 
+def _cache_folder(v: Any) -> str | None:
+    """'auto', '' / 'none' (off), an existing folder, or one that can be created."""
+    allowed = "'auto', '' or 'none' (off), or a folder"
+    if not isinstance(v, str):
+        return allowed
+    if v in ("auto", "", "none"):
+        return None
+    path = os.path.abspath(os.path.expanduser(v))
+    if os.path.isdir(path):
+        return None
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+        return None
+    why = "a file of that name exists" if parent == path else f"{parent} is not a writable folder"
+    return f"{allowed} ({why})"
+
+
 def _choice(field: str) -> Callable[[Any], str | None]:
     def check(v):
         if isinstance(v, str) and v in CHOICES[field]:
@@ -193,6 +212,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     # cli/progress
     "log_every_seconds": _real(0.0),
     "keep_checkpoints": _int(1),
+    "compilation_cache": _cache_folder,  # jaxnoise/compile_cache.py
     # features (jaxnoise/features.py, jaxnoise/extractors.py; documented in configs/default.py)
     "data.features": _str,
     "data.test_features": _str,

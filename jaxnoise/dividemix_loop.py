@@ -59,7 +59,7 @@ from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
 from jaxnoise import dividemix_step as dms
-from jaxnoise import losses, mixture, parallel, signals, train
+from jaxnoise import eta, losses, mixture, parallel, signals, train
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.progress import Progress, log
@@ -106,6 +106,8 @@ class DivideMixRun:
     best_acc: float = 0.0
     saved_at: str | None = None
     steps_per_epoch: int = 1  # checkpoints are at epoch ends only
+    clock: eta.RunClock = dataclasses.field(default_factory=eta.RunClock)  # the run's ETA
+    labelled: list | None = None  # |labelled| of the latest division of each network
 
     @property
     def last_good(self) -> str:
@@ -228,7 +230,9 @@ def setup(config, workdir: str, fresh: bool, guard) -> tuple[DivideMixRun, dict,
     run = DivideMixRun(config, workdir, guard, ds, noisy, mask, data,
                        parallel.put_samples(mesh, mask), test, pieces, mesh,
                        ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints), hyper,
-                       metrics_path=os.path.join(workdir, "metrics.jsonl"))  # fmt: skip
+                       metrics_path=os.path.join(workdir, "metrics.jsonl"),
+                       clock=eta.RunClock(priors=eta.dividemix_priors(
+                           ds.train_images.shape[0], ds.test_images.shape[0])))  # fmt: skip
     log(f"DivideMix: lambda_u {hyper['lambda_u']:g}, p_threshold {hyper['p_threshold']:g}, "
         f"loss history {hyper['loss_history'] or 'off'}, epochs 0..{config.epochs}, "
         f"devices: {mesh.size}")
@@ -250,6 +254,47 @@ def _i32(v) -> jax.Array:
     return jnp.asarray(v, jnp.int32)
 
 
+def _show(bar: Progress, done: int, pending, every: int) -> None:
+    """Advance the bar to ``done`` steps every ``every`` steps and at its end, once they have
+    run (so its times, and the run's ETA, are the steps' and not their dispatch)."""
+    if done % every == 0 or done == bar.total:
+        jax.block_until_ready(pending)
+        bar.update(done - bar.n)
+
+
+def _warm_steps(run: DivideMixRun) -> int:
+    """Warm-up steps of one epoch, both networks: ceil(N / 2B) each."""
+    return 2 * -(-run.data["labels"].shape[0] // (2 * run.config.dividemix_batch))
+
+
+def _semi_steps(run: DivideMixRun) -> tuple[int, str]:
+    """Semi steps of one epoch (both networks), from the latest division's labelled sets or,
+    before the first, from (1 - noise) N each; and what the size is from."""
+    n, B = run.data["labels"].shape[0], run.config.dividemix_batch
+    if run.labelled:
+        return eta.dividemix_semi_steps(run.labelled, B), "labelled " + "/".join(
+            map(str, run.labelled)) + f" of {n} as in the latest division"
+    guess = max(1, round((1.0 - run.config.noise) * n))
+    return eta.dividemix_semi_steps([guess, guess], B), (
+        f"labelled ~{guess} of {n} each, (1 - noise) N until the first division")
+
+
+def _later(run: DivideMixRun, epoch: int, rest: dict) -> dict:
+    """The run's work after a bar: ``rest`` of this epoch, then the epochs after it."""
+    c = run.config
+    later = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix_warm_up, _warm_steps(run),
+                               _semi_steps(run)[0])  # fmt: skip
+    return eta.add_work(rest, later)
+
+
+def projection(run: DivideMixRun, epoch: int) -> str:
+    """The projected time of the whole run, after ``epoch`` (an estimate: see ``_semi_steps``)."""
+    c, warm, (semi, source) = run.config, _warm_steps(run), _semi_steps(run)
+    left = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix_warm_up, warm, semi)
+    return eta.dividemix_projection(run.clock, c.epochs, c.dividemix_warm_up, warm, semi, source,
+                                    left, train.faster_hint(c))  # fmt: skip
+
+
 def warmup_epoch(run: DivideMixRun, nets: dict, epoch: int) -> tuple[dict, dict]:
     """Cross-entropy on the whole (noisy) set, net1 then net2, batch 2B (the last smaller)."""
     c, p, n = run.config, run.pieces, run.data["labels"].shape[0]
@@ -260,11 +305,13 @@ def warmup_epoch(run: DivideMixRun, nets: dict, epoch: int) -> tuple[dict, dict]
         perm = dms.warmup_permutation(c.seed, n, _i32(epoch), _i32(k))
         state, total = nets[name], jnp.zeros((), jnp.float32)
         bar = Progress(len(calls), f"epoch {epoch}/{c.epochs} warm-up {name}",
-                       items_per_step=stride, log_every_seconds=c.log_every_seconds)  # fmt: skip
+                       items_per_step=stride, log_every_seconds=c.log_every_seconds,
+                       run=run.clock, unit="warmup", estimated=True,
+                       later=_later(run, epoch, {"warmup": len(calls) * (1 - k), "eval": 1}))
         for s, step in enumerate(calls):
             state, m = step(state, run.data, perm, _i32(epoch), _i32(s), _i32(k))
             total = total + m["loss"]
-            bar.update(1)
+            _show(bar, s + 1, total, c.log_every_steps)
             if run.guard.stop_requested:
                 raise _Stopped
         bar.close()
@@ -301,13 +348,15 @@ def train_net(run: DivideMixRun, nets: dict, k: int, division: dict, epoch: int)
     steps, num_iter = -(-n_lab // B), n_lab // B + 1
     state, sums = nets[name], {"Lx": 0.0, "Lu": 0.0, "loss": 0.0}
     bar = Progress(steps, f"epoch {epoch}/{c.epochs} {name}", items_per_step=4 * B,
-                   log_every_seconds=c.log_every_seconds)  # fmt: skip
+                   log_every_seconds=c.log_every_seconds, run=run.clock, unit="semi",
+                   later=_later(run, epoch, {"semi": steps * (1 - k), "eval": 1}),
+                   estimated=True)  # fmt: skip
     orders = dms.pool_orders(c.seed, _i32(epoch), _i32(k), division["labelled"])
     for s in range(steps):
         state, m = run.pieces.semi(state, nets[other], run.data, division["p_clean"], orders,
                                    _i32(epoch), _i32(s), _i32(num_iter), _i32(k))  # fmt: skip
         sums = {key: sums[key] + m[key] for key in sums}
-        bar.update(1)
+        _show(bar, s + 1, m["loss"], c.log_every_steps)
         if run.guard.stop_requested:
             raise _Stopped
     bar.close()
@@ -393,7 +442,7 @@ def save(run: DivideMixRun, nets: dict, loss_history: dict, epoch: int) -> None:
 def run_epoch(run: DivideMixRun, nets: dict, loss_history: dict, epoch: int):
     """One epoch: warm-up, or divide + train both networks; then the test. Returns the
     networks, the loss history and the epoch's record."""
-    t0 = time.time()
+    t0, w0 = time.time(), eta.work_clock()  # work_clock: the ETA's times, compiling left out
     divisions = None
     if epoch < run.config.dividemix_warm_up:
         nets, trained = warmup_epoch(run, nets, epoch)
@@ -401,14 +450,17 @@ def run_epoch(run: DivideMixRun, nets: dict, loss_history: dict, epoch: int):
     else:
         loss_history, divisions = divide(run, nets, loss_history, epoch)
         t_divide = time.time() - t0
+        run.clock.add("divide", 1, eta.work_clock() - w0)
+        run.labelled = [int(jnp.sum(divisions[name]["labelled"])) for name in NETS]
         nets, trained = semi_epoch(run, nets, divisions, epoch)
         phase = "semi"
     if not np.all(np.isfinite([trained[name]["loss"] for name in NETS])):
         raise run.diverged(f"non-finite training loss in epoch {epoch}")
-    t_train, t0 = time.time() - t0 - t_divide, time.time()
+    t_train, t0, w0 = time.time() - t0 - t_divide, time.time(), eta.work_clock()
     test = evaluate(run, nets)
     seconds = {"divide": t_divide, "train": t_train, "eval": time.time() - t0}
     r = record(run, epoch, phase, trained, division_metrics(run, divisions), test, seconds)
+    run.clock.add("eval", 1, eta.work_clock() - w0)
     return nets, loss_history, r
 
 
@@ -417,9 +469,9 @@ def train_dividemix(config: ml_collections.ConfigDict, workdir: str, *, fresh: b
     """Train DivideMix in ``workdir`` (resuming at the last finished epoch); the summary of
     ``train.finish``. ``stop_after_epoch`` (0-based) ends this call after that epoch."""
     run, nets, loss_history, meta = setup(config, workdir, fresh, guard)
-    interrupted = False
+    interrupted, start = False, meta["epoch"] + 1 if meta else 0
     try:
-        for epoch in range(meta["epoch"] + 1 if meta else 0, config.epochs + 1):
+        for epoch in range(start, config.epochs + 1):
             try:
                 nets, loss_history, _ = run_epoch(run, nets, loss_history, epoch)
             except _Stopped:
@@ -428,6 +480,8 @@ def train_dividemix(config: ml_collections.ConfigDict, workdir: str, *, fresh: b
                     "re-run the same command to redo that epoch")  # fmt: skip
                 break
             save(run, nets, loss_history, epoch)
+            if epoch in (start, max(start, config.dividemix_warm_up)):  # again once semi steps ran
+                log(projection(run, epoch))
             if epoch < config.epochs and guard.stop_requested:
                 interrupted = True
                 log(f"{guard.signal_name}: saved the checkpoint of epoch {epoch}")

@@ -29,9 +29,19 @@ import optax
 from flax import nnx
 
 from jaxnoise import checkpoint as ckpt_lib
+from jaxnoise import (
+    compile_cache,
+    eta,
+    human_labels,
+    losses,
+    mixture,
+    models,
+    parallel,
+    schedule,
+    signals,
+)
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import human_labels, losses, mixture, models, parallel, schedule, signals
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import noise as noise_lib
 from jaxnoise import step as step_lib
@@ -377,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     config_lib.validate(config)
     # After jax.distributed.initialize, which installs its own SIGTERM notifier: ours replaces it.
     parallel.initialize(config)
+    compile_cache.configure(config.compilation_cache)  # before the first compile
     with ckpt_lib.PreemptionGuard() as guard:
         if config.method == "DivideMix":  # two networks, co-divide: its own loop
             from jaxnoise import dividemix_loop
@@ -416,6 +427,7 @@ class Run:
     best_acc: float = 0.0
     saved_at: str | None = None  # position of the newest checkpoint, for messages
     metrics_path: str = ""
+    clock: eta.RunClock = dataclasses.field(default_factory=eta.RunClock)  # the run's ETA
 
     @property
     def steps_per_epoch(self) -> int:
@@ -555,8 +567,10 @@ def train_epoch(run: Run, state, aux, epoch: int, first: int, loss_sum: float):
     with jax.transfer_guard("allow"):  # host <-> device only at the epoch's start and log points
         perm = run.permutation(np.int32(epoch))
         total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
+    later = eta.add_work({"track": 1, "eval": 1}, eta.bootstrap_work(c.epochs - epoch, spe))
     bar = Progress(spe, f"epoch {epoch}/{c.epochs} {phase.name}", initial=first,
-                   items_per_step=c.batch_size, log_every_seconds=c.log_every_seconds)  # fmt: skip
+                   items_per_step=c.batch_size, log_every_seconds=c.log_every_seconds,
+                   run=run.clock, later=later)  # fmt: skip
     t0, done, pending = time.time(), first, None
     for s, k in _calls(run, first):
         state, metrics = run.step_for(phase, run.batch_sizes[s], k)(state, run.data, aux, perm)
@@ -655,6 +669,12 @@ def record(run: Run, epoch: int, train_loss: float, fitted: dict, test: dict, se
     return r
 
 
+def faster_hint(config: ml_collections.ConfigDict) -> str:
+    """What would make a run take a fraction of its time (shown past a day)."""
+    features = config.data.source == "features" or config.data.extractor != "none"
+    return eta.faster_hint(jax.default_backend(), features)
+
+
 def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict:
     run, state, aux, meta = setup(config, workdir, fresh, guard)
     start_epoch = meta["epoch"] + 1 if meta else 1
@@ -681,12 +701,19 @@ def _train_and_evaluate(config, workdir, fresh, stop_after_epoch, guard) -> dict
             train_loss = float(total) / spe
             if not np.isfinite(train_loss):
                 raise run.diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}")
+            w_track = eta.work_clock()  # the passes' times for the ETA, compiling left out
             state, aux, last, seconds = track_and_fit(run, state, aux, epoch)
-            t0 = time.time()
+            t0, w_eval = time.time(), eta.work_clock()
             test = evaluate(run, state)
             seconds = {"train": t_train, **seconds, "eval": time.time() - t0}
             record(run, epoch, train_loss, last, test, seconds, images)
             save(run, state, aux, epoch, 0)
+            run.clock.add("track", 1, w_eval - w_track)
+            run.clock.add("eval", 1, eta.work_clock() - w_eval)
+            if epoch == start_epoch:  # the first epoch trained in this process
+                log(eta.bootstrap_projection(run.clock, config.epochs, spe,
+                                             eta.bootstrap_work(config.epochs - epoch, spe),
+                                             faster_hint(config)))
             first, loss_sum = 0, 0.0
             if epoch < config.epochs and _stop_agreed(guard, True):
                 interrupted = True
