@@ -2,16 +2,17 @@
 cache (config.compilation_cache, jaxnoise/compile_cache.py), measured in one run.
 
     python benchmarks/bench_compile_cache.py                    # the quickstart
-    python benchmarks/bench_compile_cache.py --folder /work/cifar10_jpeg --subset 50
+    python benchmarks/bench_compile_cache.py --folder /work/cifar10_jpeg --subset 300
     python benchmarks/bench_compile_cache.py --rounds 3 --no-write
 
 Per case: a first run (`python main.py ...`, an empty cache folder) is stopped by SIGTERM once
 its first train step has run, which saves a mid-epoch checkpoint; then resumes of that workdir
 alternate, in rounds, between ``--config.compilation_cache=none`` and the cache folder the first
 run filled, each stopped by SIGTERM after its first step (which saves again: the next resume
-starts a step later, with the same compiled step). Each time is from the start of the process
-(`python main.py`, imports included) to the first progress line of its first train step
-(`log_every_steps=1`: the line comes once that step has run). The table gives every round,
+starts a step or two later, with the same compiled step; an epoch must have more steps than all
+the runs take together, or one would run into the epoch's end). Each time is from the start of
+the process (`python main.py`, imports included) to the first progress line of its first train
+step (`log_every_steps=1`: the line comes once that step has run). The table gives every round,
 the medians and their ratio, and the machine's load average around each run.
 """
 
@@ -63,7 +64,7 @@ def child_run(args: list[str], timeout: float) -> dict:
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
-    out, compiling, first = [], None, None
+    out, compiling, first, at = [], None, None, "the start"
     while first is None:
         try:
             item = lines.get(timeout=max(1.0, t0 + timeout - time.monotonic()))
@@ -74,15 +75,22 @@ def child_run(args: list[str], timeout: float) -> dict:
             raise RuntimeError("no first step:\n" + "".join(out[-40:]))
         t, line = item
         out.append(line)
+        if "resumed from" in line:
+            at = line.rsplit(" at ", 1)[-1].strip()
         if "train step" in line and "compiling" in line and compiling is None:
             compiling = t - t0
         if ": step " in line:
             first = t - t0
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=600)
-    if rc not in (0, 128 + signal.SIGTERM):
-        raise RuntimeError(f"exit {rc}:\n" + "".join(out[-40:]))
-    return {"first_step": first, "compiling_line": compiling, "load": load}
+    proc.send_signal(signal.SIGTERM)  # stops at the next step and saves that position
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = None
+    if rc != 128 + signal.SIGTERM:
+        raise RuntimeError(f"exit {rc} after SIGTERM (at the end of an epoch? use a larger "
+                           "--subset):\n" + "".join(out[-40:]))  # fmt: skip
+    return {"first_step": first, "compiling_line": compiling, "load": load, "at": at}
 
 
 def cache_size(path: str) -> tuple[int, float]:
@@ -125,8 +133,8 @@ def table(res: dict) -> list[str]:
                     "--config.log_every_seconds=1e-9"])  # fmt: skip
     out = [f"### {res['name']}", "", f"`{cmd} --config.compilation_cache=none|<cache>`", "",
            "| resume | without cache (s) | with cache (s) | without: after 'compiling' (s) | "
-           "with: after 'compiling' (s) | load avg (without / with) |",
-           "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+           "with: after 'compiling' (s) | load avg (without / with) | resumed at (without / "
+           "with) |", "|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
 
     def after(run):  # from the 'compiling ... train step' line to the first step
         return "" if run["compiling_line"] is None else \
@@ -135,9 +143,10 @@ def table(res: dict) -> list[str]:
     for i, r in enumerate(res["rows"]):
         out.append(f"| round {i + 1} | {r['none']['first_step']:.1f} | "
                    f"{r['cache']['first_step']:.1f} | {after(r['none'])} | {after(r['cache'])} | "
-                   f"{r['none']['load']:.1f} / {r['cache']['load']:.1f} |")  # fmt: skip
+                   f"{r['none']['load']:.1f} / {r['cache']['load']:.1f} | {r['none']['at']} / "
+                   f"{r['cache']['at']} |")  # fmt: skip
     out += [f"| **median** | **{statistics.median(none):.1f}** | "
-            f"**{statistics.median(cached):.1f}** | | | |", "",
+            f"**{statistics.median(cached):.1f}** | | | | |", "",
             f"Ratio (median without / median with): **{ratio:.2f}x**. The first run (empty "
             f"cache, writing it) reached its first step in {res['cold']['first_step']:.1f} s; "
             f"the cache then held {res['size'][0]} entries, {res['size'][1]:.1f} MiB.",
@@ -152,7 +161,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--folder", default="", help="CIFAR-10 image folder for a second case")
-    p.add_argument("--subset", type=int, default=50, help="data.subset_per_class of that case")
+    p.add_argument("--subset", type=int, default=300, help="data.subset_per_class of that "
+                   "case (enough steps per epoch that the resumes never reach its end)")
     p.add_argument("--width", type=int, default=64, help="model width of that case")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to a first step")
     p.add_argument("--min-compile", default="", help="cache only programs compiled in at "
