@@ -2,18 +2,19 @@
 cache (config.compilation_cache, jaxnoise/compile_cache.py), measured in one run.
 
     python benchmarks/bench_compile_cache.py                    # the quickstart
-    python benchmarks/bench_compile_cache.py --folder /work/cifar10_jpeg --subset 300
+    python benchmarks/bench_compile_cache.py --folder /work/cifar10_jpeg --subset 400
     python benchmarks/bench_compile_cache.py --rounds 3 --no-write
 
 Per case: a first run (`python main.py ...`, an empty cache folder) is stopped by SIGTERM once
 its first train step has run, which saves a mid-epoch checkpoint; then resumes of that workdir
 alternate, in rounds, between ``--config.compilation_cache=none`` and the cache folder the first
-run filled, each stopped by SIGTERM after its first step (which saves again: the next resume
-starts a step or two later, with the same compiled step; an epoch must have more steps than all
+run filled, each stopped by SIGTERM after its second step (which saves again: the next resume
+starts a few steps later, with the same compiled step; an epoch must have more steps than all
 the runs take together, or one would run into the epoch's end). Each time is from the start of
-the process (`python main.py`, imports included) to the first progress line of its first train
-step (`log_every_steps=1`: the line comes once that step has run). The table gives every round,
-the medians and their ratio, and the machine's load average around each run.
+the process (`python main.py`, imports included) to the progress line of its first train step
+(`log_every_steps=1`: the line comes once that step has run); the start-up is that less one
+step's own time (the second step's), i.e. until the first step began to run. The table gives
+every round, the medians and their ratios, and the machine's load average around each run.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ MIN_COMPILE: list[str] = []  # --min-compile, for the children (CLEAN_ENV[1])
 
 
 def child_run(args: list[str], timeout: float) -> dict:
-    """Start main.py with ``args``; at its first train-step line send SIGTERM. Returns the
-    seconds from the start to that line and to its 'compiling ... train step' line, and the
-    load average before."""
+    """Start main.py with ``args``; at its second train-step line send SIGTERM. Returns the
+    seconds from the start to its first step's line, the second step's own time, the load
+    average before, and where it resumed."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     if MIN_COMPILE:
@@ -64,23 +65,21 @@ def child_run(args: list[str], timeout: float) -> dict:
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
-    out, compiling, first, at = [], None, None, "the start"
-    while first is None:
+    out, steps, at = [], [], "the start"
+    while len(steps) < 2:
         try:
             item = lines.get(timeout=max(1.0, t0 + timeout - time.monotonic()))
         except queue.Empty:
             item = None
         if item is None:
             proc.kill()
-            raise RuntimeError("no first step:\n" + "".join(out[-40:]))
+            raise RuntimeError("no second step:\n" + "".join(out[-40:]))
         t, line = item
         out.append(line)
         if "resumed from" in line:
             at = line.rsplit(" at ", 1)[-1].strip()
-        if "train step" in line and "compiling" in line and compiling is None:
-            compiling = t - t0
         if ": step " in line:
-            first = t - t0
+            steps.append(t - t0)
     proc.send_signal(signal.SIGTERM)  # stops at the next step and saves that position
     try:
         rc = proc.wait(timeout=timeout)
@@ -90,7 +89,7 @@ def child_run(args: list[str], timeout: float) -> dict:
     if rc != 128 + signal.SIGTERM:
         raise RuntimeError(f"exit {rc} after SIGTERM (at the end of an epoch? use a larger "
                            "--subset):\n" + "".join(out[-40:]))  # fmt: skip
-    return {"first_step": first, "compiling_line": compiling, "load": load, "at": at}
+    return {"first_step": steps[0], "step": steps[1] - steps[0], "load": load, "at": at}
 
 
 def cache_size(path: str) -> tuple[int, float]:
@@ -126,33 +125,34 @@ def measure(name: str, flags: list[str], rounds: int, timeout: float) -> dict:
 
 def table(res: dict) -> list[str]:
     """The markdown of one case."""
-    none = [r["none"]["first_step"] for r in res["rows"]]
-    cached = [r["cache"]["first_step"] for r in res["rows"]]
-    ratio = statistics.median(none) / statistics.median(cached)
+    col = {mode: [r[mode]["first_step"] for r in res["rows"]] for mode in ("none", "cache")}
+    start = {mode: [r[mode]["first_step"] - r[mode]["step"] for r in res["rows"]]
+             for mode in ("none", "cache")}  # fmt: skip
+    med = {k: statistics.median(v) for k, v in col.items()}
+    med_start = {k: statistics.median(v) for k, v in start.items()}
     cmd = " ".join(["python main.py", *res["flags"], "--workdir WD --config.log_every_steps=1",
                     "--config.log_every_seconds=1e-9"])  # fmt: skip
     out = [f"### {res['name']}", "", f"`{cmd} --config.compilation_cache=none|<cache>`", "",
-           "| resume | without cache (s) | with cache (s) | without: after 'compiling' (s) | "
-           "with: after 'compiling' (s) | load avg (without / with) | resumed at (without / "
-           "with) |", "|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
-
-    def after(run):  # from the 'compiling ... train step' line to the first step
-        return "" if run["compiling_line"] is None else \
-            f"{run['first_step'] - run['compiling_line']:.1f}"  # fmt: skip
-
+           "| resume | to the first step, without cache (s) | with cache (s) | start-up without "
+           "(s) | start-up with (s) | one step (s, without / with) | load avg (without / with) "
+           "| resumed at (without / with) |", "|---|---:|---:|---:|---:|---|---|---|"]  # fmt: skip
     for i, r in enumerate(res["rows"]):
-        out.append(f"| round {i + 1} | {r['none']['first_step']:.1f} | "
-                   f"{r['cache']['first_step']:.1f} | {after(r['none'])} | {after(r['cache'])} | "
-                   f"{r['none']['load']:.1f} / {r['cache']['load']:.1f} | {r['none']['at']} / "
-                   f"{r['cache']['at']} |")  # fmt: skip
-    out += [f"| **median** | **{statistics.median(none):.1f}** | "
-            f"**{statistics.median(cached):.1f}** | | | | |", "",
-            f"Ratio (median without / median with): **{ratio:.2f}x**. The first run (empty "
-            f"cache, writing it) reached its first step in {res['cold']['first_step']:.1f} s; "
-            f"the cache then held {res['size'][0]} entries, {res['size'][1]:.1f} MiB.",
+        a, b = r["none"], r["cache"]
+        out.append(f"| round {i + 1} | {a['first_step']:.1f} | {b['first_step']:.1f} | "
+                   f"{start['none'][i]:.1f} | {start['cache'][i]:.1f} | {a['step']:.1f} / "
+                   f"{b['step']:.1f} | {a['load']:.1f} / {b['load']:.1f} | {a['at']} / "
+                   f"{b['at']} |")  # fmt: skip
+    out += [f"| **median** | **{med['none']:.1f}** | **{med['cache']:.1f}** | "
+            f"**{med_start['none']:.1f}** | **{med_start['cache']:.1f}** | | | |", "",
+            f"Ratio (median without / median with): **{med['none'] / med['cache']:.2f}x** to "
+            f"the first step, **{med_start['none'] / med_start['cache']:.2f}x** for the start-up "
+            "(to the first step less one step's own time, the second step's). The first run "
+            f"(empty cache, writing it) reached its first step in {res['cold']['first_step']:.1f}"
+            f" s; the cache then held {res['size'][0]} entries, {res['size'][1]:.1f} MiB.",
             ""]  # fmt: skip
-    print(f"{res['name']}: median without {statistics.median(none):.1f}s, with "
-          f"{statistics.median(cached):.1f}s: {ratio:.2f}x")  # fmt: skip
+    print(f"{res['name']}: median without {med['none']:.1f}s, with {med['cache']:.1f}s: "
+          f"{med['none'] / med['cache']:.2f}x; start-up {med_start['none']:.1f}s / "
+          f"{med_start['cache']:.1f}s: {med_start['none'] / med_start['cache']:.2f}x")  # fmt: skip
     return out
 
 
@@ -161,7 +161,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--folder", default="", help="CIFAR-10 image folder for a second case")
-    p.add_argument("--subset", type=int, default=300, help="data.subset_per_class of that "
+    p.add_argument("--subset", type=int, default=400, help="data.subset_per_class of that "
                    "case (enough steps per epoch that the resumes never reach its end)")
     p.add_argument("--width", type=int, default=64, help="model width of that case")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to a first step")
@@ -195,7 +195,8 @@ def main() -> None:
              f"at the start {load0[0]:.1f}, at the end {os.getloadavg()[0]:.1f}; per run in the "
              "tables (the machine is shared, so only times within one table compare).", "",
              "Each time: from `python main.py` starting (imports, data, model, checkpoint "
-             "restore, compiling or loading the train step) to its first train step done. "
+             "restore, compiling or loading the train step) to its first train step done; "
+             "the start-up leaves that step's own time out. "
              "Resumes alternate between `compilation_cache=none` and the filled cache.",
              ""]  # fmt: skip
     for res in results:
