@@ -97,7 +97,7 @@ def _str(v: Any) -> str | None:
 def _cache_folder(v: Any) -> str | None:
     """'auto', '' / 'none' (off), an existing folder, or one that can be created."""
     allowed = "'auto', '' or 'none' (off), or a folder"
-    if not isinstance(v, str):
+    if not isinstance(v, str) or "\0" in v:
         return allowed
     if v in ("auto", "", "none"):
         return None
