@@ -87,6 +87,10 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
     c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)
     c.keep_checkpoints = 2  # how many checkpoints to keep (epoch ends and preemption saves)
+    c.compilation_cache = "auto"  # jax's persistent compilation cache, so that a restarted
+    # (resumed) run loads its compiled programs instead of compiling them again (minutes on a
+    # CPU): "auto" = $XDG_CACHE_HOME/jaxnoise/xla or ~/.cache/jaxnoise/xla | "" or "none" = off |
+    # a folder; the environment variable JAX_COMPILATION_CACHE_DIR, if set, wins over this
 
     # --- features (jaxnoise/data/: embeddings.py source, extract.py cached frozen extractors) -
     c.data.features = ""  # source="features": one .npz (train_features, train_labels,

@@ -81,6 +81,7 @@ SHARED: dict[str, f.Check] = {
     "log_every_steps": f.integer(1),
     "log_every_seconds": f.real(0.0),
     "keep_checkpoints": f.integer(1),
+    "compilation_cache": f.cache_folder,  # jaxnoise/compile_cache.py
 }
 
 # Fields of the flat config of jaxnoise before the per-method blocks, and where they went.

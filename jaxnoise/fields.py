@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,6 +103,25 @@ def auto_or(check: Check) -> Check:
         return None if allowed is None else f"{allowed}, or -1 (auto: the paper's value)"
 
     return checked
+
+
+def cache_folder(v: Any) -> str | None:
+    """'auto', '' / 'none' (off), an existing folder, or one that can be created."""
+    allowed = "'auto', '' or 'none' (off), or a folder"
+    if not isinstance(v, str) or "\0" in v:
+        return allowed
+    if v in ("auto", "", "none"):
+        return None
+    path = os.path.abspath(os.path.expanduser(v))
+    if os.path.isdir(path):
+        return None
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+        return None
+    why = "a file of that name exists" if parent == path else f"{parent} is not a writable folder"
+    return f"{allowed} ({why})"
 
 
 def show(value: Any) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import data as data_lib
-from jaxnoise import inputs, parallel, stops
+from jaxnoise import eta, inputs, parallel, stops
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.progress import log
@@ -64,6 +64,7 @@ class Run:
     metrics_path: str = ""
     lock: Any = None  # the workdir's lock (process 0), released by close()
     trained: bool = False  # whether this process trained an epoch (or part of one)
+    clock: eta.RunClock = dataclasses.field(default_factory=eta.RunClock)  # the run's ETA
 
     @property
     def last_good(self) -> str:
@@ -333,11 +334,20 @@ def _stopped(run: Run, out: Stopped, epoch: int) -> None:
         f"{run.steps_per_epoch}; re-run the same command to resume from there")  # fmt: skip
 
 
+def faster_hint(config) -> str:
+    """What would make a run take a fraction of its time (shown when it would take a day)."""
+    features = config.data.source == "features" or config.data.extractor != "none"
+    return eta.faster_hint(jax.default_backend(), features)
+
+
 def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., Epoch | Stopped],
-               *, stop_after_epoch: int | None = None) -> tuple[dict, bool]:  # fmt: skip
+               *, stop_after_epoch: int | None = None,
+               projection: Callable[[int, int], str | None] | None = None) -> tuple[dict, bool]:
     """Epochs from the restored position to ``config.epochs``: each recorded and saved; stops on
-    a signal (see the module docstring) or after ``stop_after_epoch``. Returns the tree and
-    whether a signal stopped the run."""
+    a signal (see the module docstring) or after ``stop_after_epoch``; after each epoch
+    ``projection(epoch, first epoch of this process)`` may return a line on the whole run's
+    time (the method's, from ``run.clock``), logged. Returns the tree and whether a signal
+    stopped the run."""
     start, first, partial = resume_point(meta)
     try:
         for epoch in range(start, run.config.epochs + 1):
@@ -351,6 +361,9 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
             tree = out.tree
             record(run, out.record, out.describe)
             save(run, tree, epoch)
+            line = projection(epoch, start) if projection is not None else None
+            if line:
+                log(line)
             first, partial = 0, {}
             if epoch < run.config.epochs and stop_agreed(run, True):
                 wait(run)  # "saved" only once committed

@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from jaxnoise import compile_cache, parallel, runkit, stops
 from jaxnoise import config as config_lib
-from jaxnoise import parallel, runkit, stops
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.dividemix import loop as dividemix_loop
 
@@ -38,6 +38,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     config_lib.validate(config)
     # After jax.distributed.initialize, which installs its own SIGTERM notifier: ours replaces it.
     parallel.initialize(config)
+    compile_cache.configure(config.compilation_cache)  # before the first compile
     with stops.PreemptionGuard(exit_when_idle=jax.process_count() == 1) as guard:
         run = runkit.open_run(config, workdir, fresh=fresh, guard=guard)
         try:

@@ -38,6 +38,7 @@ _NON_RESULT_FIELDS = {
     "log_every_steps",
     "log_every_seconds",
     "keep_checkpoints",
+    "compilation_cache",
     "data.cache_dir",
     "data.data_dir",
     "distributed.auto",

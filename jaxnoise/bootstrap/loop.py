@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnoise import eta, mixture, network, optim, parallel, runkit, signals
 from jaxnoise import forward as forward_lib
 from jaxnoise import keys as keys_lib
 from jaxnoise import metrics as metrics_lib
-from jaxnoise import mixture, network, optim, parallel, runkit, signals
 from jaxnoise import schedule as lr_schedule
 from jaxnoise.bootstrap import schedule, step
 from jaxnoise.progress import Progress, log
@@ -134,9 +134,10 @@ def train_epoch(run: runkit.Run, p: Pieces, state, aux, epoch: int, first: int, 
     with jax.transfer_guard("allow"):  # host <-> device only at the epoch's start and log points
         perm = p.permutation(np.int32(epoch))
         total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
+    later = eta.add_work({"track": 1, "eval": 1}, eta.bootstrap_work(c.epochs - epoch, spe))
     bar = Progress(spe, f"epoch {epoch}/{c.epochs} {phase.name}", initial=first,
-                   items_per_step=c.bootstrap.batch_size,
-                   log_every_seconds=c.log_every_seconds)  # fmt: skip
+                   items_per_step=c.bootstrap.batch_size, log_every_seconds=c.log_every_seconds,
+                   run=run.clock, later=later)  # fmt: skip
     t0, done, pending = time.time(), first, None
     for s, k in _calls(c, p.batch_sizes, first):
         state, metrics = p.step_for(run, phase, p.batch_sizes[s], k)(state, run.data, aux, perm)
@@ -260,10 +261,13 @@ def make_epoch(run: runkit.Run, p: Pieces):
         train_loss = float(total) / spe
         if not np.isfinite(train_loss):
             raise run.diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}")
+        w_track = eta.work_clock()  # the passes' times for the ETA, compiling left out
         state, aux, extras, seconds = track_and_fit(run, p, state, aux, epoch)
-        t0 = time.time()
+        t0, w_eval = time.time(), eta.work_clock()
         test = evaluate(run, p, state)
         seconds = {"train": t_train, **seconds, "eval": time.time() - t0}
+        run.clock.add("track", 1, w_eval - w_track)
+        run.clock.add("eval", 1, eta.work_clock() - w_eval)
         r = epoch_record(run, epoch, train_loss, aux, extras, state["mixture"], test, seconds,
                          images)  # fmt: skip
         return runkit.Epoch({"state": state, "aux": aux}, r, describer(run))
@@ -283,5 +287,20 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     run.steps_per_epoch = len(pieces.batch_sizes)
     tree, meta = runkit.restore(run, fresh)
     tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),
-                                          stop_after_epoch=stop_after_epoch)  # fmt: skip
+                                          stop_after_epoch=stop_after_epoch,
+                                          projection=projector(run))  # fmt: skip
     return runkit.finish(run, tree, outputs, interrupted)
+
+
+def projector(run: runkit.Run):
+    """The whole run's projected time, after the first epoch trained in this process."""
+    c, spe = run.config, run.steps_per_epoch
+
+    def projection(epoch: int, first: int) -> str | None:
+        if epoch != first:
+            return None
+        return eta.bootstrap_projection(run.clock, c.epochs, spe,
+                                        eta.bootstrap_work(c.epochs - epoch, spe),
+                                        runkit.faster_hint(c))  # fmt: skip
+
+    return projection

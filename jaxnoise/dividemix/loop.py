@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnoise import eta, losses, mixture, network, optim, parallel, runkit, signals
 from jaxnoise import forward as forward_lib
-from jaxnoise import losses, mixture, network, optim, parallel, runkit, signals
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import schedule as lr_schedule
 from jaxnoise.dividemix import config as dm_config
@@ -75,6 +75,7 @@ class Pieces:
     forward: Any
     divide: Any  # jitted (losses, history) -> (history, fitted losses, p_clean, gmm)
     hyper: dict
+    labelled: list | None = None  # |labelled| of the latest division of each network (ETA)
 
 
 def make_divide(history_used: bool):
@@ -142,6 +143,60 @@ def build(c, ds, mean_std: tuple, mesh=None) -> tuple[Pieces, dict]:
 
 
 # ------------------------------------------------------------------------------------------------
+# The run's remaining time (an estimate: the semi-supervised epochs' steps depend on the
+# labelled sets, known only at each division).
+
+
+def _show(bar: Progress, done: int, pending, every: int) -> None:
+    """Advance the bar to ``done`` steps every ``every`` steps and at its end, once they have
+    run (so its times, and the run's ETA, are the steps' and not their dispatch)."""
+    if done % every == 0 or done == bar.total:
+        jax.block_until_ready(pending)
+        bar.update(done - bar.n)
+
+
+def _warm_steps(run: runkit.Run) -> int:
+    """Warm-up steps of one epoch, both networks: ceil(N / 2B) each."""
+    return 2 * -(-run.data["labels"].shape[0] // (2 * run.config.dividemix.batch_size))
+
+
+def _semi_steps(run: runkit.Run, p: Pieces) -> tuple[int, str]:
+    """Semi steps of one epoch (both networks), from the latest division's labelled sets or,
+    before the first, from (1 - noise) N each; and what the size is from."""
+    n, B = run.data["labels"].shape[0], run.config.dividemix.batch_size
+    if p.labelled:
+        return eta.dividemix_semi_steps(p.labelled, B), "labelled " + "/".join(
+            map(str, p.labelled)) + f" of {n} as in the latest division"  # fmt: skip
+    guess = max(1, round((1.0 - run.config.noise) * n))
+    return eta.dividemix_semi_steps([guess, guess], B), (
+        f"labelled ~{guess} of {n} each, (1 - noise) N until the first division")
+
+
+def _later(run: runkit.Run, p: Pieces, epoch: int, rest: dict) -> dict:
+    """The run's work after a bar: ``rest`` of this epoch, then the epochs after it."""
+    c = run.config
+    later = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix.warm_up, _warm_steps(run),
+                               _semi_steps(run, p)[0])  # fmt: skip
+    return eta.add_work(rest, later)
+
+
+def projector(run: runkit.Run, p: Pieces):
+    """The whole run's projected time after the first epoch of this process, and again after
+    its first semi-supervised epoch (once semi steps and a division were timed)."""
+    c = run.config
+
+    def projection(epoch: int, first: int) -> str | None:
+        if epoch not in (first, max(first, c.dividemix.warm_up + 1)):
+            return None
+        warm, (semi, source) = _warm_steps(run), _semi_steps(run, p)
+        left = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix.warm_up, warm, semi)
+        return eta.dividemix_projection(run.clock, c.epochs, c.dividemix.warm_up, warm, semi,
+                                        source, left, runkit.faster_hint(c))  # fmt: skip
+
+    return projection
+
+
+# ------------------------------------------------------------------------------------------------
 # One epoch.
 
 
@@ -155,11 +210,13 @@ def warmup_epoch(run: runkit.Run, p: Pieces, nets: dict, epoch: int) -> tuple[di
         perm = step.warmup_permutation(c.seed, n, _i32(epoch), _i32(k))
         state, total = nets[name], jnp.zeros((), jnp.float32)
         bar = Progress(len(calls), f"epoch {epoch}/{c.epochs} warm-up {name}",
-                       items_per_step=stride, log_every_seconds=c.log_every_seconds)  # fmt: skip
+                       items_per_step=stride, log_every_seconds=c.log_every_seconds,
+                       run=run.clock, unit="warmup", estimated=True,
+                       later=_later(run, p, epoch, {"warmup": len(calls) * (1 - k), "eval": 1}))
         for s, warm_step in enumerate(calls):
             state, m = warm_step(state, run.data, perm, _i32(epoch), _i32(s), _i32(k))
             total = total + m["loss"]
-            bar.update(1)
+            _show(bar, s + 1, total, c.log_every_steps)
             if runkit.stop_agreed(run, False):
                 raise _Stopped
         bar.close()
@@ -196,13 +253,15 @@ def train_net(run: runkit.Run, p: Pieces, nets: dict, k: int, division: dict, ep
     steps, num_iter = -(-n_lab // B), n_lab // B + 1
     state, sums = nets[name], {"Lx": 0.0, "Lu": 0.0, "loss": 0.0}
     bar = Progress(steps, f"epoch {epoch}/{c.epochs} {name}", items_per_step=4 * B,
-                   log_every_seconds=c.log_every_seconds)  # fmt: skip
+                   log_every_seconds=c.log_every_seconds, run=run.clock, unit="semi",
+                   later=_later(run, p, epoch, {"semi": steps * (1 - k), "eval": 1}),
+                   estimated=True)  # fmt: skip
     orders = step.pool_orders(c.seed, _i32(epoch), _i32(k), division["labelled"])
     for s in range(steps):
         state, m = p.semi(state, nets[other], run.data, division["p_clean"], orders,
                           _i32(epoch), _i32(s), _i32(num_iter), _i32(k))  # fmt: skip
         sums = {key: sums[key] + m[key] for key in sums}
-        bar.update(1)
+        _show(bar, s + 1, m["loss"], c.log_every_steps)
         if runkit.stop_agreed(run, False):
             raise _Stopped
     bar.close()
@@ -270,7 +329,7 @@ def make_epoch(run: runkit.Run, p: Pieces):
 
     def epoch_fn(tree, epoch: int, first: int, partial: dict):
         nets, history = tree["state"], tree["aux"]["loss_history"]
-        t0, divisions = time.time(), None
+        t0, divisions, w0 = time.time(), None, eta.work_clock()  # work: compiling left out
         try:
             if epoch <= run.config.dividemix.warm_up:
                 nets, trained = warmup_epoch(run, p, nets, epoch)
@@ -278,6 +337,8 @@ def make_epoch(run: runkit.Run, p: Pieces):
             else:
                 history, divisions = divide(run, p, nets, history, epoch)
                 t_divide = time.time() - t0
+                run.clock.add("divide", 1, eta.work_clock() - w0)
+                p.labelled = [int(jnp.sum(divisions[name]["labelled"])) for name in NETS]
                 nets, m1 = train_net(run, p, nets, 0, divisions["net2"], epoch)
                 nets, m2 = train_net(run, p, nets, 1, divisions["net1"], epoch)
                 trained, phase = {"net1": m1, "net2": m2}, "semi"
@@ -285,9 +346,10 @@ def make_epoch(run: runkit.Run, p: Pieces):
             return runkit.Stopped(tree)  # not saved: the epoch is redone from its start
         if not np.all(np.isfinite([trained[name]["loss"] for name in NETS])):
             raise run.diverged(f"non-finite training loss in epoch {epoch}")
-        t_train, t0 = time.time() - t0 - t_divide, time.time()
+        t_train, t0, w0 = time.time() - t0 - t_divide, time.time(), eta.work_clock()
         test = evaluate(run, p, nets)
         seconds = {"divide": t_divide, "train": t_train, "eval": time.time() - t0}
+        run.clock.add("eval", 1, eta.work_clock() - w0)
         train_loss = float(np.mean([trained[name]["loss"] for name in NETS]))
         r = {"epoch": epoch, "phase": phase, "lr": lr_schedule.lr_for_epoch(run.config, epoch),
              "train_loss": train_loss, **test, **division_metrics(run, divisions),
@@ -301,6 +363,8 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     """Train DivideMix in the run's workdir (resuming at its newest checkpoint); the summary of
     ``runkit.finish``."""
     pieces, fresh = build(run.config, run.ds, run.mean_std, run.mesh)
+    run.clock = eta.RunClock(priors=eta.dividemix_priors(run.ds.train_images.shape[0],
+                                                         run.ds.test_images.shape[0]))
     h, d = pieces.hyper, run.config.dividemix
     auto_human = d.p_threshold == -1 and run.config.noise_kind == "human"
     why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
@@ -309,7 +373,8 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
         f"{run.config.epochs}")  # fmt: skip
     tree, meta = runkit.restore(run, fresh)
     tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),
-                                          stop_after_epoch=stop_after_epoch)  # fmt: skip
+                                          stop_after_epoch=stop_after_epoch,
+                                          projection=projector(run, pieces))  # fmt: skip
 
     def outputs(t: dict) -> dict:  # the division the final networks make
         epoch = run.history[-1]["epoch"] + 1 if run.history else 1
