@@ -24,8 +24,8 @@ def _interrupted_while_starting(signum, frame):  # before the run installs its o
     os._exit(128 + signum)
 
 
-if __name__ == "__main__":  # Ctrl-C during the imports below: one line, not a traceback
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+if __name__ == "__main__":  # Ctrl-C during the imports below (and until the run installs its
+    signal.signal(signal.SIGINT, _interrupted_while_starting)  # own handlers): one line, 130
 
 import ast  # noqa: E402
 import difflib  # noqa: E402

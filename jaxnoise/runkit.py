@@ -180,7 +180,8 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
         run.history, run.best_acc = meta["history"], meta["best_acc"]
         run.saved_at = position(run, meta["epoch"], int(meta.get("step_in_epoch", 0)))
         log(f"resumed from {run.workdir} at {run.saved_at}")
-    run.guard.idle_message = f"nothing new to save; {run.last_good}"
+    run.guard.idle_message = ("nothing to save yet" if run.saved_at is None
+                              else f"nothing new to save; {run.last_good}")  # fmt: skip
     if jax.process_index() == 0:
         workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config,
                                    run.noise_known)  # fmt: skip

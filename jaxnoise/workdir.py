@@ -46,10 +46,6 @@ _NON_RESULT_FIELDS = {
     "distributed.process_id",
 }
 
-# Fields added after runs were made, with the value that reproduces those runs: a config.json
-# without the field resumes under that value (and only under it).
-_ADDED_FIELDS = {"data.kmeans_eps": 10.0}
-
 # What --fresh removes: everything a run writes into its workdir.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz",
              "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures")
@@ -134,7 +130,7 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     try:
         with open(path) as f:
-            old = {**_ADDED_FIELDS, **flatten(json.load(f))}
+            old = flatten(json.load(f))
     except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not an object
         raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "

@@ -14,6 +14,11 @@ deterministic (the test process waits for a marker line, then signals):
 - ``JAXNOISE_TEST_HANG_SAVE=N``: when orbax is about to commit (rename) checkpoint N, everything
   written to its temporary directory, print ``HANG_SAVE N <tmp dir>`` and block forever: the
   test sends SIGKILL while the checkpoint write is unfinished.
+- ``JAXNOISE_TEST_SLOW_SAVE=N:SECONDS``: the same moment of checkpoint N prints ``SLOW_SAVE N``
+  and waits SECONDS before committing (a save in flight long enough to signal during it).
+- ``JAXNOISE_TEST_ENOSPC=N``: the save of checkpoint N raises ENOSPC (a full disk).
+- ``JAXNOISE_TEST_LONG_FIRST_COMPILE=1``: the first train step prints ``FIRST_COMPILE`` and
+  spends 60 s in C (as a long XLA compile does: the interpreter runs no signal handler then).
 
 - ``JAXNOISE_TEST_SLOW=SECONDS``: every train step, while it executes, prints ``STEP N`` (N its
   train step count) and sleeps SECONDS (a host callback inside the compiled step): slow
@@ -182,13 +187,64 @@ def _install_hooks() -> None:
 
         cls.finalize = hanging_finalize
 
+    slow_save = os.environ.get("JAXNOISE_TEST_SLOW_SAVE")
+    if slow_save:
+        from orbax.checkpoint._src.path import atomicity
+
+        step_name, seconds = slow_save.split(":")
+        cls = atomicity.AtomicRenameTemporaryPath
+        finalize_slowly = cls.finalize
+
+        async def slow_finalize(self):
+            if self.get_final().name == step_name:
+                print(f"SLOW_SAVE {step_name}", flush=True)
+                time.sleep(float(seconds))
+            return await finalize_slowly(self)
+
+        cls.finalize = slow_finalize
+
+    if os.environ.get("JAXNOISE_TEST_LONG_FIRST_COMPILE"):  # a compile the interpreter waits in
+        import ctypes
+
+        make_first = step_lib.make_train_step
+
+        def long_compiling_step(*args, **kwargs):
+            step_fn = make_first(*args, **kwargs)
+
+            def step(*a):
+                print("FIRST_COMPILE", flush=True)
+                ctypes.CDLL(None).sleep(60)  # in C, as XLA: Python's own handlers wait
+                return step_fn(*a)
+
+            return step
+
+        step_lib.make_train_step = long_compiling_step
+
+    enospc = os.environ.get("JAXNOISE_TEST_ENOSPC")
+    if enospc:
+        import errno
+
+        from jaxnoise import checkpoint as ckpt_lib
+
+        save = ckpt_lib.Checkpointer.save
+
+        def full_disk_save(self, step, *args, **kwargs):
+            if step == int(enospc):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory)
+            return save(self, step, *args, **kwargs)
+
+        ckpt_lib.Checkpointer.save = full_disk_save
+
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
-    from absl import app
+    import signal
 
     import main
+
+    signal.signal(signal.SIGINT, main._interrupted_while_starting)  # as main.py as a script
+    from absl import app
 
     _install_hooks()
     app.run(main.main, flags_parser=main.parse_flags)

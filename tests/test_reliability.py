@@ -669,3 +669,138 @@ def test_multiprocess_sigterm_to_one_process_stops_all_at_one_step(tmp_path):
     for c in pair(wd):
         _assert_clean_exit(c, c.finish(), 0, "done:")
     assert _metrics(wd) == _metrics(tmp_path / "ref")
+
+
+# ================================================================================================
+# Issue 25: outputs as a function of the newest checkpoint, one run per workdir, workdir problems
+# named before loading, saves that fail named at once, stops that tell the truth quickly.
+
+
+def _outputs(workdir) -> dict[str, bytes]:
+    """The run's outputs, byte for byte (the report's files and the manifest)."""
+    names = ("per_sample.npz", "label_issues.csv", "label_issues_summary.json", "outputs.json")
+    return {n: (workdir / n).read_bytes() for n in names}
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL between the commit of the final checkpoint and the outputs."""
+
+
+def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monkeypatch, capsys):
+    """A kill after the final checkpoint commits and before the outputs are written (a fresh
+    workdir, and a workdir holding the outputs of an earlier checkpoint, as a run stopped after
+    epoch 1 leaves them): the report refuses the stale outputs in one line; a re-run makes the
+    outputs of the newest checkpoint, says so, and they equal an uninterrupted run's byte for
+    byte."""
+    from jaxnoise import report
+
+    c = tiny()
+    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    write = runkit.write_outputs
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    for name, first_epochs in (("fresh", 0), ("stopped", 1)):
+        wd = tmp_path / name
+        if first_epochs:  # outputs of checkpoint 24 (epoch 1) in the workdir
+            train.train_and_evaluate(c, str(wd), stop_after_epoch=first_epochs)
+            assert json.loads((wd / "outputs.json").read_text())["checkpoint"] == STEPS
+        monkeypatch.setattr(runkit, "write_outputs", killed)
+        with pytest.raises(_Killed):
+            train.train_and_evaluate(c, str(wd))
+        monkeypatch.setattr(runkit, "write_outputs", write)
+        assert _committed_steps(wd)[-1] == 3 * STEPS
+        if first_epochs:
+            with pytest.raises(report.WorkdirError, match=rf"made from checkpoint {STEPS}, but its "
+                               rf"newest checkpoint is {3 * STEPS}"):  # fmt: skip
+                report.load_workdir(str(wd))
+        capsys.readouterr()
+        train.train_and_evaluate(c, str(wd))
+        out = capsys.readouterr().out
+        assert f"rebuilding the outputs of checkpoint {3 * STEPS}" in out, out
+        assert _outputs(wd) == _outputs(tmp_path / "ref"), name
+    # A finished run whose outputs are complete: a re-run rebuilds nothing and says nothing.
+    capsys.readouterr()
+    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    assert "rebuilding" not in capsys.readouterr().out
+
+
+def test_a_second_process_on_the_workdir_is_refused_before_loading(tmp_path):
+    """A workdir in use (its lock held by another process; here this one) refuses a second run
+    in one line naming the workdir and the holder's pid, exit 2, and it writes nothing."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with workdir_lib.lock(str(wd)):
+        child = Child(wd, cache_dir=tmp_path / "cache")
+        rc = child.finish()
+    _assert_clean_exit(child, rc, 2, f"error: workdir '{wd}' is in use by another run (pid "
+                       f"{os.getpid()} ")  # fmt: skip
+    assert len(child.lines) == 1 and sorted(os.listdir(wd)) == [".lock"], child.output
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_a_workdir_that_is_a_file_or_below_one_is_refused_before_loading(tmp_path, where):
+    """One line, exit 2, before any data is loaded."""
+    (tmp_path / "f").write_text("x")
+    wd = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    child = Child(wd, cache_dir=tmp_path / "cache")
+    _assert_clean_exit(child, child.finish(), 2, "error: workdir", "a file, not a folder")
+    assert len(child.lines) == 1, child.output
+
+
+def test_a_save_that_fails_for_lack_of_space_is_one_line_at_once(reference, tmp_path):
+    """The disk full at the save of epoch 2: one line naming the checkpoint folder and the last
+    committed checkpoint, exit 1, nothing after it; the run stops there (no epoch 3)."""
+    cache, _ = reference
+    wd = tmp_path / "wd"
+    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_ENOSPC=str(2 * STEPS))
+    rc = child.finish()
+    _assert_clean_exit(child, rc, 1, f"error: could not save a checkpoint to {wd}/checkpoints: "
+                       "no space left on the device (ENOSPC)",
+                       f"resume from checkpoint {STEPS}, the last committed one")  # fmt: skip
+    assert child.lines[-1].startswith("error: "), child.output
+    assert "epoch 3" not in child.output and _committed_steps(wd) == [STEPS]
+
+
+def test_a_second_signal_while_saving_waits_and_saved_means_committed(reference, tmp_path):
+    """SIGTERM mid-epoch, then SIGINT while that checkpoint is being written: one line, the
+    write completes, and "saved" is printed only once the checkpoint is committed."""
+    cache, _ = reference
+    wd = tmp_path / "wd"
+    at = STEPS + 5
+    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_PAUSE_AT="2:4",
+                  JAXNOISE_TEST_SLOW_SAVE=f"{at}:3")  # fmt: skip
+    child.wait_for("PAUSED 2 4")
+    child.proc.send_signal(signal.SIGTERM)
+    child.wait_for(f"SLOW_SAVE {at}")
+    child.proc.send_signal(signal.SIGINT)
+    child.wait_for("SIGINT again: the checkpoint is being written")
+    line = child.wait_for("[")  # the next log line: the stop's
+    assert "SIGTERM during epoch 2: saved a checkpoint after step 5/" in line, child.output
+    assert at in _committed_steps(wd)  # committed when "saved" was printed
+    _assert_clean_exit(child, child.finish(), 128 + signal.SIGTERM, "stopped by SIGTERM")
+
+
+def test_a_signal_during_the_first_compile_exits_at_once(tmp_path):
+    """Before the first train step returns there is nothing new to save: a signal, even while
+    the interpreter waits in a compile (in C), ends the run with one line and 128 + signal,
+    without training or saving."""
+    wd = tmp_path / "wd"
+    child = Child(wd, cache_dir=tmp_path / "cache", JAXNOISE_TEST_LONG_FIRST_COMPILE="1")
+    child.wait_for("FIRST_COMPILE")
+    child.proc.send_signal(signal.SIGTERM)
+    _assert_clean_exit(child, child.finish(50), 128 + signal.SIGTERM,
+                       "stopped by SIGTERM: nothing to save yet")  # fmt: skip
+    assert "epoch 1:" not in child.output and not os.path.isdir(wd / "checkpoints" / "24")
+
+
+def test_sigint_while_starting_is_one_line_and_130(tmp_path):
+    """Ctrl-C while the command starts (imports, the config, loading the data): one line, exit
+    130, no traceback."""
+    child = Child(tmp_path / "wd", cache_dir=tmp_path / "cache")
+    time.sleep(0.5)
+    child.proc.send_signal(signal.SIGINT)
+    _assert_clean_exit(child, child.finish(), 130)
+    assert any(t in child.output for t in ("interrupted (SIGINT while starting)",
+                                          "stopped by SIGINT: nothing to save yet")), child.output

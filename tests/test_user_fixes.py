@@ -582,16 +582,16 @@ def kmeans_reference(images: np.ndarray, z, eps: float) -> np.ndarray:
     return np.concatenate([q.sum((1, 2)) for q in quads], axis=-1)
 
 
-def test_a_run_from_before_kmeans_eps_resumes_under_its_old_value(tmp_path):
-    """A workdir whose config.json predates data.kmeans_eps resumes with eps 10 (what it ran
-    with), and refuses another eps."""
+def test_a_workdir_of_an_earlier_jaxnoise_is_refused_in_one_line(tmp_path):
+    """A config.json of the flat config of before the per-method blocks (and before
+    data.kmeans_eps): its checkpoints cannot be resumed by this version; one line says so."""
     from jaxnoise import workdir as workdir_lib
 
-    new = runkit.fingerprint(tiny_config())  # what config.json holds
-    old = json.loads(json.dumps(new))
+    new = runkit.fingerprint(tiny_config())
+    old = {k: v for k, v in new.items() if k not in ("bootstrap", "dividemix")}
+    old.update(new["bootstrap"])  # the flat fields of before
     del old["data"]["kmeans_eps"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
-    new["data"]["kmeans_eps"] = 2550.0
-    with pytest.raises(workdir_lib.WorkdirConflict, match="data.kmeans_eps"):
+    with pytest.raises(workdir_lib.WorkdirConflict, match="earlier jaxnoise .* --fresh") as e:
         workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
+    assert "\n" not in str(e.value)
