@@ -7,19 +7,33 @@ metrics.jsonl, the checkpoints and the last epoch's per-sample arrays; re-runnin
 command resumes. ``python main.py --help`` lists every config field.
 
 Exit codes: 0 finished; 2 the command line was refused (a flag, a config field or value, a file
-the config names, a workdir holding another run), before anything was loaded or compiled;
-1 failed later (data that cannot be loaded or prepared, a diverged run); 143 / 130 stopped by
-SIGTERM / SIGINT with a checkpoint saved.
+the config names, a workdir holding another run, in use by another process, or not writable),
+before anything was loaded or compiled; 1 failed later (data that cannot be loaded or prepared,
+a diverged run, a checkpoint that could not be written); 143 / 130 stopped by SIGTERM / SIGINT
+(with a checkpoint saved once training had started).
 """
 
-import ast
-import difflib
 import os
 import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+
+def _interrupted_while_starting(signum, frame):  # before the run installs its own handlers
+    print(f"interrupted ({signal.Signals(signum).name} while starting): nothing to save",
+          file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":  # Ctrl-C during the imports below (and until the run installs its
+    signal.signal(signal.SIGINT, _interrupted_while_starting)  # own handlers): one line, 130
+
+import ast  # noqa: E402
+import difflib  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxnoise import config as config_lib  # noqa: E402  (the validator: imports no jax)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
@@ -32,6 +46,14 @@ flags.mark_flags_as_required(["config"])
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+# Where each group of fields is set, with its comments: (heading, file, variable, prefix).
+FIELD_SOURCES = (
+    ("shared fields (configs/default.py)", DEFAULT_CONFIG, "c", ""),
+    ("config.bootstrap: CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH (jaxnoise/bootstrap/config.py)",
+     os.path.join(ROOT, "jaxnoise", "bootstrap", "config.py"), "b", "bootstrap."),
+    ("config.dividemix: DivideMix (jaxnoise/dividemix/config.py)",
+     os.path.join(ROOT, "jaxnoise", "dividemix", "config.py"), "d", "dividemix."),
+)
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 SOURCE_HELP = {  # --help's line for each data source
     "tfds": "a tensorflow-datasets dataset (--config.data.name=cifar10, cifar100, ...); "
@@ -57,8 +79,10 @@ def refuse(message: str) -> None:
 # --help: the config fields with their comments, read from configs/default.py.
 
 
-def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
-    """(field, default value, comment) of every field set in configs/default.py, in order.
+def default_fields(path: str = DEFAULT_CONFIG, var: str = "c",
+                   prefix: str = "") -> list[tuple[str, str, str]]:  # fmt: skip
+    """(field, default value, comment) of every field set as ``var.FIELD = value`` in a file,
+    in order, named ``prefix + FIELD``.
 
     A field's comment is the one on its line plus the comment-only lines right below it.
     """
@@ -74,7 +98,7 @@ def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
         while isinstance(target, ast.Attribute):
             parts.append(target.attr)
             target = target.value
-        if not (isinstance(target, ast.Name) and target.id == "c" and parts):
+        if not (isinstance(target, ast.Name) and target.id == var and parts):
             continue
         if isinstance(node.value, ast.Call):  # c.data = ml_collections.ConfigDict()
             continue
@@ -86,7 +110,7 @@ def default_fields(path: str = DEFAULT_CONFIG) -> list[tuple[str, str, str]]:
             if not s.startswith("#") or s.startswith("# ---"):
                 break
             comment.append(s[1:].strip())
-        out.append((node.lineno, ".".join(reversed(parts)), value, " ".join(comment)))
+        out.append((node.lineno, prefix + ".".join(reversed(parts)), value, " ".join(comment)))
     return [t[1:] for t in sorted(out)]
 
 
@@ -119,10 +143,13 @@ def help_text() -> str:
         "data sources (--config.data.source=SOURCE):",
         *(f"  {s:<8} {SOURCE_HELP.get(s, 'see configs/default.py')}" for s in SOURCES),
         "",
-        "config fields (defaults from configs/default.py; each config file states what differs):",
+        "config fields (the defaults; each config file states what differs). A config has the",
+        "shared fields and the block of its method: config.bootstrap or config.dividemix.",
     ]
-    for field, value, comment in default_fields():
-        out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
+    for heading, path, var, prefix in FIELD_SOURCES:
+        out += ["", heading + ":"]
+        for field, value, comment in default_fields(path, var, prefix):
+            out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
     out += [
         "",
         "after (or during) a run:",
@@ -158,6 +185,21 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def _load_config(path: str):
+    """The ConfigDict of a config file (``FILE`` or ``FILE:ARG``), as --config loads it."""
+    import importlib.util
+
+    file, _, arg = path.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_jaxnoise_config", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # a config file that raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        refuse(f"--config {path}: {type(e).__name__}: {first}")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with --help exiting 0 and every refusal one line with exit code 2."""
     if any(a in HELP_FLAGS for a in argv[1:]):
@@ -167,18 +209,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     if path is None:
         refuse("--config CONFIG is required, e.g. python main.py --config configs/quickstart.py; "
                "python main.py --help lists the configs and fields")  # fmt: skip
-    fields = [f for f, _, _ in default_fields()]
+    if not os.path.isfile(path.split(":", 1)[0]):
+        refuse(f"--config {path}: no such file (the configs are in configs/)")
+    config = _load_config(path)
+    fields = sorted(config_lib.flatten(config.to_dict()))
     names = _config_overrides(argv[1:])
     for i, name in enumerate(names):
         if name not in fields:
+            why = config_lib.foreign_field(name, config.method)
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
-            refuse(f"--config.{name}: not a config field{hint}; python main.py --help lists them")
+            refuse(f"--config.{name}: {why or f'not a config field{hint}'}; python main.py "
+                   "--help lists the fields")  # fmt: skip
         if name in names[:i]:  # ml_collections would silently join two tuples into one
             refuse(f"--config.{name} is given twice: give each field once (ml_collections "
                    "would join two tuples, e.g. (128,) and (512,) into (128, 512))")
-    if not os.path.isfile(path.split(":", 1)[0]):
-        refuse(f"--config {path}: no such file (the configs are in configs/)")
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -212,10 +257,14 @@ def _first_missing_dir(path: str) -> str | None:
     return path
 
 
-def _remove_new_empty_dirs(top: str | None) -> None:
-    """Remove the folders under `top` (created by this run) that hold no file, and `top`."""
+def _remove_new_empty_dirs(top: str | None, workdir: str) -> None:
+    """Remove the folders under `top` (created by this run) that hold no file, and `top`; the
+    workdir's lock file goes too when it is all the workdir holds (the lock is released)."""
     if top is None or not os.path.isdir(top):
         return
+    lock = os.path.join(workdir, ".lock")
+    if os.path.isfile(lock) and os.listdir(workdir) == [".lock"]:
+        os.remove(lock)
     for dirpath, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
         try:
             os.rmdir(dirpath)  # fails (and keeps it) unless empty
@@ -227,8 +276,8 @@ def main(argv):
     """Validate the config, then train and evaluate."""
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from jaxnoise import checkpoint as ckpt_lib
     from jaxnoise import config as config_lib
+    from jaxnoise import workdir as workdir_lib
 
     config = _CONFIG.value
     try:
@@ -237,15 +286,19 @@ def main(argv):
         refuse(e)
 
     from jaxnoise import data as data_lib
-    from jaxnoise import train
+    from jaxnoise import inputs, stops, train
 
     workdir = _WORKDIR.value or default_workdir(config)
     created = _first_missing_dir(workdir)  # e.g. runs/ of runs/quickstart-digits
+    stops.at_idle_exit(lambda: _remove_new_empty_dirs(created, workdir))
     summary = None
     try:
         summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
-    except ckpt_lib.WorkdirConflict as e:
-        refuse(e)
+    except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(1)
+    except (workdir_lib.WorkdirConflict, workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
+        refuse(e)  # before any data was loaded
     except (ValueError, FileNotFoundError, FloatingPointError, data_lib.DatasetUnavailable) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(1)
@@ -254,7 +307,7 @@ def main(argv):
         sys.exit(128 + signal.SIGINT)
     finally:
         if summary is None or summary["checkpoint_at"] is None:
-            _remove_new_empty_dirs(created)  # a failed start leaves no empty workdir behind
+            _remove_new_empty_dirs(created, workdir)  # a failed start leaves no empty workdir
     if summary["interrupted"]:
         # Preempted (SIGTERM) or Ctrl-C: a checkpoint of the exact position was saved. Exit with
         # the shell's code for that signal (143 / 130), so schedulers and scripts can tell an
@@ -268,7 +321,7 @@ def main(argv):
             file=sys.stderr,
         )
         sys.exit(128 + signal.Signals[name or "SIGTERM"].value)
-    print(done_line(config, summary, workdir, train.labels_summary(config)))
+    print(done_line(config, summary, workdir, inputs.labels_summary(config)))
 
 
 def done_line(config, summary: dict, workdir: str, labels: str) -> str:

@@ -3,7 +3,7 @@
     python benchmarks/bench_checkpoint.py                 # writes benchmarks/results/checkpoint.md
     python benchmarks/bench_checkpoint.py --rounds 3 --no-write
 
-The checkpointed tree is the real one of a CIFAR-10 run (``train.init_train_state``: params,
+The checkpointed tree is the real one of a CIFAR-10 run (``bootstrap.loop.build``: params,
 SGD momentum, batch statistics, mixture state, step; the per-sample arrays and labels of
 N = 50,000 samples). Timed in interleaved rounds, medians: the checksums alone
 (``checkpoint.array_checksums`` of the saved copies, as ``save`` computes them), the ``save``
@@ -29,10 +29,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.bench_step import fake_cifar, run_step  # noqa: E402
-from benchmarks.common import git_commit  # noqa: E402
+from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import checkpoint as ckpt_lib  # noqa: E402
-from jaxnoise import schedule, train  # noqa: E402
+from jaxnoise.bootstrap import schedule as bootstrap_schedule  # noqa: E402
+from jaxnoise.bootstrap import step as step_lib  # noqa: E402
 
 CIFAR_N = 50_000
 
@@ -69,17 +70,17 @@ def main() -> None:
     c = default.get_config()
     c.width, c.method = args.width, "CE"
     ds = fake_cifar(CIFAR_N)
-    graphdef, tx, state, aux = train.init_train_state(c, ds)
+    graphdef, tx, state, aux = bootstrap_state(c, ds)
     labels = jnp.asarray(ds.train_labels)
     tree = {"state": state, "aux": aux, "labels": labels}
     stored = {k: ckpt_lib._item(k, v) for k, v in tree.items()}
     params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
     nbytes = ckpt_lib.tree_nbytes(tree)
     mean, std = ds.mean_std()
-    phase = schedule.phase_for_epoch(c, c.epochs)
+    phase = bootstrap_schedule.phase_for_epoch(c, c.epochs)
     data = {"images": jnp.asarray(ds.train_images), "labels": labels}
     own = jax.tree_util.tree_map(jnp.copy, (state, aux))  # the step donates its state
-    step = [train.make_train_step(graphdef, tx, c, phase, 10, mean, std), own[0], data, own[1],
+    step = [step_lib.make_train_step(graphdef, tx, c, phase, 10, mean, std), own[0], data, own[1],
             jnp.arange(CIFAR_N)]  # fmt: skip
     workdir = tempfile.mkdtemp(prefix="bench-checkpoint-")
     ck = ckpt_lib.Checkpointer(workdir, keep=2)

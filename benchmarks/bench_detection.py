@@ -33,9 +33,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import git_commit  # noqa: E402
+from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import cifar10_m_dyr_h, quickstart  # noqa: E402
-from jaxnoise import train  # noqa: E402
+from jaxnoise import inputs, train  # noqa: E402
 
 PARTS = ("quickstart", "cifar10", "cifar10_ce")
 MARKER = "<!-- interpretation: kept when the numbers are regenerated -->"
@@ -60,7 +60,7 @@ def cifar_config(root: str, method: str = "M-DYR-H"):
     c.width = 32
     c.epochs = 18
     c.lr_milestones = (14,)
-    c.bootstrap_start_epoch = 8
+    c.bootstrap.start_epoch = 8
     c.eval_batch_size = 1000
     return c
 
@@ -110,12 +110,14 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     """Out-of-fold softmax probabilities of plain cross-entropy models (cleanlab's recipe)."""
     import jax.numpy as jnp
 
-    from jaxnoise import schedule
+    from jaxnoise import forward
+    from jaxnoise.bootstrap import schedule
+    from jaxnoise.bootstrap import step as step_lib
 
     c = config.copy_and_resolve_references()
     c.method = "CE"
-    ds = train.load_data(c)
-    noisy, mask = train.inject_noise(c, ds)
+    ds = inputs.load_data(c)
+    noisy, mask = inputs.inject_noise(c, ds)
     n = len(noisy)
     order = np.random.default_rng(c.seed).permutation(n)
     probs = np.zeros((n, ds.num_classes), np.float64)
@@ -127,22 +129,19 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         )
         cf = c.copy_and_resolve_references()
         cf.seed = c.seed + f + 1  # each fold's model: its own init, shuffling and augmentation
-        cf.drop_last = True  # full batches only (the steps read their position from the count)
-        graphdef, tx, state, aux = train.init_train_state(cf, sub)
+        cf.bootstrap.drop_last = True  # full batches (the steps' position comes from the count)
+        graphdef, tx, state, aux = bootstrap_state(cf, sub)
         mean, std = sub.mean_std()
         data = {"images": jnp.asarray(sub.train_images), "labels": jnp.asarray(noisy[keep])}
         phase = schedule.phase_for_epoch(cf, 1)
-        step = train.make_train_step(graphdef, tx, cf, phase, ds.num_classes, mean, std)
-        permutation = train.make_permutation_fn(cf.seed, len(keep))
+        step = step_lib.make_train_step(graphdef, tx, cf, phase, ds.num_classes, mean, std)
+        permutation = step_lib.make_permutation_fn(cf.seed, len(keep))
         for epoch in range(1, cf.epochs + 1):  # lr and positions come from the step count
             perm = permutation(np.int32(epoch))
-            for _ in range(len(keep) // cf.batch_size):
+            for _ in range(len(keep) // cf.bootstrap.batch_size):
                 state, _ = step(state, data, aux, perm)
-        chunk = train.make_eval_chunk(graphdef, cf, mean, std)
-        _, logits = train.forward_all(
-            chunk, state, jnp.asarray(ds.train_images[held]), jnp.asarray(noisy[held]),
-            c.eval_batch_size,
-        )  # fmt: skip
+        forward_fn = forward.make_forward(graphdef, cf, mean, std)
+        _, logits = forward_fn(state, jnp.asarray(ds.train_images[held]), jnp.asarray(noisy[held]))
         probs[held] = softmax(np.asarray(logits))
         print(f"  fold {f + 1}/{folds} done", flush=True)
     return probs, noisy, mask

@@ -56,17 +56,17 @@ def run_one(args) -> dict:
     import jax
 
     from configs import default
-    from jaxnoise import train
+    from jaxnoise import inputs, train
 
     ds = synthetic(args.n, args.d)
     c = default.get_config()
     c.data.source, c.data.features = "features", __file__  # any existing file; not read
-    c.data.crop_padding, c.data.flip, c.track_augment = 0, False, False
+    c.data.crop_padding, c.data.flip, c.bootstrap.track_augment = 0, False, False
     c.data.normalization = "dataset"
     c.model, c.mlp_hidden = args.model, tuple(args.hidden)
     c.method, c.noise, c.lr = "M-DYR-H", 0.5, 0.001
-    c.epochs, c.lr_milestones, c.bootstrap_start_epoch = 3, (1,), 2
-    train.load_data = lambda config: ds  # the synthetic arrays, in memory
+    c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 3, (1,), 2
+    inputs.load_data = lambda config: ds  # the synthetic arrays, in memory
     with tempfile.TemporaryDirectory() as wd:
         t = time.time()
         s = train.train_and_evaluate(c, wd)

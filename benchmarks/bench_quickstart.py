@@ -25,7 +25,7 @@ def main() -> None:
                            ("M-DYR-H", "epoch")):  # fmt: skip
         c = quickstart.get_config()
         c.method = method
-        c.posterior_source = source
+        c.bootstrap.posterior_source = source
         wd = tempfile.mkdtemp(prefix=f"qs_{method}_")
         t = time.time()
         s = train.train_and_evaluate(c, wd)

@@ -31,24 +31,27 @@ def worker(num_devices: int, sizes: list[int], steps: int) -> dict:
     import numpy as np
 
     from benchmarks.bench_step import fake_cifar
+    from benchmarks.common import bootstrap_state
     from configs import default
-    from jaxnoise import mixture, parallel, schedule, train
+    from jaxnoise import mixture, parallel
+    from jaxnoise.bootstrap import schedule
+    from jaxnoise.bootstrap import step as step_lib
 
     mesh = parallel.make_mesh(num_devices)
     ds = fake_cifar(2048)
     c = default.get_config()
     c.width = 16
-    graphdef, tx, state, aux = train.init_train_state(c, ds, mesh)
+    graphdef, tx, state, aux = bootstrap_state(c, ds, mesh)
     mean, std = ds.mean_std()
     phase = schedule.phase_for_epoch(c, c.epochs)  # M-DYR-H with bootstrapping
-    step = train.make_train_step(graphdef, tx, c, phase, 10, mean, std, mesh)
+    step = step_lib.make_train_step(graphdef, tx, c, phase, 10, mean, std, mesh)
     data = {
         "images": parallel.put_samples(mesh, ds.train_images),
         "labels": parallel.put_samples(mesh, ds.train_labels),
     }
     losses = parallel.put_samples(mesh, np.random.default_rng(0).gamma(1.0, 1.0, 2048))
     state["mixture"] = mixture.fit_bmm(losses)
-    perm = train.make_permutation_fn(0, 2048, mesh)(np.int32(1))
+    perm = step_lib.make_permutation_fn(0, 2048, mesh)(np.int32(1))
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()

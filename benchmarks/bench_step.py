@@ -30,16 +30,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import git_commit  # noqa: E402
+from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import (  # noqa: E402
-    dividemix_loop,
-    dividemix_step,
-    mixture,
-    schedule,  # noqa: E402
-    train,
-)
+from jaxnoise import mixture  # noqa: E402
+from jaxnoise.bootstrap import schedule, step  # noqa: E402
+from jaxnoise.dividemix import loop as dividemix_loop  # noqa: E402
+from jaxnoise.dividemix import step as dividemix_step  # noqa: E402
 
 CIFAR_N = 50_000
 LABELLED_FRACTIONS = (0.2, 0.5, 0.8)
@@ -74,15 +71,15 @@ def build(width: int, ds: data_lib.Dataset):
     for name, over in ALGOS.items():
         c = default.get_config()
         c.width = width
-        for k, v in over.items():
-            setattr(c, k, v)
-        graphdef, tx, state, aux = train.init_train_state(c, ds)
+        c.method = over["method"]
+        c.bootstrap.posterior_source = over.get("posterior_source", "batch")
+        graphdef, tx, state, aux = bootstrap_state(c, ds)
         losses = jnp.asarray(np.random.default_rng(1).gamma(1.0, 1.0, len(ds.train_labels)))
-        state["mixture"] = mixture.fit(c.noise_model, losses)
+        state["mixture"] = mixture.fit(c.bootstrap.noise_model, losses)
         aux["p_noisy"] = mixture.posterior_noisy(state["mixture"], losses)
         phase = schedule.phase_for_epoch(c, c.epochs)  # the method's final (full) phase
         mean, std = ds.mean_std()
-        fn = train.make_train_step(graphdef, tx, c, phase, 10, mean, std)
+        fn = step.make_train_step(graphdef, tx, c, phase, 10, mean, std)
         data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}
         perm = jnp.arange(len(ds.train_labels))
         steps[name] = [fn, state, data, aux, perm]
@@ -100,26 +97,28 @@ def run_step(entry, i: int) -> float:
 
 
 def build_dividemix(width: int, ds: data_lib.Dataset) -> dict:
-    """DivideMix's compiled semi step and eval chunk (``dividemix_loop.build_pieces``), inputs."""
+    """DivideMix's compiled semi step and forward pass (``dividemix.loop.build``, on one device),
+    its inputs, and one eval chunk (``eval_batch_size`` samples) for the forward."""
     from configs import cifar10_dividemix
 
     c = cifar10_dividemix.get_config()
     c.width, c.noise = width, 0.5
-    mean_std = ds.mean_std()
-    pieces = dividemix_loop.build_pieces(c, ds, mean_std, dividemix_loop.hyperparameters(c))
-    nets = dividemix_loop.init_nets(c, ds, pieces.tx)
+    pieces, tree = dividemix_loop.build(c, ds, ds.mean_std())
     n = len(ds.train_labels)
     data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(ds.train_labels)}
     labelled = jnp.arange(n) % 2 == 0
     i32 = jnp.int32
-    orders = dividemix_step.pool_orders(c.seed, i32(20), i32(0), labelled)
-    args = (data, jnp.full((n,), 0.9, jnp.float32), orders, i32(20))
-    return {"pieces": pieces, "nets": nets, "args": args, "data": data, "config": c}
+    epoch = i32(21)  # a semi-supervised epoch (1-based; the official loop's epoch 20)
+    orders = dividemix_step.pool_orders(c.seed, epoch, i32(0), labelled)
+    args = (data, jnp.full((n,), 0.9, jnp.float32), orders, epoch)
+    idx = np.arange(c.eval_batch_size) % n  # one chunk: the forward runs it in one piece
+    chunk = (data["images"][idx], data["labels"][idx])
+    return {"pieces": pieces, "nets": tree["state"], "args": args, "chunk": chunk, "config": c}
 
 
 def run_dividemix(entry: dict, i: int) -> tuple[float, float]:
     """(seconds of one semi step, seconds of one eval chunk of eval_batch_size samples)."""
-    p, nets, c = entry["pieces"], entry["nets"], entry["config"]
+    p, nets = entry["pieces"], entry["nets"]
     i32 = jnp.int32
     t = time.perf_counter()
     state, metrics = p.semi(nets["net1"], nets["net2"], *entry["args"], i32(i % 4), i32(400),
@@ -127,10 +126,8 @@ def run_dividemix(entry: dict, i: int) -> tuple[float, float]:
     jax.block_until_ready(metrics["loss"])
     semi = time.perf_counter() - t
     entry["nets"] = dict(nets, net1=state)
-    idx = np.arange(c.eval_batch_size, dtype=np.int32) % len(entry["data"]["labels"])
     t = time.perf_counter()
-    loss, _ = p.eval_chunk(state, entry["data"]["images"], entry["data"]["labels"], idx,
-                           np.int32(0))  # fmt: skip
+    loss, _ = p.forward(state, *entry["chunk"])
     jax.block_until_ready(loss)
     return semi, time.perf_counter() - t
 

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the project root and the commit measured."""
+"""Shared by the benchmark scripts: the project root, the commit measured, and a bootstrap
+method's fresh state without a workdir."""
 
 import os
 import subprocess
@@ -11,3 +12,13 @@ def git_commit() -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+
+
+def bootstrap_state(config, ds, mesh=None) -> tuple:
+    """(graphdef, optimizer direction, train state, per-sample aux) of a fresh run of a bootstrap
+    method, as ``jaxnoise.bootstrap.loop.build`` makes them (the state replicated over ``mesh``,
+    the aux sharded by sample; None: one device)."""
+    from jaxnoise.bootstrap import loop
+
+    pieces, tree = loop.build(config, ds, ds.mean_std(), mesh)
+    return pieces.graphdef, pieces.tx, tree["state"], tree["aux"]

@@ -36,10 +36,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import git_commit  # noqa: E402
+from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import mixture, schedule, train  # noqa: E402
+from jaxnoise import forward, inputs, keys, mixture, train  # noqa: E402
+from jaxnoise.bootstrap import schedule, step  # noqa: E402
 
 FULL = {"arch": ("preact_resnet18", 64), "n": 50_000, "test": 10_000,
         "fit_sizes": (50_000, 5_000_000), "epochs": 3, "step_reps": 20}  # fmt: skip
@@ -80,9 +81,9 @@ def time_steps(ds: data_lib.Dataset, arch: tuple[str, int], reps: int, cases) ->
     perm = jnp.arange(ds.train_images.shape[0])
     for method, dtype in cases:
         c = config_for(method, arch, dtype)
-        graphdef, tx, state, aux = train.init_train_state(c, ds)
+        graphdef, tx, state, aux = bootstrap_state(c, ds)
         phase = schedule.phase_for_epoch(c, c.epochs)  # the method's full (last) phase
-        fn = train.make_train_step(graphdef, tx, c, phase, 10, *ds.mean_std())
+        fn = step.make_train_step(graphdef, tx, c, phase, 10, *ds.mean_std())
         times = []
         for r in range(reps + 2):  # two warm-up calls (compilation) are dropped
             t = time.perf_counter()
@@ -98,13 +99,13 @@ def time_steps(ds: data_lib.Dataset, arch: tuple[str, int], reps: int, cases) ->
 def time_tracking(ds: data_lib.Dataset, arch: tuple[str, int]) -> float:
     """Seconds of the tracking pass over the whole training set (compiled first)."""
     c = config_for("M-DYR-H", arch, "float32")
-    graphdef, _, state, _ = train.init_train_state(c, ds)
-    chunk = train.make_eval_chunk(graphdef, c, *ds.mean_std())
+    graphdef, _, state, _ = bootstrap_state(c, ds)
+    fwd = forward.make_forward(graphdef, c, *ds.mean_std())
     images, labels = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
+    key = keys.epoch_keys(c.seed, 0)[1]  # augmented, as the published tracking pass
     for _ in range(2):  # the first pass compiles
         t = time.perf_counter()
-        loss, _ = train.forward_all(chunk, state, images, labels, c.eval_batch_size,
-                                    augment=True)  # fmt: skip
+        loss, _ = fwd(state, images, labels, key)
         jax.block_until_ready(loss)
     return time.perf_counter() - t
 
@@ -125,17 +126,17 @@ def time_epochs(ds: data_lib.Dataset, arch: tuple[str, int], epochs: int) -> dic
     """Seconds of whole M-DYR-H epochs (bootstrapping from the second) through the real loop."""
     c = config_for("M-DYR-H", arch, "float32")
     c.data.source, c.epochs = "digits", max(epochs, 2)  # the data is swapped in below
-    c.lr_milestones, c.bootstrap_start_epoch = (1,), 2
+    c.lr_milestones, c.bootstrap.start_epoch = (1,), 2
     c.log_every_seconds = 0.0
-    load = train.load_data
-    train.load_data = lambda config: ds  # synthetic pixels instead of a dataset download
+    load = inputs.load_data
+    inputs.load_data = lambda config: ds  # synthetic pixels instead of a dataset download
     try:
         with tempfile.TemporaryDirectory() as wd:
             t = time.time()
             s = train.train_and_evaluate(c, wd, stop_after_epoch=epochs)
             total = time.time() - t
     finally:
-        train.load_data = load
+        inputs.load_data = load
     per_epoch = [r["seconds"] for r in s["history"]]
     return {"total_s": total, "epochs": per_epoch}
 

@@ -42,13 +42,15 @@ from benchmarks.common import git_commit  # noqa: E402
 
 SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
 
-# (method, noise, overrides): the published rows. Keys are "METHOD@noise[/variant]".
+# (method, noise, overrides): the published rows. Keys are "METHOD@noise[/variant]"; overrides
+# name config fields by their path ("bootstrap.noise_model", as on the command line).
 CELLS = {
     **{f"{m}@{r}": (m, r, {}) for m in ("CE", "M", "M-DYR-H") for r in (0.0, 0.5, 0.8)},
-    "M-DYR-H@0.8/gmm": ("M-DYR-H", 0.8, {"noise_model": "gmm", "noisy_component": "max_mean"}),
+    "M-DYR-H@0.8/gmm": ("M-DYR-H", 0.8, {"bootstrap.noise_model": "gmm",
+                                         "bootstrap.noisy_component": "max_mean"}),  # fmt: skip
     "MD-DYR-SH@0.9": ("MD-DYR-SH", 0.9, {}),
-    "MD-DYR-SH@0.9/beta": ("MD-DYR-SH", 0.9, {"mixup_draw": "beta"}),
-    "MD-DYR-SH@0.9/binomial": ("MD-DYR-SH", 0.9, {"mixup_draw": "binomial"}),
+    "MD-DYR-SH@0.9/beta": ("MD-DYR-SH", 0.9, {"bootstrap.mixup_draw": "beta"}),
+    "MD-DYR-SH@0.9/binomial": ("MD-DYR-SH", 0.9, {"bootstrap.mixup_draw": "binomial"}),
 }
 # The reduced protocol (chosen by measurement: benchmarks/results/reproduce_reduced.md).
 REDUCED = {"width": 8, "subset_per_class": 1000, "schedule_divisor": 10}
@@ -62,26 +64,26 @@ FEATURE_CELLS = {
     **CELLS,
     **{f"{m}@0.8/exclusive": (m, 0.8, EXCLUSIVE) for m in ("CE", "M", "M-DYR-H")},
     # DivideMix (issue 16) with its CIFAR-10 lambda_u at 80% and 90% (configs/cifar10_dividemix.py)
-    "DivideMix@0.8": ("DivideMix", 0.8, {"lambda_u": 25.0}),
-    "DivideMix@0.9": ("DivideMix", 0.9, {"lambda_u": 50.0}),
+    "DivideMix@0.8": ("DivideMix", 0.8, {"dividemix.lambda_u": 25.0}),
+    "DivideMix@0.9": ("DivideMix", 0.9, {"dividemix.lambda_u": 50.0}),
 }
 
 
 # The noise-model options for instance-dependent noise (mixture_scope, loss_signal), on the
 # features protocol with asymmetric 40% noise; every cell takes its posteriors from the tracking
 # pass (posterior_source="epoch", which the accumulated signals need), so only the option varies.
-_ASYM = {"noise_kind": "asymmetric", "posterior_source": "epoch"}
+_ASYM = {"noise_kind": "asymmetric", "bootstrap.posterior_source": "epoch"}
+_CLASS, _EMA = {"bootstrap.mixture_scope": "class"}, {"bootstrap.loss_signal": "ema"}
 HUMAN_NOISE_CELLS = {
     "M-DYR-H@asym0.4/global": ("M-DYR-H", 0.4, _ASYM),
-    "M-DYR-H@asym0.4/class": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class"}),
-    "M-DYR-H@asym0.4/ema": ("M-DYR-H", 0.4, {**_ASYM, "loss_signal": "ema"}),
-    "M-DYR-H@asym0.4/class+ema": ("M-DYR-H", 0.4, {**_ASYM, "mixture_scope": "class",
-                                                   "loss_signal": "ema"}),  # fmt: skip
+    "M-DYR-H@asym0.4/class": ("M-DYR-H", 0.4, {**_ASYM, **_CLASS}),
+    "M-DYR-H@asym0.4/ema": ("M-DYR-H", 0.4, {**_ASYM, **_EMA}),
+    "M-DYR-H@asym0.4/class+ema": ("M-DYR-H", 0.4, {**_ASYM, **_CLASS, **_EMA}),
 }
 # The features protocol on real human labels (--label-file): one cell per method.
 HUMAN_LABEL_CELLS = {
     **{f"{m}@human": (m, 0.0, {}) for m in ("CE", "M", "M-DYR-H", "MD-DYR-SH")},
-    "M-DYR-H@human/class": ("M-DYR-H", 0.0, {"mixture_scope": "class"}),
+    "M-DYR-H@human/class": ("M-DYR-H", 0.0, _CLASS),
 }
 PROTOCOLS = ("reduced", "paper", "features", "human_noise")
 
@@ -110,18 +112,28 @@ CONFIG_FILE = {
 
 
 def scale_schedule(c, factor: int) -> None:
-    """Divide every epoch count of the schedule by ``factor`` (rounded, kept consistent)."""
+    """Divide every epoch count of a bootstrap method's schedule by ``factor`` (rounded, kept
+    consistent)."""
 
     def s(e: int) -> int:
         return max(1, round(e / factor))
 
     c.epochs = s(c.epochs)
     c.lr_milestones = tuple(sorted({min(s(m), c.epochs - 1) for m in c.lr_milestones}))
-    if c.bootstrap_start_epoch:  # 0 (the published configs): lr_milestones[0] + 6, as the original
-        c.bootstrap_start_epoch = max(2, s(c.bootstrap_start_epoch))
-    c.dynamic_start_epoch = max(2, s(c.dynamic_start_epoch))
-    c.soft_to_hard_start_epoch = max(c.dynamic_start_epoch + 1, s(c.soft_to_hard_start_epoch))
-    c.temperature_epochs = max(1, s(c.temperature_epochs))
+    b = c.bootstrap
+    if b.start_epoch:  # 0 (the published configs): lr_milestones[0] + 6, as the original
+        b.start_epoch = max(2, s(b.start_epoch))
+    b.dynamic_start_epoch = max(2, s(b.dynamic_start_epoch))
+    b.soft_to_hard_start_epoch = max(b.dynamic_start_epoch + 1, s(b.soft_to_hard_start_epoch))
+    b.temperature_epochs = max(1, s(b.temperature_epochs))
+
+
+def set_field(c, path: str, value) -> None:
+    """Set the config field at ``path`` ("noise", "bootstrap.noise_model", ...)."""
+    *blocks, name = path.split(".")
+    for block in blocks:
+        c = c[block]
+    setattr(c, name, value)
 
 
 def cifar_folder(extract_to: str) -> str:
@@ -153,7 +165,7 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
     c = importlib.import_module(f"configs.{CONFIG_FILE[method]}").get_config()
     c.noise = float(noise)
     for k, v in over.items():
-        setattr(c, k, v)
+        set_field(c, k, v)
     if protocol == "reduced":
         c.data.source = "folder"
         c.data.root = data_root
@@ -168,7 +180,9 @@ def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str 
         c.data.kmeans_patches = FEATURES["kmeans_patches"]
         c.data.kmeans_iters = FEATURES["kmeans_iters"]
         c.data.kmeans_eps = FEATURES["kmeans_eps"]
-        c.data.crop_padding, c.data.flip, c.track_augment = 0, False, False  # no augmentation
+        c.data.crop_padding, c.data.flip = 0, False  # no augmentation
+        if "bootstrap" in c:  # nor of the tracking pass (DivideMix's division never augments)
+            c.bootstrap.track_augment = False
         c.data.normalization = "dataset"  # per-feature standardisation (Coates et al.)
         c.model, c.mlp_hidden, c.lr = FEATURES["model"], FEATURES["mlp_hidden"], FEATURES["lr"]
     elif protocol != "paper":
@@ -190,21 +204,23 @@ def command_for(cell: str) -> str:
 def summarize(cell: str, config, history: list[dict], minutes: float) -> dict:
     """One record of the results table."""
     method, noise, _ = {**FEATURE_CELLS, **HUMAN_NOISE_CELLS, **HUMAN_LABEL_CELLS}[cell]
-    from jaxnoise.schedule import bootstrap_start_epoch
+    from jaxnoise.bootstrap.schedule import bootstrap_start_epoch
 
-    # The fit the method's correction starts from: the epoch before bootstrapping (M-DYR-H/S; the
-    # same epoch for CE and M) or before dynamic mixup (MD-DYR-SH).
-    start = config.dynamic_start_epoch if method == "MD-DYR-SH" else bootstrap_start_epoch(config)
-    warm = max(1, start - 1)
-    if method == "DivideMix":  # its first division, made after the warm-up (epochs from 0)
-        warm = config.dividemix_warm_up
+    if method == "DivideMix":  # its first division, made at the start of the first epoch after
+        warm = config.dividemix.warm_up + 1  # the warm-up (epochs 1..warm_up)
+        mixture, draw = "gmm (co-divide)", "none"
+    else:  # the fit the method's correction starts from: the epoch before bootstrapping
+        # (M-DYR-H/S; the same epoch for CE and M) or before dynamic mixup (MD-DYR-SH)
+        b = config.bootstrap
+        start = b.dynamic_start_epoch if method == "MD-DYR-SH" else bootstrap_start_epoch(config)
+        warm, mixture, draw = max(1, start - 1), b.noise_model, b.mixup_draw
     by_epoch = {r["epoch"]: r for r in history}
     return {
         "cell": cell,
         "method": method,
         "noise": noise,
-        "mixture": "gmm (co-divide)" if method == "DivideMix" else config.noise_model,
-        "mixup_draw": config.mixup_draw,
+        "mixture": mixture,
+        "mixup_draw": draw,
         "noise_kind": config.noise_kind,
         "epochs": config.epochs,
         "epochs_done": history[-1]["epoch"] if history else 0,

@@ -14,5 +14,5 @@ def get_config():
     """The CIFAR-10 DivideMix row on CIFAR-100, warm-up 30 epochs."""
     c = cifar10_dividemix.get_config()
     c.data.name = "cifar100"
-    c.dividemix_warm_up = 30
+    c.dividemix.warm_up = 30
     return c

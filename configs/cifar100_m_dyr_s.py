@@ -7,5 +7,5 @@ def get_config():
     """The CIFAR-10 row on CIFAR-100."""
     c = cifar10_m_dyr_s.get_config()
     c.data.name = "cifar100"
-    c.reg_prior_classes = 10  # the original's M-DYR-S regulariser keeps its default 10 classes
+    c.bootstrap.reg_prior_classes = 10  # the original's M-DYR-S regulariser keeps its 10 classes
     return c

@@ -6,6 +6,6 @@ from configs import default
 def get_config():
     """M-DYR-H with GMM (noisy component: the larger mean)."""
     c = default.get_config()
-    c.noise_model = "gmm"
-    c.noisy_component = "max_mean"
+    c.bootstrap.noise_model = "gmm"
+    c.bootstrap.noisy_component = "max_mean"
     return c

@@ -6,5 +6,5 @@ from configs import cifar10_md_dyr_sh
 def get_config():
     """MD-DYR-SH, Beta draw (published extension, 80-85% noise)."""
     c = cifar10_md_dyr_sh.get_config()
-    c.mixup_draw = "beta"
+    c.bootstrap.mixup_draw = "beta"
     return c

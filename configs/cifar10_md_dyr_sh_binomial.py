@@ -6,5 +6,5 @@ from configs import cifar10_md_dyr_sh
 def get_config():
     """MD-DYR-SH, Binomial draw (published extension, 90% noise)."""
     c = cifar10_md_dyr_sh.get_config()
-    c.mixup_draw = "binomial"
+    c.bootstrap.mixup_draw = "binomial"
     return c

@@ -30,7 +30,7 @@ def get_config():
     c.data.source = "features"
     c.data.name = "features"  # names the run; "cifar10"/"cifar100" select asymmetric-noise pairs
     c.data.crop_padding, c.data.flip = 0, False  # feature vectors are not augmented
-    c.track_augment = False
+    c.bootstrap.track_augment = False
     c.data.normalization = "dataset"  # per-feature mean / std of the training features
     c.model, c.mlp_hidden = "mlp", (128,)
     c.lr = 0.02  # lr 0.1 diverged on standardised k-means features (features_notes.md)

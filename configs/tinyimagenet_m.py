@@ -24,10 +24,10 @@ def get_config():
     c.freeze_backbone = True
     c.optimizer = "adam"
     c.lr = 0.1
-    c.batch_size = 256
+    c.bootstrap.batch_size = 256
     c.epochs = 100
     c.lr_milestones = (30, 80)
-    c.bootstrap_start_epoch = 36
-    c.dynamic_start_epoch = 36
-    c.soft_to_hard_start_epoch = 41
+    c.bootstrap.start_epoch = 36
+    c.bootstrap.dynamic_start_epoch = 36
+    c.bootstrap.soft_to_hard_start_epoch = 41
     return c

@@ -1,4 +1,5 @@
-"""Checkpoints (orbax), and clean stops on SIGTERM/SIGINT.
+"""Checkpoints (orbax): named items, checksums, fall-back past damaged ones (stops on signals:
+:mod:`jaxnoise.stops`).
 
 A checkpoint holds every array of the train state (params, optimizer, batch statistics, mixture
 state, step, the running loss sum), the per-sample posteriors/predictions used by the next epoch,
@@ -41,7 +42,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from typing import Any
 
 import jax
@@ -501,38 +501,14 @@ class Checkpointer:
         return jax.tree_util.tree_unflatten(treedef, restored), meta, None
 
     def wait(self) -> None:
-        """Block until asynchronous saves are on disk."""
+        """Block until asynchronous saves are on disk (raises a failed save's error)."""
         self.manager.wait_until_finished()
 
+    def check_for_errors(self) -> None:
+        """Raise the error of an asynchronous save that failed (does not block)."""
+        self.manager.check_for_errors()
 
-class PreemptionGuard:
-    """Turn SIGTERM/SIGINT into a request to stop at the next safe point (a second SIGINT
-    interrupts at once). ``signum`` is the first signal received."""
-
-    def __init__(self):
-        self.stop_requested = False
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handler(self, signum, frame):
-        if self.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        if self.signum is None:
-            self.signum = signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else "stop request"
-
-    def __enter__(self) -> PreemptionGuard:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    def committed(self) -> int | None:
+        """The newest committed checkpoint (its step, read from disk), or None."""
+        steps = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
+        return max(steps) if steps else None

@@ -1,362 +1,213 @@
-"""Config validation (before any data is loaded or anything compiled).
+"""Config validation (before any data is loaded or anything compiled). Imports no jax.
 
-:func:`validate` is total: for any value of any field (wrong type, NaN, huge, a tuple where a
-number belongs, a misspelt or missing field) it either returns or raises ``ValueError`` with a
-message that names the field, the value and what is allowed. It checks, in order: the set of
-fields (every field of ``configs/default.py``, no other), each field's type and range, that local
-files the config names exist, and the consistency of the schedule.
+A config has the shared fields at the top (``configs/default.py``: data, label noise, model,
+optimizer and schedule, devices, logging) and the block of its method: ``config.bootstrap``
+(CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH; ``jaxnoise/bootstrap/config.py``) or ``config.dividemix``
+(``jaxnoise/dividemix/config.py``), each with its own defaults and checks. :func:`validate` is
+total: for any value of any field (wrong type, NaN, huge, a tuple where a number belongs, a
+misspelt, missing or another method's field) it either returns or raises ``ValueError`` with a
+message that names the field, the value and what is allowed. It checks, in order: the method and
+its block, the set of fields, each shared field's type and range, that local files the config
+names exist, the consistency of the shared fields, then the method's block.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 import os
-from collections.abc import Callable
 from typing import Any
 
-from jaxnoise import data as data_lib
-from jaxnoise import dividemix_step, losses, models
-from jaxnoise import labels as labels_lib
-from jaxnoise import noise as noise_lib
-from jaxnoise.data import extractors
-from jaxnoise.schedule import BOOTSTRAP_AFTER_MILESTONE
+from jaxnoise import choices
+from jaxnoise import fields as f
+from jaxnoise import labels as labels_lib  # label files: numpy only
+from jaxnoise.bootstrap import config as bootstrap_config
+from jaxnoise.dividemix import config as dividemix_config
+from jaxnoise.fields import ConfigError, flatten  # noqa: F401  (re-exported)
 
-METHODS = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH", "DivideMix")
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
-    "noise_model": ("bmm", "gmm"),
-    "noisy_component": ("initial", "max_mean"),
-    "posterior_source": ("batch", "epoch"),
-    "mixup_draw": losses.DRAWS,
-    "loss_pair_weight": ("published", "mix"),
-    "optimizer": ("sgd", "adam"),
-    "noise_kind": noise_lib.KINDS,
-    "model": models.MODEL_NAMES,
-    "data.source": data_lib.SOURCES,
-    "data.extractor": extractors.EXTRACTORS,  # features
-    "data.normalization": ("published", "dataset"),
-    "shortcut": models.SHORTCUTS,
-    "compute_dtype": models.COMPUTE_DTYPES,
-    "label_order": labels_lib.ORDERS,
-    "mixture_scope": ("global", "class"),
-    "loss_signal": ("epoch", "ema", "mean_k"),
-    "dividemix_views": dividemix_step.VIEWS,
+# Each method's block: its name in the config, the methods it serves, its module.
+BLOCKS = {
+    "bootstrap": (choices.METHODS_BOOTSTRAP, bootstrap_config),
+    "dividemix": (choices.METHODS_DIVIDEMIX, dividemix_config),
 }
 
-
-INT_MAX = 2**31 - 1  # epochs, steps and sizes reach jitted code as int32
-SEED_MAX = 2**32 - 1
-
-
-# ------------------------------------------------------------------------------------------------
-# Field checks: each returns None if the value is allowed, else a description of what is.
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _int(lo: int, hi: int = INT_MAX) -> Callable[[Any], str | None]:
-    def check(v):
-        if _is_int(v) and lo <= v <= hi:
-            return None
-        if lo == 1 and hi == INT_MAX:
-            return "a positive integer (at most 2**31 - 1)"
-        return f"an integer in [{lo}, {hi}]"
-
-    return check
-
-
-def _real(lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False):
-    def check(v):
-        if _is_real(v):
-            x = float(v)
-            ok_lo = x > lo if lo_open else x >= lo
-            ok_hi = x < hi if hi_open else x <= hi
-            if ok_lo and ok_hi:
-                return None
-        if hi == math.inf:
-            return "a finite number " + ("> " if lo_open else ">= ") + f"{lo:g}"
-        return f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-    return check
-
-
-def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "True or False"
-
-
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else "a string"
-
-
-def _choice(field: str) -> Callable[[Any], str | None]:
-    def check(v):
-        if isinstance(v, str) and v in CHOICES[field]:
-            return None
-        return "one of " + ", ".join(repr(a) for a in CHOICES[field])
-
-    return check
-
-
-def _sizes(v: Any) -> str | None:
-    if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
-        return None
-    return "a tuple of positive layer sizes (e.g. (512,))"
-
-
-def _auto_or(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    """``check``, or the sentinel -1 ("auto": from DivideMix's published table)."""
-
-    def checked(v):
-        if _is_real(v) and float(v) == AUTO:
-            return None
-        allowed = check(v)
-        return None if allowed is None else f"{allowed}, or -1 (auto: the paper's value)"
-
-    return checked
-
-
-def _milestones(v: Any) -> str | None:
-    if isinstance(v, (tuple, list)) and all(_is_int(m) and 1 <= m <= INT_MAX for m in v):
-        return None
-    return "a tuple of whole epochs >= 1"
-
-
-# Every config field (configs/default.py documents them) and its type/range check.
-FIELDS: dict[str, Callable[[Any], str | None]] = {
-    "seed": _int(0, SEED_MAX),
-    "data.source": _choice("data.source"),
-    "data.name": _str,
-    "data.root": _str,
-    "data.data_dir": _str,
-    "data.cache_dir": _str,
-    "data.subset_per_class": _int(0),
-    "data.crop_padding": _int(0),
-    "data.flip": _bool,
-    "data.normalization": _choice("data.normalization"),
-    "drop_last": _bool,
-    "noise": _real(0.0, 1.0),
-    "noise_kind": _choice("noise_kind"),
-    "label_file": _str,
-    "label_key": _str,
-    "label_order": _choice("label_order"),
-    "noise_seed": _int(0, SEED_MAX),
-    "model": _choice("model"),
-    "width": _int(1),
-    "shortcut": _choice("shortcut"),
-    "compute_dtype": _choice("compute_dtype"),
-    "weights": _str,
-    "freeze_backbone": _bool,
-    "method": _choice("method"),
-    "noise_model": _choice("noise_model"),
-    "noisy_component": _choice("noisy_component"),
-    "em_iters": _int(1),
-    "mixture_scope": _choice("mixture_scope"),
-    "loss_signal": _choice("loss_signal"),
-    "signal_k": _int(1, 1000),
-    "signal_momentum": _real(0.0, 1.0, hi_open=True),
-    "posterior_lookup": _bool,
-    "posterior_source": _choice("posterior_source"),
-    "track_augment": _bool,
-    "mixup_alpha": _real(0.0),
-    "mixup_draw": _choice("mixup_draw"),
-    "binomial_n": _int(1),
-    "reg_weight": _real(0.0),
-    "reg_prior_classes": _int(0),
-    "loss_pair_weight": _choice("loss_pair_weight"),
-    "epochs": _int(1),
-    "batch_size": _int(1),
-    "optimizer": _choice("optimizer"),
-    "lr": _real(0.0, lo_open=True),
-    "momentum": _real(0.0, 1.0, hi_open=True),
-    "weight_decay": _real(0.0),
-    "lr_milestones": _milestones,
-    "lr_gamma": _real(0.0, 1.0, lo_open=True),
-    "bootstrap_start_epoch": _int(0),
-    "dynamic_start_epoch": _int(1),
-    "soft_to_hard_start_epoch": _int(1),
-    "temperature_epochs": _int(1),
-    "final_temperature": _real(0.0, lo_open=True),
-    "mesh.num_devices": _int(0),
-    "distributed.auto": _bool,
-    "distributed.coordinator_address": _str,
-    "distributed.num_processes": _int(1),
-    "distributed.process_id": _int(0),
-    "steps_per_call": _int(1, 1024),
-    "eval_batch_size": _int(1),
-    "log_every_steps": _int(1),
-    # cli/progress
-    "log_every_seconds": _real(0.0),
-    "keep_checkpoints": _int(1),
-    # features (jaxnoise/data/embeddings.py, extract.py, extractors.py; see configs/default.py)
-    "data.features": _str,
-    "data.test_features": _str,
-    "data.extractor": _choice("data.extractor"),
-    "data.extractor_weights": _str,
-    "data.extractor_batch": _int(1),
-    "data.kmeans_centroids": _int(2),
-    "data.kmeans_patches": _int(2),
-    "data.kmeans_iters": _int(1),
-    "data.kmeans_eps": _real(0.0, lo_open=True),
-    "mlp_hidden": _sizes,
-    # DivideMix (jaxnoise/dividemix_loop.py; documented in configs/default.py)
-    "dividemix_warm_up": _int(1),
-    "p_threshold": _auto_or(_real(0.0, 1.0, hi_open=True)),
-    "lambda_u": _auto_or(_real(0.0)),
-    "lambda_u_rampup": _real(0.0, lo_open=True),
-    "sharpen_temperature": _real(0.0, lo_open=True),
-    "mixmatch_alpha": _real(0.0, lo_open=True),
-    "dividemix_batch": _int(1),
-    "dividemix_loss_history": _int(1, 1000),
-    "dividemix_views": _choice("dividemix_views"),
-    "dividemix_warmup_strong": _real(0.0, 1.0),
+# The shared fields (configs/default.py documents them) and their checks.
+SHARED: dict[str, f.Check] = {
+    "seed": f.integer(0, f.SEED_MAX),
+    "data.source": f.choice(choices.DATA_SOURCES),
+    "data.name": f.string,
+    "data.root": f.string,
+    "data.data_dir": f.string,
+    "data.cache_dir": f.string,
+    "data.subset_per_class": f.integer(0),
+    "data.crop_padding": f.integer(0),
+    "data.flip": f.boolean,
+    "data.normalization": f.choice(choices.NORMALIZATIONS),
+    "data.features": f.string,
+    "data.test_features": f.string,
+    "data.extractor": f.choice(choices.EXTRACTORS),
+    "data.extractor_weights": f.string,
+    "data.extractor_batch": f.integer(1),
+    "data.kmeans_centroids": f.integer(2),
+    "data.kmeans_patches": f.integer(2),
+    "data.kmeans_iters": f.integer(1),
+    "data.kmeans_eps": f.real(0.0, lo_open=True),
+    "noise": f.real(0.0, 1.0),
+    "noise_kind": f.choice(choices.NOISE_KINDS),
+    "label_file": f.string,
+    "label_key": f.string,
+    "label_order": f.choice(choices.LABEL_ORDERS),
+    "noise_seed": f.integer(0, f.SEED_MAX),
+    "model": f.choice(choices.MODELS),
+    "width": f.integer(1),
+    "shortcut": f.choice(choices.SHORTCUTS),
+    "compute_dtype": f.choice(choices.COMPUTE_DTYPES),
+    "weights": f.string,
+    "freeze_backbone": f.boolean,
+    "mlp_hidden": f.sizes,
+    "method": f.choice(choices.METHODS),
+    "epochs": f.integer(1),
+    "optimizer": f.choice(choices.OPTIMIZERS),
+    "lr": f.real(0.0, lo_open=True),
+    "momentum": f.real(0.0, 1.0, hi_open=True),
+    "weight_decay": f.real(0.0),
+    "lr_milestones": f.milestones,
+    "lr_gamma": f.real(0.0, 1.0, lo_open=True),
+    "mesh.num_devices": f.integer(0),
+    "distributed.auto": f.boolean,
+    "distributed.coordinator_address": f.string,
+    "distributed.num_processes": f.integer(1),
+    "distributed.process_id": f.integer(0),
+    "eval_batch_size": f.integer(1),
+    "log_every_steps": f.integer(1),
+    "log_every_seconds": f.real(0.0),
+    "keep_checkpoints": f.integer(1),
+    "compilation_cache": f.cache_folder,  # jaxnoise/compile_cache.py
 }
 
-# ------------------------------------------------------------------------------------------------
-# DivideMix's per-setting values, used where the config says -1 ("auto"). The paper (Li, Socher
-# & Hoi, ICLR 2020, Sec. 4.1) chooses lambda_u from {0, 25, 50, 150} on a validation set and
-# tau = 0.5 (0.6 at 90% noise). The per-setting lambda_u below equal, for every noisy setting,
-# those of presets.json in KentoNishi/Augmentation-for-LNL (Nishi et al., CVPR 2021), whose
-# DivideMix runs reproduce the paper; so do its p_threshold (0.6 at 90%) and average_loss (5 at
-# 90%). The 0% rows (no noise) are not in that file: they repeat the 20% row.
-
-AUTO = -1.0
-DIVIDEMIX_LAMBDA_U = {  # (dataset, noise kind, noise level) -> lambda_u
-    **{("cifar10", "symmetric", r): v for r, v in ((0.0, 0.0), (0.2, 0.0), (0.5, 25.0),
-                                                   (0.8, 25.0), (0.9, 50.0))},
-    ("cifar10", "asymmetric", 0.4): 0.0,
-    **{("cifar100", "symmetric", r): v for r, v in ((0.0, 25.0), (0.2, 25.0), (0.5, 150.0),
-                                                    (0.8, 150.0), (0.9, 150.0))},
+# Fields of the flat config of jaxnoise before the per-method blocks, and where they went.
+RENAMED = {
+    **{k: f"bootstrap.{k}" for k in bootstrap_config.CHECKS if k != "start_epoch"},
+    "bootstrap_start_epoch": "bootstrap.start_epoch",
+    **{f"dividemix_{k}": f"dividemix.{k}" for k in ("warm_up", "batch", "loss_history", "views",
+                                                    "warmup_strong")},
+    **{k: f"dividemix.{k}" for k in ("p_threshold", "lambda_u", "lambda_u_rampup",
+                                     "sharpen_temperature", "mixmatch_alpha")},
 }  # fmt: skip
-DIVIDEMIX_HISTORY_NOISE = 0.9  # from this noise level the GMM fits the mean of the last
-# dividemix_loss_history epochs' normalised losses (the official code: r == 0.9)
+RENAMED["dividemix_batch"] = "dividemix.batch_size"
 
 
-def dividemix_lambda_u(c: Any) -> float:
-    """``config.lambda_u``, or (-1) the paper's value for the dataset, noise kind and level."""
-    flat = c if isinstance(c, dict) else _as_flat_dict(c)
-    if float(flat["lambda_u"]) != AUTO:
-        return float(flat["lambda_u"])
-    if flat["noise_kind"] == "human":
-        _fail("lambda_u", -1, "a number >= 0, set explicitly for noise_kind='human': DivideMix's "
-              "paper gives lambda_u for synthetic noise levels only (it picks it from "
-              "{0, 25, 50, 150} on a validation set; the official code's default is 25)")
-    name = {"cifar10_n": "cifar10", "cifar100_n": "cifar100",
-            "digits": "cifar10"}.get(flat["data.name"], flat["data.name"])  # fmt: skip
-    key = (name, flat["noise_kind"], round(float(flat["noise"]), 6))
-    if key not in DIVIDEMIX_LAMBDA_U:
-        _fail("lambda_u", -1, f"a number >= 0: the paper gives no lambda_u for {key[1]} "
-              f"noise {key[2]:g} on {name} (its table: "
-              + ", ".join(f"{k}/{r:g}" for d, k, r in DIVIDEMIX_LAMBDA_U if d == name) + ")")
-    return DIVIDEMIX_LAMBDA_U[key]
+def block_of(method: str) -> str:
+    """The config block of a method: "bootstrap" or "dividemix"."""
+    return next(name for name, (methods, _) in BLOCKS.items() if method in methods)
 
 
-def dividemix_p_threshold(c: Any) -> float:
-    """``config.p_threshold``, or (-1) the paper's: 0.6 at 90% noise, else 0.5 (also for
-    noise_kind='human', which has no noise level: ``config.noise`` is not read then)."""
-    flat = c if isinstance(c, dict) else _as_flat_dict(c)
-    if float(flat["p_threshold"]) != AUTO:
-        return float(flat["p_threshold"])
-    if flat["noise_kind"] == "human":
-        return 0.5
-    return 0.6 if float(flat["noise"]) >= DIVIDEMIX_HISTORY_NOISE else 0.5
+def checks_of(method: str) -> dict[str, f.Check]:
+    """The check of every field of a config of this method (shared, then its block's), flat; a
+    choice's check carries its names as ``.allowed``."""
+    name = block_of(method)
+    return {**SHARED, **{f"{name}.{k}": v for k, v in BLOCKS[name][1].CHECKS.items()}}
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b": value}."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def fields_of(method: str) -> list[str]:
+    """Every field of a config of this method (shared, then its block's), flat."""
+    return list(checks_of(method))
+
+
+def foreign_field(name: str, method: str) -> str | None:
+    """Why ``name`` is not a field of ``method``'s config, if another method owns it."""
+    new = RENAMED.get(name)
+    if new is not None and new.split(".")[0] == block_of(method):
+        return f"config.{name} is now config.{new} (the fields of each method are in its block)"
+    owner = (new or name).split(".")[0]
+    if owner in BLOCKS and owner != block_of(method):
+        methods = ", ".join(BLOCKS[owner][0])
+        return (f"config.{new or name} belongs to {methods} (config.{owner}), not to "
+                f"method={method!r}, whose fields are in config.{block_of(method)}")
+    return None
 
 
 def _as_flat_dict(config: Any) -> dict[str, Any]:
     if hasattr(config, "to_dict"):  # ml_collections.ConfigDict (resolves FieldReferences)
-        tree = config.to_dict()
-    elif isinstance(config, dict):
-        tree = config
-    else:
-        raise ValueError(
-            f"config must be an ml_collections.ConfigDict, got {type(config).__name__}"
+        return flatten(config.to_dict())
+    if isinstance(config, dict):
+        return flatten(config)
+    raise ValueError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+
+
+def _check_method(flat: dict[str, Any]) -> str:
+    """The method, checked, and that the config carries its block (and no other)."""
+    method = flat.get("method")
+    allowed = SHARED["method"](method)
+    if allowed is not None:
+        f.fail("method", method, allowed)
+    mine = block_of(method)
+    has = {k.split(".")[0] for k in flat if k.split(".")[0] in BLOCKS}
+    if mine not in has:
+        others = sorted(has - {mine})
+        having = f", and it has config.{others[0]} instead" if others else ""
+        raise ConfigError(
+            f"config.method = {method!r} needs the config.{mine} block{having}: build the config "
+            f"from configs/default.py's get_config({method!r}) (e.g. configs/"
+            f"{'cifar10_dividemix' if mine == 'dividemix' else 'cifar10_m_dyr_h'}.py)"
         )
-    return flatten(tree)
+    return method
 
 
-def _show(value: Any) -> str:
-    r = repr(value)
-    return r if len(r) <= 120 else r[:117] + "..."
-
-
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"config.{field} = {_show(value)} is not allowed: {allowed}")
+def _check_names(flat: dict[str, Any], method: str) -> None:
+    """Every field is one of the method's config, and none is missing."""
+    known = fields_of(method)
+    for name in sorted(set(flat) - set(known)):
+        why = foreign_field(name, method)
+        if why is None:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean config.{close[0]}?)" if close else ""
+            why = (f"config.{name} is not a config field{hint}; the fields are documented in "
+                   "configs/default.py and python main.py --help")  # fmt: skip
+        raise ConfigError(why)
+    missing = [k for k in known if k not in flat]
+    if missing:
+        raise ConfigError(
+            f"config.{missing[0]} is missing (build configs from configs/default.py, which sets "
+            f"every field; {len(missing)} missing in all)"
+        )
 
 
 def validate(config: Any) -> None:
     """Check every field's type, range and consistency; raise ValueError naming the field."""
     flat = _as_flat_dict(config)
-    unknown = sorted(set(flat) - set(FIELDS))
-    if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, list(FIELDS), n=1)
-        hint = f" (did you mean config.{close[0]}?)" if close else ""
-        raise ValueError(
-            f"config.{name} is not a config field{hint}; the fields are documented in "
-            "configs/default.py"
-        )
-    missing = sorted(set(FIELDS) - set(flat))
-    if missing:
-        raise ValueError(
-            f"config.{missing[0]} is missing (build configs from configs/default.py, which sets "
-            f"every field; {len(missing)} missing in all)"
-        )
-    for field, check in FIELDS.items():
-        allowed = check(flat[field])
-        if allowed is not None:
-            _fail(field, flat[field], allowed)
+    method = _check_method(flat)
+    _check_names(flat, method)
+    f.check_all(flat, SHARED)
     _check_files(flat)
     _check_features(flat)
-    _check_consistency(flat)
+    _check_shared(flat)
+    BLOCKS[block_of(method)][1].validate(flat)
 
 
 def _check_files(c: dict[str, Any]) -> None:
     """Local files and folders named by the config must exist (checked before any data load)."""
     if c["noise_kind"] == "human":
         if not c["label_file"] and not c["label_key"]:
-            _fail("label_file", c["label_file"], "a label file path when noise_kind='human' "
+            f.fail("label_file", c["label_file"], "a label file path when noise_kind='human' "
                   "(or config.label_key naming a label set of the dataset, e.g. worse_label "
                   "of tfds cifar10_n)")  # fmt: skip
         if c["label_file"] and not os.path.isfile(c["label_file"]):
-            _fail("label_file", c["label_file"], "an existing file (no such file)")
+            f.fail("label_file", c["label_file"], "an existing file (no such file)")
     else:
         for field in ("label_file", "label_key"):
             if c[field]:
-                _fail(field, c[field], "'' unless noise_kind='human' (it would be ignored)")
+                f.fail(field, c[field], "'' unless noise_kind='human' (it would be ignored)")
     if c["weights"] and not os.path.isfile(c["weights"]):
-        _fail("weights", c["weights"], "an existing .npz file (no such file)")
+        f.fail("weights", c["weights"], "an existing .npz file (no such file)")
     if c["data.source"] == "folder":
         if not c["data.root"]:
-            _fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
+            f.fail("data.root", c["data.root"], "an image-folder path when data.source='folder'")
         if not os.path.isdir(c["data.root"]):
-            _fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
+            f.fail("data.root", c["data.root"], "an existing directory ROOT/{train,test}/<class>/")
         human_file = c["noise_kind"] == "human" and c["label_file"]
         if human_file and c["label_order"] == "auto":  # the file alone tells, before any loading
             if not labels_lib.names_its_samples(c["label_file"], c["label_key"]):
-                _fail("label_order", "auto", labels_lib.no_path_column(c["label_file"]))
-
-
-# features ----------------------------------------------------------------------------------------
-FEATURE_MODELS = ("linear", "mlp")
+                f.fail("label_order", "auto", labels_lib.no_path_column(c["label_file"]))
 
 
 def _check_features(c: dict[str, Any]) -> None:
@@ -364,101 +215,48 @@ def _check_features(c: dict[str, Any]) -> None:
     source, extractor = c["data.source"], c["data.extractor"]
     if source == "features":
         if not c["data.features"]:
-            _fail("data.features", "", "an embeddings .npz/.npy path when data.source='features'")
+            f.fail("data.features", "", "an embeddings .npz/.npy path when data.source='features'")
         for field in ("data.features", "data.test_features"):
             if c[field] and not os.path.isfile(c[field]):
-                _fail(field, c[field], "an existing .npz or .npy file (no such file)")
+                f.fail(field, c[field], "an existing .npz or .npy file (no such file)")
         if extractor != "none":
-            _fail("data.extractor", extractor, "'none' when data.source='features' (the "
+            f.fail("data.extractor", extractor, "'none' when data.source='features' (the "
                   "embeddings are already features)")  # fmt: skip
     elif c["data.features"] or c["data.test_features"]:
-        _fail("data.features", c["data.features"], "'' unless data.source='features'")
+        f.fail("data.features", c["data.features"], "'' unless data.source='features'")
     if extractor == "resnet50" and not os.path.isfile(c["data.extractor_weights"]):
-        _fail("data.extractor_weights", c["data.extractor_weights"],
+        f.fail("data.extractor_weights", c["data.extractor_weights"],
               "an existing torchvision resnet50 .npz when data.extractor='resnet50'")  # fmt: skip
     on_features = source == "features" or extractor != "none"
-    if on_features != (c["model"] in FEATURE_MODELS):
-        _fail("model", c["model"], "one of 'linear', 'mlp' on features (data.source="
+    if on_features != (c["model"] in choices.FEATURE_MODELS):
+        f.fail("model", c["model"], "one of 'linear', 'mlp' on features (data.source="
               "'features' or a data.extractor), an image model otherwise")  # fmt: skip
     if on_features:
         if c["data.crop_padding"] or c["data.flip"]:
-            _fail("data.crop_padding / data.flip", (c["data.crop_padding"], c["data.flip"]),
+            f.fail("data.crop_padding / data.flip", (c["data.crop_padding"], c["data.flip"]),
                   "(0, False) on features: feature vectors are not cropped or flipped")  # fmt: skip
         if c.get("data.normalization", "dataset") != "dataset":
-            _fail("data.normalization", c["data.normalization"],
+            f.fail("data.normalization", c["data.normalization"],
                   "'dataset' on features (per-feature mean / std of the training set)")  # fmt: skip
 
 
-def _check_consistency(c: dict[str, Any]) -> None:
-    epochs = c["epochs"]
-    ms = tuple(c["lr_milestones"])
-    last = epochs + 1 if c["method"] == "DivideMix" else epochs  # DivideMix: epochs 0..epochs
-    if any(m >= last for m in ms) or list(ms) != sorted(set(ms)):
-        _fail("lr_milestones", ms, f"strictly increasing whole epochs in [1, epochs={epochs}"
-              f"{']' if last > epochs else ')'}")
+def _check_shared(c: dict[str, Any]) -> None:
+    """The consistency of the shared fields."""
+    epochs, ms = c["epochs"], tuple(c["lr_milestones"])
+    if any(m > epochs for m in ms) or list(ms) != sorted(set(ms)):
+        f.fail("lr_milestones", ms, f"strictly increasing whole epochs in [1, epochs={epochs}]")
     if c["data.source"] == "tfds" and not c["data.name"]:
-        _fail("data.name", c["data.name"], "a tfds dataset name when data.source='tfds'")
+        f.fail("data.name", c["data.name"], "a tfds dataset name when data.source='tfds'")
     if c["weights"] and c["model"] != "resnet50":
-        _fail("weights", c["weights"], "only with model='resnet50'")
+        f.fail("weights", c["weights"], "only with model='resnet50'")
     if c["freeze_backbone"] and not c["weights"]:
-        _fail("freeze_backbone", True, "only with pretrained weights (config.weights)")
-    # Schedule consistency: a method's phase must start inside the run.
-    if c["method"] in ("M-DYR-H", "M-DYR-S"):
-        b = c["bootstrap_start_epoch"]
-        if b == 0 and not ms:
-            _fail("bootstrap_start_epoch", b, "an epoch >= 2 when lr_milestones is empty (0 "
-                  "derives it from the first milestone)")  # fmt: skip
-        b = b or ms[0] + BOOTSTRAP_AFTER_MILESTONE
-        if not (2 <= b <= epochs):
-            _fail(
-                "bootstrap_start_epoch",
-                b,
-                f"an epoch in [2, epochs={epochs}] (bootstrapping needs a mixture fitted after "
-                "at least one epoch of mixup warm-up, and must start before the run ends; 0 "
-                f"derives it as lr_milestones[0] + {BOOTSTRAP_AFTER_MILESTONE})",
-            )
-    if c["method"] == "MD-DYR-SH":
-        d, s = c["dynamic_start_epoch"], c["soft_to_hard_start_epoch"]
-        if not (2 <= d <= s <= epochs):
-            _fail(
-                "dynamic_start_epoch / soft_to_hard_start_epoch",
-                (d, s),
-                f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={epochs} "
-                "(at least one epoch of mixup warm-up first)",
-            )
-    if c["loss_signal"] != "epoch" and c["posterior_source"] != "epoch":
-        _fail("posterior_source", c["posterior_source"], "'epoch' when loss_signal="
-              f"{c['loss_signal']!r} (the mixture is fitted to an accumulated per-sample loss, "
-              "so the posteriors are the tracked samples', not one step's batch)")  # fmt: skip
-    if c["mixup_draw"] != "none" and c["method"] != "MD-DYR-SH":
-        _fail("mixup_draw", c["mixup_draw"], "'none' unless method='MD-DYR-SH'")
-    if c["method"] == "DivideMix":
-        _check_dividemix(c)
+        f.fail("freeze_backbone", True, "only with pretrained weights (config.weights)")
     n, pid = c["distributed.num_processes"], c["distributed.process_id"]
     if pid >= n:
-        _fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
+        f.fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
 
 
-def _check_dividemix(c: dict[str, Any]) -> None:
-    """What the DivideMix loop does not support (yet), and its schedule."""
-    unsupported = (
-        ("distributed.num_processes", c["distributed.num_processes"] > 1,
-         "1 (DivideMix runs in one process)"),
-        ("distributed.auto", c["distributed.auto"], "False (DivideMix runs in one process)"),
-        ("mixture_scope", c["mixture_scope"] != "global", "'global' with DivideMix (one GMM "
-         "per network over all samples)"),
-        ("loss_signal", c["loss_signal"] != "epoch", "'epoch' with DivideMix (at 90% noise "
-         "it averages the last dividemix_loss_history epochs itself)"),
-        ("steps_per_call", c["steps_per_call"] > 1, "1 with DivideMix"),
-    )  # fmt: skip
-    for field, refused, allowed in unsupported:
-        if refused:
-            _fail(field, c[field], allowed)
-    features = c["data.source"] == "features" or c["data.extractor"] != "none"
-    for field, weak in (("dividemix_views", "'weak'"), ("dividemix_warmup_strong", "0")):
-        if features and c[field] not in ("weak", 0, 0.0):
-            _fail(field, c[field], f"{weak} on feature vectors (strong augmentation is for images)")
-    if c["dividemix_warm_up"] > c["epochs"]:
-        _fail("dividemix_warm_up", c["dividemix_warm_up"], f"an epoch count <= epochs="
-              f"{c['epochs']} (DivideMix runs epochs 0..epochs, warm-up in 0..warm_up - 1)")
-    dividemix_lambda_u(c)  # an "auto" lambda_u must be in the paper's table
+
+def validate_against_data(config: Any, num_train: int, num_devices: int) -> None:
+    """The method's checks that need the training set's size (e.g. its batch size)."""
+    BLOCKS[block_of(config.method)][1].validate_against_data(config, num_train, num_devices)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxnoise import choices
+
 POSTERIOR_EPS = 1e-4
-DRAWS = ("none", "beta", "binomial")
+DRAWS = choices.MIXUP_DRAWS
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -60,9 +62,14 @@ def _per_sample(lam: jax.Array, ndim: int) -> jax.Array:
 
 
 def mix(x: jax.Array, perm: jax.Array, lam: jax.Array) -> jax.Array:
-    """lam * x + (1 - lam) * x[perm], lam a scalar or per-sample (B,)."""
+    """lam * x + (1 - lam) * x[perm], lam a scalar or per-sample (B,) (mixup, MixMatch).
+
+    ``x`` (B, ...) floating (normalised inputs, or target distributions); the mix is computed
+    in float32 (or wider) and returned in ``x``'s dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"mix needs floating inputs (normalised images, targets), got {x.dtype}")
     lam = _per_sample(lam, x.ndim)
-    return lam * x + (1.0 - lam) * x[perm]
+    return (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype)
 
 
 def dynamic_mixup_lambda(
@@ -149,8 +156,11 @@ def mixup_ce_loss(
 
 
 def class_balance_regularizer(logits: jax.Array, *, prior: jax.Array | None = None) -> jax.Array:
-    """R = sum_c p_c log(p_c / hbar_c), hbar the batch-mean softmax; p uniform by default."""
+    """R = sum_c p_c log(p_c / hbar_c), hbar the batch-mean softmax; p uniform by default.
+
+    Written as both published codes compute it (``prior * log(prior / mean)``): Arazo et al.'s
+    ``reg_loss_class`` and DivideMix's uniform-prior penalty (over its whole mixed batch)."""
     hbar = jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
     c = logits.shape[-1]
     p = jnp.full((c,), 1.0 / c, jnp.float32) if prior is None else jnp.asarray(prior, jnp.float32)
-    return jnp.sum(p * (jnp.log(p) - jnp.log(hbar)))
+    return jnp.sum(p * jnp.log(p / hbar))

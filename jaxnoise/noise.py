@@ -26,7 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-KINDS = ("none", "symmetric", "symmetric_exclusive", "asymmetric", "human")
+from jaxnoise import choices
+
+KINDS = choices.NOISE_KINDS
 
 # CIFAR-10 class-pair flips (Patrini et al. 2017): truck→automobile, bird→airplane, deer→horse,
 # cat↔dog.

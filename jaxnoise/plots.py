@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from jaxnoise import mixture
+from jaxnoise import mixture, workdir
 
 DPI = 120
 CLEAN, NOISY, UNKNOWN = "tab:blue", "tab:red", "tab:gray"
@@ -32,9 +32,10 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2) -> tuple[Fi
 
 
 def _save(fig: Figure, path: str) -> str:
+    """Save a figure as PNG atomically (a killed process never leaves a torn figure)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    workdir.atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     return path
 
 

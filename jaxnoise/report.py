@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from jaxnoise import metrics, mixture, plots
+from jaxnoise import workdir as workdir_lib
 
 REQUIRED = ("config.json", "metrics.jsonl", "per_sample.npz")
 PER_SAMPLE_KEYS = ("loss", "p_noisy", "prediction", "noisy_label", "true_label", "noise_mask")
@@ -64,6 +66,7 @@ def load_workdir(workdir: str) -> dict[str, Any]:
     records = [by_epoch[e] for e in sorted(by_epoch)]
     with np.load(os.path.join(workdir, "per_sample.npz")) as d:
         arrays = {k: d[k] for k in d.files}
+    checkpoint = _check_made_from_newest(workdir, arrays)
     absent = [k for k in PER_SAMPLE_KEYS if k not in arrays]
     if absent:
         raise WorkdirError(f"{workdir}/per_sample.npz lacks {', '.join(absent)}")
@@ -81,19 +84,51 @@ def load_workdir(workdir: str) -> dict[str, Any]:
             "noise_known": config.get("noise_kind", "symmetric") != "none",
             "train_paths": None,
         }
-    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays}
+    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays,
+            "checkpoint": checkpoint}  # fmt: skip
+
+
+def newest_checkpoint(workdir: str) -> int | None:
+    """The newest committed checkpoint of a workdir (its orbax step), or None."""
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return max(steps) if steps else None
+
+
+def _check_made_from_newest(workdir: str, arrays: dict) -> int | None:
+    """The checkpoint per_sample.npz was made from; WorkdirError when the workdir holds a newer
+    one (the outputs are stale: the training command rebuilds them). Arrays written before
+    jaxnoise recorded it name none and are taken as they are."""
+    made = int(arrays.pop("checkpoint")) if "checkpoint" in arrays else None
+    newest = newest_checkpoint(workdir)
+    if made is not None and newest is not None and made != newest:
+        raise WorkdirError(
+            f"{workdir!r}: its per_sample.npz was made from checkpoint {made}, but its newest "
+            f"checkpoint is {newest} (a run stopped or killed before it wrote its outputs): "
+            "re-run the training command, which makes them from the newest checkpoint"
+        )
+    return made
 
 
 # ------------------------------------------------------------------------------------------------
 # Noise models refitted on the saved losses.
 
 
+def noise_model(config: dict) -> dict[str, Any]:
+    """The run's own noise model, from its config.json: ``model``, ``lookup``, ``em_iters``,
+    ``noisy`` (the bootstrap methods' block; DivideMix's co-divide GMM; a flat config.json of
+    jaxnoise before the per-method blocks)."""
+    if "dividemix" in config:
+        return {"model": "gmm", "lookup": False, "em_iters": 10, "noisy": "max_mean"}
+    b = config.get("bootstrap", config)
+    return {"model": b.get("noise_model", "bmm"), "lookup": bool(b.get("posterior_lookup", True)),
+            "em_iters": int(b.get("em_iters", 10)), "noisy": b.get("noisy_component", "initial")}
+
+
 def refit_mixtures(losses: np.ndarray, config: dict) -> dict[str, Any]:
     """BMM and GMM fitted to the losses with the run's EM iterations and noisy-component rule."""
-    kw = dict(
-        max_iters=int(config.get("em_iters", 10)),
-        noisy=config.get("noisy_component", "initial"),
-    )
+    own = noise_model(config)
+    kw = dict(max_iters=own["em_iters"], noisy=own["noisy"])
     losses = np.asarray(losses, np.float32)
     return {"bmm": mixture.fit_bmm(losses, **kw), "gmm": mixture.fit_gmm(losses, **kw)}
 
@@ -111,8 +146,7 @@ def mixture_log_likelihood(state: Any, losses: np.ndarray) -> float:
 def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -> dict:
     """p(noisy | loss) over a loss grid for each model; the run's own model as it trained."""
     grid = np.linspace(float(np.min(losses)), float(np.max(losses)), 500).astype(np.float32)
-    own = config.get("noise_model", "bmm")
-    lookup = bool(config.get("posterior_lookup", True))
+    own, lookup = noise_model(config)["model"], noise_model(config)["lookup"]
     curves = {}
     for name, st in states.items():
         if name == own and lookup:
@@ -170,11 +204,12 @@ def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool
     cols = ["index", *(["id"] if with_id else []), *(["path"] if with_path else []),
             "given_label", "given_class",
             "predicted_label", "predicted_class", "p_noisy", "loss"]  # fmt: skip
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "p_noisy": f"{r['p_noisy']:.6g}", "loss": f"{r['loss']:.6g}"})
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "p_noisy": f"{r['p_noisy']:.6g}", "loss": f"{r['loss']:.6g}"})
+    workdir_lib.atomic_write_text(path, text.getvalue())
     return path
 
 
@@ -257,6 +292,7 @@ def write_report(
         with_id=bool(dataset.get("train_ids")),
     )
     summary: dict[str, Any] = {
+        "checkpoint": run["checkpoint"],  # the checkpoint the per-sample arrays were made from
         "threshold": threshold,
         "num_train": int(ps["loss"].shape[0]),
         "num_flagged": len(rows),
@@ -269,8 +305,7 @@ def write_report(
         summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
         summary["num_noisy"] = int(mask.sum())
     summary_path = os.path.join(out_dir, "label_issues_summary.json")
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    workdir_lib.atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return {
         **summary,
         "nothing_flagged": nothing_flagged(summary),

@@ -23,7 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-KINDS = ("epoch", "ema", "mean_k")
+from jaxnoise import choices
+
+KINDS = choices.LOSS_SIGNALS
 
 
 class SignalState(NamedTuple):

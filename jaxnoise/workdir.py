@@ -7,8 +7,9 @@ Resuming is refused when the config (:func:`check_workdir_config`) or the datase
 (:func:`check_same_dataset`) differs from the run already there. A run starts with
 :func:`check_writable` (a file, below a file, not writable, read-only, full: one line each),
 :func:`check_space` (room for a checkpoint) and :func:`lock` (one run per workdir); an error of a
-save (disk full, quota, read-only, I/O) is named by :func:`save_failed`. This module imports no
-other jaxnoise module, so :mod:`jaxnoise.checkpoint` can re-export it without importing config.py.
+save (disk full, quota, read-only, I/O) is named by :func:`save_failed`. Of jaxnoise it imports
+only ``fields`` (the one ``flatten``), so :mod:`jaxnoise.checkpoint` can use it without importing
+the validator.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from jaxnoise.fields import flatten
+
 if TYPE_CHECKING:
     from jaxnoise import data as data_lib
 
@@ -35,6 +38,7 @@ _NON_RESULT_FIELDS = {
     "log_every_steps",
     "log_every_seconds",
     "keep_checkpoints",
+    "compilation_cache",
     "data.cache_dir",
     "data.data_dir",
     "distributed.auto",
@@ -42,12 +46,9 @@ _NON_RESULT_FIELDS = {
     "distributed.process_id",
 }
 
-# Fields added after runs were made, with the value that reproduces those runs: a config.json
-# without the field resumes under that value (and only under it).
-_ADDED_FIELDS = {"data.kmeans_eps": 10.0}
-
 # What --fresh removes: everything a run writes into its workdir.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz",
+             "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures")
 
 
 def _umask() -> int:
@@ -111,17 +112,6 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b": value} (as config.flatten, for the JSON of config.json)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
     """Refuse to resume a workdir that holds a run with a different config.
 
@@ -140,13 +130,20 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         return
     try:
         with open(path) as f:
-            old = {**_ADDED_FIELDS, **_flatten(json.load(f))}
+            old = flatten(json.load(f))
     except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not an object
         raise WorkdirConflict(
             f"workdir {workdir!r} holds an unreadable config.json ({e}); use another --workdir, "
             "or pass --fresh to discard that run and start again"
         ) from None
-    new = _flatten(resolved)
+    if "method" in old and not ({"bootstrap.batch_size", "dividemix.batch_size"} & set(old)):
+        raise WorkdirConflict(
+            f"workdir {workdir!r} holds a run of an earlier jaxnoise (a flat config.json, before "
+            "each method's fields moved to config.bootstrap / config.dividemix), whose "
+            "checkpoints this version cannot resume; use another --workdir, or pass --fresh to "
+            "discard that run and start again"
+        )
+    new = flatten(resolved)
     diff = sorted(
         k for k in set(old) | set(new) if k not in _NON_RESULT_FIELDS and old.get(k) != new.get(k)
     )

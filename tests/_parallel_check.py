@@ -20,7 +20,7 @@ def tiny(num_devices: int):
     per phase), 2 epochs."""
     c = quickstart.get_config()
     c.width, c.epochs, c.lr_milestones = 8, 2, (1,)
-    c.bootstrap_start_epoch = 2
+    c.bootstrap.start_epoch = 2
     c.data.subset_per_class = 64
     c.mesh.num_devices = num_devices
     return c

@@ -14,9 +14,14 @@ deterministic (the test process waits for a marker line, then signals):
 - ``JAXNOISE_TEST_HANG_SAVE=N``: when orbax is about to commit (rename) checkpoint N, everything
   written to its temporary directory, print ``HANG_SAVE N <tmp dir>`` and block forever: the
   test sends SIGKILL while the checkpoint write is unfinished.
+- ``JAXNOISE_TEST_SLOW_SAVE=N:SECONDS``: the same moment of checkpoint N prints ``SLOW_SAVE N``
+  and waits SECONDS before committing (a save in flight long enough to signal during it).
+- ``JAXNOISE_TEST_ENOSPC=N``: the save of checkpoint N raises ENOSPC (a full disk).
+- ``JAXNOISE_TEST_LONG_FIRST_COMPILE=1``: the first train step prints ``FIRST_COMPILE`` and
+  spends 60 s in C (as a long XLA compile does: the interpreter runs no signal handler then).
 
 - ``JAXNOISE_TEST_SLOW=SECONDS``: every train step, while it executes, prints ``STEP N`` (N its
-  optimizer step count) and sleeps SECONDS (a host callback inside the compiled step): slow
+  train step count) and sleeps SECONDS (a host callback inside the compiled step): slow
   steps whose execution, not their dispatch, the test can follow.
 
 Numerical faults:
@@ -45,30 +50,47 @@ def get_config():
     c.width = 8
     c.epochs = 3
     c.lr_milestones = (2,)
-    c.bootstrap_start_epoch = 2
-    c.dynamic_start_epoch = 2
-    c.soft_to_hard_start_epoch = 3
-    c.temperature_epochs = 2
+    c.bootstrap.start_epoch = 2
+    c.bootstrap.dynamic_start_epoch = 2
+    c.bootstrap.soft_to_hard_start_epoch = 3
+    c.bootstrap.temperature_epochs = 2
+    return c
+
+
+def set_fields(c, **fields):
+    """Set config fields by name: a shared field, a field of the config's method block
+    (``batch_size`` is ``bootstrap.batch_size`` on a bootstrap config), or a dotted path."""
+    for name, value in fields.items():
+        target, key = c, name
+        if "." in name:
+            *path, key = name.split(".")
+            for part in path:
+                target = target[part]
+        elif name not in c:
+            target = next(c[b] for b in ("bootstrap", "dividemix") if b in c and name in c[b])
+        with c.unlocked():
+            target[key] = value
     return c
 
 
 def _install_hooks() -> None:
-    from jaxnoise import checkpoint as ckpt_lib
-    from jaxnoise import train
+    from jaxnoise import stops
+    from jaxnoise.bootstrap import loop as bootstrap_loop
+    from jaxnoise.bootstrap import step as step_lib
 
     guards: list = []
 
-    class RecordingGuard(ckpt_lib.PreemptionGuard):
+    class RecordingGuard(stops.PreemptionGuard):
         def __enter__(self):
             guards.append(self)
             return super().__enter__()
 
-    ckpt_lib.PreemptionGuard = RecordingGuard
+    stops.PreemptionGuard = RecordingGuard
 
     pause = os.environ.get("JAXNOISE_TEST_PAUSE_AT")
     if pause:
         pause_at = tuple(int(v) for v in pause.split(":"))
-        make_train_step = train.make_train_step
+        make_train_step = step_lib.make_train_step
 
         def patched_make_train_step(*args, **kwargs):
             step_fn = make_train_step(*args, **kwargs)
@@ -77,13 +99,11 @@ def _install_hooks() -> None:
             def step(state, data, aux, perm):
                 import jax
 
-                from jaxnoise import step as step_lib
-
                 if not spe:
-                    c = args[2]
+                    b = args[2].bootstrap
                     n = data["images"].shape[0]
-                    spe.append(len(step_lib.epoch_batch_sizes(n, c.batch_size, c.drop_last)))
-                count = int(state["opt_state"].count)  # the position of the step about to run
+                    spe.append(len(step_lib.epoch_batch_sizes(n, b.batch_size, b.drop_last)))
+                count = int(state["step"])  # the position of the step about to run
                 epoch, s = count // spe[0] + 1, count % spe[0]
                 out = step_fn(state, data, aux, perm)
                 if (epoch, s) == pause_at:
@@ -96,13 +116,11 @@ def _install_hooks() -> None:
 
             return step
 
-        train.make_train_step = patched_make_train_step
+        step_lib.make_train_step = patched_make_train_step
 
     slow = os.environ.get("JAXNOISE_TEST_SLOW")
     if slow:
         import jax
-
-        from jaxnoise import step as step_lib
 
         make_update = step_lib.make_update
 
@@ -114,7 +132,7 @@ def _install_hooks() -> None:
             update = make_update(*args)
 
             def slowed(state, *a):
-                jax.debug.callback(tick, state["opt_state"].count, ordered=True)
+                jax.debug.callback(tick, state["step"], ordered=True)
                 return update(state, *a)
 
             return slowed
@@ -132,17 +150,26 @@ def _install_hooks() -> None:
     track = os.environ.get("JAXNOISE_TEST_TRACK")
     if track:
         modes = {int(e): m for e, m in (item.split(":") for item in track.split(","))}
-        forward_all = train.forward_all
+        track_and_fit = bootstrap_loop.track_and_fit
 
-        def patched_forward_all(*args, epoch: int = 0, **kwargs):
-            loss, logits = forward_all(*args, epoch=epoch, **kwargs)
-            if modes.get(epoch) == "const":
-                loss = loss * 0.0 + 0.7
-            elif modes.get(epoch) == "nan":
-                loss = loss.at[0].set(float("nan"))
-            return loss, logits
+        def patched_track_and_fit(run, pieces, state, aux, epoch):
+            forward = pieces.forward
 
-        train.forward_all = patched_forward_all
+            def tracking(*args, **kwargs):
+                loss, logits = forward(*args, **kwargs)
+                if modes.get(epoch) == "const":
+                    loss = loss * 0.0 + 0.7
+                elif modes.get(epoch) == "nan":
+                    loss = loss.at[0].set(float("nan"))
+                return loss, logits
+
+            pieces.forward = tracking
+            try:
+                return track_and_fit(run, pieces, state, aux, epoch)
+            finally:
+                pieces.forward = forward
+
+        bootstrap_loop.track_and_fit = patched_track_and_fit
 
     hang = os.environ.get("JAXNOISE_TEST_HANG_SAVE")
     if hang:
@@ -160,13 +187,64 @@ def _install_hooks() -> None:
 
         cls.finalize = hanging_finalize
 
+    slow_save = os.environ.get("JAXNOISE_TEST_SLOW_SAVE")
+    if slow_save:
+        from orbax.checkpoint._src.path import atomicity
+
+        step_name, seconds = slow_save.split(":")
+        cls = atomicity.AtomicRenameTemporaryPath
+        finalize_slowly = cls.finalize
+
+        async def slow_finalize(self):
+            if self.get_final().name == step_name:
+                print(f"SLOW_SAVE {step_name}", flush=True)
+                time.sleep(float(seconds))
+            return await finalize_slowly(self)
+
+        cls.finalize = slow_finalize
+
+    if os.environ.get("JAXNOISE_TEST_LONG_FIRST_COMPILE"):  # a compile the interpreter waits in
+        import ctypes
+
+        make_first = step_lib.make_train_step
+
+        def long_compiling_step(*args, **kwargs):
+            step_fn = make_first(*args, **kwargs)
+
+            def step(*a):
+                print("FIRST_COMPILE", flush=True)
+                ctypes.CDLL(None).sleep(60)  # in C, as XLA: Python's own handlers wait
+                return step_fn(*a)
+
+            return step
+
+        step_lib.make_train_step = long_compiling_step
+
+    enospc = os.environ.get("JAXNOISE_TEST_ENOSPC")
+    if enospc:
+        import errno
+
+        from jaxnoise import checkpoint as ckpt_lib
+
+        save = ckpt_lib.Checkpointer.save
+
+        def full_disk_save(self, step, *args, **kwargs):
+            if step == int(enospc):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory)
+            return save(self, step, *args, **kwargs)
+
+        ckpt_lib.Checkpointer.save = full_disk_save
+
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
-    from absl import app
+    import signal
 
     import main
+
+    signal.signal(signal.SIGINT, main._interrupted_while_starting)  # as main.py as a script
+    from absl import app
 
     _install_hooks()
     app.run(main.main, flags_parser=main.parse_flags)

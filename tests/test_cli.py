@@ -62,8 +62,10 @@ def test_help_lists_fields_sources_and_report():
         assert f"\n  {source} " in out
     assert "python -m jaxnoise.report WORKDIR" in out
     assert "configs/cifar10_m_dyr_h.py" in out
-    # a continuation comment line is joined to its field
-    assert "posterior_source = " in out and "the end-of-epoch tracking pass" in out
+    # a continuation comment line is joined to its field; each method's block is its own group
+    assert "bootstrap.posterior_source = " in out and "the end-of-epoch tracking pass" in out
+    assert "\nconfig.bootstrap: CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH" in out
+    assert "\nconfig.dividemix: DivideMix" in out and "  dividemix.lambda_u = 25.0" in out
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,8 @@ def test_help_lists_fields_sources_and_report():
         (["--config.noise=abc"], ["--config.noise=abc"]),
         (["--config.noise=1.5"], ["config.noise = 1.5", "[0, 1]"]),
         (["--bogus"], ["bogus"]),
+        (["--config.dividemix.lambda_u=0"], ["belongs to DivideMix (config.dividemix)"]),
+        (["--config.mixup_alpha=8"], ["config.mixup_alpha is now config.bootstrap.mixup_alpha"]),
         (["stray"], ["unexpected argument 'stray'"]),
     ],
 )
@@ -170,7 +174,7 @@ def test_run_without_terminal_logs_compiling_and_progress(tmp_path):
     wd = tmp_path / "wd"
     r = run_main(
         "--config", QUICK, "--config.width=4", "--config.epochs=2", "--config.lr_milestones=(1,)",
-        "--config.bootstrap_start_epoch=2", "--config.log_every_seconds=1e-9",
+        "--config.bootstrap.start_epoch=2", "--config.log_every_seconds=1e-9",
         "--config.log_every_steps=5", "--workdir", str(wd),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Tests for ``jaxnoise.dividemix`` and the DivideMix options of ``mixture.fit_gmm``.
+"""Tests for ``jaxnoise.dividemix.pieces`` (and the shared pieces DivideMix uses from
+``jaxnoise.losses``) and the DivideMix options of ``mixture.fit_gmm``.
 
 DivideMix (Li, Socher & Hoi, ICLR 2020), official ``Train_cifar.py``. Every reference is numpy
 written here from the formulas of that code (sharpening, co-guessing, co-refinement, MixMatch,
@@ -16,7 +17,8 @@ import pytest
 from scipy import integrate, stats
 from sklearn.mixture import GaussianMixture
 
-from jaxnoise import dividemix, mixture
+from jaxnoise import losses, mixture
+from jaxnoise.dividemix import pieces as dividemix
 
 B, C = 6, 5  # batch of labelled (and of unlabelled) samples, classes
 T = 0.5
@@ -80,7 +82,8 @@ def test_mix_given_draw_matches_numpy(dtype):
     targets = _softmax(rng.normal(size=(4 * B, C)))
     lam, perm = 0.8, rng.permutation(4 * B)
     x = np.asarray(jnp.asarray(inputs, dtype), np.float64)  # the values the mix sees
-    got_x, got_t = dividemix.mix(jnp.asarray(inputs, dtype), jnp.asarray(targets), lam, perm)
+    got_x = losses.mix(jnp.asarray(inputs, dtype), perm, lam)
+    got_t = losses.mix(jnp.asarray(targets), perm, lam)
     assert got_x.dtype == dtype and got_t.dtype == jnp.float32
     tol = 1e-6 if dtype == jnp.float32 else 1e-2
     np.testing.assert_allclose(
@@ -90,7 +93,7 @@ def test_mix_given_draw_matches_numpy(dtype):
         np.asarray(got_t), lam * targets + (1 - lam) * targets[perm], rtol=1e-6, atol=1e-7
     )
     with pytest.raises(TypeError, match="floating"):
-        dividemix.mix(jnp.zeros((4, 2), jnp.uint8), jnp.asarray(targets[:4]), lam, perm[:4])
+        losses.mix(jnp.zeros((4, 2), jnp.uint8), perm[:4], lam)
 
 
 def test_mixmatch_draw_lambda_and_permutation():
@@ -114,7 +117,7 @@ def test_mixmatch_draw_lambda_and_permutation():
     # E[max(L, 1 - L)] = 2 int_{1/2}^1 l f(l) dl, L ~ Beta(4, 4); 5 standard errors.
     mean = 2 * integrate.quad(lambda t: t * stats.beta.pdf(t, ALPHA, ALPHA), 0.5, 1.0)[0]
     assert abs(lams.mean() - mean) < 5 * lams.std() / np.sqrt(draws)
-    want = dividemix.mix(inputs, targets, lams[3], perms[3])
+    want = (losses.mix(inputs, perms[3], lams[3]), losses.mix(targets, perms[3], lams[3]))
     assert float(got[2]) == np.float32(lams[3])
     for a, b in zip(got[:2], want):  # jitted vs eager: fusion may round the last bit
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
@@ -150,7 +153,7 @@ def test_uniform_prior_and_negative_entropy_penalties(logits):
     z = logits.reshape(-1, C).astype(np.float64)
     pbar = _softmax(z).mean(axis=0)
     want = np.sum(np.log((1.0 / C) / pbar) / C)
-    got = dividemix.uniform_prior_penalty(jnp.asarray(z, jnp.float32))
+    got = losses.class_balance_regularizer(jnp.asarray(z, jnp.float32))  # the uniform prior
     assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-7)
     p = _softmax(z)
     got = dividemix.neg_entropy(jnp.asarray(z, jnp.float32))
@@ -326,10 +329,10 @@ def test_masked_minmax_fit_equals_subset_fit():
 
 def test_minmax_fit_degenerate_input_and_argument_checks():
     """Equal losses (max = min) or NaN give an invalid fit (posterior 0.5); bad options raise."""
-    for losses in (np.ones(N, np.float32), np.r_[np.arange(N - 1.0), np.nan].astype(np.float32)):
-        state = mixture.fit_gmm(losses, **DIVIDEMIX_GMM)
+    for loss in (np.ones(N, np.float32), np.r_[np.arange(N - 1.0), np.nan].astype(np.float32)):
+        state = mixture.fit_gmm(loss, **DIVIDEMIX_GMM)
         assert not bool(state.valid)
-        np.testing.assert_array_equal(np.asarray(mixture.posterior_noisy(state, losses)), 0.5)
+        np.testing.assert_array_equal(np.asarray(mixture.posterior_noisy(state, loss)), 0.5)
     losses = _bimodal_losses()
     for bad in (dict(normalize="rank"), dict(init="random"), dict(tol=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):

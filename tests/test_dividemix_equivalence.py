@@ -25,8 +25,9 @@ from scipy import special
 
 from configs import cifar10_dividemix
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix_loop, models, train
-from jaxnoise import dividemix_step as dms
+from jaxnoise import models, network, optim
+from jaxnoise.dividemix import loop as dm_loop
+from jaxnoise.dividemix import step as dms
 
 # ~130 s on two shared CPU cores (80 s of CPU), nearly all of it XLA compiling the semi step of
 # a ResNet-18 (four train-mode and two eval-mode forwards and the backward) and the two warm-up
@@ -35,7 +36,8 @@ pytestmark = pytest.mark.slow
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "dividemix_w2.npz")
 WIDTH, C, B, N, STEPS, SEED = 2, 10, 8, 48, 3, 0
-SEMI_EPOCH, WARMUP_EPOCH, NET = 18, 3, 0
+SEMI_EPOCH, WARMUP_EPOCH, NET = 18, 3, 0  # the official loop's (0-based) epochs
+SEMI, WARMUP = SEMI_EPOCH + 1, WARMUP_EPOCH + 1  # the same epochs as jaxnoise counts them
 WARM_UP, RAMPUP, LAMBDA_U, T, ALPHA = 10, 16.0, 25.0, 0.5, 4.0
 MEAN, STD = data_lib.PUBLISHED_MEAN, data_lib.PUBLISHED_STD
 
@@ -81,7 +83,7 @@ def initial(net: str) -> dict[str, np.ndarray]:
 
 def config():
     c = cifar10_dividemix.get_config()  # crop padding 4 + flip, lr 0.02, momentum 0.9, wd 5e-4
-    c.width, c.seed, c.dividemix_batch = WIDTH, SEED, B
+    c.width, c.seed, c.dividemix.batch_size = WIDTH, SEED, B
     return c
 
 
@@ -90,7 +92,7 @@ def net_state(net: str, tx):
     abstractly and filled: its random initialisation would compile dozens of small programs)."""
     model = nnx.eval_shape(lambda: models.PreActResNet18(C, width=WIDTH, rngs=nnx.Rngs(0)))
     models.load_torch_state(model, {k: v.astype(np.float32) for k, v in initial(net).items()})
-    graphdef, params, frozen, stats = train.split_model(model, config())
+    graphdef, params, frozen, stats = network.split(model, config())
     return graphdef, {"params": params, "frozen": frozen, "stats": stats,
                       "opt_state": tx.init(params)}  # fmt: skip
 
@@ -155,19 +157,19 @@ def semi_run():
 def run_semi():
     """Three jaxnoise semi steps of net 1 (net 2 fixed): metrics per step, update distances
     after 1 and 3 steps, the draws."""
-    c, tx = config(), dms.create_optimizer(config())
+    c, tx = config(), optim.direction(config())
     graphdef, state = net_state("init1", tx)
     _, other = net_state("init2", tx)
     step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
                               lambda_max=LAMBDA_U, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
     mask = labelled_mask()
-    orders = dms.pool_orders(c.seed, i32(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
+    orders = dms.pool_orders(c.seed, i32(SEMI), i32(NET), jnp.asarray(mask))
     num_iter = int(mask.sum()) // B + 1  # the official len(labelled) // batch_size + 1
     metrics, distances, draws = [], {}, []
     d, p_clean = data(), jnp.asarray(fixture()["p_clean"])
-    args = lambda s: (d, p_clean, orders, i32(SEMI_EPOCH), i32(s), i32(num_iter), i32(NET))
+    args = lambda s: (d, p_clean, orders, i32(SEMI), i32(s), i32(num_iter), i32(NET))
     for s in range(STEPS):
-        draws.append(semi_draws(c.seed, i32(SEMI_EPOCH), i32(s), i32(NET), orders, B, ALPHA))
+        draws.append(semi_draws(c.seed, i32(SEMI), i32(s), i32(NET), orders, B, ALPHA))
         state, m = step(state, other, *args(s))
         metrics.append({k: float(v) for k, v in m.items()})
         if s + 1 in (1, STEPS):
@@ -220,12 +222,12 @@ def warmup_run(request):
 def run_warmup(mode: str):
     """Three jaxnoise warm-up steps (asym: + NegEntropy): metrics, distances, the shuffle."""
     c = config()
-    tx = dms.create_optimizer(c)
+    tx = optim.direction(c)
     graphdef, state = net_state("init1", tx)
     step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=mode == "asym",
                                 batch_size=2 * B)  # fmt: skip
-    perm = dms.warmup_permutation(c.seed, N, i32(WARMUP_EPOCH), i32(NET))
-    args = lambda s: (data(), perm, i32(WARMUP_EPOCH), i32(s), i32(NET))
+    perm = dms.warmup_permutation(c.seed, N, i32(WARMUP), i32(NET))
+    args = lambda s: (data(), perm, i32(WARMUP), i32(s), i32(NET))
     metrics, distances = [], {}
     for s in range(STEPS):
         state, m = step(state, *args(s))
@@ -240,7 +242,7 @@ def test_warmup_draws_are_the_ones_given_to_the_official_loop(warmup_run):
     np.testing.assert_array_equal(warmup_run["perm"], f["warmup/perm"])
     for s in range(STEPS):
         idx = warmup_run["perm"][s * 2 * B : (s + 1) * 2 * B]
-        key = dms.step_key(c.seed, i32(WARMUP_EPOCH), i32(s), i32(NET))
+        key = dms.step_key(c.seed, i32(WARMUP), i32(s), i32(NET))
         view = augmented(2 * B)(f["images"][idx], key)
         np.testing.assert_allclose(float(jnp.sum(view)), f["warmup/view_sums"][s], rtol=1e-5)
 
@@ -277,7 +279,7 @@ def test_division_matches_official_eval_train():
     start; jaxnoise: float32, deterministic k-means start; measured over the 50,000: p_clean
     within 2.1e-4, the GMM's parameters within 1.1e-4 relative)."""
     g = prefixed("gmm/")
-    _, x, p_clean, gmm = dividemix_loop.make_divide(False)(jnp.asarray(gmm_losses()), None)
+    _, x, p_clean, gmm = dm_loop.make_divide(False)(jnp.asarray(gmm_losses()), None)
     idx = g["index"]
     np.testing.assert_allclose(np.asarray(x)[idx], g["normalised"], atol=1e-6)
     np.testing.assert_allclose(np.asarray(p_clean)[idx], g["prob"], atol=2e-3)

@@ -1,4 +1,4 @@
-"""The assembled DivideMix steps (``jaxnoise.dividemix_step``) against the official ``train()``
+"""The assembled DivideMix steps (``jaxnoise.dividemix.step``) against the official ``train()``
 and ``warmup()`` of ``Train_cifar.py`` (Li, Socher & Hoi, ICLR 2020), written here in numpy.
 
 A linear head on small feature vectors (no augmentation: both views of a sample are equal) makes
@@ -8,7 +8,8 @@ every forward computable by hand: co-guessing (4 softmaxes, sharpened), co-refin
 (momentum 0.9, coupled weight decay). The draws (batch indices, ``l``, the permutation) come from
 the step's own public draw function with the same keys; their loader semantics are tested on
 their own. A BatchNorm head checks the train / eval modes and the order of the running-statistics
-moves (net(u1), net(u2), net(x1), net(x2), net(mixed)).
+moves (net(u1), net(u2), net(x1), net(x2), net(mixed)). Epochs are jaxnoise's (1-based); the
+official formulas use its 0-based count, ``epoch - 1``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from flax import nnx
 from scipy import special
 
 from configs import default
-from jaxnoise import data as data_lib
-from jaxnoise import dividemix_step as dms
-from jaxnoise import models, strong_augment, train
+from jaxnoise import models, network, optim, strong_augment
+from jaxnoise.dividemix import step as dms
 
 N, D, C, B = 40, 5, 3, 8  # samples, features, classes, labelled (= unlabelled) batch
 T, ALPHA, LAMBDA_MAX, WARM_UP, RAMPUP = 0.5, 4.0, 25.0, 10, 16
@@ -33,10 +33,11 @@ STD = np.linspace(0.8, 1.3, D).astype(np.float32)
 
 
 def _config(seed: int = 0):
-    c = default.get_config()
-    c.model, c.seed, c.batch_size = "linear", seed, B
+    c = default.get_config("DivideMix")
+    c.model, c.seed, c.dividemix.batch_size = "linear", seed, B
     c.data.crop_padding, c.data.flip = 0, False  # feature vectors are not augmented
-    c.lr, c.momentum, c.weight_decay, c.lr_milestones, c.lr_gamma = LR, 0.9, WD, (150,), 0.1
+    # the official lr / 10 from its epoch 150 (0-based): from epoch 151 here
+    c.lr, c.momentum, c.weight_decay, c.lr_milestones, c.lr_gamma = LR, 0.9, WD, (151,), 0.1
     return c
 
 
@@ -49,12 +50,11 @@ def _problem():
 
 
 def _linear_state(seed: int):
-    x, y, _ = _problem()
     c = _config(seed)
-    ds = data_lib.Dataset(x, y, x[:8], y[:8], [str(i) for i in range(C)], "toy")
-    graphdef, _, state, _ = train.init_train_state(c, ds)
-    tx = dms.create_optimizer(c)
-    return c, graphdef, tx, dict(state, opt_state=tx.init(state["params"]))
+    graphdef, params, frozen, stats = network.split(network.create(c, C, D), c)
+    tx = optim.direction(c)
+    return c, graphdef, tx, {"params": params, "frozen": frozen, "stats": stats,
+                             "opt_state": tx.init(params)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_semi_step_is_the_official_train_body(linear):
     d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
     idx_x, idx_u = np.asarray(d.labelled), np.asarray(d.unlabelled)
     assert mask[idx_x].all() and not mask[idx_u].any()
-    lambda_u = LAMBDA_MAX * np.clip((epoch + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
+    lambda_u = LAMBDA_MAX * np.clip((epoch - 1 + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
     assert 0 < lambda_u < LAMBDA_MAX
     w, b = _kernel_bias(state["params"])
     w2, b2 = _kernel_bias(other["params"])
@@ -183,7 +183,7 @@ def test_augdesc_ws_targets_from_weak_views_mixmatch_of_strong_views(linear, mon
     mask, (epoch, s, net) = p_clean > 0.5, (13, 1, 0)
     new, m, num_iter = _call_semi(linear, mask, epoch, s, net, step=step)
     d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
-    lambda_u = LAMBDA_MAX * np.clip((epoch + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
+    lambda_u = LAMBDA_MAX * np.clip((epoch - 1 + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
     (w, b), (w2, b2) = _kernel_bias(state["params"]), _kernel_bias(other["params"])
     args = (w, b, w2, b2, x, y, p_clean.astype(np.float64), np.asarray(d.labelled),
             np.asarray(d.unlabelled), float(d.lam), np.asarray(d.mix_perm), lambda_u)  # fmt: skip
@@ -239,8 +239,6 @@ def test_semi_step_compiles_once_across_epochs_and_pool_sizes(linear):
     late, m_late, _ = _call_semi(linear, p_clean > 0.3, 160, 3, net=1)
     assert step._cache_size() == 1
     np.testing.assert_allclose([m_early["lr"], m_late["lr"]], [LR, LR / 10], rtol=1e-6)
-    applied = late["opt_state"].hyperparams["learning_rate"]  # the rate the update used
-    np.testing.assert_allclose(float(applied), LR / 10, rtol=1e-6)
     assert m_late["lambda_u"] == pytest.approx(LAMBDA_MAX)
 
 
@@ -252,23 +250,12 @@ def test_empty_pools_give_finite_losses(linear):
     kept, m, _ = _call_semi(linear, np.zeros(N, bool), 20, 0)
     assert all(np.isfinite(v) for v in m.values()) and m["updated"] == 0.0
     np.testing.assert_array_equal(_kernel_bias(kept["params"])[0], w)
-    assert int(kept["opt_state"].count) == int(state["opt_state"].count)
+    for a, b_ in zip(jax.tree.leaves(kept["opt_state"]), jax.tree.leaves(state["opt_state"])):
+        np.testing.assert_array_equal(a, b_)  # the momentum did not move either
     trained, m, _ = _call_semi(linear, np.ones(N, bool), 20, 0)
     assert all(np.isfinite(v) for v in m.values()) and m["updated"] == 1.0
     assert m["lambda_u"] == 0.0 and m["loss"] == pytest.approx(m["Lx"] + m["penalty"], rel=1e-6)
     assert not np.allclose(_kernel_bias(trained["params"])[1], b)
-
-
-def test_a_step_count_schedule_is_refused(linear):
-    """The learning rate is set from the epoch: an optimizer scheduled on the count is refused."""
-    c, graphdef, _, state, *_ = linear
-    tx = train.create_optimizer(c, steps_per_epoch=5)
-    step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=False, batch_size=B)
-    x, y, _ = _problem()
-    data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
-    state = dict(state, opt_state=tx.init(state["params"]))
-    with pytest.raises(ValueError, match="create_optimizer"):
-        step(state, data, jnp.arange(N), _int(0), _int(0), _int(0))
 
 
 @pytest.mark.parametrize("penalty", [False, True])
@@ -334,7 +321,7 @@ def test_batchnorm_modes_and_running_statistics_order():
     mask = p_clean > 0.5
     x = x + np.where(mask, 0.0, 3.0)[:, None].astype(np.float32)  # u and x batches differ
     c = _config()
-    tx = dms.create_optimizer(c)
+    tx = optim.direction(c)
     graphdef, state = _bn_state(0, tx)
     _, other = _bn_state(1, tx)
     other["stats"] = jax.tree.map(lambda v: v + 0.5, other["stats"])  # eval != train mode

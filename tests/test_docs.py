@@ -3,7 +3,8 @@
 Every relative link must point at a file of the repository (and an `#anchor` at a heading of
 that file, with GitHub's heading slugs); the README must name no path that exists only on the
 project's machines (`../shared/...`, `/work/...`); every ```bash block must parse (`bash -n`);
-every `--config.FIELD` must be a field of configs/default.py and every `configs/X.py` a file.
+every `--config.FIELD` must be a field of configs/default.py (a bootstrap or a DivideMix config)
+and every `configs/X.py` a file.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _config_fields() -> set[str]:
             else:
                 yield f"{prefix}{k}"
 
-    return set(walk(default.get_config()))
+    return set(walk(default.get_config())) | set(walk(default.get_config("DivideMix")))
 
 
 @pytest.mark.parametrize("path", DOCS, ids=IDS)

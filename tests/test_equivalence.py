@@ -21,7 +21,9 @@ from flax import nnx
 
 from configs import default
 from jaxnoise import data as data_lib
-from jaxnoise import mixture, models, schedule, train
+from jaxnoise import mixture, models, network, optim
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from jaxnoise.bootstrap import step as step_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "equivalence_w2.npz")
 WIDTH, NUM_CLASSES, BATCH = 2, 10, 16
@@ -131,16 +133,16 @@ def test_tracked_losses_and_bmm_match_original():
 def jitted_update(kind: str):
     method, epoch = STEP_KINDS[kind]
     c = default.get_config()
-    c.method, c.width, c.batch_size, c.lr = method, WIDTH, BATCH, 0.1
+    c.method, c.width, c.bootstrap.batch_size, c.lr = method, WIDTH, BATCH, 0.1
     c.data.crop_padding, c.data.flip = 0, False
     model = model_from_fixture()
-    graphdef, params, frozen, stats = train.split_model(model, c)
-    tx = train.create_optimizer(c)
-    phase = schedule.phase_for_epoch(c, epoch)
-    update = jax.jit(train.make_update(graphdef, tx, c, phase, NUM_CLASSES))
+    graphdef, params, frozen, stats = network.split(model, c)
+    tx = optim.direction(c)
+    phase = bootstrap_schedule.phase_for_epoch(c, epoch)
+    update = jax.jit(step_lib.make_update(graphdef, tx, c, phase, NUM_CLASSES))
     state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
-             "mixture": jax_bmm()}  # fmt: skip
-    temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
+             "mixture": jax_bmm(), "step": jnp.zeros((), jnp.int32)}  # fmt: skip
+    temperature = np.float32(bootstrap_schedule.temperature_for_epoch(c, epoch))
     return graphdef, state, update, temperature
 
 
@@ -155,12 +157,12 @@ def test_train_steps_match_original(kind, steps):
     step_losses = []
     for s in range(steps):
         sl = slice(s * BATCH, (s + 1) * BATCH)
-        draws = train.StepDraws(
+        draws = step_lib.StepDraws(
             pair=jnp.asarray(f["draws/pair"][s]), lam=jnp.float32(f["draws/lam"][s]),
             pair_weight=jnp.float32(f["draws/pair_weight"][s]), key=jax.random.key(s),
         )  # fmt: skip
         state, loss = update(state, inputs(sl), jnp.asarray(f["labels"][sl], jnp.int32), None,
-                             draws, temperature)  # fmt: skip
+                             draws, temperature, np.float32(0.1))  # the original's lr 0.1
         step_losses.append(float(loss))
     np.testing.assert_allclose(np.mean(step_losses), f[f"step/{kind}/{steps}/loss"], rtol=1e-4)
     ours = models.torch_state(nnx.merge(graphdef, state["params"], state["frozen"], state["stats"]))

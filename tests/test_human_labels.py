@@ -215,7 +215,7 @@ def test_label_issues_csv_carries_the_sample_ids(tmp_path) -> None:
     c = features_m_dyr_h.get_config()
     c.data.features = str(tmp_path / "emb.npz")
     c.noise_kind, c.label_file = "human", str(tmp_path / "human.csv")
-    c.method, c.epochs, c.lr_milestones, c.batch_size, c.lr = "CE", 3, (), 50, 0.05
+    c.method, c.epochs, c.lr_milestones, c.bootstrap.batch_size, c.lr = "CE", 3, (), 50, 0.05
     c.mlp_hidden = (16,)
     wd = tmp_path / "wd"
     train.train_and_evaluate(c, str(wd))

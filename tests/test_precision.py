@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import quickstart
 from jaxnoise import models, train
-from jaxnoise.step import _apply
+from jaxnoise.network import apply as _apply
 
 
 def _forward(compute_dtype: str):
@@ -48,7 +48,7 @@ def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
     for dtype in ("float32", "bfloat16"):
         c = quickstart.get_config()
         c.compute_dtype = dtype
-        c.epochs, c.lr_milestones, c.bootstrap_start_epoch = 12, (9,), 4
+        c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 12, (9,), 4
         c.log_every_seconds = 0.0
         results[dtype] = train.train_and_evaluate(c, str(tmp_path / dtype))
     f32, bf16 = results["float32"], results["bfloat16"]

@@ -30,9 +30,11 @@ from hypothesis.extra import numpy as hnp
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
+from jaxnoise import inputs, runkit, schedule, stops, train
 from jaxnoise import noise as noise_lib
-from jaxnoise import schedule, train
 from jaxnoise import workdir as workdir_lib
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from jaxnoise.bootstrap import step as step_lib
 from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,10 +44,7 @@ TIMING = ("seconds", "images_per_s")
 
 
 def tiny(**overrides) -> ml_collections.ConfigDict:
-    c = _signal_run.get_config()
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+    return _signal_run.set_fields(_signal_run.get_config(), **overrides)
 
 
 # ================================================================================================
@@ -65,10 +64,10 @@ def tiny(**overrides) -> ml_collections.ConfigDict:
         ("width", 2**40, r"config\.width = 1099511627776 .*at most 2\*\*31 - 1"),
         ("momentum", "high", r"config\.momentum = 'high' .*\[0, 1\)"),
         ("lr_milestones", 5, r"config\.lr_milestones = 5 .*tuple of whole epochs"),
-        ("lr_milestones", (3,), r"config\.lr_milestones = \(3,\) .*\[1, epochs=3\)"),
+        ("lr_milestones", (4,), r"config\.lr_milestones = \(4,\) .*\[1, epochs=3\]"),
         ("seed", -1, r"config\.seed = -1 .*\[0, 4294967295\]"),
         ("method", 3, r"config\.method = 3 .*one of 'CE'"),
-        ("bootstrap_start_epoch", 1, r"bootstrap_start_epoch = 1 .*warm-up"),
+        ("bootstrap.start_epoch", 1, r"bootstrap\.start_epoch = 1 .*warm-up"),
     ],
 )
 def test_config_errors_name_field_value_and_allowed(field, value, match):
@@ -77,15 +76,15 @@ def test_config_errors_name_field_value_and_allowed(field, value, match):
     (A value of the wrong type cannot be set on a type-safe ConfigDict, but a config file or a
     hand-built dict can hold one, so the config is rebuilt from a dict here.)"""
     d = tiny().to_dict()
-    d[field] = value
+    _set(d, field, value)
     with pytest.raises(ValueError, match=match):
         config_lib.validate(ml_collections.ConfigDict(d))
 
 
 def test_config_missing_field_and_md_dyr_sh_schedule():
     d = tiny().to_dict()
-    del d["em_iters"]
-    with pytest.raises(ValueError, match=r"config\.em_iters is missing"):
+    del d["bootstrap"]["em_iters"]
+    with pytest.raises(ValueError, match=r"config\.bootstrap\.em_iters is missing"):
         config_lib.validate(ml_collections.ConfigDict(d))
     c = tiny(method="MD-DYR-SH", dynamic_start_epoch=3, soft_to_hard_start_epoch=2)
     with pytest.raises(ValueError, match="2 <= dynamic_start_epoch <= soft_to_hard_start_epoch"):
@@ -127,7 +126,7 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
     """A corrupt image (named), a label file of the wrong length or with out-of-range labels,
     a one-class or tiny dataset: ValueError before anything is compiled."""
     compiled = []
-    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+    monkeypatch.setattr(step_lib, "make_train_step", lambda *a, **k: compiled.append(1))
     # Image folder with a corrupt image.
     from PIL import Image
 
@@ -158,10 +157,10 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
     img = np.zeros((8, 4, 4, 1), np.uint8)
     one_class = data_lib.Dataset(img, np.zeros(8, np.int32), img, np.zeros(8, np.int32), ["a"], "x")
     with pytest.raises(ValueError, match=r"1 class\(es\) \['a'\]; .*at least 2"):
-        train.validate_against_data(tiny(batch_size=4), one_class)
+        inputs.validate_against_data(tiny(batch_size=4), one_class)
     two = data_lib.Dataset(img, np.arange(8) % 2, img, np.arange(8) % 2, ["a", "b"], "x")
     with pytest.raises(ValueError, match="8 training samples; the noise model needs at least 10"):
-        train.validate_against_data(tiny(batch_size=4), two)
+        inputs.validate_against_data(tiny(batch_size=4), two)
     # Asymmetric (CIFAR class-pair) noise on a dataset with another number of classes.
     with pytest.raises(ValueError, match="'cifar10' needs 10 classes, but the dataset has 5"):
         noise_lib.apply("asymmetric", np.arange(20) % 5, num_classes=5, rate=0.5, dataset="cifar10")
@@ -190,9 +189,9 @@ def test_workdir_check_ignores_per_process_and_rescheduling_fields(tmp_path):
     with another coordinator address, must still resume (they used to be refused)."""
     c = tiny()
     c.distributed.num_processes, c.distributed.coordinator_address = 2, "10.0.0.1:1234"
-    (tmp_path / "config.json").write_text(json.dumps(train._config_fingerprint(c)))
+    (tmp_path / "config.json").write_text(json.dumps(runkit.fingerprint(c)))
     c.distributed.process_id, c.distributed.coordinator_address = 1, "10.0.0.7:4321"
-    ckpt_lib.check_workdir_config(str(tmp_path), train._config_fingerprint(c), fresh=False)
+    ckpt_lib.check_workdir_config(str(tmp_path), runkit.fingerprint(c), fresh=False)
 
 
 def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path):
@@ -210,7 +209,7 @@ def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path):
 
 
 def test_preemption_guard_records_signal_and_second_sigint_interrupts():
-    with ckpt_lib.PreemptionGuard() as g:
+    with stops.PreemptionGuard(exit_when_idle=False) as g:
         signal.raise_signal(signal.SIGTERM)
         assert g.stop_requested and g.signal_name == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
@@ -222,9 +221,11 @@ def test_preemption_guard_records_signal_and_second_sigint_interrupts():
 # Property tests: any config override / any label array is accepted (and valid) or refused with a
 # ValueError carrying a message, never another exception.
 
-_FIELDS = sorted(config_lib.FIELDS)
+_CHECKS = config_lib.checks_of("M-DYR-H")
+_FIELDS = sorted(_CHECKS)
 _DEFAULTS = _signal_run.get_config()
-_CHOICE_VALUES = sorted({v for vs in config_lib.CHOICES.values() for v in vs})
+_CHOICES = {k: c.allowed for k, c in _CHECKS.items() if hasattr(c, "allowed")}
+_CHOICE_VALUES = sorted({v for vs in _CHOICES.values() for v in vs})
 _wild = st.one_of(
     st.integers(-3, 12),
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -240,8 +241,8 @@ _wild = st.one_of(
 
 def _plausible(field: str):
     """Values of the field's own type (so that many configs are accepted)."""
-    if field in config_lib.CHOICES:
-        return st.sampled_from(config_lib.CHOICES[field])
+    if field in _CHOICES:
+        return st.sampled_from(_CHOICES[field])
     default = _get(_DEFAULTS.to_dict(), field)
     if isinstance(default, bool):
         return st.booleans()
@@ -295,8 +296,8 @@ def test_property_config_validation_is_total(overrides):
     for epoch in sorted({1, 2, config.epochs}):
         assert math.isfinite(schedule.lr_for_epoch(config, epoch))
         assert schedule.lr_for_epoch(config, epoch) > 0
-        assert schedule.temperature_for_epoch(config, epoch) > 0
-        schedule.phase_for_epoch(config, epoch)
+        assert bootstrap_schedule.temperature_for_epoch(config, epoch) > 0
+        bootstrap_schedule.phase_for_epoch(config, epoch)
     json.loads(config.to_json_best_effort())
     assert 0.0 <= config.noise <= 1.0 and isinstance(config.data.flip, bool)
 
@@ -668,3 +669,138 @@ def test_multiprocess_sigterm_to_one_process_stops_all_at_one_step(tmp_path):
     for c in pair(wd):
         _assert_clean_exit(c, c.finish(), 0, "done:")
     assert _metrics(wd) == _metrics(tmp_path / "ref")
+
+
+# ================================================================================================
+# Issue 25: outputs as a function of the newest checkpoint, one run per workdir, workdir problems
+# named before loading, saves that fail named at once, stops that tell the truth quickly.
+
+
+def _outputs(workdir) -> dict[str, bytes]:
+    """The run's outputs, byte for byte (the report's files and the manifest)."""
+    names = ("per_sample.npz", "label_issues.csv", "label_issues_summary.json", "outputs.json")
+    return {n: (workdir / n).read_bytes() for n in names}
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL between the commit of the final checkpoint and the outputs."""
+
+
+def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monkeypatch, capsys):
+    """A kill after the final checkpoint commits and before the outputs are written (a fresh
+    workdir, and a workdir holding the outputs of an earlier checkpoint, as a run stopped after
+    epoch 1 leaves them): the report refuses the stale outputs in one line; a re-run makes the
+    outputs of the newest checkpoint, says so, and they equal an uninterrupted run's byte for
+    byte."""
+    from jaxnoise import report
+
+    c = tiny()
+    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    write = runkit.write_outputs
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    for name, first_epochs in (("fresh", 0), ("stopped", 1)):
+        wd = tmp_path / name
+        if first_epochs:  # outputs of checkpoint 24 (epoch 1) in the workdir
+            train.train_and_evaluate(c, str(wd), stop_after_epoch=first_epochs)
+            assert json.loads((wd / "outputs.json").read_text())["checkpoint"] == STEPS
+        monkeypatch.setattr(runkit, "write_outputs", killed)
+        with pytest.raises(_Killed):
+            train.train_and_evaluate(c, str(wd))
+        monkeypatch.setattr(runkit, "write_outputs", write)
+        assert _committed_steps(wd)[-1] == 3 * STEPS
+        if first_epochs:
+            with pytest.raises(report.WorkdirError, match=rf"made from checkpoint {STEPS}, but its "
+                               rf"newest checkpoint is {3 * STEPS}"):  # fmt: skip
+                report.load_workdir(str(wd))
+        capsys.readouterr()
+        train.train_and_evaluate(c, str(wd))
+        out = capsys.readouterr().out
+        assert f"rebuilding the outputs of checkpoint {3 * STEPS}" in out, out
+        assert _outputs(wd) == _outputs(tmp_path / "ref"), name
+    # A finished run whose outputs are complete: a re-run rebuilds nothing and says nothing.
+    capsys.readouterr()
+    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    assert "rebuilding" not in capsys.readouterr().out
+
+
+def test_a_second_process_on_the_workdir_is_refused_before_loading(tmp_path):
+    """A workdir in use (its lock held by another process; here this one) refuses a second run
+    in one line naming the workdir and the holder's pid, exit 2, and it writes nothing."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with workdir_lib.lock(str(wd)):
+        child = Child(wd, cache_dir=tmp_path / "cache")
+        rc = child.finish()
+    _assert_clean_exit(child, rc, 2, f"error: workdir '{wd}' is in use by another run (pid "
+                       f"{os.getpid()} ")  # fmt: skip
+    assert len(child.lines) == 1 and sorted(os.listdir(wd)) == [".lock"], child.output
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_a_workdir_that_is_a_file_or_below_one_is_refused_before_loading(tmp_path, where):
+    """One line, exit 2, before any data is loaded."""
+    (tmp_path / "f").write_text("x")
+    wd = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    child = Child(wd, cache_dir=tmp_path / "cache")
+    _assert_clean_exit(child, child.finish(), 2, "error: workdir", "a file, not a folder")
+    assert len(child.lines) == 1, child.output
+
+
+def test_a_save_that_fails_for_lack_of_space_is_one_line_at_once(reference, tmp_path):
+    """The disk full at the save of epoch 2: one line naming the checkpoint folder and the last
+    committed checkpoint, exit 1, nothing after it; the run stops there (no epoch 3)."""
+    cache, _ = reference
+    wd = tmp_path / "wd"
+    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_ENOSPC=str(2 * STEPS))
+    rc = child.finish()
+    _assert_clean_exit(child, rc, 1, f"error: could not save a checkpoint to {wd}/checkpoints: "
+                       "no space left on the device (ENOSPC)",
+                       f"resume from checkpoint {STEPS}, the last committed one")  # fmt: skip
+    assert child.lines[-1].startswith("error: "), child.output
+    assert "epoch 3" not in child.output and _committed_steps(wd) == [STEPS]
+
+
+def test_a_second_signal_while_saving_waits_and_saved_means_committed(reference, tmp_path):
+    """SIGTERM mid-epoch, then SIGINT while that checkpoint is being written: one line, the
+    write completes, and "saved" is printed only once the checkpoint is committed."""
+    cache, _ = reference
+    wd = tmp_path / "wd"
+    at = STEPS + 5
+    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_PAUSE_AT="2:4",
+                  JAXNOISE_TEST_SLOW_SAVE=f"{at}:3")  # fmt: skip
+    child.wait_for("PAUSED 2 4")
+    child.proc.send_signal(signal.SIGTERM)
+    child.wait_for(f"SLOW_SAVE {at}")
+    child.proc.send_signal(signal.SIGINT)
+    child.wait_for("SIGINT again: the checkpoint is being written")
+    line = child.wait_for("[")  # the next log line: the stop's
+    assert "SIGTERM during epoch 2: saved a checkpoint after step 5/" in line, child.output
+    assert at in _committed_steps(wd)  # committed when "saved" was printed
+    _assert_clean_exit(child, child.finish(), 128 + signal.SIGTERM, "stopped by SIGTERM")
+
+
+def test_a_signal_during_the_first_compile_exits_at_once(tmp_path):
+    """Before the first train step returns there is nothing new to save: a signal, even while
+    the interpreter waits in a compile (in C), ends the run with one line and 128 + signal,
+    without training or saving."""
+    wd = tmp_path / "wd"
+    child = Child(wd, cache_dir=tmp_path / "cache", JAXNOISE_TEST_LONG_FIRST_COMPILE="1")
+    child.wait_for("FIRST_COMPILE")
+    child.proc.send_signal(signal.SIGTERM)
+    _assert_clean_exit(child, child.finish(50), 128 + signal.SIGTERM,
+                       "stopped by SIGTERM: nothing to save yet")  # fmt: skip
+    assert "epoch 1:" not in child.output and not os.path.isdir(wd / "checkpoints" / "24")
+
+
+def test_sigint_while_starting_is_one_line_and_130(tmp_path):
+    """Ctrl-C while the command starts (imports, the config, loading the data): one line, exit
+    130, no traceback."""
+    child = Child(tmp_path / "wd", cache_dir=tmp_path / "cache")
+    time.sleep(0.5)
+    child.proc.send_signal(signal.SIGINT)
+    _assert_clean_exit(child, child.finish(), 130)
+    assert any(t in child.output for t in ("interrupted (SIGINT while starting)",
+                                          "stopped by SIGINT: nothing to save yet")), child.output

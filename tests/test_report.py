@@ -259,7 +259,7 @@ def tiny_run(tmp_path_factory):
     c.width = 8
     c.epochs = 6
     c.lr_milestones = (4,)
-    c.bootstrap_start_epoch = 3
+    c.bootstrap.start_epoch = 3
     wd = str(tmp_path_factory.mktemp("tiny_run"))
     train.train_and_evaluate(c, wd)
     return wd

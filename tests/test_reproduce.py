@@ -14,7 +14,8 @@ from scipy import stats
 
 from benchmarks import diagnose_reproduce, reproduce
 from jaxnoise import config as config_lib
-from jaxnoise import schedule
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from tests._signal_run import set_fields
 
 
 @pytest.mark.parametrize("protocol", ["reduced", "paper"])
@@ -24,8 +25,8 @@ def test_every_cell_config_validates(cell, protocol, tmp_path):
     config_lib.validate(c)
     method, noise, over = reproduce.CELLS[cell]
     assert c.method == method and c.noise == noise
-    for k, v in over.items():
-        assert c[k] == v
+    for k, v in over.items():  # dotted: "bootstrap.noise_model"
+        assert set_fields(c.copy_and_resolve_references(), **{k: v}) == c
 
 
 def test_reduced_schedule_is_the_published_one_divided():
@@ -37,12 +38,12 @@ def test_reduced_schedule_is_the_published_one_divided():
         assert red.lr_milestones == tuple(round(m / d) for m in paper.lr_milestones)
         assert all(m < red.epochs for m in red.lr_milestones)
         # Bootstrapping follows the (scaled) first milestone, as the original's milestones[0] + 6.
-        assert schedule.bootstrap_start_epoch(red) == red.lr_milestones[0] + 6
-        assert red.method == "CE" or schedule.bootstrap_start_epoch(red) == 16
+        assert bootstrap_schedule.bootstrap_start_epoch(red) == red.lr_milestones[0] + 6
+        assert red.method == "CE" or bootstrap_schedule.bootstrap_start_epoch(red) == 16
         assert red.width == reproduce.REDUCED["width"]
         assert red.data.subset_per_class == reproduce.REDUCED["subset_per_class"]
     md = reproduce.make_config("reduced", "MD-DYR-SH@0.9", "/nonexistent")
-    assert md.dynamic_start_epoch < md.soft_to_hard_start_epoch <= md.epochs
+    assert md.bootstrap.dynamic_start_epoch < md.bootstrap.soft_to_hard_start_epoch <= md.epochs
 
 
 def test_unknown_protocol_raises():

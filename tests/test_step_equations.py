@@ -17,7 +17,10 @@ from scipy import special, stats
 
 from configs import features_m_dyr_h
 from jaxnoise import data as data_lib
-from jaxnoise import mixture, schedule, train
+from jaxnoise import mixture
+from jaxnoise.bootstrap import loop as bootstrap_loop
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from jaxnoise.bootstrap import step as step_lib
 
 N, D, C, B = 64, 6, 4, 16
 
@@ -28,15 +31,17 @@ def _setup(method: str, epoch: int):
     y = rng.integers(0, C, N).astype(np.int32)
     ds = data_lib.Dataset(x, y, x[:8], y[:8], [str(i) for i in range(C)], "toy")
     c = features_m_dyr_h.get_config()
-    c.model, c.method, c.batch_size = "linear", method, B
-    c.posterior_lookup = False  # the exact posterior, written below with scipy
-    c.epochs, c.lr_milestones, c.bootstrap_start_epoch = 10, (5,), 2
-    c.dynamic_start_epoch, c.soft_to_hard_start_epoch, c.temperature_epochs = 2, 3, 4
-    graphdef, tx, state, _ = train.init_train_state(c, ds)
+    c.model, c.method, c.bootstrap.batch_size = "linear", method, B
+    c.bootstrap.posterior_lookup = False  # the exact posterior, written below with scipy
+    c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 10, (5,), 2
+    b = c.bootstrap
+    b.dynamic_start_epoch, b.soft_to_hard_start_epoch, b.temperature_epochs = 2, 3, 4
+    pieces, tree = bootstrap_loop.build(c, ds, ds.mean_std())
+    graphdef, tx, state = pieces.graphdef, pieces.tx, tree["state"]
     # A mixture fitted to bimodal losses on the scale of this head's cross-entropy.
     fit_losses = np.concatenate([rng.gamma(4.0, 0.25, 300), rng.gamma(9.0, 0.35, 200)])
     state["mixture"] = mixture.fit_bmm(jnp.asarray(fit_losses, jnp.float32))
-    return c, graphdef, tx, state, x[:B], y[:B], schedule.phase_for_epoch(c, epoch)
+    return c, graphdef, tx, state, x[:B], y[:B], bootstrap_schedule.phase_for_epoch(c, epoch)
 
 
 def _linear(state):
@@ -95,15 +100,16 @@ def test_assembled_step_loss_is_eq_8(method, epoch):
     rng = np.random.default_rng(1)
     pair = rng.permutation(B).astype(np.int32)
     lam = np.float32(0.37)
-    temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
-    draws = train.StepDraws(pair=jnp.asarray(pair), lam=jnp.asarray(lam),
-                            pair_weight=jnp.float32(0.5), key=jax.random.key(0))  # fmt: skip
-    update = jax.jit(train.make_update(graphdef, tx, c, phase, C))
-    want = _reference(method, state, x, y, pair, float(lam), float(temperature), c.reg_weight)
-    _, loss = update(state, jnp.asarray(x), jnp.asarray(y), None, draws, temperature)
+    temperature = np.float32(bootstrap_schedule.temperature_for_epoch(c, epoch))
+    draws = step_lib.StepDraws(pair=jnp.asarray(pair), lam=jnp.asarray(lam),
+                               pair_weight=jnp.float32(0.5), key=jax.random.key(0))  # fmt: skip
+    update = jax.jit(step_lib.make_update(graphdef, tx, c, phase, C))
+    want = _reference(method, state, x, y, pair, float(lam), float(temperature),
+                      c.bootstrap.reg_weight)  # fmt: skip
+    _, loss = update(state, jnp.asarray(x), jnp.asarray(y), None, draws, temperature, c.lr)
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
     # The reference is sensitive to the wiring: the complement posterior gives another loss.
     m = state["mixture"]
     flipped = dict(state, mixture=m.replace(noisy_component=1 - m.noisy_component))
     assert abs(_reference(method, flipped, x, y, pair, float(lam), float(temperature),
-                          c.reg_weight) - want) > 1e-3  # fmt: skip
+                          c.bootstrap.reg_weight) - want) > 1e-3  # fmt: skip

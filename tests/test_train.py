@@ -14,26 +14,27 @@ import numpy as np
 import pytest
 
 from jaxnoise import config as config_lib
-from jaxnoise import mixture, schedule, train
+from jaxnoise import inputs, mixture, optim, runkit, schedule, train
+from jaxnoise.bootstrap import loop as bootstrap_loop
+from jaxnoise.bootstrap import schedule as bootstrap_schedule
+from jaxnoise.bootstrap import step as step_lib
 from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    """Quickstart shrunk for tests: width-8 CNN, 3-epoch schedule (shared with the signal tests)."""
-    c = _signal_run.get_config()
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+    """Quickstart shrunk for tests: width-8 CNN, 3-epoch schedule (shared with the signal tests);
+    ``overrides`` by field name (``batch_size`` is the method block's)."""
+    return _signal_run.set_fields(_signal_run.get_config(), **overrides)
 
 
 @pytest.fixture(scope="module")
 def digits():
     """Digits with 50% symmetric noise."""
     c = tiny_config()
-    ds = train.load_data(c)
-    noisy, mask = train.inject_noise(c, ds)
+    ds = inputs.load_data(c)
+    noisy, mask = inputs.inject_noise(c, ds)
     return ds, noisy, mask
 
 
@@ -42,18 +43,20 @@ def warm(digits):
     """A model after one CE epoch's worth of steps plus a fitted BMM (so posteriors are real)."""
     ds, noisy, mask = digits
     c = tiny_config(method="CE")
-    graphdef, tx, state, aux = train.init_train_state(c, ds)
-    data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(noisy)}
     mean, std = ds.mean_std()
-    step = train.make_train_step(graphdef, tx, c, schedule.phase_for_epoch(c, 1), 10, mean, std)
+    pieces, tree = bootstrap_loop.build(c, ds, (mean, std))
+    graphdef, tx, state, aux = pieces.graphdef, pieces.tx, tree["state"], tree["aux"]
+    data = {"images": jnp.asarray(ds.train_images), "labels": jnp.asarray(noisy)}
+    phase = bootstrap_schedule.phase_for_epoch(c, 1)
+    step = step_lib.make_train_step(graphdef, tx, c, phase, 10, mean, std)
     perm = jax.random.permutation(jax.random.key(0), len(noisy))
-    for _ in range(len(noisy) // c.batch_size):
+    for _ in range(len(noisy) // c.bootstrap.batch_size):
         state, _ = step(state, data, aux, perm)
-    chunk = train.make_eval_chunk(graphdef, c, mean, std)
-    loss, logits = train.forward_all(chunk, state, data["images"], data["labels"], 500)
+    loss, logits = pieces.forward(state, data["images"], data["labels"])
     state["mixture"] = mixture.fit_bmm(loss)
-    aux = {"p_noisy": mixture.posterior_noisy(state["mixture"], loss), "logits": logits}
-    return graphdef, tx, state, aux, data, (mean, std), ds.train_labels
+    aux = {"loss": loss, "p_noisy": mixture.posterior_noisy(state["mixture"], loss),
+           "logits": logits}  # fmt: skip
+    return graphdef, tx, state, aux, data, (mean, std), pieces.forward, ds.train_labels
 
 
 PHASE_CASES = {
@@ -82,24 +85,16 @@ def test_each_method_step_reduces_its_loss(warm, case):
     """Each algorithm's train step (epoch 2 phase) lowers its own loss by > 0.1 nats in 40 steps.
 
     (An absolute drop: soft targets have an entropy floor.)"""
-    graphdef, tx, state, aux, data, (mean, std), _ = warm
+    graphdef, tx, state, aux, data, (mean, std), forward, _ = warm
     c = tiny_config(lr=0.2, **PHASE_CASES[case])
     # Clean labels: the question here is whether each step learns (noise robustness is the
     # reproduction benchmark's job).
     data = dict(data, labels=jnp.asarray(digits_labels(warm)))
-    if c.noise_model == "gmm":
-        loss, _ = train.forward_all(
-            train.make_eval_chunk(graphdef, c, mean, std),
-            state,
-            data["images"],
-            data["labels"],
-            500,
-        )
+    if c.bootstrap.noise_model == "gmm":
+        loss, _ = forward(state, data["images"], data["labels"])
         state = dict(state, mixture=mixture.fit_gmm(loss))
-    phase = schedule.phase_for_epoch(c, 2)
-    n = data["images"].shape[0]
-    tx = train.create_optimizer(c, len(train.epoch_batch_sizes(n, c.batch_size, c.drop_last)))
-    step = train.make_train_step(graphdef, tx, c, phase, 10, mean, std)
+    phase = bootstrap_schedule.phase_for_epoch(c, 2)
+    step = step_lib.make_train_step(graphdef, optim.direction(c), c, phase, 10, mean, std)
     state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)  # step donates
     # Repeat one fixed batch of 64 (a fixed permutation) so the loss trend is not sampling noise.
     perm = jnp.tile(jnp.arange(64), 64)
@@ -136,24 +131,27 @@ def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
 
 
 def _run_capturing(config, workdir, monkeypatch):
-    """train_and_evaluate, also returning its Run (compiled steps, data on device)."""
-    runs = []
-    setup = train.setup
+    """train_and_evaluate, also returning its Run (data on device) and its bootstrap Pieces
+    (the compiled steps)."""
+    runs, built = [], []
+    open_run, build = runkit.open_run, bootstrap_loop.build
 
-    def capture(*args, **kwargs):
-        out = setup(*args, **kwargs)
-        runs.append(out[0])
-        return out
+    def capture_run(*args, **kwargs):
+        runs.append(open_run(*args, **kwargs))
+        return runs[-1]
 
-    monkeypatch.setattr(train, "setup", capture)
-    return train.train_and_evaluate(config, workdir), runs[-1]
+    def capture_pieces(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(runkit, "open_run", capture_run)
+    monkeypatch.setattr(bootstrap_loop, "build", capture_pieces)
+    return train.train_and_evaluate(config, workdir), runs[-1], built[-1][0]
 
 
 def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     """K = 4 train steps per call (lax.scan) give the metrics of K = 1 (to float32 rounding), over
     two epochs of each of MD-DYR-SH's three phases, and no compiled step is traced twice."""
-    from jaxnoise import step as step_lib
-
     traces: dict[int, int] = {}  # per compiled step: how often its update was traced
     make_update = step_lib.make_update
 
@@ -173,8 +171,8 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     def config(**k):  # full batches only (23 of 64): calls of 4 x 5, then 1 x 3 at K=4
         return tiny_config(drop_last=True, **over, **k)
 
-    one, run1 = _run_capturing(config(), str(tmp_path / "k1"), monkeypatch)
-    four, run4 = _run_capturing(config(steps_per_call=4), str(tmp_path / "k4"), monkeypatch)
+    one, _, run1 = _run_capturing(config(), str(tmp_path / "k1"), monkeypatch)
+    four, _, run4 = _run_capturing(config(steps_per_call=4), str(tmp_path / "k4"), monkeypatch)
     # The same steps; not bit-identical: XLA compiles the scanned body with other fusions
     # (~1e-7 relative in the parameters after an epoch on XLA:CPU), so compare to rounding.
     for a, b in zip(one["history"], four["history"], strict=True):
@@ -196,11 +194,13 @@ def test_no_transfers_between_log_points(tmp_path, monkeypatch):
     points (the running loss stays on device): jax.transfer_guard('disallow') around the epoch."""
     c = tiny_config(method="M-DYR-H", epochs=2, lr_milestones=(1,), log_every_steps=4)
     c.data.subset_per_class = 64  # 10 full batches: one compiled step per phase
-    _, run = _run_capturing(c, str(tmp_path / "a"), monkeypatch)
-    graphdef, tx, state, aux = train.init_train_state(c, run.ds)
+    _, run, pieces = _run_capturing(c, str(tmp_path / "a"), monkeypatch)
+    _, fresh = bootstrap_loop.build(c, run.ds, run.mean_std, run.mesh)
+    state, aux = fresh["state"], fresh["aux"]
     with jax.transfer_guard("disallow"):
         for epoch in (1, 2):  # mixup, then bootstrapping (batch posteriors); compiled by run a
-            state, total, done = train.train_epoch(run, state, aux, epoch, 0, 0.0)
+            state, total, done = bootstrap_loop.train_epoch(run, pieces, state, aux, epoch, 0,
+                                                            0.0)  # fmt: skip
     assert done == run.steps_per_epoch and np.isfinite(float(total))
 
 
@@ -239,18 +239,42 @@ def test_exact_resume_and_determinism(tmp_path):
         ("noise", 1.5, "noise"),
         ("method", "M-DYR-X", "method"),
         ("lr_milestones", (2, 1), "lr_milestones"),
-        ("bootstrap_start_epoch", 10, "bootstrap_start_epoch"),
-        ("mixup_draw", "beta", "mixup_draw"),
-        ("batch_size", 0, "batch_size"),
-        ("posterior_source", "step", "posterior_source"),
+        ("bootstrap.start_epoch", 10, "bootstrap.start_epoch"),
+        ("bootstrap.mixup_draw", "beta", "bootstrap.mixup_draw"),
+        ("bootstrap.batch_size", 0, "bootstrap.batch_size"),
+        ("bootstrap.posterior_source", "step", "bootstrap.posterior_source"),
     ],
 )
 def test_config_validation_names_the_field(field, value, match):
     """Bad values are refused with a message naming the field and what is allowed."""
+    c = _signal_run.set_fields(tiny_config(), **{field: value})
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(c)
+
+
+def test_config_blocks_refuse_another_methods_fields():
+    """Each method's fields live in its block: a DivideMix field on a bootstrap config, a
+    bootstrap field on a DivideMix config, an old flat name, and a method without its block
+    are each refused in one line naming the owner."""
+    from configs import default
+
     c = tiny_config()
     with c.unlocked():
-        setattr(c, field, value)
-    with pytest.raises(ValueError, match=match):
+        c.dividemix = default.get_config("DivideMix").dividemix
+    with pytest.raises(ValueError, match="config.dividemix.* belongs to DivideMix"):
+        config_lib.validate(c)
+    d = default.get_config("DivideMix")
+    with d.unlocked():
+        d.bootstrap = default.get_config().bootstrap
+    with pytest.raises(ValueError, match="belongs to CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH"):
+        config_lib.validate(d)
+    c = tiny_config()
+    with c.unlocked():
+        c.mixup_alpha = 8.0
+    with pytest.raises(ValueError, match="config.mixup_alpha is now config.bootstrap.mixup_alpha"):
+        config_lib.validate(c)
+    c = tiny_config(method="DivideMix")
+    with pytest.raises(ValueError, match="needs the config.dividemix block"):
         config_lib.validate(c)
 
 
@@ -286,28 +310,28 @@ def test_phase_schedule_matches_published():
     from configs import cifar10_ce, cifar10_m_dyr_h, cifar10_m_dyr_s, cifar10_md_dyr_sh
 
     c = cifar10_m_dyr_h.get_config()
-    assert schedule.phase_for_epoch(c, 105).bootstrap == "none"
-    assert schedule.phase_for_epoch(c, 106).bootstrap == "hard"
+    assert bootstrap_schedule.phase_for_epoch(c, 105).bootstrap == "none"
+    assert bootstrap_schedule.phase_for_epoch(c, 106).bootstrap == "hard"
     # MultiStepLR stepped at the start of every epoch (the published code): the drop is *at* 100.
     assert [schedule.lr_for_epoch(c, e) for e in (1, 99, 100, 249, 250, 300)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     )
-    assert schedule.phase_for_epoch(c, 200).posteriors_after_mixed  # after both forwards
+    assert bootstrap_schedule.phase_for_epoch(c, 200).posteriors_after_mixed  # after both forwards
     # The bootstrapping start follows the first milestone (milestones[0] + 5 + 1 in the original).
     c.lr_milestones, c.epochs = (10, 25), 30
-    assert schedule.bootstrap_start_epoch(c) == 16
-    assert schedule.phase_for_epoch(c, 15).bootstrap == "none"
-    assert schedule.phase_for_epoch(c, 16).bootstrap == "hard"
+    assert bootstrap_schedule.bootstrap_start_epoch(c) == 16
+    assert bootstrap_schedule.phase_for_epoch(c, 15).bootstrap == "none"
+    assert bootstrap_schedule.phase_for_epoch(c, 16).bootstrap == "hard"
     s = cifar10_m_dyr_s.get_config()
-    assert not schedule.phase_for_epoch(s, 200).posteriors_after_mixed  # after the clean one
-    assert schedule.phase_for_epoch(s, 200).pair_weight == "mix"  # delta, as M-DYR-H
-    assert {schedule.temperature_for_epoch(s, e) for e in range(1, 301)} == {1.0}
+    assert not bootstrap_schedule.phase_for_epoch(s, 200).posteriors_after_mixed  # after clean
+    assert bootstrap_schedule.phase_for_epoch(s, 200).pair_weight == "mix"  # delta, as M-DYR-H
+    assert {bootstrap_schedule.temperature_for_epoch(s, e) for e in range(1, 301)} == {1.0}
     d = cifar10_md_dyr_sh.get_config()
-    assert schedule.phase_for_epoch(d, 105).mixup == "static"
-    assert schedule.phase_for_epoch(d, 106).mixup == "dynamic"
-    assert schedule.phase_for_epoch(d, 110).bootstrap == "none"
-    assert schedule.phase_for_epoch(d, 111).bootstrap == "soft"
-    temps = [schedule.temperature_for_epoch(d, e) for e in range(111, 201)]
+    assert bootstrap_schedule.phase_for_epoch(d, 105).mixup == "static"
+    assert bootstrap_schedule.phase_for_epoch(d, 106).mixup == "dynamic"
+    assert bootstrap_schedule.phase_for_epoch(d, 110).bootstrap == "none"
+    assert bootstrap_schedule.phase_for_epoch(d, 111).bootstrap == "soft"
+    temps = [bootstrap_schedule.temperature_for_epoch(d, e) for e in range(111, 201)]
     assert temps[:89] == pytest.approx(np.linspace(1, 0.001, 89).tolist())
     assert temps[89] == pytest.approx(0.001)
     ce = cifar10_ce.get_config()
@@ -323,8 +347,8 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
     from configs import cifar10_m_dyr_h
 
     c = cifar10_m_dyr_h.get_config()
-    c.model, c.width, c.batch_size, c.eval_batch_size = "small_cnn", 4, 16, 32
-    c.epochs, c.lr_milestones, c.bootstrap_start_epoch = 2, (1,), 2
+    c.model, c.width, c.bootstrap.batch_size, c.eval_batch_size = "small_cnn", 4, 16, 32
+    c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 2, (1,), 2
     c.noise = 0.5
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
         s = train.train_and_evaluate(c, str(tmp_path))
@@ -339,7 +363,7 @@ def test_main_without_workdir_uses_runs_config_name(tmp_path):
         [sys.executable, os.path.join(ROOT, "main.py"),
          "--config", os.path.join(ROOT, "configs", "quickstart.py"),
          "--config.width=8", "--config.epochs=2", "--config.lr_milestones=(1,)",
-         "--config.bootstrap_start_epoch=2"],
+         "--config.bootstrap.start_epoch=2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -349,12 +373,12 @@ def test_main_without_workdir_uses_runs_config_name(tmp_path):
 
 
 def test_epoch_batch_sizes_keep_the_last_batch_as_the_published_loader():
-    sizes = train.epoch_batch_sizes(50_000, 128, drop_last=False)
+    sizes = step_lib.epoch_batch_sizes(50_000, 128, drop_last=False)
     assert len(sizes) == 391 and sizes[-1] == 80 and sum(sizes) == 50_000
-    assert train.epoch_batch_sizes(50_000, 128, drop_last=True) == [128] * 390
-    assert train.epoch_batch_sizes(1_000, 128, drop_last=False, num_devices=3)[-1] == 102
-    assert train.epoch_batch_sizes(1_024, 128, drop_last=False) == [128] * 8
-    assert train.epoch_batch_sizes(130, 128, drop_last=False, num_devices=4) == [128]
+    assert step_lib.epoch_batch_sizes(50_000, 128, drop_last=True) == [128] * 390
+    assert step_lib.epoch_batch_sizes(1_000, 128, drop_last=False, num_devices=3)[-1] == 102
+    assert step_lib.epoch_batch_sizes(1_024, 128, drop_last=False) == [128] * 8
+    assert step_lib.epoch_batch_sizes(130, 128, drop_last=False, num_devices=4) == [128]
 
 
 def test_published_normalization_constants_and_refusal_for_other_channels():

@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jaxnoise import mixture, train
+from jaxnoise import inputs, mixture, runkit, train
+from jaxnoise import metrics as metrics_lib
+from jaxnoise.bootstrap import loop as bootstrap_loop
+from jaxnoise.dividemix import config as dm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # main.py, configs/ and benchmarks/ as the user runs them
@@ -29,10 +32,7 @@ from tests import _signal_run  # noqa: E402
 
 def tiny_config(**overrides):
     """The quickstart shrunk (width-8 CNN on digits, 3 epochs), with `overrides` set."""
-    c = _signal_run.get_config()
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+    return _signal_run.set_fields(_signal_run.get_config(), **overrides)
 
 
 def fitted_losses(n: int = 400, seed: int = 0) -> dict:
@@ -42,15 +42,24 @@ def fitted_losses(n: int = 400, seed: int = 0) -> dict:
     loss = jnp.asarray(loss.astype(np.float32))
     state = mixture.fit_bmm(loss)
     p = mixture.posterior_noisy(state, loss)
-    return {"track_loss": loss, "fit_loss": loss, "p_noisy": p, "p_exact": p, "logits": None,
-            "mixture": state}  # fmt: skip
+    return {"loss": loss, "fit_loss": loss, "p_noisy": p, "p_exact": p, "mixture": state}
+
+
+def record(run, fitted) -> dict:
+    """The bootstrap loop's record of an epoch with these fitted losses, logged as it logs it."""
+    aux = {k: fitted[k] for k in ("loss", "p_noisy")}
+    extras = {k: fitted[k] for k in ("fit_loss", "p_exact")}
+    r = bootstrap_loop.epoch_record(run, 1, 1.0, aux, extras, fitted["mixture"],
+                                    {"test_acc": 50.0, "test_loss": 1.0}, SECONDS, 400)
+    return runkit.record(run, r, bootstrap_loop.describer(run))
 
 
 def fake_run(tmp_path, config, mask: np.ndarray) -> types.SimpleNamespace:
-    """What `train.record` / `dividemix_loop.record` read of a run."""
+    """What `runkit.record` and the loops' epoch records read of a run."""
     return types.SimpleNamespace(
         config=config, mask=jnp.asarray(mask), noise_mask=mask, history=[], best_acc=0.0,
         metrics_path=str(tmp_path / "metrics.jsonl"), workdir=str(tmp_path), saved_at=None,
+        noise_known=metrics_lib.noise_known(mask),
         guard=types.SimpleNamespace(signal_name=None, signum=None),
     )  # fmt: skip
 
@@ -75,7 +84,7 @@ def test_epoch_line_without_known_noise_shows_the_estimate_not_auroc(kind, tmp_p
     fitted = fitted_losses()
     mask = np.zeros(400, bool)
     run = fake_run(tmp_path, tiny_config(noise_kind=kind, noise=0.0), mask)
-    train.record(run, 1, 1.0, fitted, {"test_acc": 50.0, "test_loss": 1.0}, SECONDS, 400)
+    record(run, fitted)
     line = epoch_line(capsys)
     est = float(np.mean(np.asarray(fitted["p_noisy"], np.float64)))
     assert 0.05 < est < 0.95
@@ -91,7 +100,7 @@ def test_epoch_line_with_known_noise_keeps_auroc_and_precision_recall(tmp_path, 
     mask[-400 // 3 :] = True
     mask[:20] = True  # some clean-looking samples are noisy too
     run = fake_run(tmp_path, tiny_config(), mask)
-    train.record(run, 1, 1.0, fitted, {"test_acc": 50.0, "test_loss": 1.0}, SECONDS, 400)
+    record(run, fitted)
     line = epoch_line(capsys)
     flagged = p > 0.5
     precision = np.sum(flagged & mask) / np.sum(flagged)
@@ -107,12 +116,12 @@ def test_done_line_and_summary_without_known_noise(tmp_path, capsys):
     fitted = fitted_losses()
     config = tiny_config(noise_kind="none", noise=0.0)
     run = fake_run(tmp_path, config, np.zeros(400, bool))
-    train.record(run, 1, 1.0, fitted, {"test_acc": 50.0, "test_loss": 1.0}, SECONDS, 400)
-    summary = train.finish(run, None, False)
+    record(run, fitted)
+    summary = runkit.summary(run, False)
     est = float(np.mean(np.asarray(fitted["p_noisy"], np.float64)))
     assert summary["noise_known"] is False
     assert summary["est_noisy"] == pytest.approx(est, rel=1e-5)
-    line = main.done_line(config, summary, "W", train.labels_summary(config))
+    line = main.done_line(config, summary, "W", inputs.labels_summary(config))
     assert line.startswith("done: M-DYR-H labels as given ")
     assert f"est. noisy {est:.1%}" in line and "AUROC" not in line, line
 
@@ -133,7 +142,7 @@ def test_dividemix_epoch_line_without_known_noise(tmp_path, capsys):
     """DivideMix's line: 'est. noisy X%' (X = 1 - mean of the two p_clean, numpy) instead of
     'division AUROC nan'; in warm-up (no division yet) neither."""
     from configs import quickstart_dividemix
-    from jaxnoise import dividemix_loop
+    from jaxnoise.dividemix import loop as dm_loop
 
     config = quickstart_dividemix.get_config()
     config.noise_kind, config.noise = "none", 0.0
@@ -142,14 +151,19 @@ def test_dividemix_epoch_line_without_known_noise(tmp_path, capsys):
     trained = {name: {"loss": 1.0, "Lx": 1.0, "Lu": 0.0, "steps": 3, "labelled": 200}
                for name in ("net1", "net2")}  # fmt: skip
     test = {"test_acc": 50.0, "test_loss": 1.0}
-    division = dividemix_loop.division_metrics(run, divisions)
-    dividemix_loop.record(run, 12, "semi", trained, division, test, SECONDS)
+    describe = dm_loop.describer(run)
+
+    def record_epoch(epoch, phase, division):  # as the loop's epoch function records an epoch
+        r = {"epoch": epoch, "phase": phase, "lr": 0.02, "train_loss": 1.0, **test, **division,
+             "nets": trained, "seconds": SECONDS}  # fmt: skip
+        runkit.record(run, r, describe)
+
+    record_epoch(12, "semi", dm_loop.division_metrics(run, divisions))
     line = epoch_line(capsys)
     pc = [np.asarray(d["p_clean"], np.float64) for d in divisions.values()]
     est = float(np.mean(1.0 - (pc[0] + pc[1]) / 2))
     assert f"est. noisy {est:.1%}" in line and "AUROC" not in line, line
-    warm = dividemix_loop.division_metrics(run, None)
-    dividemix_loop.record(run, 0, "warmup", trained, warm, test, SECONDS)
+    record_epoch(1, "warmup", dm_loop.division_metrics(run, None))
     line = epoch_line(capsys)
     assert "AUROC" not in line and "est. noisy" not in line and "nan" not in line, line
 
@@ -162,7 +176,6 @@ def test_human_labels_log_line_and_done_line(tmp_path, capsys):
     """The data line names the label file and key and says how many labels differ from the
     dataset's (numpy); the done line says 'human labels', not 'noise=0.0'."""
     from jaxnoise import data as data_lib
-    from jaxnoise import parallel
 
     labels = data_lib.load_digits().train_labels
     human = labels.copy()
@@ -171,14 +184,14 @@ def test_human_labels_log_line_and_done_line(tmp_path, capsys):
     np.savez(path, worse_label=human, aggre_label=labels)
     config = tiny_config(noise_kind="human", noise=0.0, label_file=path, label_key="worse_label")
     config.method = "CE"
-    train.load_noisy_data(config, parallel.make_mesh(1))
+    inputs.load_noisy_data(config, 1)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "] data: " in x]
     differ = np.mean(human != labels)
     assert (f"labels: human (label file {path} / key worse_label): {differ:.1%} differ from the "
             "dataset's labels") in line, line  # fmt: skip
     assert "flipped" not in line and "r=0.0" not in line, line
     summary = {"best_acc": 50.0, "last_acc": 40.0, "auroc": 0.7, "noise_known": True}
-    done = main.done_line(config, summary, "W", train.labels_summary(config))
+    done = main.done_line(config, summary, "W", inputs.labels_summary(config))
     assert done.startswith(f"done: CE human labels (label file {path} / key worse_label) best ")
     assert "noise=" not in done
 
@@ -394,9 +407,7 @@ def human_dividemix(**overrides):
 
     c = cifar10_dividemix.get_config()
     c.data.name, c.noise_kind, c.label_key = "cifar10_n", "human", "worse_label"
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+    return _signal_run.set_fields(c, **overrides)
 
 
 def test_dividemix_human_labels_need_an_explicit_lambda_u():
@@ -407,7 +418,7 @@ def test_dividemix_human_labels_need_an_explicit_lambda_u():
     with pytest.raises(ValueError) as e:
         config_lib.validate(human_dividemix())
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("config.lambda_u = -1")
+    assert "\n" not in msg and msg.startswith("config.dividemix.lambda_u = -1")
     assert "noise_kind='human'" in msg and "{0, 25, 50, 150}" in msg, msg
     assert "human noise 0" not in msg
     config_lib.validate(human_dividemix(lambda_u=25.0))
@@ -416,11 +427,10 @@ def test_dividemix_human_labels_need_an_explicit_lambda_u():
 def test_dividemix_human_labels_p_threshold_auto_is_half_whatever_config_noise_says():
     """p_threshold=-1 with human labels is 0.5 (the paper's below 90%); config.noise, which
     human labels do not use, is not read: 0.95 there would otherwise give 0.6."""
-    from jaxnoise import config as config_lib
 
-    assert config_lib.dividemix_p_threshold(human_dividemix(lambda_u=0.0, noise=0.95)) == 0.5
+    assert dm_config.p_threshold(human_dividemix(lambda_u=0.0, noise=0.95)) == 0.5
     synthetic = human_dividemix(noise_kind="symmetric", label_key="", noise=0.9)
-    assert config_lib.dividemix_p_threshold(synthetic) == 0.6
+    assert dm_config.p_threshold(synthetic) == 0.6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -527,7 +537,7 @@ def test_reproduce_features_label_file_options_reach_the_config(tmp_path, monkey
 
 
 def test_kmeans_eps_reaches_the_extractor_and_a_changed_eps_extracts_again(tmp_path):
-    """Digits through train.load_data with a tiny k-means extractor: eps 10 and 2550 give two
+    """Digits through inputs.load_data with a tiny k-means extractor: eps 10 and 2550 give two
     cache files and different features; the features equal a numpy reference of step 2 (contrast
     normalisation with that eps) composed with the cached whitening and centroids."""
     from jaxnoise import config as config_lib
@@ -538,7 +548,7 @@ def test_kmeans_eps_reaches_the_extractor_and_a_changed_eps_extracts_again(tmp_p
         c.data.kmeans_centroids, c.data.kmeans_patches, c.data.kmeans_iters = 4, 300, 1
         c.data.kmeans_eps = eps
         config_lib.validate(c)
-        return train.load_data(c)
+        return inputs.load_data(c)
 
     a, b = load(10.0), load(2550.0)
     caches = sorted(tmp_path.glob("features-kmeans-*.npz"))
@@ -547,7 +557,7 @@ def test_kmeans_eps_reaches_the_extractor_and_a_changed_eps_extracts_again(tmp_p
     for path in caches:  # each cache holds the features its eps gives (numpy reference)
         with np.load(path) as z:
             eps = json.loads(str(z["settings_json"]))["patch_eps"]
-            ref = kmeans_reference(train.load_data(tiny_config()).train_images[:5], z, eps)
+            ref = kmeans_reference(inputs.load_data(tiny_config()).train_images[:5], z, eps)
             got = (a if eps == 10.0 else b).train_images[:5]
             np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
     assert {json.loads(str(np.load(p)["settings_json"]))["patch_eps"] for p in caches} == {
@@ -572,16 +582,16 @@ def kmeans_reference(images: np.ndarray, z, eps: float) -> np.ndarray:
     return np.concatenate([q.sum((1, 2)) for q in quads], axis=-1)
 
 
-def test_a_run_from_before_kmeans_eps_resumes_under_its_old_value(tmp_path):
-    """A workdir whose config.json predates data.kmeans_eps resumes with eps 10 (what it ran
-    with), and refuses another eps."""
+def test_a_workdir_of_an_earlier_jaxnoise_is_refused_in_one_line(tmp_path):
+    """A config.json of the flat config of before the per-method blocks (and before
+    data.kmeans_eps): its checkpoints cannot be resumed by this version; one line says so."""
     from jaxnoise import workdir as workdir_lib
 
-    new = train._config_fingerprint(tiny_config())  # what config.json holds
-    old = json.loads(json.dumps(new))
+    new = runkit.fingerprint(tiny_config())
+    old = {k: v for k, v in new.items() if k not in ("bootstrap", "dividemix")}
+    old.update(new["bootstrap"])  # the flat fields of before
     del old["data"]["kmeans_eps"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
-    new["data"]["kmeans_eps"] = 2550.0
-    with pytest.raises(workdir_lib.WorkdirConflict, match="data.kmeans_eps"):
+    with pytest.raises(workdir_lib.WorkdirConflict, match="earlier jaxnoise .* --fresh") as e:
         workdir_lib.check_workdir_config(str(tmp_path), new, fresh=False)
+    assert "\n" not in str(e.value)

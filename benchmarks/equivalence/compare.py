@@ -15,7 +15,8 @@ jaxnoise's ``PreActResNet18``, and compares, on real CIFAR-10 images:
 3. one and three optimizer steps of ``train_CrossEntropy``, ``train_mixUp``,
    ``train_mixUp_HardBootBeta``, ``train_mixUp_SoftBootBeta``, ``train_mixUp_Beta`` and
    ``train_mixUp_SoftHardBetaDouble`` against jaxnoise's jitted ``make_update`` of the same
-   phase (the core of its train step), with the same lambda and permutations, each code's
+   phase (``jaxnoise.bootstrap.step``, the core of its train step), with the same lambda and
+   permutations, each code's
    posteriors from its own fit of the same tracked losses.
 
 It writes benchmarks/results/equivalence.md, and with ``--write-fixtures`` the original's
@@ -49,13 +50,8 @@ from benchmarks.common import git_commit  # noqa: E402
 from benchmarks.equivalence import original as orig_lib  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import (  # noqa: E402
-    losses,
-    mixture,
-    models,
-    schedule,  # noqa: E402
-    train,
-)
+from jaxnoise import losses, mixture, models, network, optim  # noqa: E402
+from jaxnoise.bootstrap import schedule, step  # noqa: E402
 
 SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "equivalence_w2.npz")
@@ -99,7 +95,7 @@ def load_images(tar_path: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
 def jax_config(method: str, width: int):
     """jaxnoise's published config for ``method`` at ``width``, without augmentation."""
     c = default.get_config()
-    c.method, c.width, c.batch_size, c.lr = method, width, BATCH, 0.1
+    c.method, c.width, c.bootstrap.batch_size, c.lr = method, width, BATCH, 0.1
     c.data.crop_padding, c.data.flip = 0, False  # both codes get the same (unaugmented) batch
     return c
 
@@ -228,20 +224,22 @@ def run_jax_steps(kind, width, state0, images, labels, mix_state, draws, epoch):
     c = jax_config(method, width)
     phase = schedule.phase_for_epoch(c, epoch)
     model = jax_model(width, state0)
-    graphdef, params, frozen, stats = train.split_model(model, c)
-    tx = train.create_optimizer(c)
+    graphdef, params, frozen, stats = network.split(model, c)
+    tx = optim.direction(c)
     state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
-             "mixture": mix_state}  # fmt: skip
-    update = jax.jit(train.make_update(graphdef, tx, c, phase, NUM_CLASSES))
+             "mixture": mix_state, "step": jnp.zeros((), jnp.int32)}  # fmt: skip
+    update = jax.jit(step.make_update(graphdef, tx, c, phase, NUM_CLASSES))
     temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
+    lr = np.float32(c.lr)  # every step, as the original's SGD(lr=0.1) here
     step_losses = []
     for s, d in enumerate(draws):
         sl = slice(s * BATCH, (s + 1) * BATCH)
         x = data_lib.normalize(jnp.asarray(images[sl]), MEAN, STD)
-        dr = train.StepDraws(pair=jnp.asarray(d["pair"], jnp.int32), lam=jnp.float32(d["lam"]),
-                             pair_weight=jnp.float32(d["pair_weight"]),
-                             key=jax.random.key(s))  # fmt: skip
-        state, loss = update(state, x, jnp.asarray(labels[sl], jnp.int32), None, dr, temperature)
+        dr = step.StepDraws(pair=jnp.asarray(d["pair"], jnp.int32), lam=jnp.float32(d["lam"]),
+                            pair_weight=jnp.float32(d["pair_weight"]),
+                            key=jax.random.key(s))  # fmt: skip
+        state, loss = update(state, x, jnp.asarray(labels[sl], jnp.int32), None, dr, temperature,
+                             lr)  # fmt: skip
         step_losses.append(float(loss))
     after = flat_jax_state(graphdef, state["params"], frozen, state["stats"])
     return after, step_losses, phase, float(temperature)

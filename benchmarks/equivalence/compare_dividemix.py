@@ -13,7 +13,7 @@ is imported, and the definitions of ``train``, ``warmup``, ``eval_train``, ``Sem
 compares, on real CIFAR-10 images:
 
 1. one and three steps of the official semi-supervised epoch ``train(epoch, net, net2, ...)``
-   (net trained, net2 fixed) against jaxnoise's jitted ``dividemix_step.make_semi_step``: the
+   (net trained, net2 fixed) against jaxnoise's jitted ``dividemix.step.make_semi_step``: the
    same labelled / unlabelled batches, clean probabilities ``w_x``, augmented views, MixMatch
    ``l`` and permutation, all drawn by jaxnoise (``pool_orders``, ``semi_draws``, the step's own
    ``_augmented`` views) and given to the official loop (stand-in loaders, ``np.random.beta`` and
@@ -22,7 +22,11 @@ compares, on real CIFAR-10 images:
 2. one and three steps of the official ``warmup()`` (CE; CE + NegEntropy for asymmetric noise)
    against ``make_warmup_step`` on the same views;
 3. ``eval_train``'s min-max normalisation and GMM on 50,000 given losses against
-   ``dividemix_loop.make_divide`` (sklearn seeded: its k-means start is random).
+   ``dividemix.loop.make_divide`` (sklearn seeded: its k-means start is random).
+
+The official epochs count from 0, jaxnoise's from 1: the compared official epoch ``e``
+(``SEMI_EPOCH``, ``WARMUP_EPOCH``) is jaxnoise's epoch ``e + 1`` (``jax_epoch``), whose steps
+draw with and ramp by ``official_epoch = e``.
 
 It writes benchmarks/results/equivalence_dividemix.md, and with ``--write-fixtures`` the official
 outputs (numbers only) to tests/fixtures/dividemix_w2.npz for tests/test_dividemix_equivalence.py.
@@ -54,14 +58,16 @@ from benchmarks.equivalence import original as orig_lib  # noqa: E402
 from benchmarks.equivalence import original_dividemix as dm_lib  # noqa: E402
 from configs import cifar10_dividemix  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import dividemix_loop, models, train  # noqa: E402
-from jaxnoise import dividemix_step as dms  # noqa: E402
+from jaxnoise import models, network, optim  # noqa: E402
+from jaxnoise.dividemix import loop as dividemix_loop  # noqa: E402
+from jaxnoise.dividemix import step as dms  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "dividemix_w2.npz")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "equivalence_dividemix.md")
 MEAN, STD = data_lib.PUBLISHED_MEAN, data_lib.PUBLISHED_STD  # Train_cifar's transform_train's
 WIDTH, C, B, N, STEPS, SEED = 2, 10, 8, 48, 3, 0
 SEMI_EPOCH, WARMUP_EPOCH, NET = 18, 3, 0  # lambda_u = 25 (18 + s / 4 - 10) / 16: mid-ramp
+# (official, 0-based epochs: the fixture's constants and the official loop's argument)
 WARM_UP, RAMPUP, LAMBDA_U, T, ALPHA, LR = 10, 16.0, 25.0, 0.5, 4.0, 0.02
 GMM_N, GMM_SEED, GMM_STORED = 50_000, 0, 500  # posteriors of 500 of the 50,000 are stored
 # Updates stored in the fixture (float16, ~21 KB each); the losses of every step are stored.
@@ -86,7 +92,7 @@ NOTES = [
     "official loop; the loaders' randomness (torch's DataLoader shuffles, torchvision's "
     "crops) cannot be matched draw for draw and is not compared. Where jaxnoise's loader "
     "semantics part from the official ones (full last labelled batch, an unlabelled pool "
-    "restarting in the same order) is documented in `jaxnoise/dividemix_step.py`; these "
+    "restarting in the same order) is documented in `jaxnoise/dividemix/step.py`; these "
     "batches are full and no pool wraps.",
     "",
     "Division: sklearn's k-means start is random (seeded here) and jaxnoise's deterministic; "
@@ -101,7 +107,7 @@ NOTES = [
     "takes ~130 s on two shared CPU cores (80 s of CPU), nearly all of it XLA compiling the "
     "three jitted steps (marked slow).",
     "",
-    "Mutations checked by hand (patched into jaxnoise.dividemix / dividemix_step in memory, "
+    "Mutations checked by hand (patched into jaxnoise.dividemix.pieces / .step in memory, "
     "then the test run; distances after 1 / 3 steps against the tolerance 2e-3):",
     "",
     "| mutation | what fails |",
@@ -123,15 +129,20 @@ NOTES = [
 
 def jax_config(seed: int = SEED):
     c = cifar10_dividemix.get_config()  # crop padding 4 + flip, lr 0.02, momentum 0.9, wd 5e-4
-    c.width, c.seed, c.dividemix_batch = WIDTH, seed, B
+    c.width, c.seed, c.dividemix.batch_size = WIDTH, seed, B
     return c
+
+
+def jax_epoch(official: int) -> jax.Array:
+    """jaxnoise's (1-based) epoch of an official (0-based) epoch, as the steps take it."""
+    return jnp.int32(official + 1)
 
 
 def jax_net(c, state: dict[str, np.ndarray], tx) -> tuple:
     """(graphdef, train state) of jaxnoise's PreActResNet18 holding the official weights."""
     model = models.PreActResNet18(C, width=WIDTH, rngs=nnx.Rngs(0))
     models.load_torch_state(model, state)
-    graphdef, params, frozen, stats = train.split_model(model, c)
+    graphdef, params, frozen, stats = network.split(model, c)
     return graphdef, {"params": params, "frozen": frozen, "stats": stats,
                       "opt_state": tx.init(params)}  # fmt: skip
 
@@ -146,10 +157,10 @@ def i32(v):
 
 def semi_draws(c, mask, images) -> list[dict]:
     """jaxnoise's draws of the compared semi steps and the step's own four views of each."""
-    orders = dms.pool_orders(c.seed, i32(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
+    orders = dms.pool_orders(c.seed, jax_epoch(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
     out = []
     for s in range(STEPS):
-        d = dms.semi_draws(c.seed, i32(SEMI_EPOCH), i32(s), i32(NET), orders, B, ALPHA)
+        d = dms.semi_draws(c.seed, jax_epoch(SEMI_EPOCH), i32(s), i32(NET), orders, B, ALPHA)
         views = [np.asarray(dms._augmented(images[np.asarray(idx)], key, c, MEAN, STD))
                  for idx, key in zip((d.labelled, d.labelled, d.unlabelled, d.unlabelled),
                                      d.view_keys)]  # fmt: skip
@@ -162,10 +173,10 @@ def semi_draws(c, mask, images) -> list[dict]:
 
 def warmup_draws(c, images) -> tuple[np.ndarray, list[np.ndarray]]:
     """The warm-up epoch's shuffle and the step's own augmented batch of each compared step."""
-    perm = np.asarray(dms.warmup_permutation(c.seed, N, i32(WARMUP_EPOCH), i32(NET)))
+    perm = np.asarray(dms.warmup_permutation(c.seed, N, jax_epoch(WARMUP_EPOCH), i32(NET)))
     views = []
     for s in range(STEPS):
-        key = dms.step_key(c.seed, i32(WARMUP_EPOCH), i32(s), i32(NET))
+        key = dms.step_key(c.seed, jax_epoch(WARMUP_EPOCH), i32(s), i32(NET))
         idx = perm[s * 2 * B : (s + 1) * 2 * B]
         views.append(np.asarray(dms._augmented(images[idx], key, c, MEAN, STD)))
     return perm, views
@@ -173,29 +184,30 @@ def warmup_draws(c, images) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def run_jax_semi(c, init1, init2, data, p_clean, mask, steps: int):
     """jaxnoise's jitted semi step of net 1 (net 2 fixed): (state after, metrics per step)."""
-    tx = dms.create_optimizer(c)
+    tx = optim.direction(c)
     graphdef, state = jax_net(c, init1, tx)
     _, other = jax_net(c, init2, tx)
     step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
                               lambda_max=LAMBDA_U, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
-    orders = dms.pool_orders(c.seed, i32(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
+    orders = dms.pool_orders(c.seed, jax_epoch(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
     num_iter = int(mask.sum()) // B + 1  # the official (len(labelled) // batch_size) + 1
     metrics = []
     for s in range(steps):
-        state, m = step(state, other, data, jnp.asarray(p_clean), orders, i32(SEMI_EPOCH),
+        state, m = step(state, other, data, jnp.asarray(p_clean), orders, jax_epoch(SEMI_EPOCH),
                         i32(s), i32(num_iter), i32(NET))  # fmt: skip
         metrics.append({k: float(v) for k, v in m.items()})
     return flat(graphdef, state), metrics
 
 
 def run_jax_warmup(c, init1, data, perm, penalty: bool, steps: int):
-    tx = dms.create_optimizer(c)
+    tx = optim.direction(c)
     graphdef, state = jax_net(c, init1, tx)
     step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=penalty,
                                 batch_size=2 * B)  # fmt: skip
     metrics = []
     for s in range(steps):
-        state, m = step(state, data, jnp.asarray(perm), i32(WARMUP_EPOCH), i32(s), i32(NET))
+        state, m = step(state, data, jnp.asarray(perm), jax_epoch(WARMUP_EPOCH), i32(s),
+                        i32(NET))  # fmt: skip
         metrics.append({k: float(v) for k, v in m.items()})
     return flat(graphdef, state), metrics
 
@@ -331,7 +343,7 @@ def compare_gmm(ns, fx) -> list[str]:
             "model's logits give these CE losses), the official `eval_train` with "
             f"`np.random.seed({GMM_SEED})` before its `GaussianMixture(n_components=2, "
             "max_iter=10, tol=1e-2, reg_covar=5e-4)` (random k-means start) against "
-            "`dividemix_loop.make_divide(False)` (float32, deterministic k-means start).", "",
+            "`dividemix.loop.make_divide(False)` (float32, deterministic k-means start).", "",
             "| normalised losses (max abs.) | means, variances, weights (max rel.) | "
             "p_clean (max abs.) | p_clean (mean abs.) | "
             "samples labelled differently at 0.5 | GMM iterations (official) |",
@@ -416,7 +428,8 @@ def main(argv=None) -> int:
         "## 1. The semi-supervised step: `train()` against `make_semi_step`",
         "",
         f"B = {B} labelled + {B} unlabelled (24 of the 48 samples labelled, p_clean "
-        f"(w_x) in [0.55, 0.99]), epoch {SEMI_EPOCH} of warm-up {WARM_UP}, ramp-up "
+        f"(w_x) in [0.55, 0.99]), official epoch {SEMI_EPOCH} (jaxnoise's {SEMI_EPOCH + 1}) "
+        f"of warm-up {WARM_UP}, ramp-up "
         f"{RAMPUP:g}, lambda_u {LAMBDA_U:g} (mid-ramp: 12.5 at the first step), T {T}, "
         f"alpha {ALPHA:g}, lr {LR}, momentum 0.9, wd 5e-4; jaxnoise's draws: l = "
         f"{[round(float(d['lam']), 4) for d in draws]}. Loss columns: max relative "
@@ -436,8 +449,9 @@ def main(argv=None) -> int:
         "",
         "## 2. Warm-up: `warmup()` against `make_warmup_step`",
         "",
-        f"Batch {2 * B} (the official warm-up batch is 2 x batch_size), epoch "
-        f"{WARMUP_EPOCH}, lr {LR}; `noise_mode` sym (CE) and asym (CE + NegEntropy).",
+        f"Batch {2 * B} (the official warm-up batch is 2 x batch_size), official epoch "
+        f"{WARMUP_EPOCH} (jaxnoise's {WARMUP_EPOCH + 1}), lr {LR}; `noise_mode` sym (CE) and "
+        "asym (CE + NegEntropy).",
         "",
         head.format(" | ".join(WARMUP_NAMES)),
         "|---|---|" + "---|" * (len(WARMUP_NAMES) + 5),
@@ -479,7 +493,7 @@ def write_outputs(args, lines, fx, t0) -> None:
         "random; two official `PreResNet.ResNet18` at width 2 (seeds 0 and 1, running "
         "statistics from three train-mode forwards), their weights copied into jaxnoise's. "
         "Every draw is jaxnoise's and given to the official loop: the four augmented views "
-        "(crop padding 4 + flip, `dividemix_step._augmented` with the step's view keys), "
+        "(crop padding 4 + flip, `dividemix.step._augmented` with the step's view keys), "
         "MixMatch l and permutation. Update distance: ||jaxnoise - official|| / ||official "
         "update|| over all parameters and BatchNorm running statistics.",
         "",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxnoise import choices
 from jaxnoise.data.dataset import (
     PUBLISHED_MEAN,
     PUBLISHED_STD,
@@ -38,7 +39,7 @@ __all__ = [
     "normalization_stats", "normalize", "take_train",
 ]  # fmt: skip
 
-SOURCES = ("tfds", "folder", "digits", "features")
+SOURCES = choices.DATA_SOURCES
 
 
 def load(

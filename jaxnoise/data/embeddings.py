@@ -86,6 +86,20 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _check_contiguous(train_labels: np.ndarray, k: int, where: str) -> None:
+    """Without class_names the labels define the classes: 0..K-1, each with a training sample
+    (else a stray label, e.g. one 99 among 0..4, would train a 100-way head)."""
+    missing = np.setdiff1d(np.arange(k), train_labels).tolist()
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise FeatureFileError(
+            f"{where}: without class_names the labels must be 0..K-1 with every class in the "
+            f"training labels, but labels go up to {k - 1} and {len(missing)} of those classes "
+            f"have no training sample ({shown}); relabel the classes 0..K-1, or add class_names "
+            "(one per class) to the file if those classes exist"
+        )
+
+
 def _side(path: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
     """(features, labels, class names or None, where) of one side of a pair."""
     arrays = _load_file(path)
@@ -145,6 +159,7 @@ def load_features(path: str, test_path: str = "", *, name: str = "") -> Dataset:
         )
     k = int(max(ytr.max(), yte.max())) + 1
     if names is None:
+        _check_contiguous(ytr, k, where)
         names = [str(i) for i in range(k)]
     elif len(names) < k:
         raise FeatureFileError(f"{where}: {len(names)} class names for labels up to {k - 1}")

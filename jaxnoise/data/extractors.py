@@ -41,9 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnoise import choices
 from jaxnoise.progress import Progress, log
 
-EXTRACTORS = ("none", "kmeans", "resnet50")
+EXTRACTORS = choices.EXTRACTORS
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators: distances matter
 
 # ImageNet statistics expected by torchvision's pretrained ResNet-50.

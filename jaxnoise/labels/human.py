@@ -30,13 +30,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxnoise.data import Dataset
+from jaxnoise import choices
 from jaxnoise.labels import files
 
-ORDERS = ("auto", "dataset", "cifar", "id")
+if TYPE_CHECKING:  # a type only: the validator reads label files without importing jax
+    from jaxnoise.data import Dataset
+
+ORDERS = choices.LABEL_ORDERS
 KEY = "human"  # the resolved set's key in Dataset.label_sets
 # CIFAR-100N's noisy set is "noisy_label" in the official file and "noise_label" in tfds.
 ALIASES = {"noisy_label": "noise_label", "noise_label": "noisy_label"}

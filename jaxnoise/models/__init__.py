@@ -27,6 +27,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnoise import choices
 from jaxnoise.models.heads import LinearHead, MLPHead, he_normal_init
 from jaxnoise.models.layers import (
     BN_EPSILON,
@@ -62,12 +63,11 @@ __all__ = [
     "torchvision_conv_init", "trainable_filter",
 ]  # fmt: skip
 
-MODEL_NAMES: tuple[str, ...] = ("preact_resnet18", "resnet34", "small_cnn", "resnet50", "linear",
-                                 "mlp")  # fmt: skip
+MODEL_NAMES: tuple[str, ...] = choices.MODELS
 
 # Mixed precision: "bfloat16" runs convolutions, matmuls and activations in bf16; parameters,
 # BatchNorm statistics and everything after the logits (losses, mixture fit) stay float32.
-COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+COMPUTE_DTYPES: tuple[str, ...] = choices.COMPUTE_DTYPES
 
 _HEADS: dict[str, str] = {
     "preact_resnet18": "linear", "resnet34": "linear", "small_cnn": "head", "resnet50": "fc",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxnoise import choices
 from jaxnoise.models.layers import _bn, _conv, _global_avg_pool, _linear, torchvision_conv_init
 
 # --------------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ from jaxnoise.models.layers import _bn, _conv, _global_avg_pool, _linear, torchv
 # --------------------------------------------------------------------------------------------
 
 
-SHORTCUTS = ("preactivated", "input")
+SHORTCUTS = choices.SHORTCUTS
 
 
 class PreActBlock(nnx.Module):

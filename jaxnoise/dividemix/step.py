@@ -1,26 +1,27 @@
 """The jitted DivideMix steps (Li, Socher & Hoi, ICLR 2020): warm-up and the semi-supervised step.
 
 Both follow the official ``Train_cifar.py`` (``warmup()`` and ``train()``), built from the pure
-pieces of ``jaxnoise.dividemix``. A DivideMix epoch has a varying number of steps (the labelled
-set changes size every epoch), so unlike ``jaxnoise.step`` the steps do not derive their position
-from the optimizer's count: ``epoch`` and ``step_in_epoch`` come in as traced int32 scalars (pass
-``jnp.int32`` arrays, not Python ints, so that every epoch runs the same compiled function), and
-so does ``net_index`` (0 or 1), which keeps the two networks' draws apart. Epochs are counted as
-in the official loop: 0-based, warm-up in epochs ``0 .. warm_up - 1``.
+pieces of ``jaxnoise.dividemix.pieces`` and ``jaxnoise.losses``. A DivideMix epoch has a varying
+number of steps (the labelled set changes size every epoch), so the steps do not derive their
+position from a step count: ``epoch`` and ``step_in_epoch`` come in as traced int32 scalars
+(pass ``jnp.int32`` arrays, not Python ints, so that every epoch runs the same compiled
+function), and so does ``net_index`` (0 or 1), which keeps the two networks' draws apart.
 
-Learning rate: the official code sets ``lr = 0.02``, ``/10`` from epoch 150, once per epoch.
-Here ``lr_for_epoch`` reads it from the traced epoch (``schedule.lr_for_epoch``: ``config.lr``
-times ``config.lr_gamma`` per milestone in ``config.lr_milestones`` reached) and the step
-writes it into the optimizer's injected ``learning_rate`` hyperparameter before the update;
-``create_optimizer`` builds such an optimizer (torch's SGD with coupled weight decay). An
-optimizer whose learning rate is a schedule of the step count (``train.create_optimizer``) is
-refused: the count means nothing here.
+Epochs are 1-based as for every method. The official loop counts from 0; its formulas (the
+lambda_u ramp ``epoch + batch_idx / num_iter - warm_up``) and the random draws use that count,
+``official_epoch(epoch) = epoch - 1``.
 
-Randomness: every key derives from ``step.epoch_keys(config.seed, epoch)`` (nothing to
-checkpoint): the epoch's pool orders from its permutation key folded with ``net_index``; a step's
-augmentation and MixMatch draws from its step key folded with ``net_index`` and ``step_in_epoch``.
-With a ``mesh``, every batch (its gathered images, the views, the mixed batch) is sharded over
-its ``"data"`` axis (``parallel.constrain_batch``); the states are replicated.
+Learning rate: one mechanism for every method (``jaxnoise.optim``): the optimizer is a
+direction without a rate (``optim.direction``: torch's SGD with coupled weight decay, or Adam),
+and the step applies it at ``schedule.lr(config, epoch)`` (the official ``lr = 0.02``, ``/10``
+from its epoch 150: ``lr_milestones = (151,)``).
+
+Randomness: every key derives from ``keys.epoch_keys(config.seed, official_epoch(epoch))``
+(nothing to checkpoint): the epoch's pool orders from its permutation key folded with
+``net_index``; a step's augmentation and MixMatch draws from its step key folded with
+``net_index`` and ``step_in_epoch``. With a ``mesh``, every batch (its gathered images, the
+views, the mixed batch) is sharded over its ``"data"`` axis (``parallel.constrain_batch``); the
+states are replicated.
 
 Where static shapes part from the official loaders: every semi step has exactly B labelled and
 B unlabelled samples (the official last labelled batch of an epoch is smaller; here it wraps to
@@ -38,39 +39,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from jaxnoise import choices, losses, network, optim, parallel, strong_augment
 from jaxnoise import data as data_lib
-from jaxnoise import dividemix, losses, parallel, schedule, strong_augment
-from jaxnoise.step import _apply, epoch_keys, sgd_or_adam
-
-# ------------------------------------------------------------------------------------------------
-# Optimizer and learning rate.
+from jaxnoise import schedule as lr_schedule
+from jaxnoise.dividemix import pieces
+from jaxnoise.keys import epoch_keys
 
 
-def lr_for_epoch(config: ml_collections.ConfigDict, epoch) -> jax.Array:
-    """The official per-epoch rate, ``schedule.lr_for_epoch`` of a traced epoch (float32;
-    DivideMix: lr 0.02, milestones (150,), gamma 0.1, ``epoch`` 0-based as the official loop)."""
-    return schedule.lr(config, jnp.asarray(epoch, jnp.int32))
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """``torch.optim.SGD(lr, momentum, weight_decay)`` (decay coupled: ``grad + wd * param``), or
-    Adam, with the learning rate an injected hyperparameter that the DivideMix steps set."""
-
-    return optax.inject_hyperparams(sgd_or_adam(config))(learning_rate=float(config.lr))
-
-
-def _update_at_rate(tx, grads, opt_state, params, lr):
-    """One optimizer update with the injected learning rate set to ``lr``: (params, opt_state)."""
-    scheduled = getattr(opt_state, "hyperparams_states", {"learning_rate": None})
-    if "learning_rate" in scheduled or "learning_rate" not in opt_state.hyperparams:
-        raise ValueError("the DivideMix steps set the learning rate per epoch: build the "
-                         "optimizer with dividemix_step.create_optimizer")  # fmt: skip
-    rate = jnp.asarray(lr, opt_state.hyperparams["learning_rate"].dtype)
-    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+def official_epoch(epoch):
+    """The official loop's 0-based count of a (1-based) epoch."""
+    return epoch - 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,18 +58,18 @@ def _update_at_rate(tx, grads, opt_state, params, lr):
 
 def step_key(seed: int, epoch, step_in_epoch, net_index) -> jax.Array:
     """The key of one step of one network: the epoch's step key, folded with net and step."""
-    key = jax.random.fold_in(epoch_keys(seed, epoch)[2], net_index)
+    key = jax.random.fold_in(epoch_keys(seed, official_epoch(epoch))[2], net_index)
     return jax.random.fold_in(key, step_in_epoch)
 
 
 def warmup_permutation(seed: int, n: int, epoch, net_index) -> jax.Array:
     """A warm-up epoch's shuffle of the n samples for one network (the official warm-up loader is
     iterated once per network, each time reshuffled)."""
-    key = jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index)
+    key = jax.random.fold_in(epoch_keys(seed, official_epoch(epoch))[0], net_index)
     return jax.random.permutation(key, n)
 
 
-VIEWS = ("weak", "augdesc-ws")  # config.dividemix_views
+VIEWS = choices.DIVIDEMIX_VIEWS  # config.dividemix.views
 
 
 def _augmented(images, key, config: ml_collections.ConfigDict, mean, std, strong: bool = False):
@@ -144,7 +123,7 @@ def _pool_order(key, mask):
     draws from every sample instead (its batches are zero-weighted by the step)."""
     non_empty = jnp.any(mask)
     pool = mask | ~non_empty
-    order, _ = dividemix.sample_from_pool(key, pool, mask.shape[0])  # (N,) the pool first
+    order, _ = pieces.sample_from_pool(key, pool, mask.shape[0])  # (N,) the pool first
     return order, jnp.sum(pool, dtype=jnp.int32), non_empty
 
 
@@ -153,7 +132,8 @@ def pool_orders(seed: int, epoch, net_index, labelled_mask: jax.Array) -> PoolOr
     """The epoch's shuffles of the labelled and unlabelled pools of network ``net_index``, as
     the official loaders (``shuffle=True``, built afresh for each network's ``train()``). Made
     once per network and epoch (an O(N log N) sort), then sliced by every step."""
-    k_lab, k_unl = jax.random.split(jax.random.fold_in(epoch_keys(seed, epoch)[0], net_index))
+    k_lab, k_unl = jax.random.split(
+        jax.random.fold_in(epoch_keys(seed, official_epoch(epoch))[0], net_index))
     labelled_mask = jnp.asarray(labelled_mask, bool)
     (order_x, n_x, valid_x), (order_u, n_u, valid_u) = (_pool_order(k_lab, labelled_mask),
                                                         _pool_order(k_unl, ~labelled_mask))
@@ -173,7 +153,7 @@ def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
     idx_x = orders.labelled[rows % orders.n_labelled]
     idx_u = orders.unlabelled[rows % orders.n_unlabelled]
     k_views, k_mix = jax.random.split(step_key(seed, epoch, step_in_epoch, net_index))
-    lam, mix_perm = dividemix.mixmatch_draw(k_mix, 4 * batch_size, alpha)
+    lam, mix_perm = pieces.mixmatch_draw(k_mix, 4 * batch_size, alpha)
     strong_keys = jax.random.split(jax.random.fold_in(k_views, 1), 4)
     return SemiDraws(idx_x, idx_u, orders.labelled_valid, orders.unlabelled_valid,
                      jax.random.split(k_views, 4), strong_keys, lam, mix_perm)  # fmt: skip
@@ -210,18 +190,19 @@ def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classe
         y = parallel.constrain_batch(data["labels"][idx], mesh)
 
         def loss_fn(params):
-            logits, stats = _apply(graphdef, params, state["frozen"], state["stats"], x, True)
+            logits, stats = network.apply(graphdef, params, state["frozen"], state["stats"], x,
+                                          True)  # fmt: skip
             if logits.shape[-1] != num_classes:
                 raise ValueError(f"the model has {logits.shape[-1]} outputs, not {num_classes}")
             ce = jnp.mean(losses.cross_entropy(logits, y))
-            conf = dividemix.neg_entropy(logits) if penalty else jnp.zeros((), jnp.float32)
+            conf = pieces.neg_entropy(logits) if penalty else jnp.zeros((), jnp.float32)
             return ce + conf, (stats, ce, conf)
 
         (loss, (stats, ce, conf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"]
         )
-        lr = lr_for_epoch(config, epoch)
-        params, opt_state = _update_at_rate(tx, grads, state["opt_state"], state["params"], lr)
+        lr = lr_schedule.lr(config, epoch)
+        params, opt_state = optim.apply(tx, grads, state["opt_state"], state["params"], lr)
         state = dict(state, params=params, stats=stats, opt_state=opt_state)
         return state, {"ce": ce, "penalty": conf, "loss": loss, "lr": lr}
 
@@ -244,17 +225,18 @@ def _co_targets(graphdef, state, other, views, labels_onehot, w_clean, T: float)
     stats = state["stats"]
 
     def net(x, stats):
-        return _apply(graphdef, state["params"], state["frozen"], stats, x, True)
+        return network.apply(graphdef, state["params"], state["frozen"], stats, x, True)
 
     def other_net(x):
-        return _apply(graphdef, other["params"], other["frozen"], other["stats"], x, False)[0]
+        return network.apply(graphdef, other["params"], other["frozen"], other["stats"], x,
+                             False)[0]  # fmt: skip
 
     logits_u1, stats = net(u1, stats)
     logits_u2, stats = net(u2, stats)
-    targets_u = dividemix.co_guess(logits_u1, logits_u2, other_net(u1), other_net(u2), T)
+    targets_u = pieces.co_guess(logits_u1, logits_u2, other_net(u1), other_net(u2), T)
     logits_x1, stats = net(x1, stats)
     logits_x2, stats = net(x2, stats)
-    targets_x = dividemix.co_refine(logits_x1, logits_x2, labels_onehot, w_clean, T)
+    targets_x = pieces.co_refine(logits_x1, logits_x2, labels_onehot, w_clean, T)
     return targets_x, targets_u, stats
 
 
@@ -271,13 +253,27 @@ def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u,
     one forward of the mixed batch (train mode; the fifth move of the running statistics)."""
 
     def loss_fn(params):
-        logits, new_stats = _apply(graphdef, params, state["frozen"], stats, mixed_inputs, True)
-        lx, lu = dividemix.semi_losses(logits[: 2 * B], mixed_targets[: 2 * B],
-                                       logits[2 * B :], mixed_targets[2 * B :])  # fmt: skip
-        penalty = dividemix.uniform_prior_penalty(logits)  # over all 4B mixed rows
+        logits, new_stats = network.apply(graphdef, params, state["frozen"], stats, mixed_inputs,
+                                          True)  # fmt: skip
+        lx, lu = pieces.semi_losses(logits[: 2 * B], mixed_targets[: 2 * B],
+                                    logits[2 * B :], mixed_targets[2 * B :])  # fmt: skip
+        penalty = losses.class_balance_regularizer(logits)  # uniform prior, all 4B mixed rows
         return lx + weight_u * lu + penalty, (new_stats, lx, lu, penalty)
 
     return loss_fn
+
+
+def _semi_views(data, d: SemiDraws, config, mean, std, strong: bool, mesh):
+    """(views, trained views) of ``[x1, x2, u1, u2]``: the weak views the targets are made
+    from, and the views MixMatch mixes (the same; AugDesc-WS: strong views of the samples)."""
+    images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
+                          for i in (d.labelled, d.unlabelled))  # fmt: skip
+    batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
+    views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
+    if not strong:  # DivideMix mixes the views it made its targets from
+        return views, views
+    return views, [_augmented(b, k, config, mean, std, strong=True)
+                   for b, k in zip(batches, d.strong_keys)]  # fmt: skip
 
 
 def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
@@ -294,7 +290,7 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
     batch_size)`` steps per epoch. B labelled and B unlabelled samples (``semi_draws``), two
     augmented views each; co-guessing and co-refinement (``_co_targets``); MixMatch of
     ``[x1, x2, u1, u2]``; ``Lx + lambda_u(epoch + step / num_iter) * Lu + penalty``, the gradient
-    only through the mixed forward; one optimizer update at ``lr_for_epoch(epoch)``.
+    only through the mixed forward; one optimizer update at ``schedule.lr(config, epoch)``.
 
     Empty pools (the official code runs no step without labelled samples and raises
     StopIteration without unlabelled ones): an empty labelled pool leaves the state unchanged
@@ -312,28 +308,23 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
 
     def step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter, net_index):
         d = semi_draws(config.seed, epoch, step_in_epoch, net_index, orders, B, alpha)
-        images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
-                              for i in (d.labelled, d.unlabelled))  # fmt: skip
-        batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
-        views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
-        trained = views  # DivideMix mixes the views it made its targets from; AugDesc-WS:
-        if strong:  # strong views of the same samples
-            trained = [_augmented(b, k, config, mean, std, strong=True)
-                       for b, k in zip(batches, d.strong_keys)]  # fmt: skip
+        views, trained = _semi_views(data, d, config, mean, std, strong, mesh)
         onehot = jax.nn.one_hot(data["labels"][d.labelled], num_classes, dtype=jnp.float32)
         w_clean = jnp.asarray(p_clean, jnp.float32)[d.labelled]
         targets_x, targets_u, stats = _co_targets(graphdef, state, other, views, onehot, w_clean, T)
         all_targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])  # (4B, C)
-        mixed_x, mixed_t = dividemix.mix(parallel.constrain_batch(jnp.concatenate(trained), mesh),
-                                         all_targets, d.lam, d.mix_perm)  # fmt: skip
-        progress = epoch.astype(jnp.float32) + step_in_epoch / jnp.asarray(num_iter, jnp.float32)
-        weight_u = dividemix.lambda_u(progress, warm_up, lambda_max, rampup) * d.unlabelled_valid
+        mixed_x = losses.mix(parallel.constrain_batch(jnp.concatenate(trained), mesh), d.mix_perm,
+                             d.lam)  # fmt: skip
+        mixed_t = losses.mix(all_targets, d.mix_perm, d.lam)
+        progress = (official_epoch(epoch).astype(jnp.float32)
+                    + step_in_epoch / jnp.asarray(num_iter, jnp.float32))  # fmt: skip
+        weight_u = pieces.lambda_u(progress, warm_up, lambda_max, rampup) * d.unlabelled_valid
         loss_fn = _semi_loss_fn(graphdef, state, stats, mixed_x, mixed_t, weight_u, B)
         (loss, (stats, lx, lu, pen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"]
         )
-        lr = lr_for_epoch(config, epoch)
-        params, opt_state = _update_at_rate(tx, grads, state["opt_state"], state["params"], lr)
+        lr = lr_schedule.lr(config, epoch)
+        params, opt_state = optim.apply(tx, grads, state["opt_state"], state["params"], lr)
         new = dict(state, params=params, stats=stats, opt_state=opt_state)
         metrics = {"Lx": lx, "Lu": lu, "penalty": pen, "loss": loss, "lambda_u": weight_u,
                    "lr": lr, "updated": d.labelled_valid.astype(jnp.float32)}  # fmt: skip

@@ -3,7 +3,7 @@
 ``make_update`` is the step proper on a prepared batch (posteriors, clean predictions, mixing,
 the loss of the phase, one optimizer update); ``make_train_step`` wraps it with the batch's
 gather, augmentation and random draws, all derived inside the compiled function from the seed
-and the optimizer's step count, so a step takes only device arrays and returns
+and the state's step count, so a step takes only device arrays and returns
 ``(state, metrics)``. ``steps=K`` runs K consecutive steps per call (``jax.lax.scan``): the same
 steps, equal to K calls up to float32 rounding (XLA fuses the scanned body differently; on
 XLA:CPU the parameters differ by ~1e-7 relative after an epoch).
@@ -17,21 +17,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 
 from jaxnoise import data as data_lib
-from jaxnoise import losses, mixture, parallel, schedule
-from jaxnoise.schedule import Phase
+from jaxnoise import losses, mixture, network, optim, parallel
+from jaxnoise import schedule as lr_schedule
+from jaxnoise.bootstrap import schedule
+from jaxnoise.bootstrap.schedule import Phase
+from jaxnoise.keys import epoch_keys
 
 # ------------------------------------------------------------------------------------------------
-# Randomness: every key derives from (seed, epoch, step) inside jit, so nothing random needs
-# checkpointing and every process of a multi-host job draws the same values.
-
-
-def epoch_keys(seed: int, epoch) -> jax.Array:
-    """(permutation key, tracking key, step key) of an epoch."""
-    return jax.random.split(jax.random.fold_in(jax.random.key(seed), epoch), 3)
+# Randomness: every key derives from (seed, epoch, step) inside jit (jaxnoise.keys).
 
 
 def make_permutation_fn(seed: int, n: int, mesh=None):
@@ -43,13 +38,6 @@ def make_permutation_fn(seed: int, n: int, mesh=None):
 
 # ------------------------------------------------------------------------------------------------
 # The train step.
-
-
-def _apply(graphdef, params, frozen, stats, x, train: bool):
-    """Forward pass of the merged model; returns (float32 logits, new batch stats)."""
-    model = nnx.merge(graphdef, params, frozen, stats, copy=True)
-    logits = model(x, train=train).astype(jnp.float32)  # losses in float32 under bf16 compute
-    return logits, nnx.state(model, nnx.BatchStat)
 
 
 class StepDraws(NamedTuple):
@@ -72,22 +60,9 @@ def step_draws(key: jax.Array, batch_size: int, alpha: float) -> StepDraws:
     )
 
 
-def sgd_or_adam(config: ml_collections.ConfigDict):
-    """``learning_rate -> optimizer``: SGD with momentum and PyTorch's coupled weight decay
-    (``grad + wd * param``), or Adam (``config.optimizer``)."""
-
-    def make(learning_rate):
-        decay = optax.add_decayed_weights(config.weight_decay)
-        if config.optimizer == "sgd":
-            return optax.chain(decay, optax.sgd(learning_rate, momentum=config.momentum))
-        return optax.chain(decay, optax.adam(learning_rate))
-
-    return make
-
-
 def regularizer_prior(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
     """The regulariser's class prior: 1/K per class (K = reg_prior_classes, or the classes)."""
-    k = config.reg_prior_classes or num_classes
+    k = config.bootstrap.reg_prior_classes or num_classes
     return jnp.full((num_classes,), 1.0 / k, jnp.float32)
 
 
@@ -96,8 +71,9 @@ def mix_inputs(phase: Phase, config: ml_collections.ConfigDict, x, w, draws: Ste
     if phase.mixup == "static":
         lam = draws.lam
     elif phase.mixup == "dynamic":  # weighted by the clean posteriors 1 - w
-        lam = losses.dynamic_mixup_lambda(draws.key, w, draws.pair, draw=config.mixup_draw,
-                                          n=config.binomial_n)  # fmt: skip
+        lam = losses.dynamic_mixup_lambda(draws.key, w, draws.pair,
+                                          draw=config.bootstrap.mixup_draw,
+                                          n=config.bootstrap.binomial_n)  # fmt: skip
     else:
         return jnp.ones((), jnp.float32), x, jnp.ones((), jnp.float32)
     pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
@@ -121,20 +97,21 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
                 num_classes: int):  # fmt: skip
     """The optimizer step of one phase on a prepared batch (the core of the train step).
 
-    ``update(state, x, y, epoch_rows, draws, temperature) -> (state, loss)``: ``x`` the
+    ``update(state, x, y, epoch_rows, draws, temperature, lr) -> (state, loss)``: ``x`` the
     normalised (augmented) inputs, ``y`` their labels, ``epoch_rows`` the batch's rows of the
-    per-sample arrays of the last tracking pass (used with ``posterior_source="epoch"``).
+    per-sample arrays of the last tracking pass (used with ``posterior_source="epoch"``), ``lr``
+    the rate of the step's position (``optim.apply``).
     """
     prior = regularizer_prior(config, num_classes)
 
-    def update(state, x, y, epoch_rows, draws: StepDraws, temperature):
+    def update(state, x, y, epoch_rows, draws: StepDraws, temperature, lr):
         params, frozen, stats = state["params"], state["frozen"], state["stats"]
 
         def batch_posteriors(p, batch_stats):  # the eval-mode forward of the published code
-            logits_eval, _ = _apply(graphdef, p, frozen, batch_stats, x, False)
+            logits_eval, _ = network.apply(graphdef, p, frozen, batch_stats, x, False)
             batch_loss = losses.cross_entropy(logits_eval, y)
             w = mixture.posterior_noisy(
-                state["mixture"], batch_loss, lookup=config.posterior_lookup, classes=y
+                state["mixture"], batch_loss, lookup=config.bootstrap.posterior_lookup, classes=y
             )
             return losses.clip_posteriors(jax.lax.stop_gradient(w))
 
@@ -145,7 +122,7 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
             if from_epoch:
                 logits_clean = epoch_rows["logits"]
             else:
-                logits_clean, stats = _apply(graphdef, params, frozen, stats, x, True)
+                logits_clean, stats = network.apply(graphdef, params, frozen, stats, x, True)
                 logits_clean = jax.lax.stop_gradient(logits_clean)
         late_w = phase.posteriors_after_mixed and not from_epoch
         if phase.needs_posteriors and not late_w:
@@ -155,25 +132,25 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
         lam, x_in, pair_w = mix_inputs(phase, config, x, w, draws)
 
         def loss_fn(p):
-            logits, new_stats = _apply(graphdef, p, frozen, stats, x_in, True)
+            logits, new_stats = network.apply(graphdef, p, frozen, stats, x_in, True)
             w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
             loss = phase_loss(phase, logits, y, w_, logits_clean, draws.pair, pair_w, temperature,
                               num_classes=num_classes)  # fmt: skip
             if phase.regularize:
                 reg = losses.class_balance_regularizer(logits, prior=prior)
-                loss = loss + config.reg_weight * reg
+                loss = loss + config.bootstrap.reg_weight * reg
             return loss, new_stats
 
         (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        return dict(state, params=new_params, stats=new_stats, opt_state=opt_state), loss
+        new_params, opt_state = optim.apply(tx, grads, state["opt_state"], params, lr)
+        new = dict(state, params=new_params, stats=new_stats, opt_state=opt_state)
+        return dict(new, step=state["step"] + 1), loss
 
     return update
 
 
 def step_position(count, steps_per_epoch: int):
-    """(1-based epoch, 0-based step in the epoch) of optimizer step ``count``."""
+    """(1-based epoch, 0-based step in the epoch) of train step ``count`` (0-based)."""
     return schedule.epoch_of_step(count, steps_per_epoch), count % steps_per_epoch
 
 
@@ -184,22 +161,23 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: Phas
     may be smaller, see ``config.drop_last``): ``step(state, data, aux, perm) -> (state,
     metrics)``, ``metrics["loss"]`` the summed loss of its ``steps`` optimizer steps.
 
-    The step reads its position from the optimizer's step count (the epoch's keys, its slice
-    of ``perm``, the learning rate and the temperature), gathers its batch from the
+    The step reads its position from the state's step count (the epoch's keys, its slice of
+    ``perm``, the learning rate and the temperature), gathers its batch from the
     device-resident training set, augments, normalises and calls the phase's ``update``.
     """
     mean, std = jnp.asarray(mean), jnp.asarray(std)
-    B = batch_size or config.batch_size
+    b = config.bootstrap
+    B = batch_size or b.batch_size
     update = make_update(graphdef, tx, config, phase, num_classes)
     devices = mesh.size if mesh is not None else 1
 
     def one_step(state, data, aux, perm):
         n = data["images"].shape[0]
-        spe = len(epoch_batch_sizes(n, config.batch_size, config.drop_last, devices))
-        epoch, s = step_position(state["opt_state"].count, spe)
+        spe = len(epoch_batch_sizes(n, b.batch_size, b.drop_last, devices))
+        epoch, s = step_position(state["step"], spe)
         key = jax.random.fold_in(epoch_keys(config.seed, epoch)[2], s)
         k_aug, k_draws = jax.random.split(key)
-        idx = jax.lax.dynamic_slice_in_dim(perm, s * config.batch_size, B)
+        idx = jax.lax.dynamic_slice_in_dim(perm, s * b.batch_size, B)
         # On a mesh: a local masked gather + all-reduce of the batch, then split over devices.
         x = parallel.constrain_batch(data["images"][idx], mesh)
         y = parallel.constrain_batch(data["labels"][idx], mesh)
@@ -208,8 +186,9 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: Phas
         rows = None
         if phase.posterior_source == "epoch":
             rows = {k: parallel.constrain_batch(aux[k][idx], mesh) for k in ("p_noisy", "logits")}
-        draws = step_draws(k_draws, B, config.mixup_alpha)
-        state, loss = update(state, x, y, rows, draws, schedule.temperature(config, epoch))
+        draws = step_draws(k_draws, B, b.mixup_alpha)
+        state, loss = update(state, x, y, rows, draws, schedule.temperature(config, epoch),
+                             lr_schedule.lr(config, epoch))
         return state, {"loss": loss}
 
     def step(state, data, aux, perm):

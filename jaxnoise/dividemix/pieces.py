@@ -1,8 +1,12 @@
 """The pure building blocks of DivideMix (Li, Socher & Hoi, ICLR 2020).
 
 Each function is one formula of the official ``Train_cifar.py``, in jnp: jit-able, static
-shapes, keys passed explicitly. One DivideMix step of network ``net`` (the other network
-``other`` is fixed), with B labelled and B unlabelled samples, each seen in two augmented views:
+shapes, keys passed explicitly. What DivideMix shares with the bootstrap methods comes from
+``jaxnoise.losses``: the mix (``losses.mix``), the uniform-prior penalty
+(``losses.class_balance_regularizer``), the soft cross-entropy of ``Lx`` and the Beta draw.
+
+One DivideMix step of network ``net`` (the other network ``other`` is fixed), with B labelled
+and B unlabelled samples, each seen in two augmented views:
 
 1. ``division_pools(p_clean, 0.5)``: labelled / unlabelled samples from the *other* network's
    GMM (``mixture.fit_gmm(..., normalize="minmax", init="kmeans", tol=1e-2, reg_covar=5e-4)``,
@@ -10,7 +14,8 @@ shapes, keys passed explicitly. One DivideMix step of network ``net`` (the other
 2. ``co_refine`` (labelled targets) and ``co_guess`` (unlabelled targets), both sharpened.
 3. ``mixmatch`` on ``inputs = [x1, x2, u1, u2]``, ``targets = [tx, tx, tu, tu]``.
 4. ``semi_losses`` of the logits of the mixed inputs (first 2B rows labelled, the rest
-   unlabelled), weighted ``Lx + lambda_u(...) * Lu + uniform_prior_penalty(all logits)``.
+   unlabelled), weighted ``Lx + lambda_u(...) * Lu + losses.class_balance_regularizer(all
+   logits)`` (the uniform-prior penalty).
 
 Warm-up is cross-entropy, plus ``neg_entropy`` for asymmetric noise.
 """
@@ -20,10 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _gather_rows(a: jax.Array, idx: jax.Array, like: jax.Array) -> jax.Array:
-    """``a[idx]``, sharded like ``like``: explicit-sharding meshes need the gather's sharding."""
-    return a.at[idx].get(out_sharding=jax.typeof(like).sharding)
+from jaxnoise import losses
 
 
 def sharpen(p: jax.Array, T: float) -> jax.Array:
@@ -71,39 +73,22 @@ def mixmatch_draw(key: jax.Array, n: int, alpha: float) -> tuple[jax.Array, jax.
     """The random part of ``mixmatch``: ``lam ~ Beta(alpha, alpha)``, ``lam = max(lam, 1 - lam)``
     (float32 scalar), and a uniformly random permutation of the ``n`` rows."""
     key_lam, key_perm = jax.random.split(key)
-    lam = jax.random.beta(key_lam, alpha, alpha, dtype=jnp.float32)
+    lam = losses.sample_mixup_lambda(key_lam, alpha)
     return jnp.maximum(lam, 1.0 - lam), jax.random.permutation(key_perm, n)
-
-
-def mix(
-    inputs: jax.Array, targets: jax.Array, lam: jax.Array, perm: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """``lam a + (1 - lam) a[perm]`` of the inputs (N, ...) and of the targets (N, C).
-
-    The inputs keep their (floating) dtype: the mix is computed in float32 or wider and cast
-    back; the targets are float32 or wider.
-    """
-    if not jnp.issubdtype(inputs.dtype, jnp.floating):
-        raise TypeError(f"mix needs floating inputs (normalised images), got {inputs.dtype}")
-    lam = jnp.asarray(lam, jnp.float32)
-
-    def blend(a):  # a[perm] sharded like a (a batch sharded over devices stays so)
-        return lam * a + (1.0 - lam) * _gather_rows(a, perm, like=a)
-
-    return blend(inputs).astype(inputs.dtype), blend(targets)
 
 
 def mixmatch(
     key: jax.Array, inputs: jax.Array, targets: jax.Array, alpha: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """DivideMix's MixMatch: ``mix`` with the ``mixmatch_draw`` of ``key``.
+    """DivideMix's MixMatch: ``losses.mix`` of the inputs and of the targets with the
+    ``mixmatch_draw`` of ``key``.
 
     ``inputs`` = the concatenation ``[x1, x2, u1, u2]`` (N = 4B, ...) and ``targets`` =
     ``[tx, tx, tu, tu]`` (N, C); one permutation of the whole concatenation, so labelled and
     unlabelled samples mix with each other. Returns ``(mixed_inputs, mixed_targets, lam)``.
     """
     lam, perm = mixmatch_draw(key, inputs.shape[0], alpha)
-    return *mix(inputs, targets, lam, perm), lam
+    return losses.mix(inputs, perm, lam), losses.mix(targets, perm, lam), lam
 
 
 def semi_losses(
@@ -111,10 +96,10 @@ def semi_losses(
 ) -> tuple[jax.Array, jax.Array]:
     """``(Lx, Lu)`` of the official ``SemiLoss``.
 
-    ``Lx = -mean_i sum_c t_ic log softmax(z_i)_c`` (soft cross-entropy of the mixed labelled
-    rows); ``Lu = mean_ic (softmax(z_i)_c - t_ic)^2`` (the mean over samples *and* classes).
+    ``Lx = -mean_i sum_c t_ic log softmax(z_i)_c`` (the mean soft cross-entropy of the mixed
+    labelled rows); ``Lu = mean_ic (softmax(z_i)_c - t_ic)^2`` (over samples *and* classes).
     """
-    lx = -jnp.mean(jnp.sum(jax.nn.log_softmax(logits_x, axis=-1) * targets_x, axis=-1))
+    lx = jnp.mean(losses.soft_cross_entropy(logits_x, targets_x))
     lu = jnp.mean((jax.nn.softmax(logits_u, axis=-1) - targets_u) ** 2)
     return lx, lu
 
@@ -128,16 +113,6 @@ def lambda_u(
     with ``num_iter = len(labelled) // batch_size + 1``).
     """
     return lambda_max * jnp.clip((progress_epoch - warm_up) / rampup, 0.0, 1.0)
-
-
-def uniform_prior_penalty(logits: jax.Array) -> jax.Array:
-    """``sum_c pi_c log(pi_c / pbar_c)``, ``pi = 1/C``, ``pbar`` the mean softmax over the batch.
-
-    The official code takes ``pbar`` over the whole mixed batch (labelled and unlabelled rows).
-    """
-    prior = 1.0 / logits.shape[-1]
-    mean_prob = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
-    return jnp.sum(prior * jnp.log(prior / mean_prob))
 
 
 def neg_entropy(logits: jax.Array) -> jax.Array:
@@ -168,7 +143,7 @@ def sample_from_pool(key: jax.Array, mask: jax.Array, size: int) -> tuple[jax.Ar
     """
     mask = jnp.asarray(mask, bool).reshape(-1)
     perm = jax.random.permutation(key, mask.shape[0])
-    in_pool = _gather_rows(mask, perm, like=perm)  # replicated, like the indices
+    in_pool = mask[perm]  # replicated, like the indices
     pool_first = perm[jnp.argsort(~in_pool, stable=True)]
     pool_size = jnp.sum(mask, dtype=jnp.int32)
     idx = pool_first[jnp.arange(size) % jnp.maximum(pool_size, 1)]
