@@ -330,8 +330,13 @@ def check_writable(workdir: str) -> None:
         created.insert(0, p)
         p = os.path.dirname(p)
     try:
-        for folder in created:
-            os.mkdir(folder)
+        for folder in list(created):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:  # another process (of a multi-process run) made it first
+                if not os.path.isdir(folder):
+                    raise
+                created.remove(folder)
         _probe(path)
         checkpoints = os.path.join(path, "checkpoints")
         if os.path.isdir(checkpoints):
