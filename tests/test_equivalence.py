@@ -23,6 +23,11 @@ from configs import default
 from jaxnoise import data as data_lib
 from jaxnoise import mixture, models, schedule, train
 
+# The slow tier (`pytest -m slow`): XLA compiling a PreAct ResNet-18's train steps, one program
+# per train function and step count. The same steps on small models are in the fast tier
+# (tests/test_step_equations.py, tests/test_train.py).
+pytestmark = pytest.mark.slow
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "equivalence_w2.npz")
 WIDTH, NUM_CLASSES, BATCH = 2, 10, 16
 # (jaxnoise method, epoch of the compared phase) of each of the original's train functions.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import quickstart
@@ -36,6 +37,7 @@ def test_bf16_runs_convolutions_in_bf16_and_keeps_float32_state():
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.01)
 
 
+@pytest.mark.slow
 def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
     """The quickstart (digits, 50% noise, M-DYR-H) on a 12-epoch schedule in both precisions:
     bf16's best test accuracy at most 1 point below float32's, the noise-detection AUROC within
