@@ -27,7 +27,7 @@ runpy.run_path(MAIN, run_name="__main__")
 """
 
 
-def run_main(*args: str, cwd: str = ROOT, blocked: bool = False, timeout: int = 300):
+def run_main(*args: str, cwd: str = ROOT, blocked: bool = False, timeout: int = 600):
     """Run main.py (optionally with the network blocked) with its output captured (no TTY)."""
     main = os.path.join(ROOT, "main.py")
     blocked_main = f"MAIN = {main!r}\n" + BLOCKED_MAIN

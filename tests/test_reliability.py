@@ -112,17 +112,16 @@ def test_config_names_missing_local_files(tmp_path):
 
 
 def test_cli_missing_weights_file_fails_before_compute():
-    """`--config.weights=/nonexistent.npz` fails at once naming the file; no data is loaded."""
-    t0 = time.time()
+    """`--config.weights=/nonexistent.npz` fails at once naming the file; no data is loaded
+    (no `data:` line; not timed, as the machine's load would decide a time limit)."""
     r = subprocess.run(
         [sys.executable, "main.py", "--config", "configs/quickstart.py",
          "--config.weights=/nonexistent.npz", "--workdir", "/nonexistent/wd"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]  # a refusal of the command line
     assert "error: config.weights = '/nonexistent.npz' is not allowed" in r.stderr
     assert "Traceback" not in r.stderr and "data:" not in r.stdout
-    assert time.time() - t0 < 60
 
 
 def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
@@ -429,7 +428,7 @@ class Child:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, prefix: str, timeout: float = 240) -> str:
+    def wait_for(self, prefix: str, timeout: float = 600) -> str:
         deadline = time.time() + timeout
         while True:
             try:
@@ -442,7 +441,7 @@ class Child:
             if line.startswith(prefix):
                 return line
 
-    def finish(self, timeout: float = 240) -> int:
+    def finish(self, timeout: float = 600) -> int:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -322,7 +322,7 @@ def test_notebook_executes(tiny_run, monkeypatch):
     monkeypatch.setenv("JAXNOISE_WORKDIR", tiny_run)
     before = snapshot(tiny_run)
     client = nbclient.NotebookClient(
-        nb, timeout=180, kernel_name="python3",
+        nb, timeout=600, kernel_name="python3",
         resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
     )  # fmt: skip
     client.execute()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import chex
 import jax
@@ -76,7 +77,17 @@ def digits_labels(warm):
     return warm[-1]
 
 
-@pytest.mark.parametrize("case", list(PHASE_CASES))
+# The methods in the fast tier; their variants (draws, posterior source, noise model, MD-DYR-SH's
+# dynamic-mixup-only phase) in the slow tier, each also run end to end in the fast tier
+# (test_steps_per_call_equal_and_no_recompiles, test_noise_model_options_run_and_resume_exactly)
+# or tested on its own (tests/test_losses.py, tests/test_mixture.py).
+FAST_CASES = ("CE", "M", "M-DYR-H", "M-DYR-S", "MD-DYR-SH")
+
+
+@pytest.mark.parametrize(
+    "case", [c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow)
+             for c in PHASE_CASES],
+)  # fmt: skip
 def test_each_method_step_reduces_its_loss(warm, case):
     """Each algorithm's train step (epoch 2 phase) lowers its own loss by > 0.1 nats in 40 steps.
 
@@ -113,16 +124,16 @@ def test_each_method_step_reduces_its_loss(warm, case):
 
 @pytest.mark.parametrize(
     ("options", "resume"),
-    [(dict(mixture_scope="class"), False),  # batch posteriors from each sample's class mixture
-     (dict(mixture_scope="class", loss_signal="mean_k", signal_k=2, posterior_source="epoch"),
-      True)],
-    ids=["class", "class+mean_k"],
+    [pytest.param(dict(mixture_scope="class"), False, id="class",  # batch posteriors from each
+                  marks=pytest.mark.slow),  # sample's class mixture (in the step)
+     pytest.param(dict(mixture_scope="class", loss_signal="mean_k", signal_k=2,
+                       posterior_source="epoch"), True, id="class+mean_k")],
 )  # fmt: skip
 def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
     """mixture_scope="class" and an accumulated loss_signal train end to end (bootstrapping from
     epoch 2 uses them), and a run stopped after epoch 1 resumes with the same mixtures and
     signal state."""
-    c = tiny_config(method="M-DYR-H", **options)
+    c = tiny_config(method="M-DYR-H", drop_last=True, **options)  # one compiled step per phase
     a = train.train_and_evaluate(c, str(tmp_path / "a"))
     for r in a["history"]:
         assert r["mixture"]["scope"] == "class" and len(r["mixture"]["valid"]) == 10
@@ -162,51 +173,68 @@ def schedule_count(state):
 
 # Parameters of the K = 4 run against the K = 1 run, after each epoch: |difference| at most
 # this fraction of the largest |value| of each parameter array. Measured on this config (2-core
-# AMD EPYC, XLA:CPU): K = 4 against K = 1 differs by at most 4.6e-7 of it (8.9e-8 absolute; XLA
-# fuses the scanned body differently); the same K with 1 or 2 threads (taskset -c 0 against both
-# cores, or --xla_cpu_multi_thread_eigen=false) was bitwise equal. One epoch moves the parameters
-# by up to 12% of it (one step ~1%), so a skipped, repeated or misplaced step is ~200x above the
-# tolerance, which is ~100x the measured spread. At the learning rate of 0.05 for two epochs the
-# two runs drift apart chaotically (7e-3 after epoch 2, 0.13 after 3: the AUROC then differed by
-# 2e-3), so this config trains one epoch at 0.05 and then at 0.005.
+# AMD EPYC, XLA:CPU, both runs in one process): K = 4 differs from K = 1 by at most 7.1e-7 of it
+# (6e-8 absolute; XLA fuses the scanned body differently); K = 1 and K = 4 each with 1 or 2
+# threads (taskset -c 0 against both cores, and --xla_cpu_multi_thread_eigen=false) were
+# bitwise equal. The tolerance is ~70x that spread; one epoch moves the convolution kernels by
+# 3-73% of it (one step ~0.4-9%), so a skipped, repeated or misplaced step is >100x above it.
+# At lr 0.05 the runs drift apart chaotically (7e-3 after a second epoch, 0.13 after a third;
+# the AUROC then differed by 2e-3), so this config trains at 0.005.
 PARAM_TOL = 5e-5
 
 
 def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
-    """K = 4 train steps per call (lax.scan) run the steps of K = 1: over one epoch of each of
-    MD-DYR-SH's three phases the same steps, phases, learning rates and temperatures, and the
-    same parameters to float32 rounding; no compiled step is traced twice (chex)."""
+    """K = 4 train steps per call (lax.scan) run the steps of K = 1: over an epoch of mixup and
+    one of MD-DYR-SH's dynamic mixup with soft bootstrapping, the same steps, phases, learning
+    rates and temperatures, and the same parameters to float32 rounding; no compiled step is
+    traced twice (chex)."""
     from jaxnoise import step as step_lib
 
     make_update = step_lib.make_update
     # Every compiled step's update shares one chex trace counter (one definition site): at most
-    # one trace per compiled step of the two runs (3 for K = 1, 3 phases x (4, 1) for K = 4).
+    # one trace per compiled step of the two runs (one per phase for K = 1 and for K = 4).
     chex.clear_trace_counter()
     monkeypatch.setattr(step_lib, "make_update",
-                        lambda *a: chex.assert_max_traces(make_update(*a), n=9))  # fmt: skip
+                        lambda *a: chex.assert_max_traces(make_update(*a), n=4))  # fmt: skip
 
-    def config(k):  # 640 digits: 10 full batches of 64 per epoch, in calls of 4, 4, 1, 1 at K=4
-        c = tiny_config(method="MD-DYR-SH", drop_last=True, steps_per_call=k, epochs=3,
-                        lr_milestones=(2,), dynamic_start_epoch=2, soft_to_hard_start_epoch=3,
+    def config(k):  # 520 digits: 8 full batches of 64 per epoch, in 2 calls of 4 at K = 4
+        c = tiny_config(method="MD-DYR-SH", drop_last=True, steps_per_call=k, epochs=2,
+                        lr_milestones=(1,), dynamic_start_epoch=2, soft_to_hard_start_epoch=2,
                         temperature_epochs=2)  # fmt: skip
-        c.data.subset_per_class = 64
+        c.data.subset_per_class = 52
         return c
 
     one, run1, saved1 = _run_capturing(config(1), str(tmp_path / "k1"), monkeypatch)
     four, run4, saved4 = _run_capturing(config(4), str(tmp_path / "k4"), monkeypatch)
     for a, b in zip(one["history"], four["history"], strict=True):
         assert (a["lr"], a["temperature"], a["phase"]) == (b["lr"], b["temperature"], b["phase"])
-    assert [r["phase"] for r in one["history"]] == ["mixup", "dynamic-mixup",
-                                                    "dynamic-mixup+soft-bootstrap"]  # fmt: skip
-    assert sorted(saved1) == sorted(saved4) == [(1, 0), (2, 0), (3, 0)]
+    assert [r["phase"] for r in one["history"]] == ["mixup", "dynamic-mixup+soft-bootstrap"]
+    assert sorted(saved1) == sorted(saved4) == [(1, 0), (2, 0)]
     for key in saved1:
-        assert int(saved1[key]["count"]) == int(saved4[key]["count"]) == 10 * key[0]
+        assert int(saved1[key]["count"]) == int(saved4[key]["count"]) == 8 * key[0]
         for p1, p4 in zip(jax.tree.leaves(saved1[key]["params"]),
                           jax.tree.leaves(saved4[key]["params"]), strict=True):  # fmt: skip
             np.testing.assert_allclose(p4, p1, rtol=0, atol=PARAM_TOL * np.abs(p1).max(),
                                        err_msg=f"epoch {key[0]}")  # fmt: skip
-    assert {k for _, _, k in run4.steps} == {1, 4}  # scanned calls, then single steps
-    assert len(run1.steps) == 3 and len(run4.steps) == 6
+    assert {k for _, _, k in run1.steps} == {1} and {k for _, _, k in run4.steps} == {4}
+    assert len(run1.steps) == len(run4.steps) == 2
+
+
+@pytest.mark.parametrize(
+    ("k", "sizes", "first", "calls"),
+    [(4, [64] * 10, 0, [(0, 4), (4, 4), (8, 1), (9, 1)]),  # scanned calls, then single steps
+     (4, [64] * 9 + [28], 0, [(0, 4), (4, 4), (8, 1), (9, 1)]),  # a last, smaller batch
+     (4, [64] * 8 + [28], 0, [(0, 4), (4, 4), (8, 1)]),
+     (4, [64] * 10, 3, [(3, 4), (7, 1), (8, 1), (9, 1)]),  # resumed at step 3
+     (1, [64] * 3 + [28], 0, [(0, 1), (1, 1), (2, 1), (3, 1)]),
+     (3, [64] * 6, 0, [(0, 3), (3, 3)]),
+     (2, [64] * 3 + [28], 0, [(0, 2), (2, 1), (3, 1)])],  # no call mixes batch sizes
+)  # fmt: skip
+def test_calls_of_an_epoch_group_full_batches_by_steps_per_call(k, sizes, first, calls):
+    """The train-step calls of an epoch: K full batches per call where K of them follow, else
+    single steps (written out by hand)."""
+    run = types.SimpleNamespace(config=types.SimpleNamespace(steps_per_call=k), batch_sizes=sizes)
+    assert train._calls(run, first) == calls
 
 
 def test_no_transfers_between_log_points(bootstrap_run):
@@ -314,8 +342,9 @@ def test_phase_schedule_matches_published():
     assert schedule.lr_for_epoch(ce, 110) == pytest.approx(1e-4)
 
 
+@pytest.mark.slow  # the tfds loaders themselves are in the fast tier (tests/test_data.py)
 def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
-    """The default tfds path end to end (one epoch, offline) under tfds.testing.mock_data."""
+    """The default tfds path end to end (offline) under tfds.testing.mock_data."""
     import tensorflow_datasets as tfds
 
     from configs import cifar10_m_dyr_h
