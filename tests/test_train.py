@@ -229,6 +229,7 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
      (1, [64] * 3 + [28], 0, [(0, 1), (1, 1), (2, 1), (3, 1)]),
      (3, [64] * 6, 0, [(0, 3), (3, 3)]),
      (2, [64] * 3 + [28], 0, [(0, 2), (2, 1), (3, 1)])],  # no call mixes batch sizes
+    ids=["full", "last-smaller", "last-smaller-short", "resumed", "k1", "exact", "no-mixing"],
 )  # fmt: skip
 def test_calls_of_an_epoch_group_full_batches_by_steps_per_call(k, sizes, first, calls):
     """The train-step calls of an epoch: K full batches per call where K of them follow, else
