@@ -109,7 +109,7 @@ def _install_hooks() -> None:
                 if (epoch, s) == pause_at:
                     jax.block_until_ready(out)
                     print(f"PAUSED {epoch} {s}", flush=True)
-                    deadline = time.time() + 120
+                    deadline = time.time() + 600  # a hang guard, not a time limit
                     while not guards[-1].stop_requested and time.time() < deadline:
                         time.sleep(0.01)
                 return out

@@ -1,8 +1,13 @@
-"""Session set-up: one XLA compilation cache shared by every test and the subprocesses they start.
+"""Session set-up: one XLA compilation cache shared by every test and the subprocesses they start,
+and the tiny training runs that several tests read.
 
 Most tests train the same tiny configs, and each run builds its own jitted functions, so
 without the cache every run compiles the same programs again. The cache lives in a temporary
 folder of this session only; it is removed at exit. A variable set by the caller wins.
+
+The shared runs (``bootstrap_run``, ``dividemix_run``) are trained once, the first time a test
+asks for one; tests read their workdirs and must not change them (a test that writes into a
+run's workdir works on a copy, ``tests/_tiny.py`` ``copy_run``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+import pytest
 
 _cache_dir = tempfile.mkdtemp(prefix="jaxnoise-tests-xla-cache-")
 atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
@@ -24,3 +31,32 @@ for _name, (_value, _type) in _SETTINGS.items():
     os.environ.setdefault(_name, _value)
     if "jax" in sys.modules:  # imported before this file (by a plugin): set the live config
         sys.modules["jax"].config.update(_name.lower(), _type(os.environ[_name]))
+
+
+@pytest.fixture(scope="session")
+def bootstrap_run(tmp_path_factory):
+    """The tiny M-DYR-H run (``tests/_signal_run.py``'s config: the quickstart's digits at 50%
+    noise, a width-8 CNN, 3 epochs of 24 steps, bootstrapping from epoch 2) through
+    ``train.train_and_evaluate``: (summary, workdir, (its ``runkit.Run``, its bootstrap
+    ``Pieces``, whose compiled steps later calls reuse))."""
+    from jaxnoise import runkit, train
+    from jaxnoise.bootstrap import loop as bootstrap_loop
+    from tests import _signal_run
+
+    runs, built = [], []
+    open_run, build = runkit.open_run, bootstrap_loop.build
+
+    def capture_run(*args, **kwargs):
+        runs.append(open_run(*args, **kwargs))
+        return runs[-1]
+
+    def capture_pieces(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    workdir = tmp_path_factory.mktemp("bootstrap_run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runkit, "open_run", capture_run)
+        mp.setattr(bootstrap_loop, "build", capture_pieces)
+        summary = train.train_and_evaluate(_signal_run.get_config(), str(workdir))
+    return summary, workdir, (runs[-1], built[-1][0])

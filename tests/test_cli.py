@@ -3,6 +3,7 @@ tfds run that fails in seconds without leaving a workdir, and progress lines wit
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ runpy.run_path(MAIN, run_name="__main__")
 """
 
 
-def run_main(*args: str, cwd: str = ROOT, blocked: bool = False, timeout: int = 300):
+def run_main(*args: str, cwd: str = ROOT, blocked: bool = False, timeout: int = 600):
     """Run main.py (optionally with the network blocked) with its output captured (no TTY)."""
     main = os.path.join(ROOT, "main.py")
     blocked_main = f"MAIN = {main!r}\n" + BLOCKED_MAIN
@@ -168,23 +169,41 @@ def test_format_duration():
     ]
 
 
-def test_run_without_terminal_logs_compiling_and_progress(tmp_path):
-    """A short quickstart run piped (no TTY): 'compiling ...' before the first call of each
-    jitted step and evaluation pass, and progress lines with step, s/step, images/s, ETA."""
-    wd = tmp_path / "wd"
-    r = run_main(
-        "--config", QUICK, "--config.width=4", "--config.epochs=2", "--config.lr_milestones=(1,)",
-        "--config.bootstrap.start_epoch=2", "--config.log_every_seconds=1e-9",
-        "--config.log_every_steps=5", "--workdir", str(wd),
-    )  # fmt: skip
+# The quickstart shrunk to the shared tiny run's config (tests/_signal_run.py) by overrides, so
+# that the command line's run can be compared with the in-process one (and reuses its compiled
+# programs from the session's compilation cache).
+TINY_OVERRIDES = ["--config.width=8", "--config.epochs=3", "--config.lr_milestones=(2,)",
+                  "--config.bootstrap.start_epoch=2", "--config.bootstrap.dynamic_start_epoch=2",
+                  "--config.bootstrap.soft_to_hard_start_epoch=3",
+                  "--config.bootstrap.temperature_epochs=2"]
+
+
+def test_run_without_terminal_or_workdir(bootstrap_run, tmp_path):
+    """The README's newcomer command (no --workdir), piped (no TTY), on the tiny run: the run goes
+    to runs/<config name>-<data source> and gives the in-process run's metrics exactly;
+    'compiling ...' before the first call of each jitted step and evaluation pass, and progress
+    lines with step, s/step, images/s, ETA; every file of the workdir has one permission mode."""
+    r = run_main("--config", QUICK, *TINY_OVERRIDES, "--config.log_every_seconds=1e-9",
+                 cwd=str(tmp_path))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
+    assert "done: M-DYR-H" in out
+    wd = tmp_path / "runs" / "quickstart-digits"  # runs/<config name>-<data source>
+    assert (wd / "label_issues.csv").exists()
+    assert _metrics(wd) == _metrics(bootstrap_run[1])
     assert "compiling the mixup train step" in out
     assert "compiling the mixup+hard-bootstrap train step" in out
     assert "compiling the evaluation pass" in out
-    assert out.index("compiling the mixup train step") < out.index("epoch 1/2 mixup: step 5/")
-    line = next(x for x in out.splitlines() if "epoch 1/2 mixup: step 5/" in x)
+    assert out.index("compiling the mixup train step") < out.index("epoch 1/3 mixup: step 5/")
+    line = next(x for x in out.splitlines() if "epoch 1/3 mixup: step 5/" in x)
     assert "s/step" in line and "images/s" in line and "ETA " in line and "loss " in line
     # every file of the workdir shares one permission mode
     modes = {os.stat(os.path.join(d, f)).st_mode & 0o777 for d, _, fs in os.walk(wd) for f in fs}
     assert len(modes) == 1, {oct(m) for m in modes}
+
+
+def _metrics(workdir) -> list[dict]:
+    """metrics.jsonl without the timing fields."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_s")}
+                for x in f]  # fmt: skip

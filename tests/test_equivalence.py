@@ -25,6 +25,11 @@ from jaxnoise import mixture, models, network, optim
 from jaxnoise.bootstrap import schedule as bootstrap_schedule
 from jaxnoise.bootstrap import step as step_lib
 
+# The slow tier (`pytest -m slow`): XLA compiling a PreAct ResNet-18's train steps, one program
+# per train function and step count. The same steps on small models are in the fast tier
+# (tests/test_step_equations.py, tests/test_train.py).
+pytestmark = pytest.mark.slow
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "equivalence_w2.npz")
 WIDTH, NUM_CLASSES, BATCH = 2, 10, 16
 # (jaxnoise method, epoch of the compared phase) of each of the original's train functions.

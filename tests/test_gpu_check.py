@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py --smoke runs on CPU and writes every measurement (so the script is
-ready the first time a GPU is at hand)."""
+ready the first time a GPU is at hand). The slow tier: it times every method's step, a tracking
+pass and mixture fits of up to 50,000 losses."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(

@@ -267,7 +267,7 @@ def test_batchnorm_settings_and_running_average() -> None:
     [
         ("small_cnn", 4, (4, 8, 8, 1)),
         ("preact_resnet18", 4, (4, 16, 16, 3)),
-        ("resnet50", 8, (4, 32, 32, 3)),
+        pytest.param("resnet50", 8, (4, 32, 32, 3), marks=pytest.mark.slow),  # compiles ~15 s
     ],
 )
 def test_functional_split_merge_train_and_eval(

@@ -1,4 +1,7 @@
-"""Data parallelism: the same metrics on 1, 2 and 8 devices, and across 2 processes."""
+"""Data parallelism: the same metrics on 1, 2 and 8 devices, and across 2 processes (slow tier:
+``pytest -m slow``; the sharded pieces are also tested on their own in the fast tier, e.g. the
+sharded mixture fit of tests/test_mixture.py and the resharded checkpoint of
+tests/test_checkpoint.py)."""
 
 import json
 import os
@@ -9,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("train_loss", "test_loss", "test_acc", "auroc")
 

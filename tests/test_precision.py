@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import quickstart
@@ -13,19 +14,23 @@ from jaxnoise import models, train
 from jaxnoise.network import apply as _apply
 
 
-def _forward(compute_dtype: str):
-    model = models.create_model("preact_resnet18", 10, width=8, in_channels=3, rngs=nnx.Rngs(0))
+def _forward(name: str, compute_dtype: str):
+    in_channels = 1 if name == "small_cnn" else 3
+    model = models.create_model(name, 10, width=8, in_channels=in_channels, rngs=nnx.Rngs(0))
     graphdef, params, stats = nnx.split(models.set_compute_dtype(model, compute_dtype),
                                         nnx.Param, nnx.BatchStat)  # fmt: skip
-    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, in_channels))
     fwd = jax.jit(lambda p, s, x: _apply(graphdef, p, nnx.State({}), s, x, True))
     logits, new_stats = fwd(params, stats, x)
     return logits, params, new_stats, fwd.lower(params, stats, x).as_text()
 
 
-def test_bf16_runs_convolutions_in_bf16_and_keeps_float32_state():
-    logits32, _, stats32, hlo32 = _forward("float32")
-    logits16, params16, stats16, hlo16 = _forward("bfloat16")
+@pytest.mark.parametrize(
+    "name", ["small_cnn", pytest.param("preact_resnet18", marks=pytest.mark.slow)]
+)  # the quickstart's model; the published one compiles for ~10 s
+def test_bf16_runs_convolutions_in_bf16_and_keeps_float32_state(name):
+    logits32, _, stats32, hlo32 = _forward(name, "float32")
+    logits16, params16, stats16, hlo16 = _forward(name, "bfloat16")
     assert "bf16" not in hlo32
     assert "convolution" in hlo16 and "bf16" in hlo16
     for leaf in jax.tree.leaves((logits16, params16, stats16)):
@@ -36,6 +41,7 @@ def test_bf16_runs_convolutions_in_bf16_and_keeps_float32_state():
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.01)
 
 
+@pytest.mark.slow
 def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
     """The quickstart (digits, 50% noise, M-DYR-H) on a 12-epoch schedule in both precisions:
     bf16's best test accuracy at most 1 point below float32's, the noise-detection AUROC within

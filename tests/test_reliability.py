@@ -3,8 +3,10 @@ the last good checkpoint, and real signals (SIGTERM, SIGINT, SIGKILL during a ch
 lose nothing: resuming gives exactly the metrics of an uninterrupted run.
 
 The fault table with every test is docs/RELIABILITY.md. Subprocess tests run the tiny run of
-tests/_signal_run.py through main.py; they share one persistent XLA compilation cache, so only
-the first child (the uninterrupted reference) compiles.
+tests/_signal_run.py through main.py and compare with the session's uninterrupted run of the same
+config (tests/conftest.py ``bootstrap_run``, trained in-process); they share the session's
+persistent XLA compilation cache, so no child compiles what that run compiled. One signal
+scenario is in the fast tier; the others are in the slow tier (``pytest -m slow``).
 """
 
 from __future__ import annotations
@@ -109,17 +111,16 @@ def test_config_names_missing_local_files(tmp_path):
 
 
 def test_cli_missing_weights_file_fails_before_compute():
-    """`--config.weights=/nonexistent.npz` fails at once naming the file; no data is loaded."""
-    t0 = time.time()
+    """`--config.weights=/nonexistent.npz` fails at once naming the file; no data is loaded
+    (no `data:` line; not timed, as the machine's load would decide a time limit)."""
     r = subprocess.run(
         [sys.executable, "main.py", "--config", "configs/quickstart.py",
          "--config.weights=/nonexistent.npz", "--workdir", "/nonexistent/wd"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]  # a refusal of the command line
     assert "error: config.weights = '/nonexistent.npz' is not allowed" in r.stderr
     assert "Traceback" not in r.stderr and "data:" not in r.stdout
-    assert time.time() - t0 < 60
 
 
 def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
@@ -428,7 +429,7 @@ class Child:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, prefix: str, timeout: float = 240) -> str:
+    def wait_for(self, prefix: str, timeout: float = 600) -> str:
         deadline = time.time() + timeout
         while True:
             try:
@@ -441,7 +442,7 @@ class Child:
             if line.startswith(prefix):
                 return line
 
-    def finish(self, timeout: float = 240) -> int:
+    def finish(self, timeout: float = 600) -> int:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -472,14 +473,11 @@ def _assert_clean_exit(child: Child, rc: int, code: int, *texts: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted tiny run (compiles once into the shared cache): (cache dir, workdir)."""
-    base = tmp_path_factory.mktemp("reliability")
-    cache, wd = base / "xla_cache", base / "reference"
-    child = Child(wd, cache_dir=cache)
-    _assert_clean_exit(child, child.finish(600), 0, "done: M-DYR-H")
+def reference(bootstrap_run):
+    """The uninterrupted tiny run (the session's, in-process): (compilation cache dir, workdir)."""
+    _, wd, _ = bootstrap_run
     assert len(_metrics(wd)) == 3
-    return cache, wd
+    return os.environ["JAX_COMPILATION_CACHE_DIR"], wd
 
 
 def _resume_and_compare(wd, reference, resumed_at: str) -> None:
@@ -495,9 +493,9 @@ def _resume_and_compare(wd, reference, resumed_at: str) -> None:
 
 @pytest.mark.parametrize(
     "sig,code,epoch,step",
-    [(signal.SIGTERM, 143, 2, 4), (signal.SIGINT, 130, 1, 9)],
-    ids=["SIGTERM", "SIGINT"],
-)
+    [pytest.param(signal.SIGTERM, 143, 2, 4, id="SIGTERM"),
+     pytest.param(signal.SIGINT, 130, 1, 9, id="SIGINT", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_signal_mid_epoch_saves_exact_position_and_resume_matches(
     reference, tmp_path, sig, code, epoch, step
 ):
@@ -517,6 +515,7 @@ def test_signal_mid_epoch_saves_exact_position_and_resume_matches(
     _resume_and_compare(wd, reference, where)
 
 
+@pytest.mark.slow
 def test_sigint_with_slow_steps_stops_after_at_most_one_more_step(reference, tmp_path):
     """Steps that take long to *execute*: a SIGINT while step N runs stops the run after at most
     one more step (at most one step call is in flight), measured by the saved step count."""
@@ -531,6 +530,7 @@ def test_sigint_with_slow_steps_stops_after_at_most_one_more_step(reference, tmp
     assert running + 1 <= saved <= running + 2, (saved, child.output[-3000:])
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_keeps_previous_checkpoint(reference, tmp_path):
     """SIGKILL while a checkpoint is being written (everything written, not yet committed):
 
@@ -563,6 +563,7 @@ def test_sigkill_during_checkpoint_writes_keeps_previous_checkpoint(reference, t
     _resume_and_compare(wd, reference, "the end of epoch 2")
 
 
+@pytest.mark.slow
 def test_fresh_discards_a_run_with_another_config(reference, tmp_path):
     """main.py refuses a workdir holding a run with a different config, naming the difference and
     --fresh; with --fresh it starts again."""
@@ -579,6 +580,7 @@ def test_fresh_discards_a_run_with_another_config(reference, tmp_path):
     assert [r["epoch"] for r in _metrics(wd)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_nan_training_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path):
     """A diverging epoch (lr 1e30 from epoch 2) stops at the next loss check with a message; the
     epoch-1 checkpoint is kept and resumes exactly (here without the fault)."""
@@ -594,6 +596,7 @@ def test_nan_training_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_p
     _resume_and_compare(wd, reference, "the end of epoch 1")
 
 
+@pytest.mark.slow
 def test_preemption_never_checkpoints_a_diverged_state(reference, tmp_path):
     """SIGTERM after 3 diverging steps (before any loss check): the NaN state is not saved; the
     run stops with the divergence message and the epoch-1 checkpoint stays the newest."""
@@ -610,6 +613,7 @@ def test_preemption_never_checkpoints_a_diverged_state(reference, tmp_path):
     assert _committed_steps(wd) == [STEPS]
 
 
+@pytest.mark.slow
 def test_degenerate_fit_continues_and_nan_tracking_loss_stops(reference, tmp_path):
     """All-equal tracking losses (epoch 1): the fit falls back to p(noisy) = 0.5 with a logged
     warning and training continues; a NaN tracking loss (epoch 3) stops the run with a message
@@ -631,10 +635,7 @@ def test_degenerate_fit_continues_and_nan_tracking_loss_stops(reference, tmp_pat
     assert _committed_steps(wd)[-1] == 2 * STEPS
 
 
-@pytest.mark.skipif(
-    not os.environ.get("JAXNOISE_TEST_MULTIPROCESS"),
-    reason="~40 s; set JAXNOISE_TEST_MULTIPROCESS=1 (kept out of the default run for time)",
-)
+@pytest.mark.slow
 def test_multiprocess_sigterm_to_one_process_stops_all_at_one_step(tmp_path):
     """A 2-process job (2 CPU devices each, gloo): SIGTERM to process 0 only. Both processes
     agree at the next log step, save one collective checkpoint of that step and exit 143;

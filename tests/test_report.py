@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxnoise import mixture, plots, report
+from tests._tiny import copy_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "mixture_fits.ipynb")
@@ -246,28 +247,19 @@ def test_plots_leave_no_pyplot_figures(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# A tiny real run: the refit reproduces the run's last fit, and the notebook runs on it.
+# The session's tiny real run (tests/conftest.py bootstrap_run): the refit reproduces the run's
+# last fit, and the notebook runs on it. Tests that write into a workdir work on a copy.
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """Quickstart shrunk to a width-8 CNN and 6 epochs, trained through train_and_evaluate."""
-    from configs import quickstart
-    from jaxnoise import train
-
-    c = quickstart.get_config()
-    c.width = 8
-    c.epochs = 6
-    c.lr_milestones = (4,)
-    c.bootstrap.start_epoch = 3
-    wd = str(tmp_path_factory.mktemp("tiny_run"))
-    train.train_and_evaluate(c, wd)
-    return wd
+@pytest.fixture
+def tiny_run(bootstrap_run, tmp_path):
+    """A copy of the shared tiny run's workdir."""
+    return str(copy_run(bootstrap_run[1], tmp_path / "run"))
 
 
-def test_refit_reproduces_the_runs_last_fit(tiny_run):
+def test_refit_reproduces_the_runs_last_fit(bootstrap_run):
     """Refitting the saved losses gives the BMM logged for the last epoch, and its posteriors."""
-    run = report.load_workdir(tiny_run)
+    run = report.load_workdir(str(bootstrap_run[1]))
     st = report.refit_mixtures(run["per_sample"]["loss"], run["config"])["bmm"]
     refit, logged = mixture.summary(st), run["records"][-1]["mixture"]
     for k in ("lo", "hi", "alphas", "betas", "weights", "noisy_component"):
@@ -308,16 +300,17 @@ def test_cli_threshold_writes_beside_the_runs_files(tiny_run, capsys):
     assert os.path.exists(os.path.join(out_dir, "figures", "loss_histogram.png"))
 
 
-def test_workdir_files_share_one_permission_mode(tiny_run):
+def test_workdir_files_share_one_permission_mode(bootstrap_run):
     """config.json, metrics.jsonl, per_sample.npz (written atomically), the report and orbax's
     checkpoint files all get the same mode (no 0600 files beside 0644 ones)."""
     modes = {}
-    for d, _, files in os.walk(tiny_run):
+    for d, _, files in os.walk(bootstrap_run[1]):
         for f in files:
             modes.setdefault(oct(os.stat(os.path.join(d, f)).st_mode & 0o777), []).append(f)
     assert len(modes) == 1, {m: fs[:3] for m, fs in modes.items()}
 
 
+@pytest.mark.slow
 def test_notebook_executes(tiny_run, monkeypatch):
     """notebooks/mixture_fits.ipynb runs top to bottom on the tiny run (JAXNOISE_WORKDIR),
     writing into WORKDIR/notebook/ and leaving the run's own files byte-identical."""
@@ -329,7 +322,7 @@ def test_notebook_executes(tiny_run, monkeypatch):
     monkeypatch.setenv("JAXNOISE_WORKDIR", tiny_run)
     before = snapshot(tiny_run)
     client = nbclient.NotebookClient(
-        nb, timeout=180, kernel_name="python3",
+        nb, timeout=600, kernel_name="python3",
         resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
     )  # fmt: skip
     client.execute()
