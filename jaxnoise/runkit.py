@@ -466,7 +466,7 @@ def write_outputs(run: Run, arrays: dict, step: int | None) -> None:
         out = report.write_report(run.workdir)
     except Exception as e:  # the run's results are saved; a plotting failure must not hide it
         log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"retry with: python -m jaxnoise.report {run.workdir}")  # fmt: skip
+            f"retry with: jaxnoise report {run.workdir}")  # fmt: skip
         return
     log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
         f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip

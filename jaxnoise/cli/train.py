@@ -1,10 +1,13 @@
-"""Train with noisy labels.
+"""``jaxnoise train`` (and ``python main.py`` in a clone): train with noisy labels.
 
-    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5
+    jaxnoise train --config cifar10_m_dyr_h --config.noise=0.5
+    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5   # the same, in a clone
 
-The workdir (default ``runs/<config name>-<data source>``) holds the resolved config,
-metrics.jsonl, the checkpoints and the last epoch's per-sample arrays; re-running the same
-command resumes. ``python main.py --help`` lists every config field.
+``--config`` takes a preset's name (``jaxnoise/configs/NAME.py``; ``NAME:ARG`` passes an
+argument to its ``get_config``) or a config file (``FILE`` or ``FILE:ARG``). The workdir
+(default ``runs/<config name>-<data source>``) holds the resolved config, metrics.jsonl, the
+checkpoints and the last epoch's per-sample arrays; re-running the same command resumes.
+``--help`` lists every config field.
 
 Exit codes: 0 finished; 2 the command line was refused (a flag, a config field or value, a file
 the config names, a workdir holding another run, in use by another process, or not writable),
@@ -13,27 +16,17 @@ a diverged run, a checkpoint that could not be written); 143 / 130 stopped by SI
 (with a checkpoint saved once training had started).
 """
 
+import ast
+import difflib
 import os
 import signal
 import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-def _interrupted_while_starting(signum, frame):  # before the run installs its own handlers
-    print(f"interrupted ({signal.Signals(signum).name} while starting): nothing to save",
-          file=sys.stderr, flush=True)  # fmt: skip
-    os._exit(128 + signum)
-
-
-if __name__ == "__main__":  # Ctrl-C during the imports below (and until the run installs its
-    signal.signal(signal.SIGINT, _interrupted_while_starting)  # own handlers): one line, 130
-
-import ast  # noqa: E402
-import difflib  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxnoise import config as config_lib  # noqa: E402  (the validator: imports no jax)
+from jaxnoise import config as config_lib  # the validator: imports no jax
+from jaxnoise import configs as presets
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
@@ -44,29 +37,30 @@ _WORKDIR = flags.DEFINE_string(
 _FRESH = flags.DEFINE_bool("fresh", False, "Discard a previous run in the workdir and start again.")
 flags.mark_flags_as_required(["config"])
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # jaxnoise/
+DEFAULT_CONFIG = os.path.join(presets.DIR, "default.py")
 # Where each group of fields is set, with its comments: (heading, file, variable, prefix).
 FIELD_SOURCES = (
-    ("shared fields (configs/default.py)", DEFAULT_CONFIG, "c", ""),
+    ("shared fields (jaxnoise/configs/default.py)", DEFAULT_CONFIG, "c", ""),
     ("config.bootstrap: CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH (jaxnoise/bootstrap/config.py)",
-     os.path.join(ROOT, "jaxnoise", "bootstrap", "config.py"), "b", "bootstrap."),
+     os.path.join(PACKAGE, "bootstrap", "config.py"), "b", "bootstrap."),
     ("config.dividemix: DivideMix (jaxnoise/dividemix/config.py)",
-     os.path.join(ROOT, "jaxnoise", "dividemix", "config.py"), "d", "dividemix."),
-)
+     os.path.join(PACKAGE, "dividemix", "config.py"), "d", "dividemix."),
+)  # fmt: skip
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 SOURCE_HELP = {  # --help's line for each data source
     "tfds": "a tensorflow-datasets dataset (--config.data.name=cifar10, cifar100, ...); "
     "prepared on first use, which needs network access and TensorFlow: "
-    "pip install -e '.[prepare]'",
+    "pip install 'jaxnoise[prepare]' (in a clone: pip install -e '.[prepare]')",
     "folder": "your own images: --config.data.root=ROOT with ROOT/{train,test}/<class>/<image>",
-    "digits": "scikit-learn's embedded 8x8 digits (offline; configs/quickstart.py)",
+    "digits": "scikit-learn's embedded 8x8 digits (offline; --config quickstart)",
     "features": "your own embeddings, --config.data.features=FILE: an .npz with train_features "
-    "(N, D), train_labels (N,), test_features, test_labels and optionally class_names, "
-    "train_ids (or a train/test pair: data.features + data.test_features, each an .npz of "
-    "features, labels or an .npy of features beside <stem>_labels.npy); model mlp or linear "
-    "(configs/features_m_dyr_h.py)",
+    "(N, D), train_labels (N,), optionally test_features, test_labels (without them no test "
+    "accuracy), class_names, train_ids (or a pair: data.features + data.test_features, each an "
+    ".npz of features, labels or an .npy of features beside <stem>_labels.npy; the test side "
+    "may be left out); model mlp or linear (--config features_m_dyr_h)",
 }
+PROG = "python main.py"  # how the command was called, for its messages (jaxnoise.cli sets it)
 
 
 def refuse(message: str) -> None:
@@ -114,22 +108,29 @@ def default_fields(path: str = DEFAULT_CONFIG, var: str = "c",
     return [t[1:] for t in sorted(out)]
 
 
+def preset_lines() -> list[str]:
+    """--help's list of the presets: name and the first line of its docstring."""
+    names = presets.names()
+    width = max(map(len, names))
+    return [f"    {n:<{width}}  {presets.summary(n)}" for n in names]
+
+
 def help_text() -> str:
-    """What `python main.py --help` prints."""
+    """What `jaxnoise train --help` (`python main.py --help`) prints."""
     from jaxnoise.data import SOURCES  # the sources the library really has
 
-    configs = sorted(
-        f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py") and f[0] != "_"
-    )
     out = [
-        "usage: python main.py --config CONFIG [--config.FIELD=VALUE ...] [--workdir DIR] "
-        "[--fresh]",
+        f"usage: {PROG} --config CONFIG [--config.FIELD=VALUE ...] [--workdir DIR] [--fresh]",
         "",
         "Learning with noisy labels (Arazo et al., ICML 2019) in JAX: train, fit the noise model "
         "after every epoch, correct the loss, and list the labels that are probably wrong.",
         "",
         "flags:",
-        "  --config CONFIG        a config file: " + ", ".join(f"configs/{c}" for c in configs),
+        "  --config CONFIG        a preset's name (below; NAME:ARG passes an argument, e.g. "
+        "cifar10n_ce:aggre), or a",
+        "                         config file of your own, FILE or FILE:ARG (it may start from "
+        "a preset: from",
+        "                         jaxnoise.configs import default)",
         "  --config.FIELD=VALUE   override one field of it (the fields are below), each field "
         "once (a field",
         "                         given twice is refused: neither combined nor the last one "
@@ -140,26 +141,33 @@ def help_text() -> str:
         "  --fresh                discard the run in the workdir and start again",
         "  --help                 this text",
         "",
-        "data sources (--config.data.source=SOURCE):",
-        *(f"  {s:<8} {SOURCE_HELP.get(s, 'see configs/default.py')}" for s in SOURCES),
+        "presets (jaxnoise/configs/NAME.py; in a clone also configs/NAME.py):",
+        *preset_lines(),
         "",
-        "config fields (the defaults; each config file states what differs). A config has the",
+        "data sources (--config.data.source=SOURCE):",
+        *(f"  {s:<8} {SOURCE_HELP.get(s, 'see jaxnoise/configs/default.py')}" for s in SOURCES),
+        "",
+        "config fields (the defaults; each preset states what differs). A config has the",
         "shared fields and the block of its method: config.bootstrap or config.dividemix.",
     ]
     for heading, path, var, prefix in FIELD_SOURCES:
         out += ["", heading + ":"]
         for field, value, comment in default_fields(path, var, prefix):
             out.append(f"  {field} = {value}" + (f"  # {comment}" if comment else ""))
-    out += [
-        "",
-        "after (or during) a run:",
-        "  python -m jaxnoise.report WORKDIR [--threshold T]   figures and label_issues.csv "
-        "(the samples with p(noisy) > T) of a run",
-        "",
-        "exit codes: 0 done; 2 command line refused; 1 failed (data, divergence); "
-        "143 / 130 stopped by SIGTERM / SIGINT with a checkpoint saved (re-run to resume)",
-    ]
-    return "\n".join(out)
+    return "\n".join(out + AFTER_A_RUN)
+
+
+AFTER_A_RUN = [
+    "",
+    "after (or during) a run:",
+    "  jaxnoise report WORKDIR [--threshold T]   figures and label_issues.csv (the samples with "
+    "p(noisy) > T) of a run (also: python -m jaxnoise.report WORKDIR)",
+    "  jaxnoise predict WORKDIR --inputs PATH    the run's model on new data (.npy, .npz or an "
+    "image folder): predictions.csv",
+    "",
+    "exit codes: 0 done; 2 command line refused; 1 failed (data, divergence); "
+    "143 / 130 stopped by SIGTERM / SIGINT with a checkpoint saved (re-run to resume)",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,13 +184,41 @@ def _config_overrides(argv: list[str]) -> list[str]:
     return names
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _config_path(argv: list[str]) -> tuple[int, str] | None:
+    """(position in argv, value) of the --config argument."""
     for i, a in enumerate(argv):
         if a in ("--config", "-config") and i + 1 < len(argv):
-            return argv[i + 1]
+            return i + 1, argv[i + 1]
         if a.startswith(("--config=", "-config=")):
-            return a.split("=", 1)[1]
+            return i, a.split("=", 1)[1]
     return None
+
+
+def resolve_config(value: str) -> str | None:
+    """The config file (``FILE`` or ``FILE:ARG``) that ``--config value`` names: a file, else a
+    preset's (``NAME`` or ``NAME:ARG``); None when it names neither."""
+    file, sep, arg = value.partition(":")
+    if os.path.isfile(file):
+        return value
+    preset = presets.path(file) if os.sep not in file and "/" not in file else None
+    return None if preset is None else preset + sep + arg
+
+
+def _config_argv(argv: list[str]) -> tuple[list[str], str]:
+    """argv with the --config value resolved to its file (a preset's name replaced by its
+    path), and the value as given; a missing or unknown config refused."""
+    found = _config_path(argv[1:])
+    if found is None:
+        refuse(f"--config CONFIG is required, e.g. {PROG} --config quickstart; {PROG} --help "
+               "lists the presets and fields")  # fmt: skip
+    i, value = found
+    path = resolve_config(value)
+    if path is None:
+        refuse(f"--config {value}: no such file, and no preset of that name (the presets: "
+               f"{', '.join(presets.names())}; {PROG} --help describes them)")  # fmt: skip
+    argv = list(argv)
+    argv[i + 1] = path if argv[i + 1] == value else argv[i + 1].split("=", 1)[0] + "=" + path
+    return argv, path
 
 
 def _load_config(path: str):
@@ -205,12 +241,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if any(a in HELP_FLAGS for a in argv[1:]):
         print(help_text())
         sys.exit(0)
-    path = _config_path(argv[1:])
-    if path is None:
-        refuse("--config CONFIG is required, e.g. python main.py --config configs/quickstart.py; "
-               "python main.py --help lists the configs and fields")  # fmt: skip
-    if not os.path.isfile(path.split(":", 1)[0]):
-        refuse(f"--config {path}: no such file (the configs are in configs/)")
+    argv, path = _config_argv(argv)
     config = _load_config(path)
     fields = sorted(config_lib.flatten(config.to_dict()))
     names = _config_overrides(argv[1:])
@@ -219,15 +250,15 @@ def parse_flags(argv: list[str]) -> list[str]:
             why = config_lib.foreign_field(name, config.method)
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
-            refuse(f"--config.{name}: {why or f'not a config field{hint}'}; python main.py "
-                   "--help lists the fields")  # fmt: skip
+            refuse(f"--config.{name}: {why or f'not a config field{hint}'}; {PROG} --help "
+                   "lists the fields")  # fmt: skip
         if name in names[:i]:  # ml_collections would silently join two tuples into one
             refuse(f"--config.{name} is given twice: give each field once (ml_collections "
                    "would join two tuples, e.g. (128,) and (512,) into (128, 512))")
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
-        refuse(f"{e}; python main.py --help lists the flags and fields")
+        refuse(f"{e}; {PROG} --help lists the flags and fields")
     except Exception as e:  # a config file that raises, or an override ml_collections refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         refuse(f"--config {path}: {type(e).__name__}: {first}")
@@ -325,15 +356,21 @@ def main(argv):
 
 
 def done_line(config, summary: dict, workdir: str, labels: str) -> str:
-    """The last line of a finished run: accuracy, and the detection AUROC when the noise is
-    known (else the noise model's estimate of the fraction of wrong labels)."""
+    """The last line of a finished run: accuracy ("no test set" without one), and the detection
+    AUROC when the noise is known (else the noise model's estimate of the wrong labels)."""
     if summary.get("noise_known", True):
         detection = f"noise-detection AUROC {summary['auroc']:.4f}"
     else:
         detection = f"est. noisy {summary['est_noisy']:.1%} (which labels are wrong is unknown)"
-    return (f"done: {config.method} {labels} best test acc {summary['best_acc']:.2f}% last "
-            f"{summary['last_acc']:.2f}%  {detection}  workdir {workdir}")  # fmt: skip
+    accuracy = "no test set"
+    if summary.get("has_test", True):
+        accuracy = (f"best test acc {summary['best_acc']:.2f}% last "
+                    f"{summary['last_acc']:.2f}%")  # fmt: skip
+    return f"done: {config.method} {labels} {accuracy}  {detection}  workdir {workdir}"
 
 
-if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+def run(argv: list[str], prog: str = "jaxnoise train") -> None:
+    """``PROG ARGV``: parse the flags and train (exits with the command's code)."""
+    global PROG
+    PROG = prog
+    app.run(main, argv=[prog, *argv], flags_parser=parse_flags)

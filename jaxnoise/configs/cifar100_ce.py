@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_ce.py (same schedule, 100 classes)."""
 
-from configs import cifar10_ce
+from jaxnoise.configs import cifar10_ce
 
 
 def get_config():

@@ -7,7 +7,7 @@ per-setting table (25 at 20%, 150 at 50%, 80% and 90% symmetric noise), p_thresh
 90%), at 90% the GMM of the mean of the last 5 epochs' losses.
 """
 
-from configs import cifar10_dividemix
+from jaxnoise.configs import cifar10_dividemix
 
 
 def get_config():

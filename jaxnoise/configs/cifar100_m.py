@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_m.py (same schedule, 100 classes)."""
 
-from configs import cifar10_m
+from jaxnoise.configs import cifar10_m
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_m_dyr_h.py (same schedule, 100 classes)."""
 
-from configs import cifar10_m_dyr_h
+from jaxnoise.configs import cifar10_m_dyr_h
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_m_dyr_h_gmm.py (same schedule, 100 classes)."""
 
-from configs import cifar10_m_dyr_h_gmm
+from jaxnoise.configs import cifar10_m_dyr_h_gmm
 
 
 def get_config():

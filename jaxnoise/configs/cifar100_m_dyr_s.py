@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_m_dyr_s.py (same schedule, 100 classes)."""
 
-from configs import cifar10_m_dyr_s
+from jaxnoise.configs import cifar10_m_dyr_s
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_md_dyr_sh.py (same schedule, 100 classes)."""
 
-from configs import cifar10_md_dyr_sh
+from jaxnoise.configs import cifar10_md_dyr_sh
 
 
 def get_config():

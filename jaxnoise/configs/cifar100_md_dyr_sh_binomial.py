@@ -1,6 +1,6 @@
 """CIFAR-100 counterpart of configs/cifar10_md_dyr_sh_binomial.py (same schedule, 100 classes)."""
 
-from configs import cifar10_md_dyr_sh_binomial
+from jaxnoise.configs import cifar10_md_dyr_sh_binomial
 
 
 def get_config():

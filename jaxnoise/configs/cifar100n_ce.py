@@ -6,7 +6,7 @@ Same network and schedule as configs/cifar10n_ce.py; inputs normalised with the 
 per-channel statistics (the CIFAR-N code's CIFAR-100 constants are those statistics).
 """
 
-from configs import cifar10n_ce
+from jaxnoise.configs import cifar10n_ce
 
 
 def get_config(label_set: str = "noisy100"):

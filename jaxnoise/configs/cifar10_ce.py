@@ -1,6 +1,6 @@
 """CIFAR-10, cross-entropy baseline (CE): 120 epochs, lr /10 after 30, 80 and 110."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

@@ -13,7 +13,7 @@ the per-setting values of Nishi et al.'s DivideMix presets); p_threshold 0.5, 0.
 the GMM fits the mean of the last 5 epochs' normalised losses, as the official code.
 """
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

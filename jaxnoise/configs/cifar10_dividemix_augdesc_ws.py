@@ -18,7 +18,7 @@ python main.py --config configs/cifar10_dividemix_augdesc_ws.py --config.noise=0
     --config.epochs=351 --config.lr_milestones='(251,)' --config.dividemix.warmup_strong=0.25
 """
 
-from configs import cifar10_dividemix
+from jaxnoise.configs import cifar10_dividemix
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, plain mixup (M), alpha = 32: 300 epochs, lr /10 after 100 and 250."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, M-DYR-H: mixup + dynamic hard bootstrapping + regulariser, BMM (from epoch 106)."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

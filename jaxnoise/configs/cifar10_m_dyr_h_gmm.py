@@ -1,6 +1,6 @@
 """CIFAR-10, M-DYR-H with a Gaussian mixture noise model (the published comparison)."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, M-DYR-S: mixup + dynamic soft bootstrapping + regulariser, BMM."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, MD-DYR-SH: dynamic mixup from 106, soft-to-hard bootstrapping from 111."""
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

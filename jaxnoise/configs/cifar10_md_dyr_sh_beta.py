@@ -1,6 +1,6 @@
 """CIFAR-10, MD-DYR-SH with the dynamic-mixup weight drawn from Beta(delta, 1 - delta)."""
 
-from configs import cifar10_md_dyr_sh
+from jaxnoise.configs import cifar10_md_dyr_sh
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, MD-DYR-SH with the weight from two Binomial(10000, .) draws normalised to 1."""
 
-from configs import cifar10_md_dyr_sh
+from jaxnoise.configs import cifar10_md_dyr_sh
 
 
 def get_config():

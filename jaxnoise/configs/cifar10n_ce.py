@@ -11,7 +11,7 @@ Data: tfds ``cifar10_n`` (its records carry every label set and the clean label)
 --config.label_file=CIFAR-10_human.pt`` (rows in the original CIFAR order, mapped by tfds id).
 """
 
-from configs import default
+from jaxnoise.configs import default
 from jaxnoise.labels import SHORT_NAMES
 
 # The CIFAR-N code's short names -> the label sets' names (files and tfds features); label_key

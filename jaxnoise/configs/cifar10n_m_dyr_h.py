@@ -7,7 +7,7 @@ Human noise is instance-dependent; the options for it: --config.mixture_scope=cl
 per given class) and --config.loss_signal=ema (with --config.posterior_source=epoch).
 """
 
-from configs import cifar10n_ce, default
+from jaxnoise.configs import cifar10n_ce, default
 
 
 def get_config(label_set: str = "worse"):

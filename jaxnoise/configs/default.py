@@ -2,7 +2,8 @@
 
 Every other config imports this and says only what differs. Usage:
 
-    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5 --workdir runs/x
+    jaxnoise train --config cifar10_m_dyr_h --config.noise=0.5 --workdir runs/x
+    python main.py --config configs/cifar10_m_dyr_h.py --config.noise=0.5   # in a clone
 
 The shared fields are set here; a method's own fields are in its block, ``config.bootstrap``
 (CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH) or ``config.dividemix``, whose defaults and comments are in
@@ -21,8 +22,23 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     block (``config.bootstrap`` or ``config.dividemix``, documented in its module)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # one seed drives init, noise injection, shuffling, augmentation and mixup
+    _data(c)
+    _label_noise(c)
+    _model(c)
+    c.method = method  # "CE" | "M" | "M-DYR-H" | "M-DYR-S" | "MD-DYR-SH" | "DivideMix"
+    _schedule(c)
+    _devices(c)
+    _runtime(c)
+    _features(c)
+    if method in BOOTSTRAP_METHODS:
+        c.bootstrap = bootstrap_config.defaults()  # jaxnoise/bootstrap/config.py
+    else:
+        c.dividemix = dividemix_config.defaults()  # jaxnoise/dividemix/config.py
+    return c
 
-    # --- data -------------------------------------------------------------------------------
+
+def _data(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: data."""
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # "tfds" | "folder" (ROOT/{train,test}/<class>/<img>) | "digits"
     # | "features" (your own embeddings: data.features below)
@@ -37,7 +53,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # (0.4914, 0.4822, 0.4465) / std (0.2023, 0.1994, 0.2010), also used for CIFAR-100 there;
     # "dataset": per-channel mean / std of the training images
 
-    # --- label noise ------------------------------------------------------------------------
+
+def _label_noise(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: label noise."""
     c.noise = 0.0  # noise level r in [0, 1]
     c.noise_kind = "symmetric"  # "none"|"symmetric"|"symmetric_exclusive"|"asymmetric"|"human"
     c.label_file = ""  # noise_kind="human": a label file (.pt of the CIFAR-N release, .npz,
@@ -50,7 +68,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # "id" (its id/path column) | "auto" (see jaxnoise/labels/human.py; ambiguity is refused)
     c.noise_seed = 42  # seed of the noise injection (independent of `seed`, like the original)
 
-    # --- model ------------------------------------------------------------------------------
+
+def _model(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: model."""
     c.model = "preact_resnet18"  # images: "preact_resnet18" | "resnet34" | "small_cnn" |
     # "resnet50"; features (data.source="features" or a data.extractor): "mlp" | "linear"
     c.width = 64  # base width (64 = published PreAct ResNet-18; smaller for reduced compute)
@@ -60,10 +80,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.weights = ""  # local .npz of pretrained weights (resnet50, torchvision names)
     c.freeze_backbone = False  # train only the linear head (published TinyImageNet setting)
 
-    # --- method (its own fields are in its block: config.bootstrap or config.dividemix) ------
-    c.method = method  # "CE" | "M" | "M-DYR-H" | "M-DYR-S" | "MD-DYR-SH" | "DivideMix"
 
-    # --- optimizer and schedule (epochs are 1-based for every method) -----------------------
+def _schedule(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: optimizer and schedule (epochs are 1-based for every method)."""
     c.epochs = 300  # total epochs
     c.optimizer = "sgd"  # "sgd" (momentum) | "adam"
     c.lr = 0.1
@@ -73,7 +92,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # on (the published code steps MultiStepLR at every epoch's start: epoch 100 runs at 0.01)
     c.lr_gamma = 0.1
 
-    # --- devices ----------------------------------------------------------------------------
+
+def _devices(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: devices."""
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = 0  # data-parallel devices (0 = all devices of all processes)
     c.distributed = ml_collections.ConfigDict()
@@ -82,7 +103,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     c.distributed.num_processes = 1  # ... the number of processes ...
     c.distributed.process_id = 0  # ... and this process's id
 
-    # --- evaluation, logging, checkpoints ---------------------------------------------------
+
+def _runtime(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: evaluation, logging, checkpoints."""
     c.eval_batch_size = 1000  # chunk size of the tracking pass and the test evaluation
     c.log_every_steps = 20  # progress-bar refresh of the running loss (one host sync)
     c.log_every_seconds = 60.0  # without a terminal: a progress line this often (0 = off)
@@ -92,7 +115,9 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # CPU): "auto" = $XDG_CACHE_HOME/jaxnoise/xla or ~/.cache/jaxnoise/xla | "" or "none" = off |
     # a folder; the environment variable JAX_COMPILATION_CACHE_DIR, if set, wins over this
 
-    # --- features (jaxnoise/data/: embeddings.py source, extract.py cached frozen extractors) -
+
+def _features(c: ml_collections.ConfigDict) -> None:
+    """The shared fields: features (jaxnoise/data/: the embeddings source, cached extractors)."""
     c.data.features = ""  # source="features": one .npz (train_features, train_labels,
     # test_features, test_labels[, class_names]) or the train side of a pair (.npz with
     # features, labels[, class_names]; or .npy with its labels in <stem>_labels.npy)
@@ -109,10 +134,3 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # changed eps extracts again (benchmarks/results/features_notes.md)
     c.mlp_hidden = (512,)  # model="mlp": hidden layer sizes (model="linear": none); quoted
     # on the command line: '--config.mlp_hidden=(512,)' (a bare (512,) is a shell syntax error)
-
-    # --- the method's own fields ------------------------------------------------------------
-    if method in BOOTSTRAP_METHODS:
-        c.bootstrap = bootstrap_config.defaults()  # jaxnoise/bootstrap/config.py
-    else:
-        c.dividemix = dividemix_config.defaults()  # jaxnoise/dividemix/config.py
-    return c

@@ -20,7 +20,7 @@ real human labels (tests/test_user_fixes.py checks that they are equal):
 (or: python benchmarks/reproduce.py --protocol features --label-file labels.csv ...).
 """
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

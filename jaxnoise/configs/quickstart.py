@@ -4,7 +4,7 @@ python main.py --config configs/quickstart.py                       # M-DYR-H, 5
 python main.py --config configs/quickstart.py --config.method=CE    # the baseline
 """
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def digits(c):

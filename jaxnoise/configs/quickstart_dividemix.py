@@ -12,7 +12,7 @@ never come back (the official code does the same on these data: 79-90% at 80% no
 two classes are lost at 90% noise (78.45%), with 25 one (88.22%); at 80% both give 98.32%.
 """
 
-from configs import default, quickstart
+from jaxnoise.configs import default, quickstart
 
 
 def get_config():

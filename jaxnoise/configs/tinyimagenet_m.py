@@ -8,7 +8,7 @@ The published setting: 224x224 inputs, batch 256, 100 epochs, lr /10 after 30 an
         --config.weights=/data/resnet50.npz --config.noise=0.5
 """
 
-from configs import default
+from jaxnoise.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """TinyImageNet, M-DYR-H (bootstrapping from epoch 36); otherwise as tinyimagenet_m."""
 
-from configs import tinyimagenet_m
+from jaxnoise.configs import tinyimagenet_m
 
 
 def get_config():
