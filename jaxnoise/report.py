@@ -327,7 +327,7 @@ def nothing_flagged(summary: dict[str, Any]) -> str | None:
             "(jaxnoise report WORKDIR --threshold T) lists the most suspect")  # fmt: skip
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with every refusal as one line on stderr (exit code 2)."""
 
     def error(self, message: str):
@@ -337,7 +337,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report") -> int:
     """CLI: write the report of a workdir and print where it went (``jaxnoise report``)."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Figures and the label-issue list (label_issues.csv) of a jaxnoise run.",
     )
