@@ -78,7 +78,8 @@ def test_config_takes_a_preset_name_a_name_with_an_argument_or_a_file(tmp_path, 
     assert train_cli.resolve_config("quickstart") == quick
     assert train_cli.resolve_config("quickstart.py") == quick
     assert train_cli.resolve_config("cifar10n_ce:aggre") == (
-        os.path.join(PRESETS, "cifar10n_ce.py") + ":aggre")
+        os.path.join(PRESETS, "cifar10n_ce.py") + ":aggre"
+    )
     assert train_cli.resolve_config("nope") is None
     assert train_cli.resolve_config("sub/quickstart") is None  # a path, not a name
     (tmp_path / "quickstart").write_text("")
@@ -129,11 +130,17 @@ def test_each_verb_has_its_help():
     assert "shared fields (jaxnoise/configs/default.py):" in r.stdout
     assert "jaxnoise predict WORKDIR --inputs PATH" in r.stdout
     r = cli("report", "--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: jaxnoise report") and (
-        "--threshold" in r.stdout)
+    assert (
+        r.returncode == 0
+        and r.stdout.startswith("usage: jaxnoise report")
+        and ("--threshold" in r.stdout)
+    )
     r = cli("predict", "--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: jaxnoise predict") and (
-        "--inputs" in r.stdout and "--out" in r.stdout)
+    assert (
+        r.returncode == 0
+        and r.stdout.startswith("usage: jaxnoise predict")
+        and ("--inputs" in r.stdout and "--out" in r.stdout)
+    )
 
 
 def test_an_unknown_verb_is_one_line_with_a_suggestion():
@@ -214,5 +221,10 @@ def test_sigint_while_the_command_starts_is_one_line_and_130(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
-    assert any(t in out for t in ("interrupted (SIGINT while starting): nothing to save",
-                                  "stopped by SIGINT: nothing to save yet")), out[-3000:]
+    assert any(
+        t in out
+        for t in (
+            "interrupted (SIGINT while starting): nothing to save",
+            "stopped by SIGINT: nothing to save yet",
+        )
+    ), out[-3000:]

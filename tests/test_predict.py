@@ -155,8 +155,9 @@ def _copy_without_checkpoints(wd: str, dest) -> str:
     return str(dest)
 
 
-def test_a_workdir_without_a_finished_epoch_or_of_an_earlier_jaxnoise_is_refused(finished,
-                                                                                 tmp_path):
+def test_a_workdir_without_a_finished_epoch_or_of_an_earlier_jaxnoise_is_refused(
+    finished, tmp_path
+):
     """No checkpoint (no epoch finished), no run at all, a dataset.json without the inputs'
     normalisation (an earlier jaxnoise): PredictError naming the workdir."""
     _, wd, _ = finished
