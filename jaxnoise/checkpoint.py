@@ -512,3 +512,46 @@ class Checkpointer:
         """The newest committed checkpoint (its step, read from disk), or None."""
         steps = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
         return max(steps) if steps else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a checkpoint from outside its run (jaxnoise.inference): no manager, nothing changes.
+
+
+def committed_steps(workdir: str) -> list[int]:
+    """The committed checkpoints of a workdir (orbax steps), newest first."""
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return sorted(steps, reverse=True)
+
+
+def read_meta(workdir: str, step: int) -> dict:
+    """The JSON metadata of checkpoint ``step`` (its checksum verified; ``checkpoint`` entry
+    kept); ValueError when it is damaged."""
+    path = epath.Path(os.path.abspath(os.path.join(workdir, "checkpoints", str(step))))
+    try:
+        meta = ocp.JsonCheckpointHandler().restore(path / META)
+        _verify_meta(meta)
+    except Exception as e:
+        raise ValueError(f"checkpoint {step} in {path.parent} is unreadable ({_reason(e)})") from e
+    return meta
+
+
+def read_item(workdir: str, step: int, item: str, meta: dict) -> dict[str, jax.Array]:
+    """``{array name: array}`` of one item of checkpoint ``step`` (e.g. ``state``), on the
+    default device, read without a checkpoint manager (a run writing in the workdir meanwhile
+    is not disturbed) and verified against the checksums of its metadata ``meta``
+    (:func:`read_meta`); ValueError when it is damaged."""
+    path = epath.Path(os.path.abspath(os.path.join(workdir, "checkpoints", str(step), item)))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    try:
+        handler = ocp.StandardCheckpointHandler()
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            handler.metadata(path).tree)  # fmt: skip
+        out = handler.restore(path, args=ocp.args.StandardRestore(target))
+        _verify_arrays(meta.get(INFO, {}), {item: out}, {item: out})
+    except Exception as e:
+        raise ValueError(f"checkpoint {step} in {path.parent.parent} is unreadable "
+                         f"({_reason(e)})") from e  # fmt: skip
+    return _named(out)

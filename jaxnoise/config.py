@@ -162,13 +162,13 @@ def _check_names(flat: dict[str, Any], method: str) -> None:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean config.{close[0]}?)" if close else ""
             why = (f"config.{name} is not a config field{hint}; the fields are documented in "
-                   "configs/default.py and python main.py --help")  # fmt: skip
+                   "jaxnoise/configs/default.py and jaxnoise train --help")  # fmt: skip
         raise ConfigError(why)
     missing = [k for k in known if k not in flat]
     if missing:
         raise ConfigError(
-            f"config.{missing[0]} is missing (build configs from configs/default.py, which sets "
-            f"every field; {len(missing)} missing in all)"
+            f"config.{missing[0]} is missing (build configs from jaxnoise.configs.default, which "
+            f"sets every field; {len(missing)} missing in all)"
         )
 
 

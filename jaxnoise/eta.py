@@ -148,9 +148,12 @@ def dividemix_semi_steps(labelled: list[int], batch: int) -> int:
 
 def dividemix_priors(n_train: int, n_test: int) -> dict[str, tuple[str, float]]:
     """Until measured: a semi step from the warm-up step's time, a divide (eval-mode forwards of
-    both networks over the training set) from the test evaluation's (over the test set)."""
-    return {"semi": ("warmup", SEMI_PER_WARMUP_STEP),
-            "divide": ("eval", n_train / max(n_test, 1))}  # fmt: skip
+    both networks over the training set) from the test evaluation's (over the test set; none
+    without a test set: unknown until the first division)."""
+    priors = {"semi": ("warmup", SEMI_PER_WARMUP_STEP)}
+    if n_test:
+        priors["divide"] = ("eval", n_train / n_test)
+    return priors
 
 
 def _about(e: Estimate | None) -> str:

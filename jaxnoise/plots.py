@@ -168,15 +168,23 @@ def loss_quantiles_over_epochs(path: str, records: Sequence[Mapping[str, Any]]) 
 def accuracy_and_auroc(
     path: str, records: Sequence[Mapping[str, Any]], *, noise_known: bool = True
 ) -> str:
-    """Test accuracy (and best) per epoch; detection AUROC when known, else the flagged fraction."""
+    """Test accuracy (and best) per epoch (a note instead without a test set); detection AUROC
+    when known, else the flagged fraction."""
     fig, (ax_acc, ax_det) = _figure(2, width=10.0)
     epochs = np.array([r["epoch"] for r in records])
-    ax_acc.plot(epochs, [r["test_acc"] for r in records], label="test accuracy", lw=1.8)
-    ax_acc.plot(epochs, [r["best_acc"] for r in records], label="best so far", ls="--")
+    nan = float("nan")
+    if any("test_acc" in r for r in records):
+        ax_acc.plot(epochs, [r.get("test_acc", nan) for r in records], label="test accuracy",
+                    lw=1.8)  # fmt: skip
+        ax_acc.plot(epochs, [r.get("best_acc", nan) for r in records], label="best so far",
+                    ls="--")  # fmt: skip
+        ax_acc.legend()
+    else:  # embeddings without a test set: nothing to evaluate
+        ax_acc.text(0.5, 0.5, "no test set", ha="center", va="center",
+                    transform=ax_acc.transAxes, fontsize=12, color="0.4")  # fmt: skip
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("Test accuracy")
-    ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     if noise_known:
         ax_det.plot(epochs, [r["auroc"] for r in records], lw=1.8, label="p(noisy) (as trained)")

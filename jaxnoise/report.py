@@ -53,7 +53,8 @@ def load_workdir(workdir: str) -> dict[str, Any]:
     if missing:
         raise WorkdirError(
             f"{workdir!r} lacks {', '.join(missing)}: it does not hold a run with at least one "
-            "finished epoch (train first: python main.py --config CONFIG --workdir WORKDIR)"
+            "finished epoch (train first: jaxnoise train --config CONFIG --workdir WORKDIR, or "
+            "python main.py ... in a clone)"
         )
     with open(os.path.join(workdir, "config.json")) as f:
         config = json.load(f)
@@ -323,22 +324,21 @@ def nothing_flagged(summary: dict[str, Any]) -> str | None:
     return (f"no sample has p(noisy) > {summary['threshold']:g} (the largest is "
             f"{summary['max_p_noisy']:.3f}); the noise model estimates {summary['est_noisy']:.0f} "
             f"of {summary['num_train']} labels wrong (the sum of p(noisy)): a lower threshold "
-            "(python -m jaxnoise.report WORKDIR --threshold T) lists the most suspect")  # fmt: skip
+            "(jaxnoise report WORKDIR --threshold T) lists the most suspect")  # fmt: skip
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with every refusal as one line on stderr (exit code 2)."""
 
     def error(self, message: str):
-        print(f"error: {' '.join(message.split())} (python -m jaxnoise.report --help)",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: {' '.join(message.split())} ({self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: write the report of a workdir and print where it went."""
-    parser = _Parser(
-        prog="python -m jaxnoise.report",
+def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report") -> int:
+    """CLI: write the report of a workdir and print where it went (``jaxnoise report``)."""
+    parser = OneLineParser(
+        prog=prog,
         description="Figures and the label-issue list (label_issues.csv) of a jaxnoise run.",
     )
     parser.add_argument("workdir", help="a training run's --workdir")

@@ -67,6 +67,11 @@ class Run:
     clock: eta.RunClock = dataclasses.field(default_factory=eta.RunClock)  # the run's ETA
 
     @property
+    def has_test(self) -> bool:
+        """Whether the run has a test set (embeddings may come without one: no evaluation)."""
+        return len(self.ds.test_labels) > 0
+
+    @property
     def last_good(self) -> str:
         """Which checkpoint a stop or failure leaves, for messages."""
         if self.saved_at is None:
@@ -184,7 +189,7 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
                               else f"nothing new to save; {run.last_good}")  # fmt: skip
     if jax.process_index() == 0:
         workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config,
-                                   run.noise_known)  # fmt: skip
+                                   run.noise_known, run.mean_std)  # fmt: skip
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
         # whose checkpoint was being written) or a torn last line never appear twice.
         ckpt_lib.atomic_write_text(run.metrics_path,
@@ -229,16 +234,25 @@ def wait(run: Run) -> None:
 
 
 def record(run: Run, r: dict, describe: Callable[[dict], str]) -> dict:
-    """An epoch's metrics ``r`` (with ``test_acc``): the best accuracy added, appended to the
-    history and metrics.jsonl (process 0), and ``describe(r)`` logged."""
-    run.best_acc = max(run.best_acc, r["test_acc"])
-    r["best_acc"] = run.best_acc
+    """An epoch's metrics ``r`` (with ``test_acc``, absent without a test set): the best
+    accuracy added, appended to the history and metrics.jsonl (process 0), and ``describe(r)``
+    logged."""
+    if "test_acc" in r:
+        run.best_acc = max(run.best_acc, r["test_acc"])
+        r["best_acc"] = run.best_acc
     run.history.append(r)
     if jax.process_index() == 0:
         with open(run.metrics_path, "a") as f:
             f.write(json.dumps(r) + "\n")
     log(describe(r))
     return r
+
+
+def accuracy_text(r: dict) -> str:
+    """An epoch line's accuracy part: "test acc 91.20% (best 91.50%)", or "no test set"."""
+    if "test_acc" not in r:
+        return "no test set"
+    return f"test acc {r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)"
 
 
 def detection_text(run: Run, r: dict, auroc: str = "auroc") -> str:
@@ -433,10 +447,11 @@ def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: b
 
 def summary(run: Run, interrupted: bool) -> dict:
     """The run's summary: accuracies, detection (or the noise estimate), history, position."""
-    h = run.history
+    h, nan = run.history, float("nan")
     return {
-        "best_acc": run.best_acc,
-        "last_acc": h[-1]["test_acc"] if h else float("nan"),
+        "best_acc": run.best_acc if run.has_test else nan,  # NaN: no test set
+        "last_acc": h[-1].get("test_acc", nan) if h else nan,
+        "has_test": run.has_test,
         "epochs_done": h[-1]["epoch"] if h else 0,
         "auroc": h[-1]["auroc"] if h else float("nan"),
         "noise_known": run.noise_known,
@@ -466,7 +481,7 @@ def write_outputs(run: Run, arrays: dict, step: int | None) -> None:
         out = report.write_report(run.workdir)
     except Exception as e:  # the run's results are saved; a plotting failure must not hide it
         log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"retry with: python -m jaxnoise.report {run.workdir}")  # fmt: skip
+            f"retry with: jaxnoise report {run.workdir}")  # fmt: skip
         return
     log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
         f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip

@@ -156,9 +156,12 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
 
 
 def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any,
-                   noise_known: bool | None = None) -> None:  # fmt: skip
+                   noise_known: bool | None = None,
+                   mean_std: tuple | None = None) -> None:  # fmt: skip
     """config.json and dataset.json (class names, image paths, whether the noise is known:
-    ``noise_known``, ``metrics.noise_known`` of the run's noise mask; None: noise_kind != none).
+    ``noise_known``, ``metrics.noise_known`` of the run's noise mask; None: noise_kind != none;
+    the model's inputs: their shape, dtype and the normalisation ``mean_std``, which
+    :mod:`jaxnoise.inference` applies to new data).
 
     Written atomically: a process killed meanwhile leaves the previous files, never torn ones.
     """
@@ -175,6 +178,10 @@ def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: A
         # the samples' own identifiers (tfds id, folder-relative path, features train_ids)
         "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,
     }
+    if mean_std is not None:  # float32 values, exact as JSON floats
+        info["inputs"] = {"shape": list(ds.image_shape), "dtype": str(ds.train_images.dtype),
+                          "mean": [float(v) for v in mean_std[0]],
+                          "std": [float(v) for v in mean_std[1]]}  # fmt: skip
     atomic_write_text(os.path.join(workdir, "dataset.json"), json.dumps(info))
 
 

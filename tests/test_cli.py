@@ -52,8 +52,8 @@ def assert_one_line_refusal(r, code: int, *texts: str) -> None:
 
 
 def test_help_lists_fields_sources_and_report():
-    """--help exits 0 and lists the config fields with their comments from configs/default.py,
-    the data sources and the report command."""
+    """--help exits 0 and lists the presets, the config fields with their comments from
+    jaxnoise/configs/default.py, the data sources and the report command."""
     r = run_main("--help")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
@@ -62,7 +62,7 @@ def test_help_lists_fields_sources_and_report():
     for source in ("tfds", "folder", "digits"):
         assert f"\n  {source} " in out
     assert "python -m jaxnoise.report WORKDIR" in out
-    assert "configs/cifar10_m_dyr_h.py" in out
+    assert "\n    cifar10_m_dyr_h " in out  # the presets by name (jaxnoise/configs/NAME.py)
     # a continuation comment line is joined to its field; each method's block is its own group
     assert "bootstrap.posterior_source = " in out and "the end-of-epoch tracking pass" in out
     assert "\nconfig.bootstrap: CE, M, M-DYR-H, M-DYR-S, MD-DYR-SH" in out

@@ -55,11 +55,11 @@ def record(run, fitted) -> dict:
 
 
 def fake_run(tmp_path, config, mask: np.ndarray) -> types.SimpleNamespace:
-    """What `runkit.record` and the loops' epoch records read of a run."""
+    """What `runkit.record`, `runkit.summary` and the loops' epoch records read of a run."""
     return types.SimpleNamespace(
         config=config, mask=jnp.asarray(mask), noise_mask=mask, history=[], best_acc=0.0,
         metrics_path=str(tmp_path / "metrics.jsonl"), workdir=str(tmp_path), saved_at=None,
-        noise_known=metrics_lib.noise_known(mask),
+        noise_known=metrics_lib.noise_known(mask), has_test=True,
         guard=types.SimpleNamespace(signal_name=None, signum=None),
     )  # fmt: skip
 

@@ -188,7 +188,9 @@ def track_and_fit(run: runkit.Run, p: Pieces, state, aux, epoch: int):
 
 
 def evaluate(run: runkit.Run, p: Pieces, state) -> dict:
-    """Test loss and accuracy."""
+    """Test loss and accuracy (none without a test set)."""
+    if not run.has_test:
+        return {}
     images, labels = run.test
     loss, logits = p.forward(state, images, labels)
     return {"test_loss": float(jnp.mean(loss)), "test_acc": forward_lib.accuracy(logits, labels)}
@@ -238,8 +240,8 @@ def describer(run: runkit.Run):
 
     def describe(r: dict) -> str:
         s = r["seconds"]
-        return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  test acc "
-                f"{r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)  "
+        return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  "
+                f"{runkit.accuracy_text(r)}  "
                 f"{runkit.detection_text(run, r)}  [{s['train']:.1f}s train, "
                 f"{s['track']:.1f}s track, {s['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
 

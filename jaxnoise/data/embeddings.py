@@ -7,13 +7,17 @@ report) is unchanged, except that augmentation is off and normalisation is per f
 ``data.source="features"`` reads your own embeddings, in one of two layouts:
 
 * one ``.npz`` (``data.features=FILE.npz``, ``data.test_features=""``) with the keys
-  ``train_features`` (N, D) float, ``train_labels`` (N,) int, ``test_features`` (M, D) float,
-  ``test_labels`` (M,) int and optionally ``class_names`` (K,) str and ``train_ids`` (N,) str
-  (the samples' own identifiers: human label files are aligned by them, label_issues.csv
-  reports them);
+  ``train_features`` (N, D) float, ``train_labels`` (N,) int, optionally ``test_features``
+  (M, D) float and ``test_labels`` (M,) int (both or neither), and optionally ``class_names``
+  (K,) str and ``train_ids`` (N,) str (the samples' own identifiers: human label files are
+  aligned by them, label_issues.csv reports them);
 * a pair (``data.features=TRAIN``, ``data.test_features=TEST``), each side either an ``.npz``
   with ``features``, ``labels`` (and optionally ``class_names``), or an ``.npy`` of features
-  whose labels are in the ``.npy`` beside it named ``<stem>_labels.npy``.
+  whose labels are in the ``.npy`` beside it named ``<stem>_labels.npy``; the test side may be
+  left out (``data.test_features=""`` with a train side as ``data.features``).
+
+Without a test set the test split is empty: the run trains, fits the noise model and writes
+label_issues.csv, and the test evaluation is skipped (no test accuracy).
 
 Other keys are ignored. Without class names the classes are "0".."K-1", K = 1 + the largest
 label. Bad input (a non-float or non-2-D feature array, NaN/inf rows, a feature dimension that
@@ -125,39 +129,77 @@ def _side(path: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
     return x, y, names, path
 
 
-def load_features(path: str, test_path: str = "", *, name: str = "") -> Dataset:
-    """Read embeddings (one .npz, or a train/test pair; see the module docstring)."""
+def _single(path: str) -> tuple:
+    """(train features, labels, test features, labels, class names, ids, where) of a single
+    .npz (``test_*`` optional: both or neither)."""
+    arrays = _load_file(path)
+    required = ["train_features", "train_labels"]
+    if "test_features" in arrays or "test_labels" in arrays:  # the test set is optional
+        required += ["test_features", "test_labels"]
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise FeatureFileError(
+            f"features file {path}: missing {', '.join(missing)} (a single features .npz "
+            f"holds {', '.join(SINGLE_KEYS)}, the test pair optional; or pass the test side "
+            "as data.test_features)"
+        )
+    where = f"features file {path}"
+    xtr = _check_features(arrays["train_features"], where + " [train_features]")
+    ytr = _check_labels(arrays["train_labels"], xtr.shape[0], where + " [train_labels]")
+    xte, yte = _no_test(xtr)
+    if "test_features" in arrays:
+        xte = _check_features(arrays["test_features"], where + " [test_features]")
+        yte = _check_labels(arrays["test_labels"], xte.shape[0], where + " [test_labels]")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     ids = None
-    if test_path:
+    if "train_ids" in arrays:  # optional: the samples' own identifiers (label_issues.csv)
+        ids = np.asarray(arrays["train_ids"]).astype(str)
+        if ids.shape != ytr.shape or len(set(ids.tolist())) != len(ids):
+            raise FeatureFileError(
+                f"{where} [train_ids]: expected {len(ytr)} distinct ids, got shape {ids.shape}"
+            )
+    return xtr, ytr, xte, yte, names, ids, where
+
+
+def _no_test(xtr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An empty test split of the training features' dimension."""
+    return np.zeros((0, xtr.shape[1]), np.float32), np.zeros((0,), np.int32)
+
+
+def _is_train_side(path: str) -> bool:
+    """Whether ``data.features`` alone is one side of a pair (an .npy, or an .npz of
+    ``features``/``labels``) rather than the single-.npz layout: a training set without a test
+    set."""
+    if path.endswith(".npy"):
+        return True
+    if not (path.endswith(".npz") and os.path.isfile(path)):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "features" in z.files and "train_features" not in z.files
+    except Exception:  # unreadable: _load_file names the problem
+        return False
+
+
+def load_features(path: str, test_path: str = "", *, name: str = "") -> Dataset:
+    """Read embeddings (one .npz, or a train/test pair; see the module docstring); without a
+    test side the test split is empty (no test accuracy)."""
+    ids = None
+    if test_path or _is_train_side(path):
         xtr, ytr, names, where = _side(path)
-        xte, yte, names_te, where_te = _side(test_path)
+        xte, yte, names_te, where_te = (
+            _side(test_path) if test_path else (*_no_test(xtr), None, where)
+        )
         names = names or names_te
     else:
-        arrays = _load_file(path)
-        missing = [k for k in SINGLE_KEYS if k not in arrays]
-        if missing:
-            raise FeatureFileError(
-                f"features file {path}: missing {', '.join(missing)} (a single features .npz "
-                f"holds {', '.join(SINGLE_KEYS)}; or pass the test side as data.test_features)"
-            )
-        where = where_te = f"features file {path}"
-        xtr = _check_features(arrays["train_features"], where + " [train_features]")
-        xte = _check_features(arrays["test_features"], where + " [test_features]")
-        ytr = _check_labels(arrays["train_labels"], xtr.shape[0], where + " [train_labels]")
-        yte = _check_labels(arrays["test_labels"], xte.shape[0], where + " [test_labels]")
-        names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
-        if "train_ids" in arrays:  # optional: the samples' own identifiers (label_issues.csv)
-            ids = np.asarray(arrays["train_ids"]).astype(str)
-            if ids.shape != ytr.shape or len(set(ids.tolist())) != len(ids):
-                raise FeatureFileError(
-                    f"{where} [train_ids]: expected {len(ytr)} distinct ids, got shape {ids.shape}"
-                )
+        xtr, ytr, xte, yte, names, ids, where = _single(path)
+        where_te = where
     if xtr.shape[1] != xte.shape[1]:
         raise FeatureFileError(
             f"{where_te}: test features have D={xte.shape[1]}, the training features "
             f"({where}) D={xtr.shape[1]}"
         )
-    k = int(max(ytr.max(), yte.max())) + 1
+    k = int(max(ytr.max(), yte.max(initial=0))) + 1
     if names is None:
         _check_contiguous(ytr, k, where)
         names = [str(i) for i in range(k)]

@@ -144,6 +144,26 @@ def _decode_files(root: Path, relpaths: Sequence[str]) -> np.ndarray:
     return out[..., :1].copy() if gray.all() else out
 
 
+def list_images(folder: str) -> list[str]:
+    """The image files below ``folder`` (its subfolders too; hidden ones skipped), as sorted
+    paths relative to it; ImageFolderError when it is not a folder."""
+    if not os.path.isdir(folder):
+        raise ImageFolderError(f"image folder {folder} does not exist or is not a directory")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, folder)
+        out += [os.path.normpath(os.path.join(rel, f)) for f in filenames
+                if f[0] != "." and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]  # fmt: skip
+    return sorted(out)
+
+
+def decode_images(root: str, relpaths: Sequence[str]) -> np.ndarray:
+    """Decode image files as a training image folder's are: (N, H, W, C) uint8, C=1 iff every
+    image is grayscale; ImageFolderError naming an unreadable image or a second size."""
+    return _decode_files(Path(root), relpaths)
+
+
 def _cache_prefix(root: Path) -> str:
     """File-name prefix of this root's cache files (so a shared cache_dir is safe)."""
     return "imagefolder-" + hashlib.sha256(str(root).encode()).hexdigest()[:8] + "-"

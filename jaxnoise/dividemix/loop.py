@@ -270,7 +270,10 @@ def train_net(run: runkit.Run, p: Pieces, nets: dict, k: int, division: dict, ep
 
 
 def evaluate(run: runkit.Run, p: Pieces, nets: dict) -> dict:
-    """Test loss and accuracy of the summed logits of both networks."""
+    """Test loss and accuracy of the summed logits of both networks (none without a test
+    set)."""
+    if not run.has_test:
+        return {}
     images, labels = run.test
     logits = sum(p.forward(nets[name], images, labels)[1] for name in NETS)
     return {"test_loss": float(jnp.mean(losses.cross_entropy(logits, labels))),
@@ -314,8 +317,8 @@ def describer(run: runkit.Run):
     def describe(r: dict) -> str:
         labelled = "/".join(str(d["labelled"]) for d in r.get("division", {}).values())
         detection = runkit.detection_text(run, r, auroc="division") if labelled else ""
-        return (f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  test acc "
-                f"{r['test_acc']:.2f}% (best {r['best_acc']:.2f}%)"
+        return (f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  "
+                f"{runkit.accuracy_text(r)}"
                 f"{f'  {detection}' if detection else ''}"
                 f"{f'  labelled {labelled}' if labelled else ''}  "
                 f"[{sum(r['seconds'].values()):.1f}s]")  # fmt: skip

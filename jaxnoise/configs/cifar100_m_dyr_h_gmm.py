@@ -1,0 +1,10 @@
+"""CIFAR-100 counterpart of configs/cifar10_m_dyr_h_gmm.py (same schedule, 100 classes)."""
+
+from jaxnoise.configs import cifar10_m_dyr_h_gmm
+
+
+def get_config():
+    """The CIFAR-10 row on CIFAR-100."""
+    c = cifar10_m_dyr_h_gmm.get_config()
+    c.data.name = "cifar100"
+    return c
