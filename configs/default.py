@@ -91,6 +91,10 @@ def get_config(method: str = "M-DYR-H") -> ml_collections.ConfigDict:
     # (resumed) run loads its compiled programs instead of compiling them again (minutes on a
     # CPU): "auto" = $XDG_CACHE_HOME/jaxnoise/xla or ~/.cache/jaxnoise/xla | "" or "none" = off |
     # a folder; the environment variable JAX_COMPILATION_CACHE_DIR, if set, wins over this
+    c.tensorboard = "auto"  # TensorBoard event files of every epoch's metrics in
+    # WORKDIR/tensorboard/ (the numbers of metrics.jsonl, nested names joined with "/"): "auto" =
+    # when tensorboardX is installed (pip install 'jaxnoise[tensorboard]') | "on" = required |
+    # "off"; view them with: tensorboard --logdir WORKDIR (or a folder of workdirs)
 
     # --- features (jaxnoise/data/: embeddings.py source, extract.py cached frozen extractors) -
     c.data.features = ""  # source="features": one .npz (train_features, train_labels,
