@@ -18,6 +18,7 @@ already showing the earlier files drops their steps (a session start at step 1).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import numbers
 import os
 import struct
@@ -28,6 +29,7 @@ from jaxnoise.progress import log
 
 TENSORBOARD_DIR = "tensorboard"  # in the workdir
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event-file names
+_OPENED = itertools.count()  # event files opened by this process
 
 
 class Writer(Protocol):
@@ -78,7 +80,8 @@ class TensorBoard:
         times = wall_times(old, event_pb2.Event)
         for path in old:
             os.remove(path)
-        self._file = EventsWriter(os.path.join(folder, "events"), f".{os.getpid()}")
+        unique = f".{os.getpid()}.{next(_OPENED)}"  # the name's own time is in whole seconds
+        self._file = EventsWriter(os.path.join(folder, "events"), unique)
         start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
         self._file.write_event(event_pb2.Event(wall_time=time.time(), step=1, session_log=start))
         for r in history:
