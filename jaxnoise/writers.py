@@ -120,7 +120,7 @@ def wall_times(paths: list[str], event_type: type) -> dict[int, float]:
                     event = event_type.FromString(data)
                     if event.summary.value:
                         times[int(event.step)] = float(event.wall_time)
-        except Exception:  # noqa: BLE001  (a damaged file: the rest of its wall times is lost)
+        except Exception:  # a damaged file: the rest of its wall times is lost
             continue
     return times
 
@@ -135,6 +135,8 @@ class Writers:
 
     def write(self, record: dict) -> None:
         """An epoch's record to every writer, at step = its epoch."""
+        if not self.writers:
+            return
         values = scalars(record)
         for w in list(self.writers):
             self._try(w, lambda w=w: w.write(int(record["epoch"]), values))
