@@ -127,12 +127,14 @@ def resumed(tmp_path_factory):
     return wd, seen
 
 
+@pytest.mark.slow
 def test_off_writes_nothing(resumed):
     """tensorboard="off": no tensorboard folder (the run's other files are there)."""
     _, seen = resumed
     assert "tensorboard" not in seen["off"] and "metrics.jsonl" in seen["off"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_has_each_epoch_once_equal_to_metrics_jsonl(resumed):
     """After each resume the event files mirror metrics.jsonl: the epochs trained before
     TensorBoard was on are written from the history, none appears twice, every numeric field
