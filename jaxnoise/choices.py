@@ -19,6 +19,7 @@ FEATURE_MODELS = ("linear", "mlp")  # heads for feature vectors; the others take
 SHORTCUTS = ("preactivated", "input")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
+TENSORBOARD = ("auto", "on", "off")  # jaxnoise/writers.py
 
 # The bootstrap methods (config.bootstrap).
 NOISE_MODELS = ("bmm", "gmm")

@@ -14,6 +14,7 @@ names exist, the consistency of the shared fields, then the method's block.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from typing import Any
 
@@ -82,6 +83,7 @@ SHARED: dict[str, f.Check] = {
     "log_every_seconds": f.real(0.0),
     "keep_checkpoints": f.integer(1),
     "compilation_cache": f.cache_folder,  # jaxnoise/compile_cache.py
+    "tensorboard": f.choice(choices.TENSORBOARD),  # jaxnoise/writers.py
 }
 
 # Fields of the flat config of jaxnoise before the per-method blocks, and where they went.
@@ -254,6 +256,9 @@ def _check_shared(c: dict[str, Any]) -> None:
     n, pid = c["distributed.num_processes"], c["distributed.process_id"]
     if pid >= n:
         f.fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
+    if c["tensorboard"] == "on" and importlib.util.find_spec("tensorboardX") is None:
+        f.fail("tensorboard", "on", "'auto' or 'off' without tensorboardX, which is not installed "
+               "(pip install 'jaxnoise[tensorboard]')")  # fmt: skip
 
 
 

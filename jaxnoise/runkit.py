@@ -36,6 +36,7 @@ from jaxnoise import data as data_lib
 from jaxnoise import eta, inputs, parallel, stops
 from jaxnoise import metrics as metrics_lib
 from jaxnoise import workdir as workdir_lib
+from jaxnoise import writers as writers_lib
 from jaxnoise.progress import log
 
 
@@ -65,6 +66,7 @@ class Run:
     lock: Any = None  # the workdir's lock (process 0), released by close()
     trained: bool = False  # whether this process trained an epoch (or part of one)
     clock: eta.RunClock = dataclasses.field(default_factory=eta.RunClock)  # the run's ETA
+    writers: writers_lib.Writers = dataclasses.field(default_factory=writers_lib.Writers)
 
     @property
     def has_test(self) -> bool:
@@ -123,7 +125,9 @@ def open_run(config, workdir: str, *, fresh: bool, guard) -> Run:
 
 
 def close(run: Run) -> None:
-    """Release the run's workdir lock (also done by the kernel when the process ends)."""
+    """Close the run's metric writers; release its workdir lock (also done by the kernel when
+    the process ends)."""
+    run.writers.close()
     if run.lock is not None:
         run.lock.release()
 
@@ -194,6 +198,7 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
         # whose checkpoint was being written) or a torn last line never appear twice.
         ckpt_lib.atomic_write_text(run.metrics_path,
                                    "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
+        run.writers = writers_lib.open_writers(run.config, run.workdir, run.history)  # TensorBoard
     return tree, meta
 
 
@@ -244,6 +249,7 @@ def record(run: Run, r: dict, describe: Callable[[dict], str]) -> dict:
     if jax.process_index() == 0:
         with open(run.metrics_path, "a") as f:
             f.write(json.dumps(r) + "\n")
+        run.writers.write(r)  # TensorBoard (process 0); a failure is a warning
     log(describe(r))
     return r
 

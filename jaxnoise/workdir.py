@@ -39,6 +39,7 @@ _NON_RESULT_FIELDS = {
     "log_every_seconds",
     "keep_checkpoints",
     "compilation_cache",
+    "tensorboard",
     "data.cache_dir",
     "data.data_dir",
     "distributed.auto",
@@ -48,7 +49,8 @@ _NON_RESULT_FIELDS = {
 
 # What --fresh removes: everything a run writes into its workdir.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz",
-             "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures")
+             "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures",
+             "tensorboard")
 
 
 def _umask() -> int:

@@ -114,6 +114,10 @@ def _runtime(c: ml_collections.ConfigDict) -> None:
     # (resumed) run loads its compiled programs instead of compiling them again (minutes on a
     # CPU): "auto" = $XDG_CACHE_HOME/jaxnoise/xla or ~/.cache/jaxnoise/xla | "" or "none" = off |
     # a folder; the environment variable JAX_COMPILATION_CACHE_DIR, if set, wins over this
+    c.tensorboard = "auto"  # TensorBoard event files of every epoch's metrics in
+    # WORKDIR/tensorboard/ (the numbers of metrics.jsonl, nested names joined with "/"): "auto" =
+    # when tensorboardX is installed (pip install 'jaxnoise[tensorboard]') | "on" = required |
+    # "off"; view them with: tensorboard --logdir WORKDIR (or a folder of workdirs)
 
 
 def _features(c: ml_collections.ConfigDict) -> None:
