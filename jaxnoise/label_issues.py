@@ -104,24 +104,38 @@ def _all_finite(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _prob_problems(p: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(values outside [0, 1], the largest |row sum - 1|), one fused pass over pred_probs."""
+def _probs_pass(p: jax.Array, labels: jax.Array):
+    """One fused pass over pred_probs: (non-finite values, values outside [0, 1], the largest
+    |row sum - 1|, the losses ``-log max(p[i, label_i], PROB_FLOOR)``)."""
+    bad = jnp.sum(~jnp.isfinite(p))
     outside = jnp.sum((p < 0.0) | (p > 1.0))
-    return outside, jnp.max(jnp.abs(jnp.sum(p, axis=1) - 1.0))
+    dev = jnp.max(jnp.abs(jnp.sum(p, axis=1) - 1.0))
+    p_label = jnp.take_along_axis(p, labels[:, None], axis=1)[:, 0]
+    return bad, outside, dev, -jnp.log(jnp.clip(p_label, PROB_FLOOR, 1.0))
 
 
-def _check_pred_probs(pred_probs, n: int) -> np.ndarray:
-    """(N, K) float32 probabilities, rows summing to one within PROB_SUM_TOL."""
-    p = _check_array("pred_probs", pred_probs, 2, n)
+def _pred_probs_and_labels(pred_probs, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pred_probs (N, K) float32, labels, losses) after every check; one pass on the device."""
+    p = np.asarray(pred_probs)
+    if p.ndim != 2 or p.size == 0:
+        raise ValueError(f"pred_probs: expected a non-empty (N, K) array, got shape {p.shape}")
+    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)):
+        raise ValueError(f"pred_probs: must be numbers, got dtype {p.dtype}")
     if p.shape[1] < 2:
         raise ValueError(f"pred_probs: needs K >= 2 class columns, got shape {p.shape}")
-    outside, dev = (float(v) for v in _prob_problems(p))
-    if outside:
+    y = _check_labels(labels, p.shape[1])
+    if p.shape[0] != y.size:
+        raise ValueError(f"pred_probs: has {p.shape[0]} rows but labels has {y.size}")
+    p = p.astype(np.float32, copy=False)
+    bad, outside, dev, loss = _probs_pass(p, y)
+    if int(bad):
+        raise ValueError(f"pred_probs: contains NaN or inf ({int(bad)} values)")
+    if int(outside):
         raise ValueError(f"pred_probs: {int(outside)} values lie outside [0, 1]")
-    if dev > PROB_SUM_TOL:
+    if float(dev) > PROB_SUM_TOL:
         raise ValueError(f"pred_probs: rows must sum to 1 (within {PROB_SUM_TOL}); one is off "
-                         f"by {dev:.3g}")  # fmt: skip
-    return p
+                         f"by {float(dev):.3g}")  # fmt: skip
+    return p, y, np.asarray(loss)
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:
@@ -149,13 +163,6 @@ def _check_num_classes(num_classes) -> int | None:
 
 # ---------------------------------------------------------------------------------------------
 # Losses from class probabilities; class probabilities from the nearest neighbours.
-
-
-@jax.jit
-def _losses_from_probs(pred_probs: jax.Array, labels: jax.Array) -> jax.Array:
-    """``-log max(p[i, label_i], PROB_FLOOR)``: (N,) float32."""
-    p = jnp.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
-    return -jnp.log(jnp.clip(p, PROB_FLOOR, 1.0))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -304,6 +311,7 @@ class _Analysis:
     losses: np.ndarray  # (N,) float32
     pred_probs: np.ndarray | None  # (N, K) given or from the neighbours; None for losses
     noise: NoiseModel
+    keys: np.ndarray  # (N,) uint64 sort keys of the ranking (p_noisy, loss)
 
 
 def _analyse(labels, pred_probs, features, losses, *, num_classes=None, model="bmm",
@@ -315,9 +323,7 @@ def _analyse(labels, pred_probs, features, losses, *, num_classes=None, model="b
     _check_choice("scope", scope, SCOPES)
     num_classes = _check_num_classes(num_classes)
     if source == "pred_probs":
-        n = np.shape(labels)[0] if np.ndim(labels) == 1 else None
-        probs = _check_pred_probs(pred_probs, n)
-        y = _check_labels(labels, probs.shape[1])
+        probs, y, loss = _pred_probs_and_labels(pred_probs, labels)
     else:
         y = _check_labels(labels, num_classes)
     if source == "features":
@@ -328,45 +334,58 @@ def _analyse(labels, pred_probs, features, losses, *, num_classes=None, model="b
             raise ValueError(f"k: must be an integer in [1, {y.size - 1}], got {k!r}")
         probs = knn_pred_probs(x, y, k=k, num_classes=num_classes or int(y.max()) + 1,
                                method=knn_method, metric=metric)  # fmt: skip
+        probs, y, loss = _pred_probs_and_labels(probs, y)
     if source == "losses":
         loss, probs = _check_array("losses", losses, 1, y.size), None
-    else:
-        loss = np.asarray(_losses_from_probs(jnp.asarray(probs), jnp.asarray(y)))
     K = probs.shape[1] if probs is not None else (num_classes or int(y.max()) + 1)
     noise = fit_noise_model(loss, model=model, scope=scope, labels=y, num_classes=K,
                             lookup=lookup, max_iters=max_iters)  # fmt: skip
-    return _Analysis(labels=y, losses=loss, pred_probs=probs, noise=noise)
+    return _Analysis(labels=y, losses=loss, pred_probs=probs, noise=noise,
+                     keys=_sort_keys(noise.p_noisy, loss))  # fmt: skip
+
+
+def _sortable(v: np.ndarray) -> np.ndarray:
+    """float32 values as uint32 whose unsigned order is the values' order (-0.0 as 0.0)."""
+    bits = (np.asarray(v, np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def _sort_keys(p_noisy: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """(N,) uint64 keys whose order is (p_noisy, loss): one integer sort ranks the samples."""
+    return (_sortable(p_noisy).astype(np.uint64) << np.uint64(32)) | _sortable(losses)
 
 
 def rank(p_noisy: np.ndarray, losses: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
     """Indices (of ``subset``, default all) by p(noisy) desc, then loss desc, then index."""
-    sel = np.arange(p_noisy.size) if subset is None else np.sort(subset)
-    return sel[np.lexsort((-losses[sel], -p_noisy[sel]))]
+    return _order(_sort_keys(p_noisy, losses), subset)
 
 
-def _top(p_noisy: np.ndarray, losses: np.ndarray, count: int,
-         among: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """The ``count`` first samples of ``rank`` (among ``among``), unordered, without a full sort."""
-    idx = np.arange(p_noisy.size) if among is None else among
+def _order(keys: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
+    """``subset`` (default all) by key descending, equal keys by index."""
+    sel = np.arange(keys.size) if subset is None else np.sort(subset)
+    return sel[np.argsort(~keys[sel], kind="stable")]
+
+
+def _top(keys: np.ndarray, count: int, among: np.ndarray | None = None) -> np.ndarray:
+    """The ``count`` first samples of the order (among ``among``), unordered, without a sort."""
+    idx = np.arange(keys.size) if among is None else among
     if count >= idx.size:
         return idx
     if count <= 0:
         return idx[:0]
-    p = p_noisy[idx]
-    edge = np.partition(p, idx.size - count)[idx.size - count]  # the count-th largest p
-    above = idx[p > edge]
-    tied = idx[p == edge]
-    tied = tied[np.argsort(-losses[tied], kind="stable")[: count - above.size]]
-    return np.concatenate([above, tied])
+    k = keys[idx]
+    edge = np.partition(k, idx.size - count)[idx.size - count]  # the count-th largest key
+    above = idx[k > edge]
+    return np.concatenate([above, idx[k == edge][: count - above.size]])  # lowest indices
 
 
 def _cut(a: _Analysis, cut: str, threshold: float, count) -> np.ndarray:
     """The flagged samples (unordered) under the chosen cut."""
-    p, loss, noise = a.noise.p_noisy, a.losses, a.noise
+    p, noise = a.noise.p_noisy, a.noise
     if cut == "none":
         return np.arange(p.size)
     if cut == "count":
-        return _top(p, loss, int(count))
+        return _top(a.keys, int(count))
     if cut == "threshold":
         flagged = np.flatnonzero(p > threshold)
         if flagged.size == 0 and noise.noisy_count > 0:
@@ -374,8 +393,10 @@ def _cut(a: _Analysis, cut: str, threshold: float, count) -> np.ndarray:
                           f"{noise.noisy_count} wrong labels: try cut='auto'", stacklevel=3)
         return flagged
     if noise.class_counts is None:
-        return _top(p, loss, noise.noisy_count)
-    return np.concatenate([_top(p, loss, int(c), np.flatnonzero(a.labels == k))
+        return _top(a.keys, noise.noisy_count)
+    by_class = np.argsort(a.labels, kind="stable")
+    bounds = np.searchsorted(a.labels[by_class], np.arange(noise.class_counts.size + 1))
+    return np.concatenate([_top(a.keys, int(c), by_class[bounds[k] : bounds[k + 1]])
                            for k, c in enumerate(noise.class_counts)])  # fmt: skip
 
 
@@ -440,7 +461,7 @@ def find_label_issues(
     """
     _check_cut(cut, threshold, count)
     a = _fitted(labels, pred_probs, features, losses, options)
-    return rank(a.noise.p_noisy, a.losses, _cut(a, cut, threshold, count)).astype(np.int64)
+    return _order(a.keys, _cut(a, cut, threshold, count)).astype(np.int64)
 
 
 def label_issues_table(

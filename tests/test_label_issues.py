@@ -391,7 +391,7 @@ def _good():
         (lambda p, y: dict(labels=np.where(y == 0, -1, y), pred_probs=p), r"labels: values"),
         (lambda p, y: dict(labels=y[:, None], pred_probs=p), "labels: expected"),
         (lambda p, y: dict(labels=y, pred_probs=p * 1.1), "pred_probs: .*sum to 1|outside"),
-        (lambda p, y: dict(labels=y, pred_probs=p[:, :2] / 2), "pred_probs: rows must sum"),
+        (lambda p, y: dict(labels=y % 2, pred_probs=p[:, :2] / 2), "pred_probs: rows must sum"),
         (lambda p, y: dict(labels=y, pred_probs=p[:, 0]), r"pred_probs: expected"),
         (lambda p, y: dict(labels=y, pred_probs=p[:90]), "pred_probs: has 90 rows"),
         (lambda p, y: dict(labels=y, pred_probs=np.where(p > 0.5, np.nan, p)), "pred_probs: .*NaN"),
