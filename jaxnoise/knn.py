@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-EXACT_MAX_N = 20_000  # neighbors(method="auto"): exact search up to this many samples
+EXACT_MAX_N = 100_000  # neighbors(method="auto"): exact search up to this many samples
 METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "ivf")
 _BLOCK_BYTES = 128 << 20  # one (queries, candidates) float32 score block at most
@@ -233,15 +233,23 @@ def ivf_neighbors(
     nlist = int(nlist or max(1, round(math.sqrt(n))))
     if not 1 <= nlist <= n or not 1 <= nprobe <= nlist:
         raise ValueError(f"need 1 <= nprobe ({nprobe}) <= nlist ({nlist}) <= N ({n})")
-    x, sq = (np.asarray(a) for a in prepare(features, metric))
+    x = np.asarray(features, np.float32)  # host copy only for "cosine" (normalised rows)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     centroids = kmeans(x, nlist, seed=seed)
-    cell = assign(jnp.asarray(x), centroids)
+    x_dev = jnp.asarray(x)
+    cell = assign(x_dev, centroids)
+    del x_dev  # the device copy in cell order replaces it
     order = np.argsort(cell, kind="stable")
     sizes = np.bincount(cell, minlength=nlist)
     offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
     cap, tile = int(sizes.max()), min(tile, int(sizes.max()))
     pad = cap + tile  # windows and tiles near the end read zeros, masked out
-    xs = jnp.asarray(np.concatenate([x[order], np.zeros((pad, x.shape[1]), np.float32)]))
+    host = np.zeros((n + pad, x.shape[1]), np.float32)
+    np.take(x, order, axis=0, out=host[:n])
+    xs = jnp.asarray(host)
+    del host
+    sq = np.einsum("nd,nd->n", x, x) if metric == "euclidean" else np.zeros(n, np.float32)
     sqs = jnp.asarray(np.concatenate([sq[order], np.zeros(pad, np.float32)]))
     probes = _probes(np.asarray(centroids), nprobe)
     start, tcell = _tiles(sizes, offsets, tile)

@@ -9,23 +9,29 @@ wrong. Three ways in, one of them per call:
 * ``pred_probs`` (N, K): out-of-sample class probabilities (e.g. from cross-validation);
   the loss is ``-log max(p[label], 1e-6)``;
 * ``losses`` (N,): per-sample losses from the user's own loop (higher = more suspect);
-* ``features`` (N, D) only, training-free: out-of-sample class probabilities from the k nearest
-  other samples (``jaxnoise.knn``; k = 10, Datalab's default), then the same loss.
+* ``features`` (N, D) only, training-free: out-of-sample class probabilities from a
+  kernel-weighted vote of the k nearest other samples (``knn_pred_probs``; k = 10, Datalab's
+  default; the search, ``jaxnoise.knn``, is exact up to 100,000 samples and an inverted-file
+  approximation above), then the same loss.
 
 The noise model (``fit_noise_model``): ``model="bmm"`` (default, the published beta mixture on
 percentile-normalised losses) or ``"gmm"``; the noisy component is the one with the larger mean;
 ``scope="global"`` (one mixture) or ``"class"`` (one per given label, ``mixture.fit_per_class``);
-exact posteriors (``lookup=True``: the published 100-bin table). Its estimate of the number of
-wrong labels is the expected number under the fit, the sum of p(noisy) over the samples (per
-class when the mixture is per class): the noisy weight of the 5th-95th percentile range the EM
-sees, times its size, plus the posteriors of the samples outside that range, which the weight
-alone would miss (``noisy_count``). A fit that fails (e.g. all losses equal) estimates 0.
+exact posteriors (``lookup=True``: the published 100-bin table); ``max_iters=100`` EM steps
+(the training loop's fit uses 10; here the fit runs once, and nearer convergence it counts
+better: benchmarks/results/label_issues.md). Above ``FIT_SAMPLES`` losses (or 1024 per class)
+the EM sees a fixed random subset of them, which estimates the same six parameters at a
+fraction of the cost; every sample's posterior is then evaluated. The posterior is made
+non-decreasing in the loss (per class; ``monotone``). The estimated number of wrong labels is
+the noisy component's weight times N (per class: its weight times the class's size); a fit that
+fails (e.g. all losses equal) estimates 0 and warns.
 
 The cut (``find_label_issues``): ``cut="auto"`` (default) keeps that many samples, the most
-suspect first (per class, that class's count); ``"threshold"`` keeps ``p_noisy > threshold``;
-``"count"`` the ``count`` most suspect; ``"none"`` ranks every sample. The ranking: p(noisy)
-descending, then the loss descending (posteriors saturate, e.g. above the 95th percentile where
-the normalised loss is clipped), then the index.
+suspect first (per class, that class's count); ``"threshold"`` keeps ``p_noisy > threshold``
+(and warns when that flags nothing while the model estimates wrong labels); ``"count"`` the
+``count`` most suspect; ``"none"`` ranks every sample. The ranking: p(noisy) descending, then
+the loss descending (posteriors saturate, e.g. above the 95th percentile where the normalised
+loss is clipped), then the index.
 
 Bad input raises ``ValueError`` with one line naming the argument, before any fit.
 """
