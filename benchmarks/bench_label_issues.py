@@ -121,9 +121,21 @@ def cifar_row(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # Out-of-sample class probabilities: K-fold multinomial logistic regression.
 
 
-@functools.partial(__import__("jax").jit, static_argnames=("num_classes", "steps"))
-def _logreg(x, y, *, num_classes: int, steps: int, lr: float = 0.01, decay: float = 1e-3):
-    """Weights and bias of an L2-regularised multinomial logistic regression (Adam, full batch)."""
+def _logreg(x, y, *, num_classes: int, steps: int):
+    """Weights and bias of an L2-regularised multinomial logistic regression (Adam, full batch).
+
+    (jax is imported here, not with the module: the speed workers' peak memory is their own.)"""
+    return _jitted_logreg()(x, y, num_classes=num_classes, steps=steps)
+
+
+@functools.cache
+def _jitted_logreg():
+    import jax
+
+    return jax.jit(_logreg_fit, static_argnames=("num_classes", "steps"))
+
+
+def _logreg_fit(x, y, *, num_classes: int, steps: int, lr: float = 0.01, decay: float = 1e-3):
     import jax
     import jax.numpy as jnp
     import optax
