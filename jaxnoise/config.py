@@ -13,6 +13,7 @@ names exist, the consistency of the shared fields, then the method's block.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import os
@@ -265,3 +266,36 @@ def _check_shared(c: dict[str, Any]) -> None:
 def validate_against_data(config: Any, num_train: int, num_devices: int) -> None:
     """The method's checks that need the training set's size (e.g. its batch size)."""
     BLOCKS[block_of(config.method)][1].validate_against_data(config, num_train, num_devices)
+
+
+def override(config: Any, **fields: Any) -> Any:
+    """Set fields of ``config`` by name and return it: a shared field (``noise=0.8``), a field
+    of the config's method block (``batch_size=64`` is ``bootstrap.batch_size`` on a bootstrap
+    config), or a dotted path (``**{"data.root": "/data"}``). Refuses, in one line, a name the
+    config does not have (naming the method that owns it, if one does). Checks nothing else:
+    :func:`validate` does, before a run."""
+    for name, value in fields.items():
+        target, key = config, name
+        if "." in name:
+            *path, key = name.split(".")
+            for part in path:
+                target = target[part] if part in target else None
+                if target is None:
+                    break
+        elif name not in config:
+            target = next((config[b] for b in BLOCKS if b in config and name in config[b]), None)
+        if target is None or key not in target:
+            raise ConfigError(_unknown(config, name))
+        with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+            target[key] = value
+    return config
+
+
+def _unknown(config: Any, name: str) -> str:
+    """Why ``name`` is not a field of ``config``: another method's, or a misspelling."""
+    why = foreign_field(name, config.method) if "method" in config else None
+    if why:
+        return why
+    close = difflib.get_close_matches(name, list(_as_flat_dict(config)), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"config.{name} is not a config field{hint}"
