@@ -3,7 +3,7 @@
 python benchmarks/bench_detection.py                   # quickstart + reduced CIFAR-10 (~20 min)
 python benchmarks/bench_detection.py --parts quickstart
 
-Each setting trains once through ``jaxnoise.train.train_and_evaluate`` (50% symmetric noise;
+Each setting trains once through ``jaxnoise.loops.train_and_evaluate`` (50% symmetric noise;
 M-DYR-H, and on CIFAR-10 also plain cross-entropy; the workdirs under ``--workdir-root`` are
 kept, so a re-run resumes instead of retraining) and reads the last epoch's ``per_sample.npz``.
 From that one run:
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import cifar10_m_dyr_h, quickstart  # noqa: E402
-from jaxnoise import inputs, train  # noqa: E402
+from jaxnoise import inputs, loops  # noqa: E402
 
 PARTS = ("quickstart", "cifar10", "cifar10_ce")
 MARKER = "<!-- interpretation: kept when the numbers are regenerated -->"
@@ -150,7 +150,7 @@ def cross_val_probs(config, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 def evaluate(name: str, config, workdir: str, cv_folds: int) -> dict:
     """Train (or resume) one setting and compare the lists; returns a result record."""
     t = time.time()
-    summary = train.train_and_evaluate(config, workdir)
+    summary = loops.train_and_evaluate(config, workdir)
     seconds = time.time() - t
     d = np.load(os.path.join(workdir, "per_sample.npz"))
     if "logits" not in d:

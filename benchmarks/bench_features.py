@@ -4,7 +4,7 @@
     python benchmarks/bench_features.py --collect                              # the table
 
 Each setting runs in its own process (so that peak memory is its own): a full jaxnoise run
-(``train.train_and_evaluate``) of M-DYR-H for 3 epochs (bootstrapping from epoch 2, so the
+(``loops.train_and_evaluate``) of M-DYR-H for 3 epochs (bootstrapping from epoch 2, so the
 timed epoch 3 runs the most expensive train step) on synthetic Gaussian class clusters (10
 classes, 50% symmetric noise) handed to the run in memory instead of read from a file. Times are
 those the run logs in ``metrics.jsonl`` for epoch 3 (everything compiled): the train steps, the
@@ -56,7 +56,7 @@ def run_one(args) -> dict:
     import jax
 
     from configs import default
-    from jaxnoise import inputs, train
+    from jaxnoise import inputs, loops
 
     ds = synthetic(args.n, args.d)
     c = default.get_config()
@@ -69,7 +69,7 @@ def run_one(args) -> dict:
     inputs.load_data = lambda config: ds  # the synthetic arrays, in memory
     with tempfile.TemporaryDirectory() as wd:
         t = time.time()
-        s = train.train_and_evaluate(c, wd)
+        s = loops.train_and_evaluate(c, wd)
         wall = time.time() - t
     r = s["history"][-1]
     dev = jax.devices()[0]

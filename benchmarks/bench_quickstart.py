@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.common import git_commit  # noqa: E402
 from configs import quickstart  # noqa: E402
-from jaxnoise import train  # noqa: E402
+from jaxnoise import loops  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         c.bootstrap.posterior_source = source
         wd = tempfile.mkdtemp(prefix=f"qs_{method}_")
         t = time.time()
-        s = train.train_and_evaluate(c, wd)
+        s = loops.train_and_evaluate(c, wd)
         name = method if source == "batch" else f"{method} (posterior_source=epoch)"
         rows.append((name, s["best_acc"], s["last_acc"], s["auroc"], time.time() - t))
         shutil.rmtree(wd)

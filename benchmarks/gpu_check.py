@@ -11,7 +11,7 @@ depend on them):
    that jaxnoise has (float32 and bfloat16, ``config.compute_dtype``);
 2. the tracking pass (eval forward + per-sample loss) over 50,000 images;
 3. the BMM fit at 50,000 and 5,000,000 losses;
-4. three full epochs of M-DYR-H on 50,000 images through ``train.train_and_evaluate`` (train
+4. three full epochs of M-DYR-H on 50,000 images through ``loops.train_and_evaluate`` (train
    steps, tracking pass, fit, test evaluation, checkpoints), and from them the projected time of
    the published 300-epoch run.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 from benchmarks.common import bootstrap_state, git_commit  # noqa: E402
 from configs import default  # noqa: E402
 from jaxnoise import data as data_lib  # noqa: E402
-from jaxnoise import forward, inputs, keys, mixture, train  # noqa: E402
+from jaxnoise import forward, inputs, keys, loops, mixture  # noqa: E402
 from jaxnoise.bootstrap import schedule, step  # noqa: E402
 
 FULL = {"arch": ("preact_resnet18", 64), "n": 50_000, "test": 10_000,
@@ -133,7 +133,7 @@ def time_epochs(ds: data_lib.Dataset, arch: tuple[str, int], epochs: int) -> dic
     try:
         with tempfile.TemporaryDirectory() as wd:
             t = time.time()
-            s = train.train_and_evaluate(c, wd, stop_after_epoch=epochs)
+            s = loops.train_and_evaluate(c, wd, stop_after_epoch=epochs)
             total = time.time() - t
     finally:
         inputs.load_data = load

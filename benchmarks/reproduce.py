@@ -247,7 +247,7 @@ def cell_dir(root: str, protocol: str, cell: str) -> str:
 def run_cell(protocol: str, cell: str, root: str, data_root: str | None,
              labels: dict | None = None) -> dict:  # fmt: skip
     """Run (or resume, or just read) one cell's workdir and summarise it."""
-    from jaxnoise import train
+    from jaxnoise import loops
 
     c = make_config(protocol, cell, data_root, os.path.join(root, "cache"), labels)
     wd = cell_dir(root, protocol_dir(protocol, labels), cell)
@@ -255,7 +255,7 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None,
     spent = json.load(open(timing))["minutes"] if os.path.exists(timing) else 0.0
     t = time.time()
     try:
-        s = train.train_and_evaluate(c, wd)
+        s = loops.train_and_evaluate(c, wd)
     finally:  # also when stopped by SIGTERM/SIGINT (a SIGKILLed run's time is lost)
         spent += (time.time() - t) / 60.0
         os.makedirs(wd, exist_ok=True)

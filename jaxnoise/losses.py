@@ -50,7 +50,8 @@ def mixup_pairs(key: jax.Array, batch_size: int) -> jax.Array:
 
 
 def sample_mixup_lambda(key: jax.Array, alpha: float) -> jax.Array:
-    """One mixing weight delta ~ Beta(alpha, alpha) for the batch (alpha <= 0 gives 1)."""
+    """One mixing weight delta ~ Beta(alpha, alpha) for the batch: a float32 scalar
+    (alpha <= 0 gives 1)."""
     if alpha <= 0:
         return jnp.ones((), jnp.float32)
     return jax.random.beta(key, alpha, alpha).astype(jnp.float32)
@@ -109,7 +110,11 @@ def bootstrap_targets(
     mode: str = "hard",
     temperature: float | jax.Array = 1.0,
 ) -> jax.Array:
-    """Dynamic bootstrapping targets (1 - w) onehot(y) + w z, shape (B, C)."""
+    """Dynamic bootstrapping targets (1 - w) onehot(y) + w z: (B, C) float32.
+
+    ``labels`` (B,) int, ``w`` (B,) float p(noisy), ``logits_clean`` (B, C) the network's
+    logits on the unmixed inputs; z is their argmax (``mode="hard"``) or their softmax at
+    ``temperature`` (``"soft"``), without gradient."""
     y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if mode == "hard":
         z = jax.nn.one_hot(jnp.argmax(logits_clean, axis=-1), num_classes, dtype=jnp.float32)
@@ -134,7 +139,10 @@ def mixup_bootstrap_loss(
     mode: str = "hard",
     temperature: float | jax.Array = 1.0,
 ) -> jax.Array:
-    """Paper eq. 8 averaged over the batch: lam CE(h, t_p) + (1 - lam) CE(h, t_q)."""
+    """Paper eq. 8 averaged over the batch: lam CE(h, t_p) + (1 - lam) CE(h, t_q), a float32
+    scalar. ``logits_mixed`` (B, C) on the mixed inputs, ``labels`` (B,) int, ``w`` (B,)
+    p(noisy), ``logits_clean`` (B, C) on the unmixed inputs, ``perm`` (B,) int the mixup
+    partners, ``lam`` a scalar or (B,) float; t = :func:`bootstrap_targets`."""
     t = bootstrap_targets(
         labels, w, logits_clean, num_classes=num_classes, mode=mode, temperature=temperature
     )
@@ -157,6 +165,7 @@ def mixup_ce_loss(
 
 def class_balance_regularizer(logits: jax.Array, *, prior: jax.Array | None = None) -> jax.Array:
     """R = sum_c p_c log(p_c / hbar_c), hbar the batch-mean softmax; p uniform by default.
+    ``logits`` (B, C), ``prior`` (C,) float; a float32 scalar.
 
     Written as both published codes compute it (``prior * log(prior / mean)``): Arazo et al.'s
     ``reg_loss_class`` and DivideMix's uniform-prior penalty (over its whole mixed batch)."""

@@ -12,7 +12,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxnoise import train  # noqa: E402
+from jaxnoise import loops  # noqa: E402
 from tests.test_dividemix_loop import tiny_config  # noqa: E402
 
 KEYS = ("train_loss", "test_loss", "test_acc", "auroc")
@@ -23,7 +23,7 @@ if __name__ == "__main__":
         c = tiny_config()
         c.mesh.num_devices = d
         with tempfile.TemporaryDirectory() as wd:
-            s = train.train_and_evaluate(c, wd)
+            s = loops.train_and_evaluate(c, wd)
         out[d] = [{**{k: r[k] for k in KEYS},
                    "labelled": [v["labelled"] for v in r.get("division", {}).values()]}
                   for r in s["history"]]  # fmt: skip

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from jaxnoise import train  # noqa: E402
+from jaxnoise import loops  # noqa: E402
 
 KEYS = {"bootstrap": ("train_loss", "test_loss", "test_acc", "auroc", "mixture"),
         "dividemix": ("train_loss", "test_loss", "test_acc", "auroc")}  # fmt: skip
@@ -36,7 +36,7 @@ if __name__ == "__main__":
     c.distributed.coordinator_address = f"127.0.0.1:{port}"
     c.distributed.num_processes = 2
     c.distributed.process_id = pid
-    s = train.train_and_evaluate(c, workdir)
+    s = loops.train_and_evaluate(c, workdir)
     assert jax.process_count() == 2 and len(jax.devices()) == 4
     if pid == 0:
         hist = [{**{k: r[k] for k in KEYS[method]},

@@ -12,7 +12,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import quickstart  # noqa: E402
-from jaxnoise import train  # noqa: E402
+from jaxnoise import loops  # noqa: E402
 
 
 def tiny(num_devices: int):
@@ -30,7 +30,7 @@ if __name__ == "__main__":
     out = {}
     for d in [int(a) for a in sys.argv[1:]]:
         with tempfile.TemporaryDirectory() as wd:
-            s = train.train_and_evaluate(tiny(d), wd)
+            s = loops.train_and_evaluate(tiny(d), wd)
         out[d] = [
             {k: r[k] for k in ("train_loss", "test_loss", "test_acc", "auroc", "mixture")}
             for r in s["history"]

@@ -37,9 +37,9 @@ for _name, (_value, _type) in _SETTINGS.items():
 def bootstrap_run(tmp_path_factory):
     """The tiny M-DYR-H run (``tests/_signal_run.py``'s config: the quickstart's digits at 50%
     noise, a width-8 CNN, 3 epochs of 24 steps, bootstrapping from epoch 2) through
-    ``train.train_and_evaluate``: (summary, workdir, (its ``runkit.Run``, its bootstrap
+    ``loops.train_and_evaluate``: (summary, workdir, (its ``runkit.Run``, its bootstrap
     ``Pieces``, whose compiled steps later calls reuse))."""
-    from jaxnoise import runkit, train
+    from jaxnoise import loops, runkit
     from jaxnoise.bootstrap import loop as bootstrap_loop
     from tests import _signal_run
 
@@ -58,5 +58,5 @@ def bootstrap_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runkit, "open_run", capture_run)
         mp.setattr(bootstrap_loop, "build", capture_pieces)
-        summary = train.train_and_evaluate(_signal_run.get_config(), str(workdir))
+        summary = loops.train_and_evaluate(_signal_run.get_config(), str(workdir))
     return summary, workdir, (runs[-1], built[-1][0])

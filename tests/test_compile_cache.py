@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from configs import quickstart
-from jaxnoise import compile_cache, inputs, runkit, train, workdir
+from jaxnoise import compile_cache, inputs, loops, runkit, workdir
 from jaxnoise import config as config_lib
 from tests._signal_run import set_fields
 
@@ -103,13 +103,13 @@ def test_a_run_writes_the_cache_and_a_cached_run_gives_the_same_metrics(
             hits.append(event)
 
     c = tiny(compilation_cache=str(cache))
-    first = train.train_and_evaluate(c, str(tmp_path / "a"))
+    first = loops.train_and_evaluate(c, str(tmp_path / "a"))
     assert jax.config.jax_compilation_cache_dir == str(cache)
     entries = [f for f in os.listdir(cache) if f.endswith("-cache")]
     assert entries, os.listdir(cache)
     jax.monitoring.register_event_listener(listen)
     try:
-        second = train.train_and_evaluate(c, str(tmp_path / "b"))
+        second = loops.train_and_evaluate(c, str(tmp_path / "b"))
     finally:
         jax.monitoring.unregister_event_listener(listen)
     assert hits  # the second run's new jitted functions were loaded, not compiled

@@ -20,7 +20,7 @@ import pytest
 
 from configs import quickstart_dividemix
 from jaxnoise import config as config_lib
-from jaxnoise import runkit, stops, train
+from jaxnoise import loops, runkit, stops
 from jaxnoise.dividemix import config as dm_config
 from jaxnoise.dividemix import loop as dm_loop
 from tests._signal_run import set_fields
@@ -51,7 +51,7 @@ def _without_seconds(history) -> str:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """(summary, workdir, pieces) of the uninterrupted tiny run, through
-    train.train_and_evaluate (``pieces``: its compiled functions)."""
+    loops.train_and_evaluate (``pieces``: its compiled functions)."""
     wd = str(tmp_path_factory.mktemp("dividemix") / "full")
     built, build = [], dm_loop.build
 
@@ -61,7 +61,7 @@ def full_run(tmp_path_factory):
 
     dm_loop.build = capture
     try:
-        summary = train.train_and_evaluate(tiny_config(), wd)
+        summary = loops.train_and_evaluate(tiny_config(), wd)
     finally:
         dm_loop.build = build
     return summary, wd, built[-1][0]
@@ -97,9 +97,9 @@ def test_tiny_run_finishes_with_finite_metrics_and_writes_the_workdir(full_run):
 def test_interrupted_after_an_epoch_and_resumed_gives_the_same_metrics(full_run, tmp_path):
     summary, _, _ = full_run
     wd = str(tmp_path / "resumed")
-    first = train.train_and_evaluate(tiny_config(), wd, stop_after_epoch=2)
+    first = loops.train_and_evaluate(tiny_config(), wd, stop_after_epoch=2)
     assert first["epochs_done"] == 2 and first["checkpoint_at"] == "the end of epoch 2"
-    resumed = train.train_and_evaluate(tiny_config(), wd)
+    resumed = loops.train_and_evaluate(tiny_config(), wd)
     assert _without_seconds(resumed["history"]) == _without_seconds(summary["history"])
     with np.load(os.path.join(wd, "per_sample.npz")) as a, \
             np.load(os.path.join(full_run[1], "per_sample.npz")) as b:  # fmt: skip
@@ -135,7 +135,7 @@ def test_stop_in_the_middle_of_an_epoch_redoes_that_epoch(full_run, tmp_path):
     stopped = dm_loop.train(run)
     assert stopped["interrupted"] and stopped["signal"] == "SIGTERM"
     assert stopped["checkpoint_at"] == "the end of epoch 1" and stopped["epochs_done"] == 1
-    resumed = train.train_and_evaluate(tiny_config(), wd)
+    resumed = loops.train_and_evaluate(tiny_config(), wd)
     assert _without_seconds(resumed["history"]) == _without_seconds(summary["history"])
 
 
@@ -154,7 +154,7 @@ def learning_run(tmp_path_factory):
     tiny run's networks are still near chance after its one warm-up epoch)."""
     c = tiny_config(noise=0.5, epochs=4, lr_milestones=(4,))
     c.dividemix.warm_up = 3
-    return train.train_and_evaluate(c, str(tmp_path_factory.mktemp("dividemix") / "learning"))
+    return loops.train_and_evaluate(c, str(tmp_path_factory.mktemp("dividemix") / "learning"))
 
 
 def test_the_division_finds_the_noisy_labels(learning_run):
@@ -181,7 +181,7 @@ def test_swapping_the_networks_divisions_changes_the_run(full_run, tmp_path, mon
         return history, {"net1": out["net2"], "net2": out["net1"]}
 
     monkeypatch.setattr(dm_loop, "divide", own_division)
-    swapped = train.train_and_evaluate(tiny_config(), str(tmp_path / "swapped"))["history"]
+    swapped = loops.train_and_evaluate(tiny_config(), str(tmp_path / "swapped"))["history"]
     real = summary["history"]
     assert swapped[0]["train_loss"] == real[0]["train_loss"]  # warm-up: no division
     a, b = real[1], swapped[1]  # the first division: the same divisions, the roles swapped

@@ -17,7 +17,7 @@ import pytest
 
 from configs import default, features_m_dyr_h
 from jaxnoise import config as config_lib
-from jaxnoise import data, train
+from jaxnoise import data, loops
 from jaxnoise.data import embeddings, extract, extractors
 
 RNG = np.random.default_rng(0)
@@ -293,7 +293,7 @@ def test_end_to_end_on_synthetic_embeddings(tmp_path):
     c.noise, c.method = 0.5, "M-DYR-H"
     c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 4, (2,), 3
     c.bootstrap.batch_size, c.lr, c.eval_batch_size = 50, 0.05, 200  # one compiled eval chunk
-    s = train.train_and_evaluate(c, str(tmp_path / "run"))
+    s = loops.train_and_evaluate(c, str(tmp_path / "run"))
     assert s["epochs_done"] == 4 and not s["interrupted"]
     assert s["last_acc"] > 90.0  # 4 well-separated classes: clean accuracy despite 50% noise
     assert s["auroc"] > 0.95  # and the mixture finds the flipped labels

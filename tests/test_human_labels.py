@@ -197,7 +197,7 @@ def test_file_in_dataset_order_gives_the_noisy_labels(tmp_path, fmt) -> None:
 def test_label_issues_csv_carries_the_sample_ids(tmp_path) -> None:
     """A few epochs end to end on embeddings with their own ids: label_issues.csv names them."""
     from configs import features_m_dyr_h
-    from jaxnoise import report, train
+    from jaxnoise import loops, report
 
     rng = np.random.default_rng(1)
     n, d = 200, 8
@@ -218,7 +218,7 @@ def test_label_issues_csv_carries_the_sample_ids(tmp_path) -> None:
     c.method, c.epochs, c.lr_milestones, c.bootstrap.batch_size, c.lr = "CE", 3, (), 50, 0.05
     c.mlp_hidden = (16,)
     wd = tmp_path / "wd"
-    train.train_and_evaluate(c, str(wd))
+    loops.train_and_evaluate(c, str(wd))
     info = json.load(open(wd / "dataset.json"))
     assert info["train_ids"] == ids.tolist()
     with np.load(wd / "per_sample.npz") as ps:

@@ -20,7 +20,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import default
-from jaxnoise import inputs, train
+from jaxnoise import inputs, loops
 from jaxnoise.cli import train as train_cli
 from jaxnoise.data import embeddings
 
@@ -129,7 +129,7 @@ def test_dividemix_without_a_test_set(tmp_path):
     c.dividemix.warm_up, c.dividemix.batch_size, c.dividemix.lambda_u_rampup = 1, 32, 1.0
     c.log_every_seconds = 0.0
     wd = str(tmp_path / "wd")
-    s = train.train_and_evaluate(c, wd)
+    s = loops.train_and_evaluate(c, wd)
     assert s["epochs_done"] == 2 and not s["interrupted"] and s["has_test"] is False
     assert np.isnan(s["best_acc"]) and np.isnan(s["last_acc"])
     line = train_cli.done_line(c, s, wd, inputs.labels_summary(c))

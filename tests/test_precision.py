@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from configs import quickstart
-from jaxnoise import models, train
+from jaxnoise import loops, models
 from jaxnoise.network import apply as _apply
 
 
@@ -56,7 +56,7 @@ def test_bf16_quickstart_within_one_point_of_float32(tmp_path):
         c.compute_dtype = dtype
         c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 12, (9,), 4
         c.log_every_seconds = 0.0
-        results[dtype] = train.train_and_evaluate(c, str(tmp_path / dtype))
+        results[dtype] = loops.train_and_evaluate(c, str(tmp_path / dtype))
     f32, bf16 = results["float32"], results["bfloat16"]
     assert f32["best_acc"] > 85.0, f32  # the comparison is between two runs that learned
     assert bf16["best_acc"] >= f32["best_acc"] - 1.0, (f32, bf16)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart, quickstart_dividemix
-from jaxnoise import inference, inputs, train
+from jaxnoise import inference, inputs, loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def finished(request, tmp_path_factory):
     """(config, workdir, training images) of a finished tiny run."""
     c = bootstrap_config() if request.param == "bootstrap" else dividemix_config()
     wd = str(tmp_path_factory.mktemp(request.param) / "run")
-    summary = train.train_and_evaluate(c, wd)
+    summary = loops.train_and_evaluate(c, wd)
     assert summary["epochs_done"] == 2 and not summary["interrupted"]
     return c, wd, inputs.load_data(c).train_images
 

@@ -32,7 +32,7 @@ from hypothesis.extra import numpy as hnp
 from jaxnoise import checkpoint as ckpt_lib
 from jaxnoise import config as config_lib
 from jaxnoise import data as data_lib
-from jaxnoise import inputs, runkit, schedule, stops, train
+from jaxnoise import inputs, loops, runkit, schedule, stops
 from jaxnoise import noise as noise_lib
 from jaxnoise import workdir as workdir_lib
 from jaxnoise.bootstrap import schedule as bootstrap_schedule
@@ -143,7 +143,7 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
     c = tiny(noise_kind="none", noise=0.0)
     c.data.source, c.data.root, c.data.name = "folder", str(tmp_path / "img"), "pets"
     with pytest.raises(data_lib.ImageFolderError, match=str(bad.name)):
-        train.train_and_evaluate(c, str(tmp_path / "wd1"))
+        loops.train_and_evaluate(c, str(tmp_path / "wd1"))
     # Label files: wrong length, out-of-range label.
     for name, labels, match in [
         ("short.npy", np.zeros(10, np.int64), r"short\.npy' has shape \(10,\), expected \(1500,\)"),
@@ -152,7 +152,7 @@ def test_bad_data_is_refused_before_compute(tmp_path, monkeypatch):
         np.save(tmp_path / name, labels)
         c = tiny(noise_kind="human", label_file=str(tmp_path / name))
         with pytest.raises(ValueError, match=match):
-            train.train_and_evaluate(c, str(tmp_path / "wd2"))
+            loops.train_and_evaluate(c, str(tmp_path / "wd2"))
     assert not compiled
     # Dataset-level checks (validate_against_data).
     img = np.zeros((8, 4, 4, 1), np.uint8)
@@ -696,7 +696,7 @@ def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monk
     from jaxnoise import report
 
     c = tiny()
-    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    loops.train_and_evaluate(c, str(tmp_path / "ref"))
     write = runkit.write_outputs
 
     def killed(*args, **kwargs):
@@ -705,11 +705,11 @@ def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monk
     for name, first_epochs in (("fresh", 0), ("stopped", 1)):
         wd = tmp_path / name
         if first_epochs:  # outputs of checkpoint 24 (epoch 1) in the workdir
-            train.train_and_evaluate(c, str(wd), stop_after_epoch=first_epochs)
+            loops.train_and_evaluate(c, str(wd), stop_after_epoch=first_epochs)
             assert json.loads((wd / "outputs.json").read_text())["checkpoint"] == STEPS
         monkeypatch.setattr(runkit, "write_outputs", killed)
         with pytest.raises(_Killed):
-            train.train_and_evaluate(c, str(wd))
+            loops.train_and_evaluate(c, str(wd))
         monkeypatch.setattr(runkit, "write_outputs", write)
         assert _committed_steps(wd)[-1] == 3 * STEPS
         if first_epochs:
@@ -717,13 +717,13 @@ def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monk
                                rf"newest checkpoint is {3 * STEPS}"):  # fmt: skip
                 report.load_workdir(str(wd))
         capsys.readouterr()
-        train.train_and_evaluate(c, str(wd))
+        loops.train_and_evaluate(c, str(wd))
         out = capsys.readouterr().out
         assert f"rebuilding the outputs of checkpoint {3 * STEPS}" in out, out
         assert _outputs(wd) == _outputs(tmp_path / "ref"), name
     # A finished run whose outputs are complete: a re-run rebuilds nothing and says nothing.
     capsys.readouterr()
-    train.train_and_evaluate(c, str(tmp_path / "ref"))
+    loops.train_and_evaluate(c, str(tmp_path / "ref"))
     assert "rebuilding" not in capsys.readouterr().out
 
 

@@ -109,7 +109,7 @@ def test_run_cell_keeps_the_minutes_of_a_stopped_run(tmp_path, monkeypatch):
     and a resumed run adds to it instead of starting again from zero."""
     import json
 
-    from jaxnoise import train
+    from jaxnoise import loops
 
     ticks = iter([100.0, 160.0, 1000.0, 1030.0])  # start/stop of two runs: 1 min, then 0.5 min
     monkeypatch.setattr(reproduce.time, "time", lambda: next(ticks))
@@ -117,13 +117,13 @@ def test_run_cell_keeps_the_minutes_of_a_stopped_run(tmp_path, monkeypatch):
     def stopped(config, workdir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "train_and_evaluate", stopped)
+    monkeypatch.setattr(loops, "train_and_evaluate", stopped)
     with pytest.raises(KeyboardInterrupt):
         reproduce.run_cell("reduced", "CE@0.8", str(tmp_path), str(tmp_path))
     timing = tmp_path / "reduced" / "CE_0.8" / "minutes.json"
     assert json.loads(timing.read_text())["minutes"] == pytest.approx(1.0)
 
-    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: {"history": []})
+    monkeypatch.setattr(loops, "train_and_evaluate", lambda config, workdir: {"history": []})
     monkeypatch.setattr(reproduce, "summarize", lambda cell, c, history, minutes: minutes)
     assert reproduce.run_cell("reduced", "CE@0.8", str(tmp_path), str(tmp_path)) == 1.5
     assert json.loads(timing.read_text())["minutes"] == pytest.approx(1.5)

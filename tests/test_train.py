@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxnoise import config as config_lib
-from jaxnoise import inputs, mixture, optim, runkit, schedule, train
+from jaxnoise import inputs, loops, mixture, optim, runkit, schedule
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.bootstrap import schedule as bootstrap_schedule
 from jaxnoise.bootstrap import step as step_lib
@@ -131,13 +131,13 @@ def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
     epoch 2 uses them), and a run stopped after epoch 1 resumes with the same mixtures and
     signal state."""
     c = tiny_config(method="M-DYR-H", **options)
-    a = train.train_and_evaluate(c, str(tmp_path / "a"))
+    a = loops.train_and_evaluate(c, str(tmp_path / "a"))
     for r in a["history"]:
         assert r["mixture"]["scope"] == "class" and len(r["mixture"]["valid"]) == 10
         assert np.isfinite(r["auroc"]) and r["auroc"] > 0.6, r["auroc"]
     if resume:
-        train.train_and_evaluate(c, str(tmp_path / "b"), stop_after_epoch=1)
-        b = train.train_and_evaluate(c, str(tmp_path / "b"))
+        loops.train_and_evaluate(c, str(tmp_path / "b"), stop_after_epoch=1)
+        b = loops.train_and_evaluate(c, str(tmp_path / "b"))
         for ra, rb in zip(a["history"], b["history"], strict=True):
             assert ra["mixture"] == rb["mixture"] and ra["test_acc"] == rb["test_acc"]
 
@@ -159,7 +159,7 @@ def _run_capturing(config, workdir, monkeypatch):
 
     monkeypatch.setattr(bootstrap_loop, "build", capture_pieces)
     monkeypatch.setattr(runkit, "save", capture_save)
-    return train.train_and_evaluate(config, workdir), built[-1][0], saved
+    return loops.train_and_evaluate(config, workdir), built[-1][0], saved
 
 
 # Parameters of the K = 4 run against the K = 1 run, after each epoch: |difference| at most
@@ -247,9 +247,9 @@ def test_exact_resume_and_determinism(bootstrap_run, tmp_path):
     """A run stopped after epoch 1 and resumed gives exactly the uninterrupted run's metrics."""
     a, _, _ = bootstrap_run
     c = tiny_config()
-    b1 = train.train_and_evaluate(c, str(tmp_path / "b"), stop_after_epoch=1)
+    b1 = loops.train_and_evaluate(c, str(tmp_path / "b"), stop_after_epoch=1)
     assert b1["epochs_done"] == 1
-    b = train.train_and_evaluate(c, str(tmp_path / "b"))
+    b = loops.train_and_evaluate(c, str(tmp_path / "b"))
     assert len(a["history"]) == len(b["history"]) == 3
     keys = ["train_loss", "test_loss", "test_acc", "auroc", "precision", "recall", "best_acc"]
     for ra, rb in zip(a["history"], b["history"], strict=True):
@@ -269,7 +269,7 @@ def test_exact_resume_and_determinism(bootstrap_run, tmp_path):
     # A different config in the same workdir is refused; --fresh starts again.
     c2 = tiny_config(method="M-DYR-H", noise=0.2)
     with pytest.raises(ValueError, match="noise"):
-        train.train_and_evaluate(c2, str(wd))
+        loops.train_and_evaluate(c2, str(wd))
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_batch_larger_than_dataset_refused(digits, tmp_path):
     """A batch larger than the training set is refused before anything compiles."""
     c = tiny_config(batch_size=5000)
     with pytest.raises(ValueError, match="batch_size"):
-        train.train_and_evaluate(c, str(tmp_path))
+        loops.train_and_evaluate(c, str(tmp_path))
 
 
 def _run_main(*args):
@@ -391,7 +391,7 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
     c.epochs, c.lr_milestones, c.bootstrap.start_epoch = 2, (1,), 2
     c.noise = 0.5
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-        s = train.train_and_evaluate(c, str(tmp_path))
+        s = loops.train_and_evaluate(c, str(tmp_path))
     assert s["epochs_done"] == 2
     assert np.isfinite(s["history"][-1]["train_loss"])
     assert 0.0 <= s["last_acc"] <= 100.0

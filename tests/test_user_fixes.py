@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jaxnoise import inputs, mixture, runkit, train
+from jaxnoise import inputs, loops, mixture, runkit
 from jaxnoise import metrics as metrics_lib
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.dividemix import config as dm_config
@@ -507,7 +507,7 @@ def test_reproduce_features_label_file_options_reach_the_config(tmp_path, monkey
         seen[workdir] = config
         return {"history": []}
 
-    monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(loops, "train_and_evaluate", fake_train)
     monkeypatch.setattr(reproduce, "cifar_folder", lambda data_dir: str(tmp_path))
     monkeypatch.setattr(reproduce, "write_table", lambda *a: seen.setdefault("table", a[0]))
     labels = tmp_path / "labels.csv"

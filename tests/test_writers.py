@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jaxnoise import config as config_lib
-from jaxnoise import train
+from jaxnoise import loops
 from jaxnoise import writers as writers_lib
 from tests import _signal_run
 
@@ -118,12 +118,12 @@ def resumed(tmp_path_factory):
     "on", epoch 3 resumed with "auto"; (workdir, what each call left)."""
     wd = str(tmp_path_factory.mktemp("writers") / "run")
     seen = {}
-    train.train_and_evaluate(tiny_config(tensorboard="off"), wd, stop_after_epoch=1)
+    loops.train_and_evaluate(tiny_config(tensorboard="off"), wd, stop_after_epoch=1)
     seen["off"] = sorted(os.listdir(wd))
-    train.train_and_evaluate(tiny_config(tensorboard="on"), wd, stop_after_epoch=2)
+    loops.train_and_evaluate(tiny_config(tensorboard="on"), wd, stop_after_epoch=2)
     seen["on"] = scalar_series(os.path.join(wd, "tensorboard"))
     seen["on_metrics"] = expected_scalars(os.path.join(wd, "metrics.jsonl"))
-    train.train_and_evaluate(tiny_config(tensorboard="auto"), wd)
+    loops.train_and_evaluate(tiny_config(tensorboard="auto"), wd)
     return wd, seen
 
 

@@ -317,14 +317,14 @@ def main(argv):
         refuse(e)
 
     from jaxnoise import data as data_lib
-    from jaxnoise import inputs, stops, train
+    from jaxnoise import inputs, loops, stops
 
     workdir = _WORKDIR.value or default_workdir(config)
     created = _first_missing_dir(workdir)  # e.g. runs/ of runs/quickstart-digits
     stops.at_idle_exit(lambda: _remove_new_empty_dirs(created, workdir))
     summary = None
     try:
-        summary = train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
+        summary = loops.train_and_evaluate(config, workdir, fresh=_FRESH.value)
     except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(1)

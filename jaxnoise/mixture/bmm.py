@@ -38,6 +38,11 @@ def fit_bmm(
 ) -> BMMState:
     """Fit the published two-component beta mixture to raw per-sample losses (jit, on device).
 
+    ``losses``: (N,) float (any N; e.g. each training sample's cross-entropy after an epoch),
+    clipped to their 5th-95th percentile and scaled to [0, 1] inside. Returns a ``BMMState``
+    (alphas, betas, weights: (2,) float32; ``noisy_component``; the bounds; ``valid``): pass it
+    to :func:`posterior_noisy`.
+
     ``where`` (bool, one per loss, may be traced): fit ``losses[where]`` (``normalize``).
     """
     _check_noisy(noisy)

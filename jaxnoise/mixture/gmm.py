@@ -68,6 +68,9 @@ def fit_gmm(
 ) -> GMMState:
     """Fit a two-component Gaussian mixture to normalised per-sample losses (jit, on device).
 
+    ``losses``: (N,) float. Returns a ``GMMState`` (means, variances, weights: (2,) float32;
+    ``noisy_component``; the bounds; ``valid``): pass it to :func:`posterior_noisy`.
+
     ``where`` (bool, one per loss, may be traced): fit ``losses[where]`` (``normalize``).
     ``normalize``, ``tol``, ``init``: DivideMix's options (module docstring); the defaults are
     the comparison model. An invalid fit keeps the ``"fixed"`` initial parameters.

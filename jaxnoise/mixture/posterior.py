@@ -105,6 +105,8 @@ def posterior_noisy(
 ) -> jax.Array:
     """p(noisy | raw loss) for any array of raw losses, with the bounds stored in ``state``.
 
+    ``losses``: float, any shape (e.g. (N,)); returns float32 of the same shape, in [0, 1].
+
     ``lookup=True`` reproduces the original code's 100-bin table indexed by ``int(100 x)``;
     ``lookup=False`` gives the exact posterior. An invalid state gives 0.5 everywhere. ``x``
     follows the state's ``normalize`` (a min-max GMM: DivideMix's clean probability is
