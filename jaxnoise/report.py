@@ -1,6 +1,6 @@
 """A run's report: figures and the list of training labels the noise model calls wrong.
 
-    python -m jaxnoise.report WORKDIR [--threshold 0.5] [--out DIR]
+    jaxnoise report WORKDIR [--threshold T | --count N] [--out DIR]
 
 reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metrics.jsonl``,
 ``per_sample.npz``) and writes, into the output directory,
@@ -9,10 +9,19 @@ reads what training wrote to WORKDIR (``config.json``, ``dataset.json``, ``metri
 - ``figures/loss_quantiles.png``: clean/noisy loss quantiles over epochs (Fig. 1; known noise),
 - ``figures/accuracy_auroc.png``: test accuracy and detection AUROC over epochs,
 - ``figures/posterior_vs_loss.png``: p(noisy) against the loss with the posterior curves,
-- ``label_issues.csv``: every training sample with p(noisy) > threshold, most suspect first,
-- ``label_issues_summary.json``: counts, the largest p(noisy) and the estimated number of wrong
-  labels (``est_noisy``, the sum of p(noisy)), and precision/recall of the list when the noise
-  is known (some label known wrong).
+- ``label_issues.csv``: the training samples the noise model calls wrong, most suspect first
+  (p(noisy) descending, then the loss descending, then the index): by default as many as the
+  noise model estimates wrong (the cut ``auto``), else those with p(noisy) > ``--threshold``
+  or the ``--count`` most suspect,
+- ``label_issues_summary.json``: the cut, counts, the largest p(noisy) and the estimated number
+  of wrong labels, and precision/recall of the list when the noise is known (some label known
+  wrong).
+
+The estimate (``est_wrong``) is the sum of p(noisy) over the training samples, rounded: the
+expected number of wrong labels under the fitted mixture, which at an EM fixed point is its
+noisy component's weight times N (up to the clipped 5%/95% tails). A run whose mixtures are fitted
+per class (``bootstrap.mixture_scope = "class"``) is cut per class: each given label's own
+estimate of its wrong labels, the most suspect of that class.
 
 The end of a training run writes this report into the workdir itself. The command line never
 writes over a run's files: once the workdir holds its report (``label_issues.csv``), the output
@@ -34,11 +43,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxnoise import label_issues as issues_lib
 from jaxnoise import metrics, mixture, plots
 from jaxnoise import workdir as workdir_lib
 
 REQUIRED = ("config.json", "metrics.jsonl", "per_sample.npz")
 PER_SAMPLE_KEYS = ("loss", "p_noisy", "prediction", "noisy_label", "true_label", "noise_mask")
+CUTS = ("auto", "threshold", "count")
 
 
 class WorkdirError(FileNotFoundError):
@@ -165,17 +176,59 @@ def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -
 # Label issues.
 
 
+def per_class_cut(config: dict) -> bool:
+    """Whether the run fitted its mixtures per class (its list is then cut per class)."""
+    return config.get("bootstrap", config).get("mixture_scope", "global") == "class"
+
+
+def estimated_wrong(p_noisy: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """The noise model's count of wrong labels, the sum of p(noisy) rounded: () int64, or per
+    class (C,) when ``labels`` (N,) are given (the class of each sample's given label)."""
+    p = np.asarray(p_noisy, np.float64)
+    if labels is None:
+        return np.int64(np.rint(p.sum()))
+    return np.rint(np.bincount(labels, weights=p)).astype(np.int64)
+
+
+def flagged(per_sample: dict[str, np.ndarray], *, cut: str = "auto", threshold: float = 0.5,
+            count: int | None = None, per_class: bool = False) -> np.ndarray:  # fmt: skip
+    """Indices of the listed samples, most suspect first (``jaxnoise.label_issues.rank``:
+    p(noisy) descending, then the loss descending, then the index), under the cut: ``auto``
+    (the :func:`estimated_wrong` most suspect; per class with ``per_class``), ``threshold``
+    (p(noisy) > threshold) or ``count`` (the ``count`` most suspect)."""
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {', '.join(CUTS)}, got {cut!r}")
+    p = np.asarray(per_sample["p_noisy"], np.float32)
+    order = issues_lib.rank(p, np.asarray(per_sample["loss"], np.float32))
+    if cut == "threshold":
+        return order[p[order] > threshold]
+    if cut == "count":
+        return order[: int(count)]
+    if not per_class:
+        return order[: int(estimated_wrong(p))]
+    labels = np.asarray(per_sample["noisy_label"], np.int64)
+    counts = estimated_wrong(p, labels)
+    ranked = labels[order]  # each position's class; its rank within the class below
+    within = np.empty(order.size, np.int64)
+    for c in range(counts.size):
+        at = np.flatnonzero(ranked == c)
+        within[at] = np.arange(at.size)
+    return order[within < counts[ranked]]
+
+
 def label_issues(
     per_sample: dict[str, np.ndarray],
     dataset: dict[str, Any],
     *,
     threshold: float = 0.5,
+    cut: str = "threshold",
+    count: int | None = None,
+    per_class: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows of the samples with p(noisy) > threshold, by p(noisy) descending (ties: larger loss)."""
+    """Rows of the listed samples (:func:`flagged`), most suspect first."""
     p = np.asarray(per_sample["p_noisy"], np.float64)
     loss = np.asarray(per_sample["loss"], np.float64)
-    order = np.lexsort((np.arange(p.size), -loss, -p))
-    order = order[p[order] > threshold]
+    order = flagged(per_sample, cut=cut, threshold=threshold, count=count, per_class=per_class)
     names = list(dataset.get("class_names") or [])
     paths = dataset.get("train_paths")
     ids = dataset.get("train_ids")
@@ -231,11 +284,14 @@ def list_quality(flagged_index: np.ndarray, noise_mask: np.ndarray) -> dict[str,
 # The report.
 
 
-def default_out_dir(workdir: str, threshold: float) -> str:
-    """Where the command line writes: the workdir until it holds its report, then beside it."""
+def default_out_dir(workdir: str, threshold: float | None = None, count: int | None = None) -> str:
+    """Where the command line writes: the workdir until it holds its report, then beside it
+    (``report-threshold-T``, ``report-count-N`` or ``report-auto``)."""
     if not os.path.exists(os.path.join(workdir, "label_issues.csv")):
         return workdir
-    return os.path.join(workdir, f"report-threshold-{threshold:g}")
+    name = ("auto" if threshold is None and count is None else
+            f"threshold-{threshold:g}" if threshold is not None else f"count-{count}")  # fmt: skip
+    return os.path.join(workdir, f"report-{name}")
 
 
 def write_figures(fig_dir: str, run: dict[str, Any], mask: np.ndarray | None) -> dict[str, str]:
@@ -274,12 +330,19 @@ def write_figures(fig_dir: str, run: dict[str, Any], mask: np.ndarray | None) ->
 
 
 def write_report(
-    workdir: str, *, threshold: float = 0.5, out_dir: str | None = None
+    workdir: str, *, threshold: float | None = None, count: int | None = None,
+    out_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write the figures, label_issues.csv and label_issues_summary.json into out_dir (default
-    the workdir); return a summary dict."""
-    if not 0.0 <= threshold < 1.0:
+    the workdir); return a summary dict. The list's cut: ``threshold`` (p(noisy) > it),
+    ``count`` (that many), or neither (``auto``: as many as the noise model estimates wrong)."""
+    if threshold is not None and count is not None:
+        raise ValueError("give a threshold or a count, not both")
+    if threshold is not None and not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
+        raise ValueError(f"count must be an integer >= 0, got {count!r}")
+    cut = "threshold" if threshold is not None else "count" if count is not None else "auto"
     run = load_workdir(workdir)
     dataset, ps = run["dataset"], run["per_sample"]
     known = bool(dataset.get("noise_known", True)) and metrics.noise_known(ps["noise_mask"])
@@ -287,14 +350,19 @@ def write_report(
     out_dir = workdir if out_dir is None else out_dir
     figures = write_figures(os.path.join(out_dir, "figures"), run, mask)
 
-    rows = label_issues(ps, dataset, threshold=threshold)
+    per_class = per_class_cut(run["config"])
+    rows = label_issues(ps, dataset, threshold=threshold, cut=cut, count=count,
+                        per_class=per_class)  # fmt: skip
     csv_path = write_label_issues(
         os.path.join(out_dir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths")),
         with_id=bool(dataset.get("train_ids")),
     )
     summary: dict[str, Any] = {
         "checkpoint": run["checkpoint"],  # the checkpoint the per-sample arrays were made from
-        "threshold": threshold,
+        "cut": cut,
+        **({"threshold": threshold} if cut == "threshold" else {}),
+        **({"count": count} if cut == "count" else {}),
+        "per_class": per_class and cut == "auto",
         "num_train": int(ps["loss"].shape[0]),
         "num_flagged": len(rows),
         "noise_known": known,
@@ -302,6 +370,7 @@ def write_report(
     p_noisy = np.asarray(ps["p_noisy"], np.float64)
     summary["max_p_noisy"] = float(p_noisy.max()) if p_noisy.size else float("nan")
     summary["est_noisy"] = float(p_noisy.sum())  # the noise model's expected count of wrong labels
+    summary["est_wrong"] = int(estimated_wrong(p_noisy))
     if known:
         summary.update(list_quality(np.array([r["index"] for r in rows], np.int64), mask))
         summary["num_noisy"] = int(mask.sum())
@@ -317,14 +386,29 @@ def write_report(
 
 
 def nothing_flagged(summary: dict[str, Any]) -> str | None:
-    """One line when the threshold lists no sample (None when it lists some): the largest
-    p(noisy) and the noise model's estimated count of wrong labels (the sum of p(noisy))."""
+    """One line when the list is empty (None when it lists some): a threshold above every
+    p(noisy) while the noise model estimates wrong labels, or a model that estimates none."""
     if summary["num_flagged"]:
         return None
-    return (f"no sample has p(noisy) > {summary['threshold']:g} (the largest is "
-            f"{summary['max_p_noisy']:.3f}); the noise model estimates {summary['est_noisy']:.0f} "
-            f"of {summary['num_train']} labels wrong (the sum of p(noisy)): a lower threshold "
-            "(jaxnoise report WORKDIR --threshold T) lists the most suspect")  # fmt: skip
+    if summary["cut"] == "threshold" and summary["est_wrong"] > 0:
+        return (f"warning: no sample has p(noisy) > {summary['threshold']:g} (the largest is "
+                f"{summary['max_p_noisy']:.3f}), but the noise model estimates "
+                f"{summary['est_wrong']} of {summary['num_train']} labels wrong: without "
+                "--threshold the list holds that many, the most suspect first")  # fmt: skip
+    if summary["cut"] == "auto":
+        return (f"the noise model estimates no wrong label among the {summary['num_train']} "
+                "(--count N lists the N most suspect anyway)")  # fmt: skip
+    return None
+
+
+def describe_cut(out: dict[str, Any]) -> str:
+    """How the list was cut, for the line that names label_issues.csv."""
+    if out["cut"] == "threshold":
+        return f"samples with p(noisy) > {out['threshold']:g}"
+    if out["cut"] == "count":
+        return "samples, the most suspect"
+    per = " per class" if out.get("per_class") else ""
+    return f"samples: as many as the noise model estimates wrong{per}"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -342,24 +426,31 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report")
         description="Figures and the label-issue list (label_issues.csv) of a jaxnoise run.",
     )
     parser.add_argument("workdir", help="a training run's --workdir")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="list the samples with p(noisy) > this (default 0.5)")  # fmt: skip
+    cut = parser.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=None,
+                     help="list the samples with p(noisy) > this (e.g. 0.5); default: as many "
+                     "as the noise model estimates wrong, the most suspect first")  # fmt: skip
+    cut.add_argument("--count", type=int, default=None,
+                     help="list the COUNT most suspect samples")  # fmt: skip
     parser.add_argument("--out", default=None,
                         help="output directory (default: the workdir until it holds its report, "
                         "then WORKDIR/report-threshold-T; a run's own files are never "
                         "rewritten)")  # fmt: skip
     args = parser.parse_args(argv)
-    if not 0.0 <= args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    if args.count is not None and args.count < 0:
+        parser.error(f"--count must be >= 0, got {args.count}")
     try:
-        out_dir = args.out or default_out_dir(args.workdir, args.threshold)
-        out = write_report(args.workdir, threshold=args.threshold, out_dir=out_dir)
+        out_dir = args.out or default_out_dir(args.workdir, args.threshold, args.count)
+        out = write_report(args.workdir, threshold=args.threshold, count=args.count,
+                           out_dir=out_dir)  # fmt: skip
     except WorkdirError as e:
         parser.error(str(e))
     for path in out["figures"].values():
         print(f"figure: {path}")
     print(f"label issues: {out['label_issues_csv']} ({out['num_flagged']} of {out['num_train']} "
-          f"samples with p(noisy) > {args.threshold:g})")  # fmt: skip
+          f"{describe_cut(out)})")  # fmt: skip
     if out["nothing_flagged"]:
         print(out["nothing_flagged"])
     if out["noise_known"]:

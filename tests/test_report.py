@@ -91,7 +91,7 @@ def read_csv(path):
 def known_report(tmp_path_factory):
     """write_report on the synthetic workdir with known noise."""
     wd = make_workdir(tmp_path_factory.mktemp("known"))
-    return wd, report.write_report(wd)
+    return wd, report.write_report(wd, threshold=0.5)
 
 
 def test_figures_exist_and_are_nontrivial(known_report):
@@ -152,7 +152,7 @@ def test_load_workdir_keeps_last_line_of_a_repeated_epoch(known_report):
 def test_unknown_noise_with_paths(tmp_path):
     """Image-folder run with labels taken as given: path column, no precision/recall."""
     wd = make_workdir(tmp_path, known=False, paths=True)
-    out = report.write_report(wd)
+    out = report.write_report(wd, threshold=0.5)
     assert "precision" not in out and "recall" not in out
     with open(os.path.join(wd, "label_issues_summary.json")) as f:
         summary = json.load(f)
@@ -163,6 +163,65 @@ def test_unknown_noise_with_paths(tmp_path):
     assert all(r["path"] == f"/data/train/img_{int(r['index']):03d}.png" for r in rows)
     assert set(out["figures"]) == {"loss_histogram", "accuracy_auroc", "posterior_vs_loss"}
     assert all(os.path.getsize(p) > 8000 for p in out["figures"].values())
+
+
+def _expected_auto(wd, per_class=False):
+    """The auto cut written from the definitions (numpy, not the code under test): the samples
+    by p(noisy) desc, loss desc, index; the first round(sum p(noisy)) of them (per class: of
+    each given label's samples, round of that class's sum)."""
+    with np.load(os.path.join(wd, "per_sample.npz")) as d:
+        p, loss, labels = d["p_noisy"], d["loss"], d["noisy_label"]
+    order = np.lexsort((np.arange(p.size), -loss.astype(np.float64), -p.astype(np.float64)))
+    if not per_class:
+        return order[: int(np.rint(p.astype(np.float64).sum()))].tolist()
+    keep = []
+    for c in np.unique(labels):
+        mine = order[labels[order] == c]
+        keep += mine[: int(np.rint(p[labels == c].astype(np.float64).sum()))].tolist()
+    return [i for i in order.tolist() if i in set(keep)]
+
+
+def test_default_cut_is_the_noise_models_estimate(tmp_path, capsys):
+    """Without --threshold or --count the list holds round(sum p(noisy)) samples (24 here: 194
+    at 0.1 and the six suspects), the most suspect first; the summary names the cut and the
+    estimate; the line says how the list was cut."""
+    wd = make_workdir(tmp_path)
+    assert report.main([wd]) == 0
+    out = capsys.readouterr().out
+    _, rows = read_csv(os.path.join(wd, "label_issues.csv"))
+    assert [int(r["index"]) for r in rows] == _expected_auto(wd)
+    assert len(rows) == 24 and [int(r["index"]) for r in rows[:6]] == [*ORDER_05, 150]
+    with open(os.path.join(wd, "label_issues_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["cut"] == "auto" and summary["est_wrong"] == 24 and not summary["per_class"]
+    assert "(24 of 200 samples: as many as the noise model estimates wrong)" in out, out
+
+
+def test_default_cut_per_class_when_the_run_fits_per_class(tmp_path):
+    """A run with bootstrap.mixture_scope = "class" is cut per given label."""
+    wd = make_workdir(tmp_path)
+    with open(os.path.join(wd, "config.json")) as f:
+        config = json.load(f)
+    config["bootstrap"] = {"mixture_scope": "class"}
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(config, f)
+    out = report.write_report(wd)
+    _, rows = read_csv(out["label_issues_csv"])
+    expected = _expected_auto(wd, per_class=True)
+    assert [int(r["index"]) for r in rows] == expected and out["per_class"]
+    assert expected != _expected_auto(wd)[: len(expected)]  # the per-class cut differs here
+
+
+def test_count_cut(tmp_path, capsys):
+    """--count 3 lists the 3 most suspect; beside the run's own report in report-count-3."""
+    wd = make_workdir(tmp_path)
+    report.write_report(wd)  # the run's own report
+    assert report.main([wd, "--count", "3"]) == 0
+    _, rows = read_csv(os.path.join(wd, "report-count-3", "label_issues.csv"))
+    assert [int(r["index"]) for r in rows] == ORDER_05[:3]
+    with pytest.raises(SystemExit):
+        report.main([wd, "--count", "3", "--threshold", "0.5"])
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_cli_threshold(tmp_path):

@@ -227,17 +227,19 @@ def report_workdir(path, *, noise_known_in_json: bool, mask_any: bool, p_max: fl
 
 
 def test_report_threshold_that_flags_nothing_says_so(tmp_path, capsys):
-    """python -m jaxnoise.report W --threshold 0.9, above every p(noisy): one line with the
-    largest p(noisy) and the estimated number of wrong labels (the sum of p(noisy), numpy)."""
+    """python -m jaxnoise.report W --threshold 0.9, above every p(noisy): one warning line with
+    the largest p(noisy) and the estimated number of wrong labels (the sum of p(noisy), numpy),
+    pointing to the default cut."""
     from jaxnoise import report
 
     wd, p = report_workdir(tmp_path / "w", noise_known_in_json=True, mask_any=True)
     assert report.main([wd, "--threshold", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "(0 of 300 samples with p(noisy) > 0.9)" in out
-    (line,) = [x for x in out.splitlines() if x.startswith("no sample has")]
+    (line,) = [x for x in out.splitlines() if x.startswith("warning: no sample has")]
     assert f"no sample has p(noisy) > 0.9 (the largest is {p.max():.3f})" in line, line
     assert f"estimates {p.astype(np.float64).sum():.0f} of 300 labels wrong" in line, line
+    assert "without --threshold" in line, line
 
 
 def test_report_without_a_noisy_label_has_no_precision_and_one_histogram(tmp_path, monkeypatch):
