@@ -482,7 +482,9 @@ def label_issues_table(
 
     Columns ``is_label_issue`` (bool, under ``cut``), ``label_score`` (``1 - p_noisy``),
     ``given_label``, ``predicted_label`` (argmax of the class probabilities; -1 when only
-    ``losses`` are given), ``p_noisy``, and ``id`` when ``ids`` are given. ``as_dataframe``: a
+    ``losses`` are given), ``p_noisy``, ``loss`` (the loss the noise model saw: (N,) float32;
+    ``rank(p_noisy, loss)`` is the order of :func:`find_label_issues`), and ``id`` when ``ids``
+    are given. ``as_dataframe``: a
     pandas DataFrame instead (needs pandas).
     """
     _check_cut(cut, threshold, count)
@@ -497,7 +499,7 @@ def label_issues_table(
                  else np.argmax(a.pred_probs, axis=1))  # fmt: skip
     table = {"is_label_issue": flagged, "label_score": (1.0 - a.noise.p_noisy).astype(np.float32),
              "given_label": a.labels.astype(np.int64), "predicted_label": predicted,
-             "p_noisy": a.noise.p_noisy}  # fmt: skip
+             "p_noisy": a.noise.p_noisy, "loss": a.losses}  # fmt: skip
     if ids is not None:
         table["id"] = np.asarray(ids)
     if not as_dataframe:

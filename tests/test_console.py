@@ -5,6 +5,7 @@ wheel, Ctrl-C while the command starts."""
 from __future__ import annotations
 
 import ast
+import csv
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 import zipfile
 
+import numpy as np
 import pytest
 
 from jaxnoise import configs
@@ -114,7 +116,7 @@ def test_help_lists_the_verbs():
         r = cli(*args)
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.startswith("usage: jaxnoise VERB")
-        for verb in ("train", "report", "predict"):
+        for verb in ("train", "report", "predict", "find-issues"):
             assert f"\n  {verb} " in r.stdout, r.stdout
     r = cli()
     assert r.returncode == 2 and "usage: jaxnoise VERB" in r.stdout
@@ -228,3 +230,68 @@ def test_sigint_while_the_command_starts_is_one_line_and_130(tmp_path):
             "stopped by SIGINT: nothing to save yet",
         )
     ), out[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# find-issues: the wrong labels from arrays on disk, no training.
+
+
+def _digits_probs(tmp_path):
+    """Digits at 40% symmetric noise and 3-fold out-of-sample probabilities of a logistic
+    regression (scikit-learn): labels.npy, arrays.npz (labels, pred_probs, ids); the mask."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flip = rng.random(y.size) < 0.4
+    noisy = np.where(flip, (y + rng.integers(1, 10, y.size)) % 10, y)
+    probs = cross_val_predict(LogisticRegression(max_iter=300), x / 16.0, noisy, cv=3,
+                              method="predict_proba")  # fmt: skip
+    np.save(tmp_path / "labels.npy", noisy)
+    ids = np.array([f"img{i}" for i in range(y.size)])
+    np.savez(tmp_path / "arrays.npz", labels=noisy, pred_probs=probs, ids=ids)
+    return noisy, probs, noisy != y
+
+
+def test_find_issues_writes_the_libraries_list(tmp_path):
+    """jaxnoise find-issues on .npy / .npz:KEY files: the CSV lists find_label_issues' indices in
+    its order (the same function from Python), and most of them are the flipped labels."""
+    import jaxnoise
+
+    labels, probs, mask = _digits_probs(tmp_path)
+    out = tmp_path / "issues.csv"
+    r = cli("find-issues", "--labels", str(tmp_path / "labels.npy"), "--pred-probs",
+            f"{tmp_path / 'arrays.npz'}:pred_probs", "--ids", f"{tmp_path / 'arrays.npz'}:ids",
+            "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = jaxnoise.find_label_issues(labels, pred_probs=probs)
+    assert [row["id"] for row in rows] == [f"img{i}" for i in expected]
+    assert f"({len(expected)} of {labels.size} samples: as many as the noise model estimates" \
+        in r.stdout, r.stdout
+    assert mask[expected].mean() > 0.8 and mask[expected].sum() > 0.6 * mask.sum()
+    r = cli("find-issues", "--labels", f"{tmp_path / 'arrays.npz'}:labels", "--pred-probs",
+            f"{tmp_path / 'arrays.npz'}:pred_probs", "--count", "7", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out, newline="") as f:
+        assert [int(row["index"]) for row in csv.DictReader(f)] == expected[:7].tolist()
+
+
+def test_find_issues_refuses_in_one_line(tmp_path):
+    """A missing file, an .npz without the key, two sources, mismatched lengths: one line each."""
+    _digits_probs(tmp_path)
+    labels, arrays = str(tmp_path / "labels.npy"), str(tmp_path / "arrays.npz")
+    one_line_refusal(cli("find-issues", "--labels", str(tmp_path / "nope.npy"), "--losses",
+                         labels), "--labels", "no such file")  # fmt: skip
+    one_line_refusal(cli("find-issues", "--labels", labels, "--pred-probs", f"{arrays}:probs"),
+                     "no array 'probs'")  # fmt: skip
+    one_line_refusal(cli("find-issues", "--labels", labels, "--pred-probs", arrays),
+                     "name one")  # fmt: skip
+    one_line_refusal(cli("find-issues", "--labels", labels, "--losses", labels, "--features",
+                         labels), "not allowed with")  # fmt: skip
+    np.save(tmp_path / "short.npy", np.ones(5, np.float32))
+    one_line_refusal(cli("find-issues", "--labels", labels, "--losses",
+                         str(tmp_path / "short.npy")), "losses")  # fmt: skip

@@ -361,9 +361,13 @@ def test_table_columns_and_dataframe():
     ids = np.array([f"s{i}" for i in range(500)])
     t = li.label_issues_table(y, pred_probs=p, ids=ids, max_iters=ITERS)
     assert list(t) == ["is_label_issue", "label_score", "given_label", "predicted_label",
-                       "p_noisy", "id"]  # fmt: skip
+                       "p_noisy", "loss", "id"]  # fmt: skip
     flagged = li.find_label_issues(y, pred_probs=p, max_iters=ITERS)
     np.testing.assert_array_equal(np.flatnonzero(t["is_label_issue"]), np.sort(flagged))
+    ranked = li.rank(t["p_noisy"], t["loss"])
+    np.testing.assert_array_equal(ranked[np.isin(ranked, flagged)], flagged)  # the same order
+    np.testing.assert_allclose(t["loss"], -np.log(np.maximum(p[np.arange(500), y], 1e-6)),
+                               rtol=1e-6)  # fmt: skip
     np.testing.assert_array_equal(t["predicted_label"], np.argmax(p, axis=1))
     np.testing.assert_array_equal(t["given_label"], y)
     np.testing.assert_allclose(t["label_score"], 1.0 - t["p_noisy"], atol=1e-7)

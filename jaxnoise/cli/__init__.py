@@ -3,6 +3,7 @@
     jaxnoise train --config quickstart [--config.FIELD=VALUE ...] [--workdir DIR] [--fresh]
     jaxnoise report WORKDIR [--threshold T] [--out DIR]
     jaxnoise predict WORKDIR --inputs PATH [--out FILE]
+    jaxnoise find-issues --labels FILE (--pred-probs | --features | --losses) FILE [--out CSV]
 
 ``python -m jaxnoise.cli`` is the same command, and ``python main.py ARGS`` in a clone is
 ``jaxnoise train ARGS``. Each verb is a module of this package with ``run(argv, prog)``; this one
@@ -21,11 +22,11 @@ import sys
 VERBS = {
     "train": ("train", "train a run, or resume it in its workdir: --config NAME|FILE "
               "[--config.FIELD=VALUE ...] [--workdir DIR] [--fresh]"),
-    "report": ("report", "figures and label_issues.csv of a run: WORKDIR [--threshold T] "
-               "[--out DIR]"),
+    "report": ("report", "figures and label_issues.csv of a run: WORKDIR [--threshold T | "
+               "--count N] [--out DIR]"),
     "predict": ("predict", "the run's model on new data: WORKDIR --inputs PATH [--out FILE]"),
-    # "find-issues": ("find_issues", "..."),  # the label-issue finder (jaxnoise/label_issues.py)
-    # plugs in here: a module jaxnoise/cli/find_issues.py with run(argv, prog) and this line.
+    "find-issues": ("find_issues", "the wrong labels of a dataset without training: --labels "
+                    "FILE (--pred-probs | --features | --losses) FILE [--out CSV]"),
 }  # fmt: skip
 HELP_FLAGS = ("-h", "--help", "-help", "help")
 

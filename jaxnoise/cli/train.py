@@ -160,8 +160,9 @@ def help_text() -> str:
 AFTER_A_RUN = [
     "",
     "after (or during) a run:",
-    "  jaxnoise report WORKDIR [--threshold T]   figures and label_issues.csv (the samples with "
-    "p(noisy) > T) of a run (also: python -m jaxnoise.report WORKDIR)",
+    "  jaxnoise report WORKDIR [--threshold T]   figures and label_issues.csv of a run (as many "
+    "samples as the noise model estimates wrong, or p(noisy) > T; also: python -m "
+    "jaxnoise.report WORKDIR)",
     "  jaxnoise predict WORKDIR --inputs PATH    the run's model on new data (.npy, .npz or an "
     "image folder): predictions.csv",
     "",
