@@ -89,7 +89,8 @@ def run(argv: list[str], prog: str = "jaxnoise find-issues") -> int:
         ("labels", "--labels", args.labels), ("pred_probs", "--pred-probs", args.pred_probs),
         ("features", "--features", args.features), ("losses", "--losses", args.losses),
         ("ids", "--ids", args.ids))}  # fmt: skip
-    cut = "threshold" if args.threshold is not None else "count" if args.count is not None else "auto"
+    cut = ("threshold" if args.threshold is not None else
+           "count" if args.count is not None else "auto")  # fmt: skip
     options = dict(cut=cut, model=args.model, scope=args.scope)
     if cut == "threshold":
         options["threshold"] = args.threshold
