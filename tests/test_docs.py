@@ -125,3 +125,37 @@ def test_config_fields_and_files_exist(path):
     files = set(re.findall(r"\bconfigs/([a-z0-9_]+\.py)", text))
     missing = sorted(f for f in files if not (ROOT / "configs" / f).is_file())
     assert not missing, f"{path.name} names config files that do not exist: {missing}"
+
+
+def _python_blocks() -> list[str]:
+    """The README's ```python blocks that import jaxnoise (the examples a user copies whole)."""
+    text = _text(ROOT / "README.md")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    return [b for b in blocks if "import jaxnoise" in b]
+
+
+def test_readme_python_examples_run_and_do_what_they_say(tmp_path, bootstrap_run):
+    """Each of the README's Python examples runs as written (the run's workdir moved to a
+    temporary folder) and does what its text says: the in-memory list finds the wrong labels,
+    the loss pieces' loop learns and its p(noisy) ranks the flipped labels, the run from Python
+    trains and predicts. (``bootstrap_run``: its compiled programs are in the session's cache.)"""
+    from sklearn.metrics import roc_auc_score
+
+    issues, loop, run = _python_blocks()
+    ns: dict = {}
+    exec(compile(issues, "README.md (wrong labels in memory)", "exec"), ns)
+    found = ns["issues"]
+    assert 200 <= len(found) <= 300 and (found < 200).mean() > 0.75 and (found < 200).sum() > 190
+    assert ns["scores"].shape == (1000,) and ns["table"]["is_label_issue"].sum() == len(found)
+    ns = {}
+    exec(compile(loop, "README.md (your own loop)", "exec"), ns)
+    assert roc_auc_score(ns["flip"], ns["w"]) > 0.95
+    accuracy = (ns["np"].argmax(ns["apply"](ns["params"], ns["x"]), 1) == ns["true"]).mean()
+    assert accuracy > 0.9, accuracy
+    workdir = str(tmp_path / "run")
+    assert run.count('"/tmp/jaxnoise_readme_run"') == 2
+    ns = {}
+    exec(compile(run.replace('"/tmp/jaxnoise_readme_run"', repr(workdir)), "README.md (a run)",
+                 "exec"), ns)  # fmt: skip
+    assert ns["summary"]["epochs_done"] == 3 and not ns["summary"]["interrupted"]
+    assert ns["out"]["prediction"].shape == (5,) and ns["out"]["probs"].shape == (5, 10)
