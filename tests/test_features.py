@@ -223,6 +223,9 @@ BAD = {
     "1-D features": ({"train_features": np.zeros(20, np.float32)}, "non-empty \\(N, D\\)"),
     "missing key": ({"test_labels": None}, "missing test_labels"),
     "too few names": ({"class_names": np.asarray(["a"])}, "1 class names for labels up to 2"),
+    # labels 0..2 and one stray 99, no class names: not a 100-class problem
+    "label gap": ({"train_labels": np.r_[np.arange(19) % 3, 99]},
+                  "labels go up to 99 and 96 of those classes have no training sample"),
 }  # fmt: skip
 
 
