@@ -80,13 +80,17 @@ def main() -> None:
     phase = bootstrap_schedule.phase_for_epoch(c, c.epochs)
     data = {"images": jnp.asarray(ds.train_images), "labels": labels}
     own = jax.tree_util.tree_map(jnp.copy, (state, aux))  # the step donates its state
-    step = [step_lib.make_train_step(graphdef, tx, c, phase, 10, mean, std), own[0], data, own[1],
-            jnp.arange(CIFAR_N)]  # fmt: skip
+    step = [
+        step_lib.make_train_step(graphdef, tx, c, phase, 10, mean, std),
+        own[0],
+        data,
+        own[1],
+        jnp.arange(CIFAR_N),
+    ]
     workdir = tempfile.mkdtemp(prefix="bench-checkpoint-")
     ck = ckpt_lib.Checkpointer(workdir, keep=2)
     plain = ckpt_lib.Checkpointer(os.path.join(workdir, "unchecked"), keep=2)
-    names = ("checksums", "save", "commit", "save_unchecked", "commit_unchecked", "restore",
-             "step")  # fmt: skip
+    names = ("checksums", "save", "commit", "save_unchecked", "commit_unchecked", "restore", "step")
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     try:
         for r in range(args.rounds + 1):  # round 0 compiles and warms up
@@ -102,20 +106,27 @@ def main() -> None:
             if r:
                 for k, v in t.items():
                     times[k].append(v)
-            print(f"round {r}: " + "  ".join(f"{k} {w:.3f}s ({c:.3f}s CPU)"
-                                             for k, (w, c) in t.items()), flush=True)  # fmt: skip
+            print(
+                f"round {r}: "
+                + "  ".join(f"{k} {w:.3f}s ({c:.3f}s CPU)" for k, (w, c) in t.items()),
+                flush=True,
+            )
     finally:
         shutil.rmtree(workdir)
     med = {k: np.median(np.array(v), axis=0) for k, v in times.items()}  # (wall, CPU)
-    rows = [("checksums of the saved copies", med["checksums"]), ("`save` call", med["save"]),
-            ("`save` until committed", med["commit"]),
-            ("`save` call without checksums", med["save_unchecked"]),
-            ("`save` until committed, without checksums", med["commit_unchecked"]),
-            ("restore (verifies)", med["restore"]),
-            ("one CE train step, batch 128", med["step"])]  # fmt: skip
+    rows = [
+        ("checksums of the saved copies", med["checksums"]),
+        ("`save` call", med["save"]),
+        ("`save` until committed", med["commit"]),
+        ("`save` call without checksums", med["save_unchecked"]),
+        ("`save` until committed, without checksums", med["commit_unchecked"]),
+        ("restore (verifies)", med["restore"]),
+        ("one CE train step, batch 128", med["step"]),
+    ]
     lines = ["| what | wall s | CPU s | checksums' CPU as a share |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {w:.3f} | {c:.3f} | {med['checksums'][1] / c:.1%} |"
-              for name, (w, c) in rows]  # fmt: skip
+    lines += [
+        f"| {name} | {w:.3f} | {c:.3f} | {med['checksums'][1] / c:.1%} |" for name, (w, c) in rows
+    ]
     steps = -(-CIFAR_N // 128)
     text = (
         "# Checkpoint checksums: cost per save\n\n"

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                     quickstart_config(),
                     wd,
                     args.cv_folds,
-                )  # fmt: skip
+                )
             )
         elif part in ("cifar10", "cifar10_ce"):
             root = ensure_cifar(args.cifar_root)

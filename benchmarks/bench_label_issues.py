@@ -71,8 +71,9 @@ def digits_row() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     c, d = quickstart.get_config(), default.get_config()
     ds = data.load_digits()
-    noisy, _ = noise.apply(c.noise_kind, ds.train_labels, num_classes=ds.num_classes,
-                           rate=c.noise, seed=d.noise_seed)  # fmt: skip
+    noisy, _ = noise.apply(
+        c.noise_kind, ds.train_labels, num_classes=ds.num_classes, rate=c.noise, seed=d.noise_seed
+    )
     x = standardize(ds.train_images.reshape(len(ds.train_labels), -1))
     return x, noisy.astype(np.int32), ds.train_labels.astype(np.int32)
 
@@ -156,8 +157,9 @@ def _logreg_fit(x, y, *, num_classes: int, steps: int, lr: float = 0.01, decay: 
     return params
 
 
-def cv_pred_probs(x: np.ndarray, y: np.ndarray, *, folds: int = 5, steps: int = 300,
-                  seed: int = 0) -> np.ndarray:  # fmt: skip
+def cv_pred_probs(
+    x: np.ndarray, y: np.ndarray, *, folds: int = 5, steps: int = 300, seed: int = 0
+) -> np.ndarray:
     """(N, K) probabilities, each row from the fold model that did not see it."""
     import jax
     import jax.numpy as jnp
@@ -197,8 +199,12 @@ def scores(flagged: np.ndarray, truth: np.ndarray) -> dict:
     f[flagged] = True
     tp = int(np.sum(f & truth))
     p, r = tp / max(int(f.sum()), 1), tp / max(int(truth.sum()), 1)
-    return {"flagged": int(f.sum()), "precision": p, "recall": r,
-            "f1": 2 * p * r / (p + r) if p + r else 0.0}  # fmt: skip
+    return {
+        "flagged": int(f.sum()),
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+    }
 
 
 def auroc(suspicion: np.ndarray, truth: np.ndarray) -> float:
@@ -227,12 +233,17 @@ def jaxnoise_quality(y: np.ndarray, truth: np.ndarray, **inputs) -> dict:
 
     # One analysis gives both the default list and the full ranking; the same steps as
     # find_label_issues(y, **inputs) and find_label_issues(y, cut="none", **inputs).
-    a, seconds = _timed(lambda: li._analyse(y, inputs.get("pred_probs"), inputs.get("features"),
-                                            None))  # fmt: skip
+    a, seconds = _timed(
+        lambda: li._analyse(y, inputs.get("pred_probs"), inputs.get("features"), None)
+    )
     flagged = li._order(a.keys, li._cut(a, "auto", 0.5, None))
     order = li._order(a.keys)
-    return {**scores(flagged, truth), "auroc": auroc(ranking_suspicion(order), truth),
-            "seconds": seconds, "estimated": a.noise.noisy_count}  # fmt: skip
+    return {
+        **scores(flagged, truth),
+        "auroc": auroc(ranking_suspicion(order), truth),
+        "seconds": seconds,
+        "estimated": a.noise.noisy_count,
+    }
 
 
 def cleanlab_quality(y: np.ndarray, truth: np.ndarray, pred_probs: np.ndarray) -> dict:
@@ -240,8 +251,11 @@ def cleanlab_quality(y: np.ndarray, truth: np.ndarray, pred_probs: np.ndarray) -
     from cleanlab import filter as cl_filter
     from cleanlab import rank as cl_rank
 
-    flagged, seconds = _timed(lambda: cl_filter.find_label_issues(
-        y, pred_probs, return_indices_ranked_by="self_confidence"))  # fmt: skip
+    flagged, seconds = _timed(
+        lambda: cl_filter.find_label_issues(
+            y, pred_probs, return_indices_ranked_by="self_confidence"
+        )
+    )
     quality = cl_rank.get_label_quality_scores(y, pred_probs)
     return {**scores(flagged, truth), "auroc": auroc(-quality, truth), "seconds": seconds}
 
@@ -254,22 +268,41 @@ def datalab_quality(y: np.ndarray, truth: np.ndarray, features: np.ndarray) -> d
     _, seconds = _timed(lambda: lab.find_issues(features=features, issue_types={"label": {}}))
     issues = lab.get_issues("label")
     flagged = issues["is_label_issue"].to_numpy()
-    return {**scores(flagged, truth), "auroc": auroc(-issues["label_score"].to_numpy(), truth),
-            "seconds": seconds}  # fmt: skip
+    return {
+        **scores(flagged, truth),
+        "auroc": auroc(-issues["label_score"].to_numpy(), truth),
+        "seconds": seconds,
+    }
 
 
 def quality_row(name: str) -> list[dict]:
     """Both paths of one dataset row, each library on the same inputs."""
     x, y, clean = digits_row() if name == "digits" else cifar_row(name)
     truth = y != clean
-    base = {"row": name, "n": int(y.size), "wrong": int(truth.sum()),
-            "wrong_rate": float(truth.mean())}  # fmt: skip
+    base = {
+        "row": name,
+        "n": int(y.size),
+        "wrong": int(truth.sum()),
+        "wrong_rate": float(truth.mean()),
+    }
     pp = cached_pred_probs(name, x, y)
-    out = [{**base, "input": "pred_probs", "cv_accuracy": float(np.mean(pp.argmax(1) == clean)),
+    out = [
+        {
+            **base,
+            "input": "pred_probs",
+            "cv_accuracy": float(np.mean(pp.argmax(1) == clean)),
             "jaxnoise": jaxnoise_quality(y, truth, pred_probs=pp),
-            "cleanlab": cleanlab_quality(y, truth, pp)}]  # fmt: skip
-    out.append({**base, "input": "features", "jaxnoise": jaxnoise_quality(y, truth, features=x),
-                "cleanlab": datalab_quality(y, truth, x)})  # fmt: skip
+            "cleanlab": cleanlab_quality(y, truth, pp),
+        }
+    ]
+    out.append(
+        {
+            **base,
+            "input": "features",
+            "jaxnoise": jaxnoise_quality(y, truth, features=x),
+            "cleanlab": datalab_quality(y, truth, x),
+        }
+    )
     return out
 
 
@@ -279,10 +312,15 @@ QUALITY_ROWS = ("digits", "sym0.4", "sym0.8", "aggre_label", "random_label1")
 # ---------------------------------------------------------------------------------------------
 # Speed and memory: each library alone in a subprocess, on the same synthetic inputs.
 
-SPEED_ROWS = [("pred_probs", 100_000, 10), ("pred_probs", 100_000, 100),
-              ("pred_probs", 1_000_000, 10), ("pred_probs", 1_000_000, 100),
-              ("features", 50_000, 512), ("features", 200_000, 512),
-              ("features", 1_000_000, 512)]  # fmt: skip
+SPEED_ROWS = [
+    ("pred_probs", 100_000, 10),
+    ("pred_probs", 100_000, 100),
+    ("pred_probs", 1_000_000, 10),
+    ("pred_probs", 1_000_000, 100),
+    ("features", 50_000, 512),
+    ("features", 200_000, 512),
+    ("features", 1_000_000, 512),
+]
 DATALAB_LIMIT_S = 1800  # Datalab is stopped after 30 minutes
 
 
@@ -344,8 +382,10 @@ def _run_pred_probs(lib: str, p: np.ndarray, y: np.ndarray, repeats: int) -> dic
         from cleanlab import filter as cl_filter
 
         def call():
-            return cl_filter.find_label_issues(y, p, return_indices_ranked_by="self_confidence",
-                                               n_jobs=1)  # fmt: skip
+            return cl_filter.find_label_issues(
+                y, p, return_indices_ranked_by="self_confidence", n_jobs=1
+            )
+
     flagged, first = _timed(call)
     steady = [_timed(call)[1] for _ in range(repeats)]
     return {"first_s": first, "steady_s": float(np.median(steady)), "flagged": len(flagged)}
@@ -368,9 +408,13 @@ def _run_features(lib: str, x: np.ndarray, y: np.ndarray, repeats: int) -> dict:
         flagged, first = _timed(lambda: li.find_label_issues(y, features=x))
         knn.neighbors = search
         steady = [_timed(lambda: li.find_label_issues(y, features=x))[1] for _ in range(repeats)]
-        return {"first_s": first, "steady_s": float(np.median(steady)) if steady else None,
-                "flagged": len(flagged), "recall_at_10": sampled_recall(x, found[0]),
-                "search": "exact" if y.size <= knn.EXACT_MAX_N else "ivf"}  # fmt: skip
+        return {
+            "first_s": first,
+            "steady_s": float(np.median(steady)) if steady else None,
+            "flagged": len(flagged),
+            "recall_at_10": sampled_recall(x, found[0]),
+            "search": "exact" if y.size <= knn.EXACT_MAX_N else "ivf",
+        }
     from cleanlab import Datalab
 
     lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
@@ -389,9 +433,16 @@ def worker(lib: str, kind: str, n: int, width: int) -> None:
         data = synthetic_features(n, width)
         out = _run_features(lib, *data, repeats=1 if n <= 50_000 else 0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    out.update(lib=lib, kind=kind, n=n, width=width, peak_rss_gib=rss,
-               input_gib=data[0].nbytes / 2**30, wall_s=time.perf_counter() - t0,
-               load=os.getloadavg())  # fmt: skip
+    out.update(
+        lib=lib,
+        kind=kind,
+        n=n,
+        width=width,
+        peak_rss_gib=rss,
+        input_gib=data[0].nbytes / 2**30,
+        wall_s=time.perf_counter() - t0,
+        load=os.getloadavg(),
+    )
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -401,18 +452,35 @@ def speed(rows: list, out_path: str = SPEED_JSON) -> list[dict]:
     for kind, n, width in rows:
         for lib in ("jaxnoise", "cleanlab"):
             limit = DATALAB_LIMIT_S if (kind, lib) == ("features", "cleanlab") else None
-            cmd = [sys.executable, __file__, "--worker", lib, "--kind", kind, "--n", str(n),
-                   "--width", str(width)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                lib,
+                "--kind",
+                kind,
+                "--n",
+                str(n),
+                "--width",
+                str(width),
+            ]
             load0 = os.getloadavg()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                res = json.loads(lines[-1][7:]) if lines else {
-                    "lib": lib, "kind": kind, "n": n, "width": width,
-                    "error": proc.stderr.strip().splitlines()[-1:]}  # fmt: skip
+                res = (
+                    json.loads(lines[-1][7:])
+                    if lines
+                    else {
+                        "lib": lib,
+                        "kind": kind,
+                        "n": n,
+                        "width": width,
+                        "error": proc.stderr.strip().splitlines()[-1:],
+                    }
+                )
             except subprocess.TimeoutExpired:
-                res = {"lib": lib, "kind": kind, "n": n, "width": width,
-                       "stopped_after_s": limit}  # fmt: skip
+                res = {"lib": lib, "kind": kind, "n": n, "width": width, "stopped_after_s": limit}
             res["load_before"] = load0
             print(json.dumps(res), flush=True)
             results.append(res)
@@ -431,65 +499,86 @@ def _f(v, fmt=".3f") -> str:
 
 def quality_table(records: list[dict]) -> list[str]:
     """Markdown rows: one line per (row, input, library)."""
-    lines = ["| row | input | N | wrong labels | library | flagged | precision | recall | F1 | "
-             "AUROC | seconds |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| row | input | N | wrong labels | library | flagged | precision | recall | F1 | "
+        "AUROC | seconds |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     other = {"pred_probs": "cleanlab `filter.find_label_issues`", "features": "cleanlab Datalab"}
     for r in records:
         for lib, label in (("jaxnoise", "jaxnoise (default)"), ("cleanlab", other[r["input"]])):
             m = r[lib]
             win = " **≥**" if lib == "jaxnoise" and m["f1"] >= r["cleanlab"]["f1"] else ""
-            lines.append(f"| {r['row']} | {r['input']} | {r['n']:,} | {r['wrong']:,} "
-                         f"({r['wrong_rate']:.1%}) | {label} | {m['flagged']:,} | "
-                         f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f}{win} | "
-                         f"{m['auroc']:.3f} | {m['seconds']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {r['row']} | {r['input']} | {r['n']:,} | {r['wrong']:,} "
+                f"({r['wrong_rate']:.1%}) | {label} | {m['flagged']:,} | "
+                f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f}{win} | "
+                f"{m['auroc']:.3f} | {m['seconds']:.1f} |"
+            )
     return lines
 
 
 def speed_table(records: list[dict]) -> list[str]:
     """Markdown rows: jaxnoise and cleanlab side by side per speed row."""
-    lines = ["| input | N | K or D | jaxnoise first call (s) | jaxnoise steady (s) | cleanlab "
-             "first (s) | cleanlab steady (s) | speed-up (steady; first) | peak RSS jaxnoise / "
-             "cleanlab (GiB) | input (GiB) | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| input | N | K or D | jaxnoise first call (s) | jaxnoise steady (s) | cleanlab "
+        "first (s) | cleanlab steady (s) | speed-up (steady; first) | peak RSS jaxnoise / "
+        "cleanlab (GiB) | input (GiB) | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     by = {(r["kind"], r["n"], r["width"], r["lib"]): r for r in records}
     for kind, n, width in SPEED_ROWS:
         j, c = by.get((kind, n, width, "jaxnoise")), by.get((kind, n, width, "cleanlab"))
         if j is None or c is None:
             continue
         if "stopped_after_s" in c:
-            c_first, c_steady, ratio = f"stopped at {c['stopped_after_s'] / 60:.0f} min", "—", (
-                f"> {c['stopped_after_s'] / j['first_s']:.1f}x (first)")
+            c_first, c_steady, ratio = (
+                f"stopped at {c['stopped_after_s'] / 60:.0f} min",
+                "—",
+                (f"> {c['stopped_after_s'] / j['first_s']:.1f}x (first)"),
+            )
         else:
             c_first, c_steady = _f(c.get("first_s"), ".2f"), _f(c.get("steady_s"), ".2f")
             js, cs = j.get("steady_s") or j["first_s"], c.get("steady_s") or c["first_s"]
             ratio = f"{cs / js:.1f}x; {c['first_s'] / j['first_s']:.1f}x"
         rss_c = _f(c.get("peak_rss_gib"), ".2f")
-        lines.append(f"| {kind} | {n:,} | {width} | {j['first_s']:.2f} | "
-                     f"{_f(j.get('steady_s'), '.2f')} | {c_first} | {c_steady} | {ratio} | "
-                     f"{j['peak_rss_gib']:.2f} / {rss_c} | {j['input_gib']:.2f} | "
-                     f"{j['load_before'][0]:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {kind} | {n:,} | {width} | {j['first_s']:.2f} | "
+            f"{_f(j.get('steady_s'), '.2f')} | {c_first} | {c_steady} | {ratio} | "
+            f"{j['peak_rss_gib']:.2f} / {rss_c} | {j['input_gib']:.2f} | "
+            f"{j['load_before'][0]:.1f} |"
+        )
     return lines
 
 
 def write_page(path: str) -> None:
     """results/label_issues.md from the JSON of both parts (the prose is added by hand)."""
     quality = json.load(open(QUALITY_JSON)) if os.path.exists(QUALITY_JSON) else []
-    speed_rows = ([json.loads(ln) for ln in open(SPEED_JSON)] if os.path.exists(SPEED_JSON)
-                  else [])  # fmt: skip
-    head = [f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), jaxnoise commit "
-            f"{git_commit()}.", ""]  # fmt: skip
+    speed_rows = [json.loads(ln) for ln in open(SPEED_JSON)] if os.path.exists(SPEED_JSON) else []
+    head = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), jaxnoise commit "
+        f"{git_commit()}.",
+        "",
+    ]
     with open(path, "w") as f:
-        f.write("\n".join(head + ["## Quality", ""] + quality_table(quality) + ["", "## Speed",
-                                                                              ""]
-                          + speed_table(speed_rows)) + "\n")  # fmt: skip
+        f.write(
+            "\n".join(
+                head
+                + ["## Quality", ""]
+                + quality_table(quality)
+                + ["", "## Speed", ""]
+                + speed_table(speed_rows)
+            )
+            + "\n"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("quality", "speed", "all"), default="all")
-    ap.add_argument("--rows", nargs="*", help="quality rows (default all) or speed rows as "
-                    "kind:n:width")  # fmt: skip
+    ap.add_argument(
+        "--rows", nargs="*", help="quality rows (default all) or speed rows as kind:n:width"
+    )
     ap.add_argument("--collect", action="store_true", help="write the tables page only")
     ap.add_argument("--out", default=os.path.join(RESULTS, "label_issues_tables.md"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -511,8 +600,11 @@ def main() -> None:
         with open(QUALITY_JSON, "w") as f:
             json.dump(records, f, indent=1)
     if not a.collect and a.part in ("speed", "all"):
-        rows = ([(k, int(n), int(w)) for k, n, w in (r.split(":") for r in a.rows)] if a.rows
-                else SPEED_ROWS)  # fmt: skip
+        rows = (
+            [(k, int(n), int(w)) for k, n, w in (r.split(":") for r in a.rows)]
+            if a.rows
+            else SPEED_ROWS
+        )
         speed(rows)
     write_page(a.out)
 

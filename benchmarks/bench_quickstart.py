@@ -24,8 +24,12 @@ from jaxnoise import loops  # noqa: E402
 def main() -> None:
     """Run the three methods and write the table."""
     rows = []
-    for method, source in (("CE", "batch"), ("M", "batch"), ("M-DYR-H", "batch"),
-                           ("M-DYR-H", "epoch")):  # fmt: skip
+    for method, source in (
+        ("CE", "batch"),
+        ("M", "batch"),
+        ("M-DYR-H", "batch"),
+        ("M-DYR-H", "epoch"),
+    ):
         c = quickstart.get_config()
         c.method = method
         c.bootstrap.posterior_source = source
@@ -36,8 +40,10 @@ def main() -> None:
         seconds = time.time() - t
         with open(os.path.join(wd, "label_issues_summary.json")) as f:
             li = json.load(f)
-        flagged = (f"{li['num_flagged']:,} of {li['num_train']:,} ({li['precision']:.3f} / "
-                   f"{li['recall']:.3f})")  # fmt: skip
+        flagged = (
+            f"{li['num_flagged']:,} of {li['num_train']:,} ({li['precision']:.3f} / "
+            f"{li['recall']:.3f})"
+        )
         rows.append((name, s["best_acc"], s["last_acc"], s["auroc"], flagged, seconds))
         shutil.rmtree(wd)
     commit = git_commit()
@@ -52,8 +58,10 @@ def main() -> None:
         "| flagged (precision / recall) | seconds |",
         "|---|---:|---:|---:|---|---:|",
     ]
-    lines += [f"| {m} | {b:.2f} | {last:.2f} | {a:.4f} | {fl} | {sec:.0f} |"
-              for m, b, last, a, fl, sec in rows]  # fmt: skip
+    lines += [
+        f"| {m} | {b:.2f} | {last:.2f} | {a:.4f} | {fl} | {sec:.0f} |"
+        for m, b, last, a, fl, sec in rows
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(ROOT, "benchmarks", "results", "quickstart.md"), "w") as f:

@@ -94,10 +94,22 @@ def main() -> None:
         return
     results = []
     for d in args.devices:
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",
-                   JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # fmt: skip
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(d), "--steps",
-               str(args.steps), "--sizes", *map(str, args.sizes)]  # fmt: skip
+        env = dict(
+            os.environ,
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=ROOT,
+        )
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            str(d),
+            "--steps",
+            str(args.steps),
+            "--sizes",
+            *map(str, args.sizes),
+        ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
         if r.returncode or not line:
@@ -105,8 +117,11 @@ def main() -> None:
         res = json.loads(line[-1][7:])
         results.append(res)
         fits = ", ".join(f"N={int(n):,}: {s * 1e3:.0f} ms" for n, s in res["fit_s"].items())
-        print(f"{d} devices: {res['step_s']:.3f} s/step ({res['images_per_s']:.0f} img/s); "
-              f"BMM fit + posteriors {fits}", flush=True)  # fmt: skip
+        print(
+            f"{d} devices: {res['step_s']:.3f} s/step ({res['images_per_s']:.0f} img/s); "
+            f"BMM fit + posteriors {fits}",
+            flush=True,
+        )
     import jax
 
     commit = git_commit()

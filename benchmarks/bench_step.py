@@ -121,8 +121,9 @@ def run_dividemix(entry: dict, i: int) -> tuple[float, float]:
     p, nets = entry["pieces"], entry["nets"]
     i32 = jnp.int32
     t = time.perf_counter()
-    state, metrics = p.semi(nets["net1"], nets["net2"], *entry["args"], i32(i % 4), i32(400),
-                            i32(0))  # fmt: skip
+    state, metrics = p.semi(
+        nets["net1"], nets["net2"], *entry["args"], i32(i % 4), i32(400), i32(0)
+    )
     jax.block_until_ready(metrics["loss"])
     semi = time.perf_counter() - t
     entry["nets"] = dict(nets, net1=state)
@@ -136,16 +137,22 @@ def dividemix_lines(width: int, med: dict, semi: float, chunk: float, eval_batch
     """The epoch table: DivideMix at a few labelled fractions against M-DYR-H (batch)."""
     per_sample = chunk / eval_batch
     mdyrh = -(-CIFAR_N // 128) * med["M-DYR-H (batch)"] + CIFAR_N * per_sample
-    lines = ["", f"DivideMix, width {width}: semi step (64 + 64 samples) {semi:.3f} s, eval "
-             f"{per_sample * 1e3:.3f} ms/sample; M-DYR-H (batch) epoch on N = {CIFAR_N:,}: "
-             f"{mdyrh / 60:.1f} min (its steps + tracking pass).", "",
-             "| DivideMix epoch, labelled fraction | min/epoch | vs M-DYR-H epoch |",
-             "|---|---:|---:|"]  # fmt: skip
+    lines = [
+        "",
+        f"DivideMix, width {width}: semi step (64 + 64 samples) {semi:.3f} s, eval "
+        f"{per_sample * 1e3:.3f} ms/sample; M-DYR-H (batch) epoch on N = {CIFAR_N:,}: "
+        f"{mdyrh / 60:.1f} min (its steps + tracking pass).",
+        "",
+        "| DivideMix epoch, labelled fraction | min/epoch | vs M-DYR-H epoch |",
+        "|---|---:|---:|",
+    ]
     for f in LABELLED_FRACTIONS:
         dm = 2 * CIFAR_N * per_sample + 2 * -(-int(f * CIFAR_N) // 64) * semi
         lines.append(f"| {f:.0%} | {dm / 60:.1f} | {dm / mdyrh:.2f}x |")
-        print(f"width {width:3d}  DivideMix epoch at {f:.0%} labelled: {dm / mdyrh:.2f}x M-DYR-H",
-              flush=True)  # fmt: skip
+        print(
+            f"width {width:3d}  DivideMix epoch at {f:.0%} labelled: {dm / mdyrh:.2f}x M-DYR-H",
+            flush=True,
+        )
     return lines
 
 
@@ -180,8 +187,11 @@ def main() -> None:
         ]
         for name, s in med.items():
             lines.append(f"| {name} | {s:.3f} | {128 / s:.0f} | {s / med['CE']:.2f}x |")
-            print(f"width {width:3d}  {name:20s} {s:.3f} s/step  {128 / s:7.0f} img/s  "
-                  f"{s / med['CE']:.2f}x CE", flush=True)  # fmt: skip
+            print(
+                f"width {width:3d}  {name:20s} {s:.3f} s/step  {128 / s:7.0f} img/s  "
+                f"{s / med['CE']:.2f}x CE",
+                flush=True,
+            )
         lines += dividemix_lines(width, med, semi, chunk, dm["config"].eval_batch_size)
         sections.append("\n".join(lines))
     commit = git_commit()

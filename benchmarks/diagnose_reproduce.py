@@ -35,11 +35,14 @@ GRID = np.linspace(1e-12, 1 - 1e-12, 100)  # the published lookup grid
 def lookup_from_params(m: dict) -> np.ndarray:
     """The published lookup table of p(noisy | x) from logged mixture parameters (scipy)."""
     if "alphas" in m:
-        dens = [m["weights"][k] * stats.beta.pdf(GRID, m["alphas"][k], m["betas"][k])
-                for k in range(2)]  # fmt: skip
+        dens = [
+            m["weights"][k] * stats.beta.pdf(GRID, m["alphas"][k], m["betas"][k]) for k in range(2)
+        ]
     else:
-        dens = [m["weights"][k] * stats.norm.pdf(GRID, m["means"][k], np.sqrt(m["variances"][k]))
-                for k in range(2)]  # fmt: skip
+        dens = [
+            m["weights"][k] * stats.norm.pdf(GRID, m["means"][k], np.sqrt(m["variances"][k]))
+            for k in range(2)
+        ]
     dens = np.stack(dens)
     t = dens[m["noisy_component"]] / (dens.sum(0) + 1e-12)
     t[np.argmax(t) :] = t.max()
@@ -59,13 +62,16 @@ def diagnose(history: list[dict]) -> tuple[list[str], list[str]]:
         if const and abs(r["auroc"] - 0.5) > 1e-3:
             fails.append(f"epoch {r['epoch']}: constant lookup but logged AUROC {r['auroc']:.4f}")
         if const and r["flagged_fraction"] not in (0.0, 1.0):
-            fails.append(f"epoch {r['epoch']}: constant lookup but flagged "
-                         f"{r['flagged_fraction']:.3f}")  # fmt: skip
+            fails.append(
+                f"epoch {r['epoch']}: constant lookup but flagged {r['flagged_fraction']:.3f}"
+            )
         logged_const = abs(r["auroc"] - 0.5) < 1e-6 and r["flagged_fraction"] in (0.0, 1.0)
         if logged_const and not const:
-            fails.append(f"epoch {r['epoch']}: logged metrics of a constant lookup (AUROC 0.5, "
-                         f"flagged {r['flagged_fraction']:.0f}) but scipy's table peaks in bin "
-                         f"{peak}")  # fmt: skip
+            fails.append(
+                f"epoch {r['epoch']}: logged metrics of a constant lookup (AUROC 0.5, "
+                f"flagged {r['flagged_fraction']:.0f}) but scipy's table peaks in bin "
+                f"{peak}"
+            )
         rows.append(
             f"| {r['epoch']} | {r['phase']} | {r['test_acc']:.2f} | {r['auroc_loss']:.4f} "
             f"| {r['auroc']:.4f} | {r['flagged_fraction']:.3f} | {peak} "
@@ -100,16 +106,26 @@ def main() -> None:
         history = [json.loads(x) for x in open(path) if x.strip()]
         rows, fails = diagnose(history)
         all_fails += [f"{cell}: {f}" for f in fails]
-        out += ["", f"### {cell}", "",
-                "| epoch | phase | test acc | loss AUROC | model AUROC | flagged | peak bin "
-                "| constant |", "|---:|---|---:|---:|---:|---:|---:|---|", *rows]  # fmt: skip
-    out += ["", "Cross-check of the logged metrics against scipy: "
-            + ("all consistent." if not all_fails else "; ".join(all_fails))]  # fmt: skip
+        out += [
+            "",
+            f"### {cell}",
+            "",
+            "| epoch | phase | test acc | loss AUROC | model AUROC | flagged | peak bin "
+            "| constant |",
+            "|---:|---|---:|---:|---:|---:|---:|---|",
+            *rows,
+        ]
+    out += [
+        "",
+        "Cross-check of the logged metrics against scipy: "
+        + ("all consistent." if not all_fails else "; ".join(all_fails)),
+    ]
     text = "\n".join(out) + "\n"
     print(text)
     if not args.no_write:
-        with open(os.path.join(ROOT, "benchmarks", "results", f"reproduce_{args.protocol}.md"),
-                  "a") as f:  # fmt: skip
+        with open(
+            os.path.join(ROOT, "benchmarks", "results", f"reproduce_{args.protocol}.md"), "a"
+        ) as f:
             f.write(text)
 
 

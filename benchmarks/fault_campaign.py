@@ -72,14 +72,17 @@ class Proc:
         self.t0 = time.monotonic()
         self.t_signal: float | None = None
         self.t_end: float | None = None
-        self.p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.p = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.out: list[str] = []
         self.err: list[str] = []
         self.watch = list(watch)
         self._events: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._read, args=(s, sink), daemon=True)
-                         for s, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        self._threads = [
+            threading.Thread(target=self._read, args=(s, sink), daemon=True)
+            for s, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err))
+        ]
         for t in self._threads:
             t.start()
         CHILDREN.append(self)
@@ -163,20 +166,29 @@ CHILDREN: list[Proc] = []
 def env(**extra: str) -> dict:
     """The children's environment: CPU, the campaign's compilation cache, this worktree first."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("JAXNOISE_TEST_", "XLA_FLAGS"))}
-    e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CTX.cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    e.update(
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT,
+        JAX_COMPILATION_CACHE_DIR=CTX.cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     e.update(extra)
     return e
 
 
-def main_py(workdir: str, *flags: str, config: str = RUN, pre: tuple = (), watch=(),
-            **extra: str) -> Proc:  # fmt: skip
+def main_py(
+    workdir: str, *flags: str, config: str = RUN, pre: tuple = (), watch=(), **extra: str
+) -> Proc:
     """``python main.py --config CONFIG --workdir W FLAGS`` (``pre``: a wrapper such as setpriv;
     ``extra``: environment variables)."""
     argv = [*pre, sys.executable, "main.py", "--config", config, "--workdir", workdir, *flags]
-    return Proc(argv, env(**extra), watch, shown=_shown(["python", "main.py", "--config", config,
-                                                         "--workdir", workdir, *flags], pre))
+    return Proc(
+        argv,
+        env(**extra),
+        watch,
+        shown=_shown(["python", "main.py", "--config", config, "--workdir", workdir, *flags], pre),
+    )
 
 
 def hooked(workdir: str, *flags: str, watch=(), **hooks: str) -> Proc:
@@ -189,8 +201,9 @@ def hooked(workdir: str, *flags: str, watch=(), **hooks: str) -> Proc:
 
 def report_cli(workdir: str, out: str) -> Proc:
     argv = [sys.executable, "-m", "jaxnoise.report", workdir, "--out", out]
-    return Proc(argv, env(), shown=_shown(["python", "-m", "jaxnoise.report", workdir, "--out",
-                                           out]))  # fmt: skip
+    return Proc(
+        argv, env(), shown=_shown(["python", "-m", "jaxnoise.report", workdir, "--out", out])
+    )
 
 
 def _shown(argv: list[str], pre: tuple = ()) -> str:
@@ -244,14 +257,19 @@ def same_as_reference(wd: str, *, outputs: bool = True, aside: tuple = ()) -> tu
         mine, ref = output_bytes(wd), output_bytes(CTX.ref)
         bad = [n for n in ref if mine.get(n) != ref[n]]
         if bad:
-            problems.append("outputs differ: " + ", ".join(
-                f"{n}{' (missing)' if mine.get(n) is None else ''}" for n in bad))
+            problems.append(
+                "outputs differ: "
+                + ", ".join(f"{n}{' (missing)' if mine.get(n) is None else ''}" for n in bad)
+            )
     if [n for n in strays(wd) if n not in aside]:
         problems.append(f"stray entries in checkpoints/: {strays(wd)}")
     if problems:
         return False, "; ".join(problems)
-    what = "metrics.jsonl and every output (incl. figures) byte-identical" if outputs else \
-        "metrics.jsonl identical"
+    what = (
+        "metrics.jsonl and every output (incl. figures) byte-identical"
+        if outputs
+        else "metrics.jsonl identical"
+    )
     return True, f"{what} to the uninterrupted run's"
 
 
@@ -265,8 +283,11 @@ def snapshot(wd: str) -> dict[str, tuple]:
             p = os.path.join(dirpath, f)
             st = os.stat(p)
             with open(p, "rb") as fh:
-                snap[os.path.relpath(p, wd)] = (st.st_size, st.st_mtime_ns,
-                                                hashlib.sha256(fh.read()).hexdigest())
+                snap[os.path.relpath(p, wd)] = (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    hashlib.sha256(fh.read()).hexdigest(),
+                )
     return snap
 
 
@@ -315,8 +336,9 @@ def tmpfs(name: str, size: str) -> Iterator[str]:
     """A tmpfs of ``size`` mounted at $T/NAME for the block (unmounted after)."""
     point = os.path.join(CTX.base, name)
     os.makedirs(point, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", point],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", point], check=True
+    )
     try:
         yield point
     finally:
@@ -359,13 +381,27 @@ class Row:
         rc = "" if p is None else str(p.rc)
         lines = "" if p is None else f"{len(p.out)} / {len(p.err)}"
         tb = "" if p is None else (f"**yes** ({p.tracebacks})" if p.tracebacks else "no")
-        return [self.id, self.fault, f"{rc} ({self.expected_rc})" if p else "", lines, tb,
-                self.seconds or (f"{p.wall:.1f}" if p else ""),
-                self.verdict, self.detail + (f" ({self.limitation})" if self.limitation else "")]
+        return [
+            self.id,
+            self.fault,
+            f"{rc} ({self.expected_rc})" if p else "",
+            lines,
+            tb,
+            self.seconds or (f"{p.wall:.1f}" if p else ""),
+            self.verdict,
+            self.detail + (f" ({self.limitation})" if self.limitation else ""),
+        ]
 
 
-def row(id_: str, fault: str, proc: Proc | None, expected_rc, checks: list[tuple[bool, str]],
-        seconds: str = "", one_line: bool | None = None) -> Row:  # fmt: skip
+def row(
+    id_: str,
+    fault: str,
+    proc: Proc | None,
+    expected_rc,
+    checks: list[tuple[bool, str]],
+    seconds: str = "",
+    one_line: bool | None = None,
+) -> Row:
     """A result: correct when the exit code is the expected one (an int, or a tuple of them), no
     traceback appeared, ``one_line`` (when set) holds for stderr, and every check holds; the
     detail lists what was checked, the failures first."""
@@ -373,21 +409,34 @@ def row(id_: str, fault: str, proc: Proc | None, expected_rc, checks: list[tuple
     if proc is not None:
         codes = expected_rc if isinstance(expected_rc, tuple) else (expected_rc,)
         checks.insert(0, (proc.rc in codes, f"exit code {proc.rc}"))
-        checks.insert(1, (proc.tracebacks == 0, "no traceback" if not proc.tracebacks else
-                          f"{proc.tracebacks} traceback(s)"))  # fmt: skip
+        checks.insert(
+            1,
+            (
+                proc.tracebacks == 0,
+                "no traceback" if not proc.tracebacks else f"{proc.tracebacks} traceback(s)",
+            ),
+        )
         if one_line is not None:
             n = len(proc.err)
-            checks.insert(2, (n == 1, f"stderr {n} line(s)" + (f": `{proc.err[-1].strip()[:160]}`"
-                                                               if n else "")))  # fmt: skip
+            checks.insert(
+                2,
+                (
+                    n == 1,
+                    f"stderr {n} line(s)" + (f": `{proc.err[-1].strip()[:160]}`" if n else ""),
+                ),
+            )
     ok = all(c for c, _ in checks)
     failed = [f"**{t}**" for c, t in checks if not c]
     passed = [t for c, t in checks if c]
     shown = "/".join(map(str, expected_rc)) if isinstance(expected_rc, tuple) else str(expected_rc)
-    r = Row(id_, fault, proc, shown, ok, "; ".join(failed + passed), seconds,
-            proc.shown if proc else "")  # fmt: skip
+    r = Row(
+        id_, fault, proc, shown, ok, "; ".join(failed + passed), seconds, proc.shown if proc else ""
+    )
     ROWS.append(r)
-    print(f"  {'ok  ' if ok else 'FAIL'} {id_}: {fault}: rc {proc.rc if proc else '-'}; "
-          f"{r.detail}", flush=True)  # fmt: skip
+    print(
+        f"  {'ok  ' if ok else 'FAIL'} {id_}: {fault}: rc {proc.rc if proc else '-'}; {r.detail}",
+        flush=True,
+    )
     return r
 
 
@@ -416,8 +465,9 @@ def stdout_has(proc: Proc, *texts: str) -> list[tuple[bool, str]]:
     return [(t in "".join(proc.out), f"says “{t}”") for t in texts]
 
 
-def resumed_ok(wd: str, id_: str, fault: str, *, expect: str = "done:", outputs: bool = True,
-               flags: tuple = ()) -> Row:  # fmt: skip
+def resumed_ok(
+    wd: str, id_: str, fault: str, *, expect: str = "done:", outputs: bool = True, flags: tuple = ()
+) -> Row:
     """Re-run the same command (main.py) on ``wd``; correct if it finishes and matches the
     uninterrupted run."""
     p = main_py(wd, *flags)
@@ -454,27 +504,54 @@ def _kill_report_rerun(id_: str, wd: str, fault: str, report_says: str) -> None:
     report again."""
     p, hit = kill_after_final_commit(wd)
     left = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(wd, n))]
-    row(f"{id_}", f"{fault}: SIGKILL the moment checkpoint {FINAL} commits", p, -9,
-        [(hit, f"kill landed in the window (committed {committed(wd)}; outputs present: "
-               f"{left or 'none'}; outputs.json made from {made_from(wd)})")])  # fmt: skip
+    row(
+        f"{id_}",
+        f"{fault}: SIGKILL the moment checkpoint {FINAL} commits",
+        p,
+        -9,
+        [
+            (
+                hit,
+                f"kill landed in the window (committed {committed(wd)}; outputs present: "
+                f"{left or 'none'}; outputs.json made from {made_from(wd)})",
+            )
+        ],
+    )
     rep = report_cli(wd, os.path.join(CTX.base, f"report-{id_}"))
     rep.finish()
-    r = row(f"{id_}", "`python -m jaxnoise.report W` on the killed workdir", rep, 2,
-            [*stderr_has(rep, report_says)], one_line=True)  # fmt: skip
+    r = row(
+        f"{id_}",
+        "`python -m jaxnoise.report W` on the killed workdir",
+        rep,
+        2,
+        [*stderr_has(rep, report_says)],
+        one_line=True,
+    )
     if "finished epoch" in "".join(rep.err):
-        r.detail += ("; note: the line says the workdir holds no finished epoch, while it holds "
-                     f"{len(metrics(wd) or [])} (its advice, to run the training command, is "
-                     "right)")
+        r.detail += (
+            "; note: the line says the workdir holds no finished epoch, while it holds "
+            f"{len(metrics(wd) or [])} (its advice, to run the training command, is "
+            "right)"
+        )
     again = main_py(wd)
     again.finish()
     same, why = same_as_reference(wd)
-    row(f"{id_}", "re-run of the same command", again, 0,
-        [*stdout_has(again, f"rebuilding the outputs of checkpoint {FINAL}", "done:"),
-         (same, why)])  # fmt: skip
+    row(
+        f"{id_}",
+        "re-run of the same command",
+        again,
+        0,
+        [*stdout_has(again, f"rebuilding the outputs of checkpoint {FINAL}", "done:"), (same, why)],
+    )
     rep = report_cli(wd, os.path.join(CTX.base, f"report-{id_}-after"))
     rep.finish()
-    row(f"{id_}", "`python -m jaxnoise.report W` after the re-run", rep, 0,
-        [*stdout_has(rep, "label issues:")])
+    row(
+        f"{id_}",
+        "`python -m jaxnoise.report W` after the re-run",
+        rep,
+        0,
+        [*stdout_has(rep, "label issues:")],
+    )
 
 
 def row_1() -> None:
@@ -490,21 +567,32 @@ def row_2a() -> None:
     p.signal(signal.SIGTERM)
     p.finish()
     left = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(wd, n))]
-    row("2a", "SIGTERM at the end of epoch 1 (the stop that used to write per_sample.npz)", p,
-        143, [*stderr_has(p, "stopped by SIGTERM: the checkpoint at the end of epoch 1 is saved"),
-              (not left, f"the stop wrote no outputs ({left or 'none present'})")],
-        seconds=f"{p.after_signal:.1f} after the signal")  # fmt: skip
+    row(
+        "2a",
+        "SIGTERM at the end of epoch 1 (the stop that used to write per_sample.npz)",
+        p,
+        143,
+        [
+            *stderr_has(p, "stopped by SIGTERM: the checkpoint at the end of epoch 1 is saved"),
+            (not left, f"the stop wrote no outputs ({left or 'none present'})"),
+        ],
+        seconds=f"{p.after_signal:.1f} after the signal",
+    )
     _kill_report_rerun("2a", wd, "once-stopped workdir", "lacks per_sample.npz")
 
 
 def _stopped_after_epoch_1(wd: str) -> Proc:
     """A workdir holding the outputs of checkpoint 24 (epoch 1) beside a newer checkpoint to
     come: ``train_and_evaluate(config, wd, stop_after_epoch=1)``, the API's stop."""
-    code = ("import sys; from tests import _signal_run; from jaxnoise import train; "
-            f"train.train_and_evaluate(_signal_run.get_config(), {wd!r}, stop_after_epoch=1)")
-    p = Proc([sys.executable, "-c", code], env(),
-             shown=_shown(["python", "-c", "train.train_and_evaluate(tiny, W, "
-                                           "stop_after_epoch=1)"]))  # fmt: skip
+    code = (
+        "import sys; from tests import _signal_run; from jaxnoise import train; "
+        f"train.train_and_evaluate(_signal_run.get_config(), {wd!r}, stop_after_epoch=1)"
+    )
+    p = Proc(
+        [sys.executable, "-c", code],
+        env(),
+        shown=_shown(["python", "-c", "train.train_and_evaluate(tiny, W, stop_after_epoch=1)"]),
+    )
     p.finish()
     return p
 
@@ -513,10 +601,19 @@ def row_2b() -> None:
     """2, with the stale outputs present: outputs of checkpoint 24, then the kill at 72."""
     wd = CTX.wd("r2b")
     p = _stopped_after_epoch_1(wd)
-    row("2b", "outputs of epoch 1 in the workdir (`train_and_evaluate(stop_after_epoch=1)`)", p, 0,
-        [(made_from(wd) == STEPS, f"outputs.json made from checkpoint {made_from(wd)}")])
-    _kill_report_rerun("2b", wd, "workdir with epoch-1 outputs",
-                       f"made from checkpoint {STEPS}, but its newest checkpoint is {FINAL}")
+    row(
+        "2b",
+        "outputs of epoch 1 in the workdir (`train_and_evaluate(stop_after_epoch=1)`)",
+        p,
+        0,
+        [(made_from(wd) == STEPS, f"outputs.json made from checkpoint {made_from(wd)}")],
+    )
+    _kill_report_rerun(
+        "2b",
+        wd,
+        "workdir with epoch-1 outputs",
+        f"made from checkpoint {STEPS}, but its newest checkpoint is {FINAL}",
+    )
 
 
 def row_2c() -> None:
@@ -532,21 +629,40 @@ def row_2c() -> None:
     np.savez(path, **arrays)
     os.remove(os.path.join(wd, "outputs.json"))
     p, hit = kill_after_final_commit(wd)
-    row("2c", "pre-fix workdir (epoch-1 per_sample.npz, no checkpoint key, no outputs.json): "
-        f"SIGKILL when checkpoint {FINAL} commits", p, -9, [(hit, "kill landed in the window")])
+    row(
+        "2c",
+        "pre-fix workdir (epoch-1 per_sample.npz, no checkpoint key, no outputs.json): "
+        f"SIGKILL when checkpoint {FINAL} commits",
+        p,
+        -9,
+        [(hit, "kill landed in the window")],
+    )
     rep = report_cli(wd, os.path.join(CTX.base, "report-2c"))
     rep.finish()
-    r = row("2c", "`python -m jaxnoise.report W` on it (stale arrays without a checkpoint key)",
-            rep, 2, [*stderr_has(rep, "re-run the training command")], one_line=True)
+    r = row(
+        "2c",
+        "`python -m jaxnoise.report W` on it (stale arrays without a checkpoint key)",
+        rep,
+        2,
+        [*stderr_has(rep, "re-run the training command")],
+        one_line=True,
+    )
     if not r.ok and rep.rc == 0:
-        r.limitation = ("documented in report.py: per_sample.npz written before jaxnoise recorded "
-                        "its checkpoint is taken as it is, so the report of this pre-fix workdir "
-                        "shows epoch 1 until the training command is re-run")
+        r.limitation = (
+            "documented in report.py: per_sample.npz written before jaxnoise recorded "
+            "its checkpoint is taken as it is, so the report of this pre-fix workdir "
+            "shows epoch 1 until the training command is re-run"
+        )
     again = main_py(wd)
     again.finish()
     same, why = same_as_reference(wd)
-    row("2c", "re-run of the same command", again, 0,
-        [*stdout_has(again, f"rebuilding the outputs of checkpoint {FINAL}"), (same, why)])
+    row(
+        "2c",
+        "re-run of the same command",
+        again,
+        0,
+        [*stdout_has(again, f"rebuilding the outputs of checkpoint {FINAL}"), (same, why)],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -564,15 +680,32 @@ def row_3a() -> None:
         b.finish()
         after = snapshot(wd)
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        row(id_, f"second `main.py {' '.join(flags)}` on the workdir while the first trains", b,
-            2, [*stderr_has(b, f"is in use by another run (pid {a.p.pid} "),
-                (not changed, "it wrote nothing (every file's bytes and mtime unchanged)"
-                 if not changed else f"changed: {changed[:5]}"),
-                (not b.out, f"stdout {len(b.out)} lines")], one_line=True)  # fmt: skip
+        row(
+            id_,
+            f"second `main.py {' '.join(flags)}` on the workdir while the first trains",
+            b,
+            2,
+            [
+                *stderr_has(b, f"is in use by another run (pid {a.p.pid} "),
+                (
+                    not changed,
+                    "it wrote nothing (every file's bytes and mtime unchanged)"
+                    if not changed
+                    else f"changed: {changed[:5]}",
+                ),
+                (not b.out, f"stdout {len(b.out)} lines"),
+            ],
+            one_line=True,
+        )
     a.signal(signal.SIGTERM)  # let the first run stop (it saves step 1 of epoch 2)
     a.finish()
-    row("3a", "the first run, stopped (SIGTERM) after the refusals", a, 143,
-        stderr_has(a, "stopped by SIGTERM: the checkpoint at step 1/24 of epoch 2"))
+    row(
+        "3a",
+        "the first run, stopped (SIGTERM) after the refusals",
+        a,
+        143,
+        stderr_has(a, "stopped by SIGTERM: the checkpoint at step 1/24 of epoch 2"),
+    )
     resumed_ok(wd, "3a", "the first run resumed to the end")
 
 
@@ -582,12 +715,22 @@ def row_3b() -> None:
     a, b = main_py(wd), main_py(wd)
     a.finish(), b.finish()
     winner, loser = (a, b) if a.rc == 0 else (b, a)
-    row("3b", "two `main.py` started together on one workdir: the refused one", loser, 2,
+    row(
+        "3b",
+        "two `main.py` started together on one workdir: the refused one",
+        loser,
+        2,
         [*stderr_has(loser, "is in use by another run"), (not loser.out, "stdout empty")],
-        one_line=True)  # fmt: skip
+        one_line=True,
+    )
     same, why = same_as_reference(wd)
-    row("3b", "… the one that ran", winner, 0,
-        [(committed(wd) == [2 * STEPS, FINAL], f"checkpoints {committed(wd)}"), (same, why)])
+    row(
+        "3b",
+        "… the one that ran",
+        winner,
+        0,
+        [(committed(wd) == [2 * STEPS, FINAL], f"checkpoints {committed(wd)}"), (same, why)],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -617,11 +760,22 @@ def _rotted(id_: str, fault: str, wd: str, step: int, previous: int, what: str) 
     warning = next((x for x in p.out if f"checkpoint {step} in" in x and "unreadable" in x), "")
     reason = re.search(r"is unreadable \((.*?)\); resuming", warning)
     shown = (reason.group(1)[:90] + "…") if reason else "none"
-    row(id_, fault, p, 0,
-        [(bool(warning), f"warning names the damage: “{shown}”"),
-         *stdout_has(p, f"resuming from checkpoint {previous} instead"),
-         (os.path.isdir(os.path.join(wd, "checkpoints", f"{step}.unreadable")),
-          f"set aside as {step}.unreadable"), (same, why), (True, f"damage: {what}")])
+    row(
+        id_,
+        fault,
+        p,
+        0,
+        [
+            (bool(warning), f"warning names the damage: “{shown}”"),
+            *stdout_has(p, f"resuming from checkpoint {previous} instead"),
+            (
+                os.path.isdir(os.path.join(wd, "checkpoints", f"{step}.unreadable")),
+                f"set aside as {step}.unreadable",
+            ),
+            (same, why),
+            (True, f"damage: {what}"),
+        ],
+    )
 
 
 def row_4a() -> None:
@@ -630,9 +784,15 @@ def row_4a() -> None:
         wd = CTX.wd(f"r4a-{item}")
         shutil.copytree(CTX.ref, wd)
         what = damage(wd, FINAL, item, seed=seed)
-        _rotted("4a", f"4 KiB of random bytes in the `{item}` array data of the newest "
-                "checkpoint of a finished run; the same command again", wd, FINAL, 2 * STEPS,
-                what)  # fmt: skip
+        _rotted(
+            "4a",
+            f"4 KiB of random bytes in the `{item}` array data of the newest "
+            "checkpoint of a finished run; the same command again",
+            wd,
+            FINAL,
+            2 * STEPS,
+            what,
+        )
 
 
 def row_4b() -> None:
@@ -644,8 +804,15 @@ def row_4b() -> None:
     p.finish()
     at = STEPS + 5
     what = damage(wd, at, "aux", seed=5)
-    _rotted("4b", f"4 KiB of random bytes in the per-sample arrays (`aux`) of mid-epoch "
-            f"checkpoint {at} (a SIGTERM stop); resume", wd, at, STEPS, what)
+    _rotted(
+        "4b",
+        f"4 KiB of random bytes in the per-sample arrays (`aux`) of mid-epoch "
+        f"checkpoint {at} (a SIGTERM stop); resume",
+        wd,
+        at,
+        STEPS,
+        what,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -664,10 +831,14 @@ def _features(path: str, stray: int | None, where: str = "train") -> None:
     np.savez(path, train_features=x, train_labels=y, test_features=xt, test_labels=yt)
 
 
-FEATURES_SHORT = ("--config.epochs=3", "--config.lr_milestones=(2,)",
-                  "--config.bootstrap.start_epoch=2", "--config.bootstrap.dynamic_start_epoch=2",
-                  "--config.bootstrap.soft_to_hard_start_epoch=3",
-                  "--config.bootstrap.temperature_epochs=2")  # fmt: skip
+FEATURES_SHORT = (
+    "--config.epochs=3",
+    "--config.lr_milestones=(2,)",
+    "--config.bootstrap.start_epoch=2",
+    "--config.bootstrap.dynamic_start_epoch=2",
+    "--config.bootstrap.soft_to_hard_start_epoch=3",
+    "--config.bootstrap.temperature_epochs=2",
+)
 
 
 def row_5() -> None:
@@ -679,37 +850,57 @@ def row_5() -> None:
         path = os.path.join(folder, f"stray_{where}.npz")
         _features(path, stray, where)
         wd = os.path.join(folder, f"run_{where}")
-        p = main_py(wd, f"--config.data.features={path}", *FEATURES_SHORT,
-                    config="configs/features_m_dyr_h.py")  # fmt: skip
+        p = main_py(
+            wd,
+            f"--config.data.features={path}",
+            *FEATURES_SHORT,
+            config="configs/features_m_dyr_h.py",
+        )
         p.finish()
-        row(id_, f"features .npz: {where} labels 0..4 and one 99, no class_names", p, 1,
-            [*stderr_has(p, f"error: features file {path}", "labels go up to 99"),
-             (not any("compiling" in x for x in p.out), "nothing compiled"),
-             (not os.path.exists(wd), "no workdir left behind")],
-            one_line=True)  # fmt: skip
+        row(
+            id_,
+            f"features .npz: {where} labels 0..4 and one 99, no class_names",
+            p,
+            1,
+            [
+                *stderr_has(p, f"error: features file {path}", "labels go up to 99"),
+                (not any("compiling" in x for x in p.out), "nothing compiled"),
+                (not os.path.exists(wd), "no workdir left behind"),
+            ],
+            one_line=True,
+        )
     path = os.path.join(folder, "clean.npz")
     _features(path, None)
     wd = os.path.join(folder, "run_clean")
-    p = main_py(wd, f"--config.data.features={path}", *FEATURES_SHORT,
-                config="configs/features_m_dyr_h.py")  # fmt: skip
+    p = main_py(
+        wd, f"--config.data.features={path}", *FEATURES_SHORT, config="configs/features_m_dyr_h.py"
+    )
     p.finish()
     import numpy as np
 
     classes = None
     with contextlib.suppress(OSError, ValueError, KeyError):
         classes = np.load(os.path.join(wd, "per_sample.npz"))["logits"].shape[1]
-    row("5c", "control: the same file without the 99", p, 0,
-        [*stdout_has(p, "classes 5"), (classes == 5, f"a {classes}-way head")])
+    row(
+        "5c",
+        "control: the same file without the 99",
+        p,
+        0,
+        [*stdout_has(p, "classes 5"), (classes == 5, f"a {classes}-way head")],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # 6. Workdirs that cannot be written; disks that fill
 
 
-def _refusal(id_: str, fault: str, p: Proc, *texts: str, left: str | None = None,
-             code: int = 2) -> None:  # fmt: skip
-    checks = [*stderr_has(p, *texts), (not p.out or not any("compiling" in x for x in p.out),
-                                       "nothing compiled")]  # fmt: skip
+def _refusal(
+    id_: str, fault: str, p: Proc, *texts: str, left: str | None = None, code: int = 2
+) -> None:
+    checks = [
+        *stderr_has(p, *texts),
+        (not p.out or not any("compiling" in x for x in p.out), "nothing compiled"),
+    ]
     if left is not None:
         checks.append((not os.path.exists(left), "no workdir left behind"))
     row(id_, fault, p, code, checks, one_line=True, seconds=f"{p.wall:.1f}")
@@ -726,18 +917,32 @@ def row_6a() -> None:
         for id_, wd, what in (("6a", empty, "an empty workdir"), ("6a", run, "a finished run")):
             p = main_py(wd)
             p.finish()
-            _refusal(id_, f"read-only filesystem ({what})", p, "error: workdir",
-                     "is on a read-only filesystem")  # fmt: skip
+            _refusal(
+                id_,
+                f"read-only filesystem ({what})",
+                p,
+                "error: workdir",
+                "is on a read-only filesystem",
+            )
     wd = CTX.wd("r6a-perm")
     os.makedirs(wd, mode=0o755)
     home = CTX.wd("nobody-home")
     os.makedirs(home, mode=0o777, exist_ok=True)
     os.chmod(home, 0o777)
-    p = main_py(wd, pre=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
-                HOME=home, JAX_COMPILATION_CACHE_DIR=os.path.join(home, "cache"))
+    p = main_py(
+        wd,
+        pre=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+        HOME=home,
+        JAX_COMPILATION_CACHE_DIR=os.path.join(home, "cache"),
+    )
     p.finish()
-    _refusal("6a", "workdir the user may not write (root's folder, run as nobody)", p,
-             "error: workdir", "is not writable (permission denied)")  # fmt: skip
+    _refusal(
+        "6a",
+        "workdir the user may not write (root's folder, run as nobody)",
+        p,
+        "error: workdir",
+        "is not writable (permission denied)",
+    )
 
 
 def row_6b() -> None:
@@ -760,16 +965,26 @@ def row_6c() -> None:
         wd = os.path.join(point, "run")
         p = main_py(wd)
         p.finish()
-        _refusal("6c", "no space at all on the workdir's filesystem", p, "error: no space left for "
-                 "workdir", left=wd)  # fmt: skip
+        _refusal(
+            "6c",
+            "no space at all on the workdir's filesystem",
+            p,
+            "error: no space left for workdir",
+            left=wd,
+        )
     with tmpfs("almost", "1m") as point:
         filler = fill(point)
         os.truncate(filler, os.path.getsize(filler) - 40 * 1024)  # 40 KiB free
         wd = os.path.join(point, "run")
         p = main_py(wd)
         p.finish()
-        _refusal("6c", "40 KiB free: room for the probe, not for a checkpoint", p,
-                 "error: the filesystem of workdir", "one checkpoint needs about")  # fmt: skip
+        _refusal(
+            "6c",
+            "40 KiB free: room for the probe, not for a checkpoint",
+            p,
+            "error: the filesystem of workdir",
+            "one checkpoint needs about",
+        )
 
 
 def row_6d() -> None:
@@ -778,27 +993,48 @@ def row_6d() -> None:
         wd = os.path.join(point, "run")
         p = main_py(wd)
         filled: list[float] = []
-        poll_then(p, os.path.join(wd, "checkpoints", str(STEPS)),
-                  lambda: (fill(point), filled.append(time.monotonic())))
+        poll_then(
+            p,
+            os.path.join(wd, "checkpoints", str(STEPS)),
+            lambda: (fill(point), filled.append(time.monotonic())),
+        )
         p.finish()
         late = [x.strip()[:60] for x in p.out if "epoch 3" in x]
-        row("6d", "the disk fills (a real full tmpfs) once checkpoint 24 has committed: the save "
-            "of epoch 2 fails", p, 1,
-            [*stderr_has(p, "could not save a checkpoint to", "no space left on the device "
-                         "(ENOSPC)", f"resume from checkpoint {STEPS}, the last committed one"),
-             (not late, "nothing after the failed save (no epoch 3)" if not late else
-              f"went on: {late}"),
-             (committed(wd) == [STEPS], f"committed {committed(wd)}")],
+        row(
+            "6d",
+            "the disk fills (a real full tmpfs) once checkpoint 24 has committed: the save "
+            "of epoch 2 fails",
+            p,
+            1,
+            [
+                *stderr_has(
+                    p,
+                    "could not save a checkpoint to",
+                    "no space left on the device (ENOSPC)",
+                    f"resume from checkpoint {STEPS}, the last committed one",
+                ),
+                (
+                    not late,
+                    "nothing after the failed save (no epoch 3)"
+                    if not late
+                    else f"went on: {late}",
+                ),
+                (committed(wd) == [STEPS], f"committed {committed(wd)}"),
+            ],
             one_line=True,
-            seconds=f"{p.t_end - filled[0]:.1f} after the disk filled" if filled else "")
+            seconds=f"{p.t_end - filled[0]:.1f} after the disk filled" if filled else "",
+        )
         os.remove(os.path.join(point, "filler"))
         resumed_ok(wd, "6d", "space freed; the same command again")
 
 
 def _pages(folder: str) -> int:
     """The bytes a folder's files take on a tmpfs (whole 4 KiB pages)."""
-    return sum(-(-os.path.getsize(os.path.join(d, f)) // 4096) * 4096
-               for d, _, files in os.walk(folder) for f in files)  # fmt: skip
+    return sum(
+        -(-os.path.getsize(os.path.join(d, f)) // 4096) * 4096
+        for d, _, files in os.walk(folder)
+        for f in files
+    )
 
 
 def row_6e() -> None:
@@ -818,14 +1054,22 @@ def row_6e() -> None:
         poll_then(p, os.path.join(wd, "checkpoints", str(2 * STEPS)), almost)
         p.finish()
         written = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(wd, n))]
-        row("6e", "(beyond the issue) the disk full after the final checkpoint commits, when "
-            "per_sample.npz is written", p, 1,
-            [(FINAL in committed(wd), f"checkpoints {committed(wd)}"),
-             (True, f"outputs written: {written or 'none'}")],
-            one_line=True)  # fmt: skip
+        row(
+            "6e",
+            "(beyond the issue) the disk full after the final checkpoint commits, when "
+            "per_sample.npz is written",
+            p,
+            1,
+            [
+                (FINAL in committed(wd), f"checkpoints {committed(wd)}"),
+                (True, f"outputs written: {written or 'none'}"),
+            ],
+            one_line=True,
+        )
         os.remove(os.path.join(point, "filler"))
-        resumed_ok(wd, "6e", "space freed; the same command again",
-                   flags=("--config.keep_checkpoints=5",))
+        resumed_ok(
+            wd, "6e", "space freed; the same command again", flags=("--config.keep_checkpoints=5",)
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -850,15 +1094,30 @@ def row_7a() -> None:
     ):
         wd = CTX.wd(f"r7a-{step}")
         seen: dict = {}
-        p = hooked(wd, watch=[(says, _committed_at_line(wd, step, seen))],
-                   JAXNOISE_TEST_PAUSE_AT=pause, JAXNOISE_TEST_SLOW_SAVE=f"{step}:5")
+        p = hooked(
+            wd,
+            watch=[(says, _committed_at_line(wd, step, seen))],
+            JAXNOISE_TEST_PAUSE_AT=pause,
+            JAXNOISE_TEST_SLOW_SAVE=f"{step}:5",
+        )
         p.wait_for(f"PAUSED {pause.replace(':', ' ')}")
         p.signal(signal.SIGTERM)
         p.finish()
-        row(id_, f"SIGTERM at step {pause} with the commit of checkpoint {step} taking 5 s", p, 143,
-            [*stdout_has(p, says), (seen.get("committed") is True,
-             f"checkpoint {step} committed when “saved” was printed: {seen.get('committed')}")],
-            seconds=f"{p.after_signal:.1f} after the signal (5 s of it the held commit)")
+        row(
+            id_,
+            f"SIGTERM at step {pause} with the commit of checkpoint {step} taking 5 s",
+            p,
+            143,
+            [
+                *stdout_has(p, says),
+                (
+                    seen.get("committed") is True,
+                    f"checkpoint {step} committed when “saved” was printed: "
+                    f"{seen.get('committed')}",
+                ),
+            ],
+            seconds=f"{p.after_signal:.1f} after the signal (5 s of it the held commit)",
+        )
 
 
 def row_7b() -> None:
@@ -872,11 +1131,21 @@ def row_7b() -> None:
     p.wait_for(f"SLOW_SAVE {at}")
     p.signal(signal.SIGINT)
     p.finish()
-    row("7b", "Ctrl-C, and Ctrl-C again while that checkpoint is being written", p, 130,
-        [*stderr_has(p, "SIGINT again: the checkpoint is being written",
-                     "stopped by SIGINT: the checkpoint at step 5/24 of epoch 2 is saved"),
-         (at in committed(wd), f"checkpoint {at} committed")],
-        seconds=f"{p.after_signal:.1f} after the 2nd signal (the 3 s commit completes)")
+    row(
+        "7b",
+        "Ctrl-C, and Ctrl-C again while that checkpoint is being written",
+        p,
+        130,
+        [
+            *stderr_has(
+                p,
+                "SIGINT again: the checkpoint is being written",
+                "stopped by SIGINT: the checkpoint at step 5/24 of epoch 2 is saved",
+            ),
+            (at in committed(wd), f"checkpoint {at} committed"),
+        ],
+        seconds=f"{p.after_signal:.1f} after the 2nd signal (the 3 s commit completes)",
+    )
     resumed_ok(wd, "7b", "resumed")
     for id_, moment in (("7b", "after-commit"), ("7b", "mid-epoch-1")):
         wd = CTX.wd(f"r7b-{moment}")
@@ -892,10 +1161,20 @@ def row_7b() -> None:
         time.sleep(0.15)
         p.signal(signal.SIGINT)
         p.finish()
-        row(id_, f"two Ctrl-C 0.15 s apart, {what} (no hooks)", p, 130,
-            [(len(p.err) <= 2, f"stderr {len(p.err)} line(s): " + " / ".join(
-                f"`{x.strip()[:110]}`" for x in p.err))],
-            seconds=f"{p.after_signal:.1f} after the 2nd signal")  # fmt: skip
+        row(
+            id_,
+            f"two Ctrl-C 0.15 s apart, {what} (no hooks)",
+            p,
+            130,
+            [
+                (
+                    len(p.err) <= 2,
+                    f"stderr {len(p.err)} line(s): "
+                    + " / ".join(f"`{x.strip()[:110]}`" for x in p.err),
+                )
+            ],
+            seconds=f"{p.after_signal:.1f} after the 2nd signal",
+        )
         resumed_ok(wd, id_, "resumed")
 
 
@@ -907,10 +1186,19 @@ def row_7c() -> None:
     p.wait_for("FIRST_COMPILE")
     p.signal(signal.SIGTERM)
     p.finish()
-    row("7c", "SIGTERM during a 60 s first compile (in C)", p, 143,
-        [*stderr_has(p, "stopped by SIGTERM: nothing to save yet"),
-         (not committed(wd), "nothing saved"), (p.after_signal < 5, "exit within 5 s")],
-        one_line=True, seconds=f"{p.after_signal:.2f} after the signal")  # fmt: skip
+    row(
+        "7c",
+        "SIGTERM during a 60 s first compile (in C)",
+        p,
+        143,
+        [
+            *stderr_has(p, "stopped by SIGTERM: nothing to save yet"),
+            (not committed(wd), "nothing saved"),
+            (p.after_signal < 5, "exit within 5 s"),
+        ],
+        one_line=True,
+        seconds=f"{p.after_signal:.2f} after the signal",
+    )
     for id_, resume in (("7c", False), ("7c", True)):
         wd = CTX.wd(f"r7c-real-{resume}")
         if resume:  # a run stopped at step 5 of epoch 2
@@ -924,14 +1212,28 @@ def row_7c() -> None:
         time.sleep(0.5)
         p.signal(signal.SIGTERM)
         p.finish()
-        says = ("nothing new to save; the checkpoint at step 5/24 of epoch 2" if resume
-                else "nothing to save yet")
+        says = (
+            "nothing new to save; the checkpoint at step 5/24 of epoch 2"
+            if resume
+            else "nothing to save yet"
+        )
         what = "empty cache" + (", resumed run" if resume else "")
-        row(id_, f"SIGTERM 0.5 s into the real first compile ({what})", p, 143,
-            [*stderr_has(p, f"stopped by SIGTERM: {says}"), (p.after_signal < 5, "exit within 5 s"),
-             (committed(wd) == ([STEPS, STEPS + 5] if resume else []),
-              f"checkpoints {committed(wd)}")],
-            one_line=True, seconds=f"{p.after_signal:.2f} after the signal")  # fmt: skip
+        row(
+            id_,
+            f"SIGTERM 0.5 s into the real first compile ({what})",
+            p,
+            143,
+            [
+                *stderr_has(p, f"stopped by SIGTERM: {says}"),
+                (p.after_signal < 5, "exit within 5 s"),
+                (
+                    committed(wd) == ([STEPS, STEPS + 5] if resume else []),
+                    f"checkpoints {committed(wd)}",
+                ),
+            ],
+            one_line=True,
+            seconds=f"{p.after_signal:.2f} after the signal",
+        )
 
 
 def row_7d() -> None:
@@ -943,18 +1245,31 @@ def row_7d() -> None:
         p.signal(signal.SIGINT)
         p.finish()
         phase = "done" if p.rc == 0 else ""
-        row("7d", f"Ctrl-C {delay} s after `python main.py` started", p, 130,
-            [(not os.path.exists(os.path.join(wd, "checkpoints")), "nothing saved"), *(
-                [(True, phase)] if phase else [])], one_line=True,
-            seconds=f"{p.after_signal:.2f} after the signal")  # fmt: skip
+        row(
+            "7d",
+            f"Ctrl-C {delay} s after `python main.py` started",
+            p,
+            130,
+            [
+                (not os.path.exists(os.path.join(wd, "checkpoints")), "nothing saved"),
+                *([(True, phase)] if phase else []),
+            ],
+            one_line=True,
+            seconds=f"{p.after_signal:.2f} after the signal",
+        )
     wd = CTX.wd("r7d-term")
     p = main_py(wd)
     time.sleep(0.5)
     p.signal(signal.SIGTERM)
     p.finish()
-    row("7d", "SIGTERM 0.5 s after start (during imports: Python's default action)", p,
-        (-15, 143), [(len(p.err) <= 1, f"stderr {len(p.err)} line(s)")],
-        seconds=f"{p.after_signal:.2f} after the signal")  # fmt: skip
+    row(
+        "7d",
+        "SIGTERM 0.5 s after start (during imports: Python's default action)",
+        p,
+        (-15, 143),
+        [(len(p.err) <= 1, f"stderr {len(p.err)} line(s)")],
+        seconds=f"{p.after_signal:.2f} after the signal",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -990,8 +1305,13 @@ def row_8() -> None:
                 where = [file] if file else list(defined)
                 if not any(m.group(1) in defined.get(f, set()) for f in where):
                     missing.append(f"{file or 'tests/'}::{m.group(1)}")
-    row("8", "docs/RELIABILITY.md: every named test exists", None, "", [
-        (not missing, f"{n} test names checked" + (f"; missing: {missing}" if missing else ""))])
+    row(
+        "8",
+        "docs/RELIABILITY.md: every named test exists",
+        None,
+        "",
+        [(not missing, f"{n} test names checked" + (f"; missing: {missing}" if missing else ""))],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1016,12 +1336,21 @@ def reference() -> None:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["#", "fault", "rc (expected)", "lines out / err", "traceback", "s", "correct",
-            "what happened"]  # fmt: skip
+    head = [
+        "#",
+        "fault",
+        "rc (expected)",
+        "lines out / err",
+        "traceback",
+        "s",
+        "correct",
+        "what happened",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ")
-                                     for c in r.cells()) + " |")  # fmt: skip
+        out.append(
+            "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r.cells()) + " |"
+        )
     return "\n".join(out)
 
 
@@ -1041,7 +1370,7 @@ def write(rows: list[Row], argv: list[str], load0: tuple, load1: tuple, seconds:
     limits = [r for r in rows if r.limitation]
     text = f"""# Fault campaign (issue 25), re-run after the fixes
 
-Command: `python {' '.join(argv)}` (as root: tmpfs mounts, `setpriv` to user nobody)
+Command: `python {" ".join(argv)}` (as root: tmpfs mounts, `setpriv` to user nobody)
 Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, load average
 {load0[0]:.1f} at the start and {load1[0]:.1f} at the end (wall times are inflated by the load);
 jax {jax.__version__} on CPU; jaxnoise commit {git_commit()}; {seconds / 60:.1f} min in all. The
@@ -1075,8 +1404,12 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated row ids or prefixes")
     parser.add_argument("--write", action="store_true", help=f"write {RESULTS}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--cache", default="", help="a compilation cache folder to reuse "
-                        "(default: a new one in the temporary folder, filled by the reference)")
+    parser.add_argument(
+        "--cache",
+        default="",
+        help="a compilation cache folder to reuse "
+        "(default: a new one in the temporary folder, filled by the reference)",
+    )
     args = parser.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     chosen = [k for k in ALL if not wanted or any(k.startswith(w) for w in wanted)]
@@ -1095,9 +1428,16 @@ def main() -> int:
             try:
                 ALL[k]()
             except Exception as e:  # a row that could not be run is a failed row, not the end
-                ROWS.append(Row(k, f"{ALL[k].__doc__.splitlines()[0]} (the campaign itself "
-                                f"failed)", None, "", False,
-                                f"**{type(e).__name__}: {' '.join(str(e).split())[:600]}**"))
+                ROWS.append(
+                    Row(
+                        k,
+                        f"{ALL[k].__doc__.splitlines()[0]} (the campaign itself failed)",
+                        None,
+                        "",
+                        False,
+                        f"**{type(e).__name__}: {' '.join(str(e).split())[:600]}**",
+                    )
+                )
                 print(f"  FAIL {k}: {type(e).__name__}: {e}", flush=True)
     finally:
         for proc in CHILDREN:

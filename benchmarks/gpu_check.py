@@ -42,11 +42,23 @@ from jaxnoise import data as data_lib  # noqa: E402
 from jaxnoise import forward, inputs, keys, loops, mixture  # noqa: E402
 from jaxnoise.bootstrap import schedule, step  # noqa: E402
 
-FULL = {"arch": ("preact_resnet18", 64), "n": 50_000, "test": 10_000,
-        "fit_sizes": (50_000, 5_000_000), "epochs": 3, "step_reps": 20}  # fmt: skip
+FULL = {
+    "arch": ("preact_resnet18", 64),
+    "n": 50_000,
+    "test": 10_000,
+    "fit_sizes": (50_000, 5_000_000),
+    "epochs": 3,
+    "step_reps": 20,
+}
 # --smoke checks the script, not the network: a small CNN compiles in seconds, not minutes.
-SMOKE = {"arch": ("small_cnn", 4), "n": 512, "test": 128, "fit_sizes": (5_000, 50_000), "epochs": 1,
-         "step_reps": 1}  # fmt: skip
+SMOKE = {
+    "arch": ("small_cnn", 4),
+    "n": 512,
+    "test": 128,
+    "fit_sizes": (5_000, 50_000),
+    "epochs": 1,
+    "step_reps": 1,
+}
 METHODS = ("CE", "M", "M-DYR-H")
 
 
@@ -54,10 +66,13 @@ def synthetic(n: int, n_test: int) -> data_lib.Dataset:
     """Random uint8 CIFAR-shaped images with random labels."""
     rng = np.random.default_rng(0)
     return data_lib.Dataset(
-        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n),
-        rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test),
-        [str(i) for i in range(10)], "synthetic",
-    )  # fmt: skip
+        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, n),
+        rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, n_test),
+        [str(i) for i in range(10)],
+        "synthetic",
+    )
 
 
 def config_for(method: str, arch: tuple[str, int], dtype: str):
@@ -144,18 +159,22 @@ def time_epochs(ds: data_lib.Dataset, arch: tuple[str, int], epochs: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (a CPU check of the script)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
-                                                  "gpu_check.json"))  # fmt: skip
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check.json"))
     args = ap.parse_args()
     size = SMOKE if args.smoke else FULL
     t0 = time.time()
     device = jax.devices()[0]
     print(f"gpu_check on {device.platform} ({device.device_kind}), sizes: {size}", flush=True)
     ds = synthetic(size["n"], size["test"])
-    result = {"device": f"{device.platform} {device.device_kind}", "count": jax.device_count(),
-              "jax": jax.__version__, "commit": git_commit(), "smoke": args.smoke,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "sizes": size}  # fmt: skip
+    result = {
+        "device": f"{device.platform} {device.device_kind}",
+        "count": jax.device_count(),
+        "jax": jax.__version__,
+        "commit": git_commit(),
+        "smoke": args.smoke,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "sizes": size,
+    }
     result["step_s"] = time_steps(ds, size["arch"], size["step_reps"], step_cases(args.smoke))
     result["tracking_pass_s"] = time_tracking(ds, size["arch"])
     print(f"  tracking pass over {size['n']}: {result['tracking_pass_s']:.2f} s", flush=True)
@@ -169,11 +188,16 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    what = "(smoke: one mixup epoch, with its compilation)" if args.smoke else \
-        "(bootstrapping, compiled)"  # fmt: skip
-    print(f"last M-DYR-H epoch {what}: {per_epoch:.1f} s -> projected 300 epochs on 50,000 "
-          f"images: {result['projected_300_epochs_min']:.1f} min; written {args.out} "
-          f"({result['wall_s']:.0f} s)")  # fmt: skip
+    what = (
+        "(smoke: one mixup epoch, with its compilation)"
+        if args.smoke
+        else "(bootstrapping, compiled)"
+    )
+    print(
+        f"last M-DYR-H epoch {what}: {per_epoch:.1f} s -> projected 300 epochs on 50,000 "
+        f"images: {result['projected_300_epochs_min']:.1f} min; written {args.out} "
+        f"({result['wall_s']:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import bench_label_issues as bench  # noqa: E402
 
 FITS = [("bmm", "global", it) for it in (10, 30, 100, 300)] + [
-    ("gmm", "global", 10), ("gmm", "global", 100), ("bmm", "class", 10), ("bmm", "class", 100)]
+    ("gmm", "global", 10),
+    ("gmm", "global", 100),
+    ("bmm", "class", 10),
+    ("bmm", "class", 100),
+]
 
 
 def fits() -> None:
@@ -42,8 +46,9 @@ def fits() -> None:
         pp = bench.cached_pred_probs(row, x, y)
         cells = [bench.scores(cl_filter.find_label_issues(y, pp), truth)["f1"]]
         for model, scope, iters in FITS:
-            flagged = li.find_label_issues(y, pred_probs=pp, model=model, scope=scope,
-                                           max_iters=iters)  # fmt: skip
+            flagged = li.find_label_issues(
+                y, pred_probs=pp, model=model, scope=scope, max_iters=iters
+            )
             cells.append(bench.scores(flagged, truth)["f1"])
         order = li.find_label_issues(y, pred_probs=pp, cut="none")
         cells.append(bench.scores(order[: truth.sum()], truth)["f1"])

@@ -46,8 +46,11 @@ SHARED_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg
 # name config fields by their path ("bootstrap.noise_model", as on the command line).
 CELLS = {
     **{f"{m}@{r}": (m, r, {}) for m in ("CE", "M", "M-DYR-H") for r in (0.0, 0.5, 0.8)},
-    "M-DYR-H@0.8/gmm": ("M-DYR-H", 0.8, {"bootstrap.noise_model": "gmm",
-                                         "bootstrap.noisy_component": "max_mean"}),  # fmt: skip
+    "M-DYR-H@0.8/gmm": (
+        "M-DYR-H",
+        0.8,
+        {"bootstrap.noise_model": "gmm", "bootstrap.noisy_component": "max_mean"},
+    ),
     "MD-DYR-SH@0.9": ("MD-DYR-SH", 0.9, {}),
     "MD-DYR-SH@0.9/beta": ("MD-DYR-SH", 0.9, {"bootstrap.mixup_draw": "beta"}),
     "MD-DYR-SH@0.9/binomial": ("MD-DYR-SH", 0.9, {"bootstrap.mixup_draw": "binomial"}),
@@ -56,8 +59,15 @@ CELLS = {
 REDUCED = {"width": 8, "subset_per_class": 1000, "schedule_divisor": 10}
 # The features protocol: the published schedules on frozen k-means features of all 50,000
 # training images (chosen by measurement: benchmarks/results/features_notes.md).
-FEATURES = {"kmeans_centroids": 400, "kmeans_patches": 400_000, "kmeans_iters": 20,
-            "kmeans_eps": 10.0, "model": "mlp", "mlp_hidden": (128,), "lr": 0.02}  # fmt: skip
+FEATURES = {
+    "kmeans_centroids": 400,
+    "kmeans_patches": 400_000,
+    "kmeans_iters": 20,
+    "kmeans_eps": 10.0,
+    "model": "mlp",
+    "mlp_hidden": (128,),
+    "lr": 0.02,
+}
 # ... with its extra cells: 80% noise drawn over the *other* classes only.
 EXCLUSIVE = {"noise_kind": "symmetric_exclusive"}
 FEATURE_CELLS = {
@@ -155,8 +165,9 @@ def cifar_folder(extract_to: str) -> str:
     raise FileNotFoundError(f"no train/ and test/ folders under {root}")
 
 
-def make_config(protocol: str, cell: str, data_root: str | None, cache_dir: str = "",
-                labels: dict | None = None):  # fmt: skip
+def make_config(
+    protocol: str, cell: str, data_root: str | None, cache_dir: str = "", labels: dict | None = None
+):
     """The full config of one cell under a protocol; ``labels`` (``label_file``, ``label_key``,
     ``label_order``): the features protocol on those human labels."""
     import importlib
@@ -244,8 +255,9 @@ def cell_dir(root: str, protocol: str, cell: str) -> str:
     return os.path.join(root, protocol, cell.replace("@", "_").replace("/", "_"))
 
 
-def run_cell(protocol: str, cell: str, root: str, data_root: str | None,
-             labels: dict | None = None) -> dict:  # fmt: skip
+def run_cell(
+    protocol: str, cell: str, root: str, data_root: str | None, labels: dict | None = None
+) -> dict:
     """Run (or resume, or just read) one cell's workdir and summarise it."""
     from jaxnoise import loops
 
@@ -264,8 +276,9 @@ def run_cell(protocol: str, cell: str, root: str, data_root: str | None,
     return summarize(cell, c, s["history"], spent)
 
 
-def read_cell(protocol: str, cell: str, root: str, data_root: str | None,
-              labels: dict | None = None) -> dict | None:  # fmt: skip
+def read_cell(
+    protocol: str, cell: str, root: str, data_root: str | None, labels: dict | None = None
+) -> dict | None:
     """Summarise a cell from its workdir without training (None if it has not started)."""
     c = make_config(protocol, cell, data_root, os.path.join(root, "cache"), labels)
     wd = cell_dir(root, protocol_dir(protocol, labels), cell)
@@ -282,8 +295,11 @@ def write_table(protocol: str, records: list[dict], command: str) -> None:
     """benchmarks/results/reproduce_<protocol>.{md,json}."""
     commit = git_commit()
     out = os.path.join(ROOT, "benchmarks", "results", f"reproduce_{protocol}")
-    meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "commit": commit}  # fmt: skip
+    meta = {
+        "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "commit": commit,
+    }
     with open(out + ".json", "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=1)
 
@@ -348,11 +364,17 @@ def main() -> None:
     ap.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"))
     ap.add_argument("--data-dir", default="/tmp/jaxnoise_data")
     ap.add_argument("--collect-only", action="store_true")
-    ap.add_argument("--results-suffix", default="",
-                    help="write benchmarks/results/reproduce_<protocol><suffix>.{md,json}")
-    ap.add_argument("--label-file", default="",
-                    help="--protocol features on these human labels (config.label_file): cells "
-                    "CE@human, M@human, ... instead of synthetic noise")  # fmt: skip
+    ap.add_argument(
+        "--results-suffix",
+        default="",
+        help="write benchmarks/results/reproduce_<protocol><suffix>.{md,json}",
+    )
+    ap.add_argument(
+        "--label-file",
+        default="",
+        help="--protocol features on these human labels (config.label_file): cells "
+        "CE@human, M@human, ... instead of synthetic noise",
+    )
     ap.add_argument("--label-key", default="", help="config.label_key (e.g. worse_label, worse)")
     ap.add_argument("--label-order", default="auto", help="config.label_order (default auto)")
     args = ap.parse_args()
@@ -360,8 +382,11 @@ def main() -> None:
     if args.label_file:
         if args.protocol != "features":
             ap.error("--label-file goes with --protocol features")
-        labels = {"label_file": os.path.abspath(args.label_file), "label_key": args.label_key,
-                  "label_order": args.label_order}  # fmt: skip
+        labels = {
+            "label_file": os.path.abspath(args.label_file),
+            "label_key": args.label_key,
+            "label_order": args.label_order,
+        }
         args.results_suffix = args.results_suffix or f"_human_{labels_tag(labels)}"
     elif args.label_key or args.label_order != "auto":
         ap.error("--label-key / --label-order need --label-file")
@@ -375,8 +400,9 @@ def main() -> None:
         for cell in args.cells:
             print(f"=== {cell}", flush=True)
             run_cell(args.protocol, cell, args.root, data_root, labels)
-    records = [r for cell in cells
-               if (r := read_cell(args.protocol, cell, args.root, data_root, labels))]  # fmt: skip
+    records = [
+        r for cell in cells if (r := read_cell(args.protocol, cell, args.root, data_root, labels))
+    ]
     command = " ".join(["python", "benchmarks/reproduce.py", *sys.argv[1:]])
     write_table(args.protocol + args.results_suffix, records, command)
 

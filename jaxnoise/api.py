@@ -34,8 +34,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.validate(config)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          fresh: bool = False) -> dict[str, Any]:  # fmt: skip
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False
+) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (created if missing; resumed if it holds a run of the same
     config; ``fresh=True`` discards one of another config) and return the run's summary: a dict
     with ``history`` (one dict per epoch, as in ``metrics.jsonl``), ``best_acc``, ``last_acc``,

@@ -132,8 +132,11 @@ def device_count(tree: Any) -> int:
 def tree_nbytes(tree: Any) -> int:
     """The bytes of every array of ``tree`` (global, not per host): about what one checkpoint
     of it takes on disk (orbax compresses, so usually less), for :func:`workdir.check_space`."""
-    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
-               for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))  # fmt: skip
+    return sum(
+        int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+        for x in jax.tree_util.tree_leaves(tree)
+        if hasattr(x, "dtype")
+    )
 
 
 def _leaves(metadata_tree: Any) -> list:
@@ -154,8 +157,10 @@ def _differences(item: str, subtree: Any, disk: dict[str, Any]) -> list[str]:
             out.append(f"{shown(n)} is missing from the checkpoint")
         elif _spec(disk[n]) != _spec(x):
             out.append(f"{shown(n)} is {_spec(disk[n])} in the checkpoint, {_spec(x)} in this run")
-    out += [f"{item}.{n} is in the checkpoint but not in this run"
-            for n in sorted(set(disk) - set(want))]  # fmt: skip
+    out += [
+        f"{item}.{n} is in the checkpoint but not in this run"
+        for n in sorted(set(disk) - set(want))
+    ]
     return out
 
 
@@ -389,12 +394,16 @@ class Checkpointer:
         if failed:
             self._set_aside([s for s, _ in failed])
             aside = ", ".join(f"{s}.unreadable" for s, _ in failed)
-            log(f"warning: {_unreadable(failed, self.directory)}; resuming from checkpoint {step} "
-                f"instead (set aside as {aside})")  # fmt: skip
+            log(
+                f"warning: {_unreadable(failed, self.directory)}; resuming from checkpoint {step} "
+                f"instead (set aside as {aside})"
+            )
         if written is not None and written != here:
-            log(f"warning: checkpoint {step} in {self.directory} was written with {written} "
+            log(
+                f"warning: checkpoint {step} in {self.directory} was written with {written} "
                 f"devices, resuming on {here}: the arrays are resharded, so the run continues "
-                "but need not match an uninterrupted run exactly")  # fmt: skip
+                "but need not match an uninterrupted run exactly"
+            )
         return tree, meta
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -441,8 +450,9 @@ class Checkpointer:
                 raise _Unreadable(f"its item {k!r} is missing")
         items = self._items(template)
         differences = [f"{k} is missing from the checkpoint" for k in items if k not in stored]
-        differences += [f"{k} is in the checkpoint but not in this run"
-                        for k in stored if k not in items]  # fmt: skip
+        differences += [
+            f"{k} is in the checkpoint but not in this run" for k in stored if k not in items
+        ]
         for k in (k for k in items if k in stored):
             disk = ocp.StandardCheckpointHandler().metadata(path / k).tree
             differences += _differences(k, items[k], {m.name: m for m in _leaves(disk)})
@@ -548,10 +558,12 @@ def read_item(workdir: str, step: int, item: str, meta: dict) -> dict[str, jax.A
         handler = ocp.StandardCheckpointHandler()
         target = jax.tree_util.tree_map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            handler.metadata(path).tree)  # fmt: skip
+            handler.metadata(path).tree,
+        )
         out = handler.restore(path, args=ocp.args.StandardRestore(target))
         _verify_arrays(meta.get(INFO, {}), {item: out}, {item: out})
     except Exception as e:
-        raise ValueError(f"checkpoint {step} in {path.parent.parent} is unreadable "
-                         f"({_reason(e)})") from e  # fmt: skip
+        raise ValueError(
+            f"checkpoint {step} in {path.parent.parent} is unreadable ({_reason(e)})"
+        ) from e
     return _named(out)

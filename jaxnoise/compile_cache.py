@@ -62,12 +62,16 @@ def configure(setting: str) -> str | None:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             if setting not in ("auto", *OFF) and not os.environ.get(ENV):
-                raise ValueError(f"config.compilation_cache = {setting!r}: cannot create the "
-                                 f"folder {path} ({e.strerror})") from None  # fmt: skip
+                raise ValueError(
+                    f"config.compilation_cache = {setting!r}: cannot create the "
+                    f"folder {path} ({e.strerror})"
+                ) from None
             from jaxnoise.progress import log
 
-            log(f"warning: no compilation cache: cannot create {path} ({e.strerror}); set "
-                "config.compilation_cache to a writable folder, or '' to silence this")  # fmt: skip
+            log(
+                f"warning: no compilation cache: cannot create {path} ({e.strerror}); set "
+                "config.compilation_cache to a writable folder, or '' to silence this"
+            )
             path = None
     if path != jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", path)

@@ -124,8 +124,10 @@ def foreign_field(name: str, method: str) -> str | None:
     owner = (new or name).split(".")[0]
     if owner in BLOCKS and owner != block_of(method):
         methods = ", ".join(BLOCKS[owner][0])
-        return (f"config.{new or name} belongs to {methods} (config.{owner}), not to "
-                f"method={method!r}, whose fields are in config.{block_of(method)}")
+        return (
+            f"config.{new or name} belongs to {methods} (config.{owner}), not to "
+            f"method={method!r}, whose fields are in config.{block_of(method)}"
+        )
     return None
 
 
@@ -164,8 +166,10 @@ def _check_names(flat: dict[str, Any], method: str) -> None:
         if why is None:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean config.{close[0]}?)" if close else ""
-            why = (f"config.{name} is not a config field{hint}; the fields are documented in "
-                   "jaxnoise/configs/default.py and jaxnoise train --help")  # fmt: skip
+            why = (
+                f"config.{name} is not a config field{hint}; the fields are documented in "
+                "jaxnoise/configs/default.py and jaxnoise train --help"
+            )
         raise ConfigError(why)
     missing = [k for k in known if k not in flat]
     if missing:
@@ -191,9 +195,13 @@ def _check_files(c: dict[str, Any]) -> None:
     """Local files and folders named by the config must exist (checked before any data load)."""
     if c["noise_kind"] == "human":
         if not c["label_file"] and not c["label_key"]:
-            f.fail("label_file", c["label_file"], "a label file path when noise_kind='human' "
-                  "(or config.label_key naming a label set of the dataset, e.g. worse_label "
-                  "of tfds cifar10_n)")  # fmt: skip
+            f.fail(
+                "label_file",
+                c["label_file"],
+                "a label file path when noise_kind='human' "
+                "(or config.label_key naming a label set of the dataset, e.g. worse_label "
+                "of tfds cifar10_n)",
+            )
         if c["label_file"] and not os.path.isfile(c["label_file"]):
             f.fail("label_file", c["label_file"], "an existing file (no such file)")
     else:
@@ -223,24 +231,40 @@ def _check_features(c: dict[str, Any]) -> None:
             if c[field] and not os.path.isfile(c[field]):
                 f.fail(field, c[field], "an existing .npz or .npy file (no such file)")
         if extractor != "none":
-            f.fail("data.extractor", extractor, "'none' when data.source='features' (the "
-                  "embeddings are already features)")  # fmt: skip
+            f.fail(
+                "data.extractor",
+                extractor,
+                "'none' when data.source='features' (the embeddings are already features)",
+            )
     elif c["data.features"] or c["data.test_features"]:
         f.fail("data.features", c["data.features"], "'' unless data.source='features'")
     if extractor == "resnet50" and not os.path.isfile(c["data.extractor_weights"]):
-        f.fail("data.extractor_weights", c["data.extractor_weights"],
-              "an existing torchvision resnet50 .npz when data.extractor='resnet50'")  # fmt: skip
+        f.fail(
+            "data.extractor_weights",
+            c["data.extractor_weights"],
+            "an existing torchvision resnet50 .npz when data.extractor='resnet50'",
+        )
     on_features = source == "features" or extractor != "none"
     if on_features != (c["model"] in choices.FEATURE_MODELS):
-        f.fail("model", c["model"], "one of 'linear', 'mlp' on features (data.source="
-              "'features' or a data.extractor), an image model otherwise")  # fmt: skip
+        f.fail(
+            "model",
+            c["model"],
+            "one of 'linear', 'mlp' on features (data.source="
+            "'features' or a data.extractor), an image model otherwise",
+        )
     if on_features:
         if c["data.crop_padding"] or c["data.flip"]:
-            f.fail("data.crop_padding / data.flip", (c["data.crop_padding"], c["data.flip"]),
-                  "(0, False) on features: feature vectors are not cropped or flipped")  # fmt: skip
+            f.fail(
+                "data.crop_padding / data.flip",
+                (c["data.crop_padding"], c["data.flip"]),
+                "(0, False) on features: feature vectors are not cropped or flipped",
+            )
         if c.get("data.normalization", "dataset") != "dataset":
-            f.fail("data.normalization", c["data.normalization"],
-                  "'dataset' on features (per-feature mean / std of the training set)")  # fmt: skip
+            f.fail(
+                "data.normalization",
+                c["data.normalization"],
+                "'dataset' on features (per-feature mean / std of the training set)",
+            )
 
 
 def _check_shared(c: dict[str, Any]) -> None:
@@ -258,9 +282,12 @@ def _check_shared(c: dict[str, Any]) -> None:
     if pid >= n:
         f.fail("distributed.process_id", pid, f"an integer in [0, num_processes={n})")
     if c["tensorboard"] == "on" and importlib.util.find_spec("tensorboardX") is None:
-        f.fail("tensorboard", "on", "'auto' or 'off' without tensorboardX, which is not installed "
-               "(pip install 'jaxnoise[tensorboard]')")  # fmt: skip
-
+        f.fail(
+            "tensorboard",
+            "on",
+            "'auto' or 'off' without tensorboardX, which is not installed "
+            "(pip install 'jaxnoise[tensorboard]')",
+        )
 
 
 def validate_against_data(config: Any, num_train: int, num_devices: int) -> None:

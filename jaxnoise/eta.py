@@ -129,16 +129,21 @@ def bootstrap_work(epochs: int, steps_per_epoch: int) -> dict[str, float]:
     return {"train": epochs * steps_per_epoch, "track": epochs, "eval": epochs}
 
 
-def dividemix_work(first: int, epochs: int, warm_up: int, warm_steps: int,
-                   semi_steps: float, final: bool = True) -> dict[str, float]:  # fmt: skip
+def dividemix_work(
+    first: int, epochs: int, warm_up: int, warm_steps: int, semi_steps: float, final: bool = True
+) -> dict[str, float]:
     """The work of DivideMix epochs ``first..epochs`` (1-based, inclusive; warm-up epochs
     ``1..warm_up``): per warm-up epoch ``warm_steps`` (both networks) and an eval, per semi epoch
     a divide, ``semi_steps`` (both networks) and an eval; with ``final``, the division of the
     final networks after them."""
     n = max(0, epochs + 1 - first)
     warm = max(0, min(warm_up, epochs) + 1 - first)
-    return {"warmup": warm * warm_steps, "semi": (n - warm) * semi_steps, "eval": n,
-            "divide": (n - warm) + int(final)}  # fmt: skip
+    return {
+        "warmup": warm * warm_steps,
+        "semi": (n - warm) * semi_steps,
+        "eval": n,
+        "divide": (n - warm) + int(final),
+    }
 
 
 def dividemix_semi_steps(labelled: list[int], batch: int) -> int:
@@ -166,13 +171,23 @@ def faster_hint(platform: str, features: bool) -> str:
     """What would take a fraction of the time: a GPU (on a CPU), embeddings (on images)."""
     ways = [] if platform != "cpu" else ["a GPU"]
     if not features:
-        ways.append("a head on embeddings (data.source='features', or data.extractor="
-                    "'kmeans' / 'resnet50' on these images)")  # fmt: skip
+        ways.append(
+            "a head on embeddings (data.source='features', or data.extractor="
+            "'kmeans' / 'resnet50' on these images)"
+        )
     return " or ".join(ways)
 
 
-def projection(clock: RunClock, epochs: int, total: dict[str, float], left: dict[str, float],
-               terms: str, *, estimated: bool = False, hint: str = "") -> str:  # fmt: skip
+def projection(
+    clock: RunClock,
+    epochs: int,
+    total: dict[str, float],
+    left: dict[str, float],
+    terms: str,
+    *,
+    estimated: bool = False,
+    hint: str = "",
+) -> str:
     """'projected: 300 epochs ≈ 163h (terms); left ≈ 162h' and, past a day, ``hint`` (what
     takes a fraction of that time, :func:`faster_hint`)."""
     whole = clock.estimate(total, estimated=estimated)
@@ -186,24 +201,36 @@ def projection(clock: RunClock, epochs: int, total: dict[str, float], left: dict
     return line
 
 
-def bootstrap_projection(clock: RunClock, epochs: int, steps_per_epoch: int,
-                         left: dict[str, float], hint: str = "") -> str:  # fmt: skip
+def bootstrap_projection(
+    clock: RunClock, epochs: int, steps_per_epoch: int, left: dict[str, float], hint: str = ""
+) -> str:
     """The projection line of the bootstrap loop: train s/step x steps/epoch + passes."""
-    terms = (f"{clock.describe('train')} × {steps_per_epoch} steps/epoch + "
-             f"{clock.describe('track')} + {clock.describe('eval')} per epoch")  # fmt: skip
+    terms = (
+        f"{clock.describe('train')} × {steps_per_epoch} steps/epoch + "
+        f"{clock.describe('track')} + {clock.describe('eval')} per epoch"
+    )
     total = bootstrap_work(epochs, steps_per_epoch)
     return projection(clock, epochs, total, left, terms, hint=hint)
 
 
-def dividemix_projection(clock: RunClock, epochs: int, warm_up: int, warm_steps: int,
-                         semi_steps: float, labelled: str, left: dict[str, float],
-                         hint: str = "") -> str:  # fmt: skip
+def dividemix_projection(
+    clock: RunClock,
+    epochs: int,
+    warm_up: int,
+    warm_steps: int,
+    semi_steps: float,
+    labelled: str,
+    left: dict[str, float],
+    hint: str = "",
+) -> str:
     """The projection line of DivideMix (epochs 1..epochs): warm-up and semi epochs apart; the
     semi epochs' steps follow the labelled-set size ``labelled`` describes, so an estimate."""
-    terms = (f"{min(warm_up, epochs)} warm-up epochs of {warm_steps} steps, "
-             f"{clock.describe('warmup')}; {max(0, epochs - warm_up)} semi epochs of "
-             f"~{semi_steps:.0f} steps ({labelled}), {clock.describe('semi')}; "
-             f"{clock.describe('divide')} + {clock.describe('eval')} per epoch")  # fmt: skip
+    terms = (
+        f"{min(warm_up, epochs)} warm-up epochs of {warm_steps} steps, "
+        f"{clock.describe('warmup')}; {max(0, epochs - warm_up)} semi epochs of "
+        f"~{semi_steps:.0f} steps ({labelled}), {clock.describe('semi')}; "
+        f"{clock.describe('divide')} + {clock.describe('eval')} per epoch"
+    )
     total = dividemix_work(1, epochs, warm_up, warm_steps, semi_steps)
     return projection(clock, epochs, total, left, terms, estimated=True, hint=hint)
 
@@ -212,8 +239,9 @@ def dividemix_projection(clock: RunClock, epochs: int, warm_up: int, warm_steps:
 # A clock without compile time.
 
 
-def merge_span(spans: list[tuple[float, float]], start: float,
-               end: float) -> tuple[list[tuple[float, float]], float]:  # fmt: skip
+def merge_span(
+    spans: list[tuple[float, float]], start: float, end: float
+) -> tuple[list[tuple[float, float]], float]:
     """Add [start, end] to sorted disjoint ``spans``: (the merged spans, the newly covered
     length). Nested compile events (a jit traced inside another's trace) count once."""
     if not end > start:

@@ -45,21 +45,27 @@ def make_forward(graphdef, config: Any, mean, std, mesh=None):
             x = parallel.constrain_batch(images[idx], mesh)
             if key is not None:
                 keys = jax.vmap(jax.random.fold_in, (None, 0))(key, idx)
-                x = jax.vmap(lambda img, k: data_lib.augment(
-                    img[None], k, padding=config.data.crop_padding, flip=config.data.flip)[0])(
-                    x, keys)  # fmt: skip
+                x = jax.vmap(
+                    lambda img, k: data_lib.augment(
+                        img[None], k, padding=config.data.crop_padding, flip=config.data.flip
+                    )[0]
+                )(x, keys)
             x = data_lib.normalize(x, mean, std)
-            logits, _ = network.apply(graphdef, state["params"], state["frozen"], state["stats"],
-                                      x, False)  # fmt: skip
+            logits, _ = network.apply(
+                graphdef, state["params"], state["frozen"], state["stats"], x, False
+            )
             return losses.cross_entropy(logits, parallel.constrain_batch(labels[idx], mesh)), logits
 
         loss, logits = jax.lax.map(one, chunks)
         loss, logits = loss.reshape(-1)[:n], logits.reshape(steps * c, -1)[:n]
         if mesh is not None:  # the training set sharded by sample, the test set replicated
             whole = parallel.replicated(mesh)
-            loss, logits = (jax.lax.with_sharding_constraint(
-                a, parallel.sample_sharding(mesh, a.ndim) if n % devices == 0 else whole)
-                for a in (loss, logits))  # fmt: skip
+            loss, logits = (
+                jax.lax.with_sharding_constraint(
+                    a, parallel.sample_sharding(mesh, a.ndim) if n % devices == 0 else whole
+                )
+                for a in (loss, logits)
+            )
         return loss, logits
 
     jitted = jax.jit(run)
@@ -68,8 +74,10 @@ def make_forward(graphdef, config: Any, mean, std, mesh=None):
         signature = (images.shape, key is None)
         if signature not in compiled:  # the first call of a split's shape compiles
             compiled.add(signature)
-            log(f"compiling the evaluation pass ({images.shape[0]} samples in chunks of "
-                f"{chunk_size(images.shape[0], config.eval_batch_size, devices)}; first call)")
+            log(
+                f"compiling the evaluation pass ({images.shape[0]} samples in chunks of "
+                f"{chunk_size(images.shape[0], config.eval_batch_size, devices)}; first call)"
+            )
         return jitted(state, images, labels, key)
 
     return forward
@@ -78,4 +86,3 @@ def make_forward(graphdef, config: Any, mean, std, mesh=None):
 def accuracy(logits: jax.Array, labels: jax.Array) -> float:
     """Top-1 accuracy in percent (a host float)."""
     return 100.0 * float(jnp.mean(jnp.argmax(logits, -1) == labels))
-

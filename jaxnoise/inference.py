@@ -59,8 +59,11 @@ class LoadedRun:
         z = logits.astype(np.float64)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        return {"logits": logits, "probs": probs,
-                "prediction": np.argmax(logits, axis=1).astype(np.int32)}  # fmt: skip
+        return {
+            "logits": logits,
+            "probs": probs,
+            "prediction": np.argmax(logits, axis=1).astype(np.int32),
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,9 +76,11 @@ def _read_json(workdir: str, name: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise PredictError(f"workdir {workdir!r} holds no jaxnoise run ({name} is missing); "
-                           "train first: jaxnoise train --config CONFIG --workdir "
-                           "WORKDIR") from None  # fmt: skip
+        raise PredictError(
+            f"workdir {workdir!r} holds no jaxnoise run ({name} is missing); "
+            "train first: jaxnoise train --config CONFIG --workdir "
+            "WORKDIR"
+        ) from None
     except (OSError, ValueError) as e:
         raise PredictError(f"{path} is unreadable ({e})") from None
 
@@ -84,15 +89,19 @@ def _newest_finished(workdir: str) -> tuple[int, dict]:
     """(step, metadata) of the newest committed checkpoint, which must follow a whole epoch."""
     steps = ckpt_lib.committed_steps(workdir)
     if not steps:
-        raise PredictError(f"workdir {workdir!r} holds no checkpoint: no epoch has finished "
-                           "(train first, or let the run finish an epoch)")  # fmt: skip
+        raise PredictError(
+            f"workdir {workdir!r} holds no checkpoint: no epoch has finished "
+            "(train first, or let the run finish an epoch)"
+        )
     try:
         meta = ckpt_lib.read_meta(workdir, steps[0])
     except ValueError as e:
         raise PredictError(str(e)) from None
     if int(meta.get("epoch", 0)) < 1:
-        raise PredictError(f"workdir {workdir!r} holds no finished epoch yet (its newest "
-                           f"checkpoint {steps[0]} is in the middle of epoch 1)")  # fmt: skip
+        raise PredictError(
+            f"workdir {workdir!r} holds no finished epoch yet (its newest "
+            f"checkpoint {steps[0]} is in the middle of epoch 1)"
+        )
     return steps[0], meta
 
 
@@ -129,11 +138,23 @@ def load_run(workdir: str) -> LoadedRun:
     except ValueError as e:
         raise PredictError(str(e)) from None
     names = list(dataset["class_names"])
-    logits_fn = _model(config, len(names), tuple(info["shape"]), state,
-                       (np.asarray(info["mean"], np.float32),
-                        np.asarray(info["std"], np.float32)))  # fmt: skip
-    return LoadedRun(os.path.abspath(workdir), config, names, step, _position(meta),
-                     tuple(info["shape"]), info["dtype"], logits_fn)  # fmt: skip
+    logits_fn = _model(
+        config,
+        len(names),
+        tuple(info["shape"]),
+        state,
+        (np.asarray(info["mean"], np.float32), np.asarray(info["std"], np.float32)),
+    )
+    return LoadedRun(
+        os.path.abspath(workdir),
+        config,
+        names,
+        step,
+        _position(meta),
+        tuple(info["shape"]),
+        info["dtype"],
+        logits_fn,
+    )
 
 
 def _model(config, num_classes: int, shape: tuple, state: dict, mean_std: tuple) -> Callable:
@@ -152,8 +173,9 @@ def _model(config, num_classes: int, shape: tuple, state: dict, mean_std: tuple)
     forward = forward_lib.make_forward(graphdef, config, *mean_std)
 
     def logits(x: np.ndarray) -> np.ndarray:
-        block = min(len(x), forward_lib.chunk_size(len(x), config.eval_batch_size, 1)
-                    * BLOCK_CHUNKS)  # fmt: skip
+        block = min(
+            len(x), forward_lib.chunk_size(len(x), config.eval_batch_size, 1) * BLOCK_CHUNKS
+        )
         out = []
         for start in range(0, len(x), block):
             rows = np.arange(start, start + block) % len(x)  # the last block wraps: trimmed
@@ -174,13 +196,17 @@ def _restored(arrays: list, state: dict, prefix: str) -> dict:
     named = ckpt_lib._named(template)
     missing = [prefix + n for n in named if prefix + n not in state]
     if missing:
-        raise PredictError(f"the checkpoint does not hold this run's network ({missing[0]} is "
-                           "missing): was the workdir written by another jaxnoise?")  # fmt: skip
+        raise PredictError(
+            f"the checkpoint does not hold this run's network ({missing[0]} is "
+            "missing): was the workdir written by another jaxnoise?"
+        )
     for n, x in named.items():
         if tuple(state[prefix + n].shape) != tuple(np.shape(x)):
-            raise PredictError(f"the checkpoint's {prefix + n} is {tuple(state[prefix + n].shape)}"
-                               f", the network built from config.json expects "
-                               f"{tuple(np.shape(x))}")  # fmt: skip
+            raise PredictError(
+                f"the checkpoint's {prefix + n} is {tuple(state[prefix + n].shape)}"
+                f", the network built from config.json expects "
+                f"{tuple(np.shape(x))}"
+            )
     leaves = [state[prefix + n] for n in named]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
@@ -210,8 +236,10 @@ def check_inputs(run: LoadedRun, x: Any) -> np.ndarray:
     else:
         fits = fits and x.dtype == np.uint8
     if not fits:
-        raise PredictError(f"inputs {_describe(x)} do not fit the model of {run.workdir}, "
-                           f"which takes {_wanted(run)}")  # fmt: skip
+        raise PredictError(
+            f"inputs {_describe(x)} do not fit the model of {run.workdir}, "
+            f"which takes {_wanted(run)}"
+        )
     if x.shape[0] == 0:
         raise PredictError("no inputs to predict (0 rows)")
     if x.dtype != np.uint8:
@@ -229,8 +257,10 @@ def read_inputs(path: str, run: LoadedRun | None = None) -> tuple[np.ndarray, li
     if os.path.isdir(path):
         files = folder_lib.list_images(path)
         if not files:
-            raise PredictError(f"image folder {path} holds no images (extensions "
-                               f"{', '.join(sorted(folder_lib.IMAGE_EXTENSIONS))})")  # fmt: skip
+            raise PredictError(
+                f"image folder {path} holds no images (extensions "
+                f"{', '.join(sorted(folder_lib.IMAGE_EXTENSIONS))})"
+            )
         try:
             images = folder_lib.decode_images(path, files)
         except folder_lib.ImageFolderError as e:
@@ -252,11 +282,16 @@ def _read_array(path: str) -> np.ndarray:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.files)
-                key = keys[0] if len(keys) == 1 else next(
-                    (k for k in ("inputs", "images", "features") if k in keys), None)  # fmt: skip
+                key = (
+                    keys[0]
+                    if len(keys) == 1
+                    else next((k for k in ("inputs", "images", "features") if k in keys), None)
+                )
                 if key is None:
-                    raise PredictError(f"inputs {path}: holds {keys}; pass an .npz of one array, "
-                                       "or name it inputs, images or features")  # fmt: skip
+                    raise PredictError(
+                        f"inputs {path}: holds {keys}; pass an .npz of one array, "
+                        "or name it inputs, images or features"
+                    )
                 return z[key]
     except PredictError:
         raise

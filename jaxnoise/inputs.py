@@ -23,26 +23,39 @@ from jaxnoise.progress import log
 def load_data(config: Any) -> data_lib.Dataset:
     """Load the configured dataset (and subset it), returning host uint8 arrays."""
     d = config.data
-    ds = data_lib.load(d.source, name=d.name, root=d.root, data_dir=d.data_dir or None,
-                       cache_dir=d.cache_dir or None, features=d.features,
-                       test_features=d.test_features)  # fmt: skip
+    ds = data_lib.load(
+        d.source,
+        name=d.name,
+        root=d.root,
+        data_dir=d.data_dir or None,
+        cache_dir=d.cache_dir or None,
+        features=d.features,
+        test_features=d.test_features,
+    )
     if config.noise_kind == "human":  # aligned by identity before any subsetting
-        ds = labels_lib.resolve(ds, label_file=config.label_file, label_key=config.label_key,
-                                label_order=config.label_order)  # fmt: skip
+        ds = labels_lib.resolve(
+            ds,
+            label_file=config.label_file,
+            label_key=config.label_key,
+            label_order=config.label_order,
+        )
     if d.subset_per_class > 0:
         ds = data_lib.balanced_subset(ds, d.subset_per_class, seed=config.seed)
     if d.extractor != "none":  # frozen features, computed once and cached
         root = d.root if d.source == "folder" else ""
         ds = extract.extract_cached(
-            ds, d.extractor,
-            kmeans=extractors.KMeansSettings(centroids=d.kmeans_centroids,
-                                             num_patches=d.kmeans_patches,
-                                             iters=d.kmeans_iters,
-                                             patch_eps=d.kmeans_eps),
+            ds,
+            d.extractor,
+            kmeans=extractors.KMeansSettings(
+                centroids=d.kmeans_centroids,
+                num_patches=d.kmeans_patches,
+                iters=d.kmeans_iters,
+                patch_eps=d.kmeans_eps,
+            ),
             weights=d.extractor_weights,
             cache_dir=d.cache_dir or extract.default_cache_dir(root),
             batch=d.extractor_batch,
-        )  # fmt: skip
+        )
     return ds
 
 
@@ -68,18 +81,25 @@ def validate_against_data(config: Any, ds: data_lib.Dataset, num_devices: int = 
     """Checks that need the dataset (still before anything is compiled)."""
     n = ds.train_images.shape[0]
     if ds.num_classes < 2:
-        raise ValueError(f"dataset {ds.name!r} has {ds.num_classes} class(es) "
-                         f"{list(ds.class_names)}; learning with noisy labels needs at least 2")
+        raise ValueError(
+            f"dataset {ds.name!r} has {ds.num_classes} class(es) "
+            f"{list(ds.class_names)}; learning with noisy labels needs at least 2"
+        )
     if n < mixture.MIN_SAMPLES:
-        raise ValueError(f"dataset {ds.name!r} has {n} training samples; the noise model needs "
-                         f"at least {mixture.MIN_SAMPLES}")  # fmt: skip
+        raise ValueError(
+            f"dataset {ds.name!r} has {n} training samples; the noise model needs "
+            f"at least {mixture.MIN_SAMPLES}"
+        )
     if ds.is_features != (config.model in choices.FEATURE_MODELS):
-        raise ValueError(f"config.model = {config.model!r} does not fit dataset {ds.name!r} of "
-                         f"{'features' if ds.is_features else 'images'} {ds.image_shape}")
+        raise ValueError(
+            f"config.model = {config.model!r} does not fit dataset {ds.name!r} of "
+            f"{'features' if ds.is_features else 'images'} {ds.image_shape}"
+        )
     h, w = ds.image_shape[:2] if not ds.is_features else (0, 0)
     if config.data.crop_padding > max(h, w) and not ds.is_features:
-        raise ValueError(f"config.data.crop_padding = {config.data.crop_padding} exceeds the "
-                         f"image size {h}x{w}")  # fmt: skip
+        raise ValueError(
+            f"config.data.crop_padding = {config.data.crop_padding} exceeds the image size {h}x{w}"
+        )
     config_lib.validate_against_data(config, n, num_devices)
 
 
@@ -91,13 +111,17 @@ def load_noisy_data(config: Any, num_devices: int):
     noisy_labels, noise_mask = inject_noise(config, ds)
     n_use = ds.train_images.shape[0] // num_devices * num_devices
     if n_use < ds.train_images.shape[0]:  # per-sample arrays shard evenly over the devices
-        log(f"using the first {n_use} of {ds.train_images.shape[0]} training samples "
-            f"(divisible by the {num_devices} devices)")  # fmt: skip
+        log(
+            f"using the first {n_use} of {ds.train_images.shape[0]} training samples "
+            f"(divisible by the {num_devices} devices)"
+        )
         ds = data_lib.take_train(ds, n_use)
         noisy_labels, noise_mask = noisy_labels[:n_use], noise_mask[:n_use]
-    log(f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
+    log(
+        f"data: {ds.name} train {ds.train_images.shape} test {ds.test_images.shape} classes "
         f"{ds.num_classes}; {labels_line(config, noise_mask)} "
-        f"({time.time() - t0:.1f}s)")  # fmt: skip
+        f"({time.time() - t0:.1f}s)"
+    )
     return ds, noisy_labels, noise_mask
 
 
@@ -121,8 +145,10 @@ def labels_line(config: Any, noise_mask: np.ndarray) -> str:
     """The data log line's account of the labels: human labels differ from the dataset's
     labels, synthetic noise flips them, noise_kind="none" leaves which are wrong unknown."""
     if config.noise_kind == "human":
-        return (f"labels: human ({_label_source(config)}): {noise_mask.mean():.1%} differ from "
-                "the dataset's labels")  # fmt: skip
+        return (
+            f"labels: human ({_label_source(config)}): {noise_mask.mean():.1%} differ from "
+            "the dataset's labels"
+        )
     if config.noise_kind == "none":
         return "labels: as given (noise_kind=none: which are wrong is unknown)"
     return f"labels: {labels_summary(config)}: {noise_mask.mean():.1%} flipped"

@@ -94,8 +94,9 @@ def exact_neighbors(
     mesh = _mesh()
     rows = min(chunk or max(1, _BLOCK_BYTES // (4 * n)), n)
     rows = _rows(mesh.size, rows) if n >= mesh.size else n
-    sharding = NamedSharding(mesh, P("data", None)) if mesh.size > 1 and rows % mesh.size == 0 \
-        else None  # fmt: skip
+    sharding = (
+        NamedSharding(mesh, P("data", None)) if mesh.size > 1 and rows % mesh.size == 0 else None
+    )
     idx = np.empty((n, k), np.int32)
     score = np.empty((n, k), np.float32)
     for start in range(0, n, rows):
@@ -199,8 +200,9 @@ def _ivf_tiles(xs, sqs, q_start, probe_off, probe_size, *, k, tile, cap, metric,
     if mesh is None:
         return run(q_start, probe_off, probe_size)
     spec = P("data")
-    return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=(spec, spec),
-                         check_vma=False)(q_start, probe_off, probe_size)  # fmt: skip
+    return jax.shard_map(
+        run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=(spec, spec), check_vma=False
+    )(q_start, probe_off, probe_size)
 
 
 def _tiles(sizes: np.ndarray, offsets: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,8 +255,19 @@ def ivf_neighbors(
     sqs = jnp.asarray(np.concatenate([sq[order], np.zeros(pad, np.float32)]))
     probes = _probes(np.asarray(centroids), nprobe)
     start, tcell = _tiles(sizes, offsets, tile)
-    return _run_tiles(xs, sqs, order, start, offsets[probes[tcell]], sizes[probes[tcell]],
-                      stop=(offsets + sizes)[tcell], k=k, tile=tile, cap=cap, metric=metric)
+    return _run_tiles(
+        xs,
+        sqs,
+        order,
+        start,
+        offsets[probes[tcell]],
+        sizes[probes[tcell]],
+        stop=(offsets + sizes)[tcell],
+        k=k,
+        tile=tile,
+        cap=cap,
+        metric=metric,
+    )
 
 
 def _run_tiles(xs, sqs, order, start, p_off, p_size, *, stop, k, tile, cap, metric):
@@ -269,8 +282,18 @@ def _run_tiles(xs, sqs, order, start, p_off, p_size, *, stop, k, tile, cap, metr
     score = np.full((n, k), -np.inf, np.float32)
     for b in range(0, start.size, batch):
         sl = slice(b, b + batch)
-        pos, s = _ivf_tiles(xs, sqs, start[sl], p_off[sl], p_size[sl], k=k, tile=tile, cap=cap,
-                            metric=metric, mesh=mesh if mesh.size > 1 else None)  # fmt: skip
+        pos, s = _ivf_tiles(
+            xs,
+            sqs,
+            start[sl],
+            p_off[sl],
+            p_size[sl],
+            k=k,
+            tile=tile,
+            cap=cap,
+            metric=metric,
+            mesh=mesh if mesh.size > 1 else None,
+        )
         rows = (start[sl, None] + np.arange(tile)[None, :]).reshape(-1)
         keep = rows < np.repeat(stop[sl], tile)  # a tile's rows past its cell's end
         pos, s = np.asarray(pos).reshape(-1, k)[keep], np.asarray(s).reshape(-1, k)[keep]

@@ -126,15 +126,14 @@ def _pred_probs_and_labels(pred_probs, labels) -> tuple[np.ndarray, np.ndarray, 
     p = p.astype(np.float32, copy=False)
     lo, hi = np.min(p), np.max(p)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"pred_probs: contains NaN or inf ({int(np.sum(~np.isfinite(p)))} "
-                         "values)")  # fmt: skip
+        raise ValueError(f"pred_probs: contains NaN or inf ({int(np.sum(~np.isfinite(p)))} values)")
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"pred_probs: {int(np.sum((p < 0) | (p > 1)))} values lie outside "
-                         "[0, 1]")  # fmt: skip
+        raise ValueError(f"pred_probs: {int(np.sum((p < 0) | (p > 1)))} values lie outside [0, 1]")
     dev = float(np.max(np.abs(np.sum(p, axis=1) - 1.0)))
     if dev > PROB_SUM_TOL:
-        raise ValueError(f"pred_probs: rows must sum to 1 (within {PROB_SUM_TOL}); one is off "
-                         f"by {dev:.3g}")  # fmt: skip
+        raise ValueError(
+            f"pred_probs: rows must sum to 1 (within {PROB_SUM_TOL}); one is off by {dev:.3g}"
+        )
     p_label = p[np.arange(y.size), y]
     return p, y, -np.log(np.clip(p_label, np.float32(PROB_FLOOR), np.float32(1.0)))
 
@@ -146,11 +145,16 @@ def _check_choice(name: str, value, allowed: tuple) -> None:
 
 def _one_source(pred_probs, features, losses) -> str:
     """The name of the one input given among pred_probs, features and losses."""
-    given = [k for k, v in (("pred_probs", pred_probs), ("features", features),
-                            ("losses", losses)) if v is not None]  # fmt: skip
+    given = [
+        k
+        for k, v in (("pred_probs", pred_probs), ("features", features), ("losses", losses))
+        if v is not None
+    ]
     if len(given) != 1:
-        raise ValueError("pred_probs / features / losses: give exactly one, got "
-                         + (", ".join(given) if given else "none"))  # fmt: skip
+        raise ValueError(
+            "pred_probs / features / losses: give exactly one, got "
+            + (", ".join(given) if given else "none")
+        )
     return given[0]
 
 
@@ -167,8 +171,9 @@ def _check_num_classes(num_classes) -> int | None:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
-def _vote(idx: jax.Array, d2: jax.Array, labels: jax.Array, bandwidth: jax.Array, *,
-          num_classes: int) -> jax.Array:  # fmt: skip
+def _vote(
+    idx: jax.Array, d2: jax.Array, labels: jax.Array, bandwidth: jax.Array, *, num_classes: int
+) -> jax.Array:
     """Kernel-weighted neighbour vote: (N, K) probabilities ``(V_c + s / K) / (V + s)``.
 
     ``V_c = sum_j w_j [y_j = c]`` over the neighbours ``idx`` (N, k) with squared distances
@@ -177,8 +182,10 @@ def _vote(idx: jax.Array, d2: jax.Array, labels: jax.Array, bandwidth: jax.Array
     """
     w = jnp.where(idx >= 0, jnp.exp(-d2 / bandwidth), 0.0)  # (N, k)
     near = labels[jnp.maximum(idx, 0)]  # (N, k) the neighbours' labels
-    votes = sum(w[:, j, None] * jax.nn.one_hot(near[:, j], num_classes)  # (N, K), no (N, k, K)
-                for j in range(idx.shape[1]))  # fmt: skip
+    votes = sum(
+        w[:, j, None] * jax.nn.one_hot(near[:, j], num_classes)  # (N, K), no (N, k, K)
+        for j in range(idx.shape[1])
+    )
     total = jnp.sum(w, axis=1, keepdims=True)
     return (votes + KNN_SMOOTHING / num_classes) / (total + KNN_SMOOTHING)
 
@@ -213,8 +220,11 @@ def knn_pred_probs(
     found = idx[:, -1] >= 0
     bandwidth = float(np.median(d2[found, -1])) if found.any() else 1.0
     bandwidth = bandwidth if bandwidth > 0 else 1.0
-    return np.asarray(_vote(jnp.asarray(idx), jnp.asarray(d2), jnp.asarray(y),
-                            jnp.float32(bandwidth), num_classes=K))  # fmt: skip
+    return np.asarray(
+        _vote(
+            jnp.asarray(idx), jnp.asarray(d2), jnp.asarray(y), jnp.float32(bandwidth), num_classes=K
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +295,9 @@ def fit_noise_model(
     lj = jnp.asarray(loss)
     if scope == "class":
         fit_y = jnp.asarray(y if sub is None else y[sub])
-        state = mixture.fit_per_class(model, fit_loss, fit_y, K, max_iters=max_iters,
-                                      noisy="max_mean")  # fmt: skip
+        state = mixture.fit_per_class(
+            model, fit_loss, fit_y, K, max_iters=max_iters, noisy="max_mean"
+        )
         p = mixture.posterior_noisy(state, lj, lookup=lookup, classes=jnp.asarray(y))
         p = monotone(p, lj, jnp.asarray(y), num=K)
         class_counts = np.rint(_noisy_weight(state) * np.bincount(y, minlength=K))
@@ -297,9 +308,13 @@ def fit_noise_model(
         p = mixture.posterior_noisy(state, lj, lookup=lookup)
         p = monotone(p, lj, jnp.zeros(loss.size, jnp.int32), num=1)
         class_counts, count = None, int(np.rint(_noisy_weight(state) * loss.size))
-    return NoiseModel(p_noisy=np.asarray(p, np.float32), noisy_count=count,
-                      class_counts=class_counts, state=state,
-                      valid=bool(np.any(np.asarray(state.valid))))  # fmt: skip
+    return NoiseModel(
+        p_noisy=np.asarray(p, np.float32),
+        noisy_count=count,
+        class_counts=class_counts,
+        state=state,
+        valid=bool(np.any(np.asarray(state.valid))),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,9 +330,21 @@ class _Analysis:
     keys: np.ndarray  # (N,) uint64 sort keys of the ranking (p_noisy, loss)
 
 
-def _analyse(labels, pred_probs, features, losses, *, num_classes=None, model="bmm",
-             scope="global", k=10, knn_method="auto", metric="euclidean", lookup=False,
-             max_iters=MAX_ITERS) -> _Analysis:  # fmt: skip
+def _analyse(
+    labels,
+    pred_probs,
+    features,
+    losses,
+    *,
+    num_classes=None,
+    model="bmm",
+    scope="global",
+    k=10,
+    knn_method="auto",
+    metric="euclidean",
+    lookup=False,
+    max_iters=MAX_ITERS,
+) -> _Analysis:
     """Check every input, derive the losses, fit the noise model."""
     source = _one_source(pred_probs, features, losses)
     _check_choice("model", model, MODELS)
@@ -333,16 +360,19 @@ def _analyse(labels, pred_probs, features, losses, *, num_classes=None, model="b
         _check_choice("metric", metric, knn.METRICS)
         if not isinstance(k, (int, np.integer)) or not 1 <= k < y.size:
             raise ValueError(f"k: must be an integer in [1, {y.size - 1}], got {k!r}")
-        probs = knn_pred_probs(x, y, k=k, num_classes=num_classes or int(y.max()) + 1,
-                               method=knn_method, metric=metric)  # fmt: skip
+        probs = knn_pred_probs(
+            x, y, k=k, num_classes=num_classes or int(y.max()) + 1, method=knn_method, metric=metric
+        )
         probs, y, loss = _pred_probs_and_labels(probs, y)
     if source == "losses":
         loss, probs = _check_array("losses", losses, 1, y.size), None
     K = probs.shape[1] if probs is not None else (num_classes or int(y.max()) + 1)
-    noise = fit_noise_model(loss, model=model, scope=scope, labels=y, num_classes=K,
-                            lookup=lookup, max_iters=max_iters)  # fmt: skip
-    return _Analysis(labels=y, losses=loss, pred_probs=probs, noise=noise,
-                     keys=_sort_keys(noise.p_noisy, loss))  # fmt: skip
+    noise = fit_noise_model(
+        loss, model=model, scope=scope, labels=y, num_classes=K, lookup=lookup, max_iters=max_iters
+    )
+    return _Analysis(
+        labels=y, losses=loss, pred_probs=probs, noise=noise, keys=_sort_keys(noise.p_noisy, loss)
+    )
 
 
 def _sortable(v: np.ndarray) -> np.ndarray:
@@ -390,15 +420,22 @@ def _cut(a: _Analysis, cut: str, threshold: float, count) -> np.ndarray:
     if cut == "threshold":
         flagged = np.flatnonzero(p > threshold)
         if flagged.size == 0 and noise.noisy_count > 0:
-            warnings.warn(f"threshold={threshold} flags no sample, but the noise model estimates "
-                          f"{noise.noisy_count} wrong labels: try cut='auto'", stacklevel=3)
+            warnings.warn(
+                f"threshold={threshold} flags no sample, but the noise model estimates "
+                f"{noise.noisy_count} wrong labels: try cut='auto'",
+                stacklevel=3,
+            )
         return flagged
     if noise.class_counts is None:
         return _top(a.keys, noise.noisy_count)
     by_class = np.argsort(a.labels, kind="stable")
     bounds = np.searchsorted(a.labels[by_class], np.arange(noise.class_counts.size + 1))
-    return np.concatenate([_top(a.keys, int(c), by_class[bounds[k] : bounds[k + 1]])
-                           for k, c in enumerate(noise.class_counts)])  # fmt: skip
+    return np.concatenate(
+        [
+            _top(a.keys, int(c), by_class[bounds[k] : bounds[k + 1]])
+            for k, c in enumerate(noise.class_counts)
+        ]
+    )
 
 
 def _check_cut(cut, threshold, count) -> None:
@@ -419,8 +456,11 @@ def _fitted(labels, pred_probs, features, losses, options: dict) -> _Analysis:
     """``_analyse`` plus a warning when no mixture could be fitted."""
     a = _analyse(labels, pred_probs, features, losses, **options)
     if not a.noise.valid:
-        warnings.warn("the noise model could not be fitted to these losses (e.g. all equal): "
-                      "every p_noisy is 0.5 and no label is estimated wrong", stacklevel=3)
+        warnings.warn(
+            "the noise model could not be fitted to these losses (e.g. all equal): "
+            "every p_noisy is 0.5 and no label is estimated wrong",
+            stacklevel=3,
+        )
     return a
 
 
@@ -495,11 +535,19 @@ def label_issues_table(
     a = _fitted(labels, pred_probs, features, losses, options)
     flagged = np.zeros(a.labels.size, bool)
     flagged[_cut(a, cut, threshold, count)] = True
-    predicted = (np.full(a.labels.size, -1, np.int64) if a.pred_probs is None
-                 else np.argmax(a.pred_probs, axis=1))  # fmt: skip
-    table = {"is_label_issue": flagged, "label_score": (1.0 - a.noise.p_noisy).astype(np.float32),
-             "given_label": a.labels.astype(np.int64), "predicted_label": predicted,
-             "p_noisy": a.noise.p_noisy, "loss": a.losses}  # fmt: skip
+    predicted = (
+        np.full(a.labels.size, -1, np.int64)
+        if a.pred_probs is None
+        else np.argmax(a.pred_probs, axis=1)
+    )
+    table = {
+        "is_label_issue": flagged,
+        "label_score": (1.0 - a.noise.p_noisy).astype(np.float32),
+        "given_label": a.labels.astype(np.int64),
+        "predicted_label": predicted,
+        "p_noisy": a.noise.p_noisy,
+        "loss": a.losses,
+    }
     if ids is not None:
         table["id"] = np.asarray(ids)
     if not as_dataframe:

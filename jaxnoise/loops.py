@@ -20,8 +20,13 @@ from jaxnoise.dividemix import loop as dividemix_loop
 LOOPS = {"bootstrap": bootstrap_loop.train, "dividemix": dividemix_loop.train}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False,
-                       stop_after_epoch: int | None = None) -> dict:  # fmt: skip
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    fresh: bool = False,
+    stop_after_epoch: int | None = None,
+) -> dict:
     """Train and evaluate; resumes from ``workdir`` if it holds a run of the same config.
 
     ``stop_after_epoch`` ends this call after that epoch's checkpoint; calling again resumes.

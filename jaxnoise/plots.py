@@ -126,12 +126,24 @@ def loss_histogram(
     if noise_mask is not None:
         m = np.asarray(noise_mask, bool)[finite]
         groups = [losses[~m], losses[m]]
-        ax.hist(groups, bins=edges, stacked=True, color=[CLEAN, NOISY], alpha=0.6,
-                weights=[np.full(g.size, wt) for g in groups],
-                label=[f"clean ({(~m).sum()})", f"noisy ({m.sum()})"])  # fmt: skip
+        ax.hist(
+            groups,
+            bins=edges,
+            stacked=True,
+            color=[CLEAN, NOISY],
+            alpha=0.6,
+            weights=[np.full(g.size, wt) for g in groups],
+            label=[f"clean ({(~m).sum()})", f"noisy ({m.sum()})"],
+        )
     else:
-        ax.hist(losses, bins=edges, color=UNKNOWN, alpha=0.6, weights=np.full(losses.size, wt),
-                label=f"all samples ({losses.size})")  # fmt: skip
+        ax.hist(
+            losses,
+            bins=edges,
+            color=UNKNOWN,
+            alpha=0.6,
+            weights=np.full(losses.size, wt),
+            label=f"all samples ({losses.size})",
+        )
     hist_max = np.histogram(losses, bins=edges)[0].max() * wt
     for name, params in (mixtures or {}).items():
         grid, y = fitted_curve(params, losses)
@@ -150,12 +162,13 @@ def loss_quantiles_over_epochs(path: str, records: Sequence[Mapping[str, Any]]) 
     """Median and interquartile range of clean and noisy samples' losses per epoch (Figure 1)."""
     fig, (ax,) = _figure()
     epochs = np.array([r["epoch"] for r in records])
-    for key, color, label in (("loss_quantiles_clean", CLEAN, "clean"),
-                              ("loss_quantiles_noisy", NOISY, "noisy")):  # fmt: skip
+    for key, color, label in (
+        ("loss_quantiles_clean", CLEAN, "clean"),
+        ("loss_quantiles_noisy", NOISY, "noisy"),
+    ):
         q = np.array([r[key] for r in records], np.float64)
         ax.plot(epochs, q[:, 1], color=color, lw=1.8, label=f"{label}: median")
-        ax.fill_between(epochs, q[:, 0], q[:, 2], color=color, alpha=0.25,
-                        label=f"{label}: 25-75%")  # fmt: skip
+        ax.fill_between(epochs, q[:, 0], q[:, 2], color=color, alpha=0.25, label=f"{label}: 25-75%")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("per-sample loss")
@@ -174,14 +187,22 @@ def accuracy_and_auroc(
     epochs = np.array([r["epoch"] for r in records])
     nan = float("nan")
     if any("test_acc" in r for r in records):
-        ax_acc.plot(epochs, [r.get("test_acc", nan) for r in records], label="test accuracy",
-                    lw=1.8)  # fmt: skip
-        ax_acc.plot(epochs, [r.get("best_acc", nan) for r in records], label="best so far",
-                    ls="--")  # fmt: skip
+        ax_acc.plot(
+            epochs, [r.get("test_acc", nan) for r in records], label="test accuracy", lw=1.8
+        )
+        ax_acc.plot(epochs, [r.get("best_acc", nan) for r in records], label="best so far", ls="--")
         ax_acc.legend()
     else:  # embeddings without a test set: nothing to evaluate
-        ax_acc.text(0.5, 0.5, "no test set", ha="center", va="center",
-                    transform=ax_acc.transAxes, fontsize=12, color="0.4")  # fmt: skip
+        ax_acc.text(
+            0.5,
+            0.5,
+            "no test set",
+            ha="center",
+            va="center",
+            transform=ax_acc.transAxes,
+            fontsize=12,
+            color="0.4",
+        )
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("Test accuracy")
@@ -196,8 +217,14 @@ def accuracy_and_auroc(
         frac = [100.0 * r.get("flagged_fraction", float("nan")) for r in records]
         ax_det.plot(epochs, frac, lw=1.8, color=NOISY, label="p(noisy) > 0.5")
         if all("est_noisy" in r for r in records):  # the model's estimate of the wrong labels
-            ax_det.plot(epochs, [100.0 * r["est_noisy"] for r in records], lw=1.3, ls="--",
-                        color="0.3", label="mean p(noisy) (estimated wrong)")  # fmt: skip
+            ax_det.plot(
+                epochs,
+                [100.0 * r["est_noisy"] for r in records],
+                lw=1.3,
+                ls="--",
+                color="0.3",
+                label="mean p(noisy) (estimated wrong)",
+            )
         ax_det.set_ylabel("flagged samples (%)")
         ax_det.set_title("Samples the noise model calls mislabeled")
     ax_det.set_xlabel("epoch")

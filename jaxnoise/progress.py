@@ -81,8 +81,14 @@ class Progress:
         self._last_t = self._prev_t = clock()
         self._last_n = initial
         self._run, self._unit, self._later, self._estimated = run, unit, later or {}, estimated
-        self._bar = tqdm(total=total, desc=desc, initial=initial, disable=not (main and bar),
-                         leave=False, unit="step")  # fmt: skip
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            initial=initial,
+            disable=not (main and bar),
+            leave=False,
+            unit="step",
+        )
 
     def update(self, k: int, **postfix: float) -> None:
         """Advance by k steps and show the given numbers (e.g. the running loss)."""

@@ -96,8 +96,13 @@ def load_workdir(workdir: str) -> dict[str, Any]:
             "noise_known": config.get("noise_kind", "symmetric") != "none",
             "train_paths": None,
         }
-    return {"config": config, "dataset": dataset, "records": records, "per_sample": arrays,
-            "checkpoint": checkpoint}  # fmt: skip
+    return {
+        "config": config,
+        "dataset": dataset,
+        "records": records,
+        "per_sample": arrays,
+        "checkpoint": checkpoint,
+    }
 
 
 def newest_checkpoint(workdir: str) -> int | None:
@@ -133,8 +138,12 @@ def noise_model(config: dict) -> dict[str, Any]:
     if "dividemix" in config:
         return {"model": "gmm", "lookup": False, "em_iters": 10, "noisy": "max_mean"}
     b = config.get("bootstrap", config)
-    return {"model": b.get("noise_model", "bmm"), "lookup": bool(b.get("posterior_lookup", True)),
-            "em_iters": int(b.get("em_iters", 10)), "noisy": b.get("noisy_component", "initial")}
+    return {
+        "model": b.get("noise_model", "bmm"),
+        "lookup": bool(b.get("posterior_lookup", True)),
+        "em_iters": int(b.get("em_iters", 10)),
+        "noisy": b.get("noisy_component", "initial"),
+    }
 
 
 def refit_mixtures(losses: np.ndarray, config: dict) -> dict[str, Any]:
@@ -166,8 +175,11 @@ def posterior_curves(states: dict[str, Any], config: dict, losses: np.ndarray) -
             style = dict(color="black", lw=1.8, drawstyle="steps-post")
             curves[f"{name.upper()}: 100-bin lookup (as trained)"] = (grid, y, style)
         y = np.asarray(mixture.posterior_noisy(st, grid, lookup=False))
-        style = dict(color="0.35" if name == "bmm" else "tab:green", lw=1.3,
-                     ls=":" if name == "bmm" else "--")  # fmt: skip
+        style = dict(
+            color="0.35" if name == "bmm" else "tab:green",
+            lw=1.3,
+            ls=":" if name == "bmm" else "--",
+        )
         curves[f"{name.upper()}: exact posterior"] = (grid, y, style)
     return curves
 
@@ -190,8 +202,14 @@ def estimated_wrong(p_noisy: np.ndarray, labels: np.ndarray | None = None) -> np
     return np.rint(np.bincount(labels, weights=p)).astype(np.int64)
 
 
-def flagged(per_sample: dict[str, np.ndarray], *, cut: str = "auto", threshold: float = 0.5,
-            count: int | None = None, per_class: bool = False) -> np.ndarray:  # fmt: skip
+def flagged(
+    per_sample: dict[str, np.ndarray],
+    *,
+    cut: str = "auto",
+    threshold: float = 0.5,
+    count: int | None = None,
+    per_class: bool = False,
+) -> np.ndarray:
     """Indices of the listed samples, most suspect first (``jaxnoise.label_issues.rank``:
     p(noisy) descending, then the loss descending, then the index), under the cut: ``auto``
     (the :func:`estimated_wrong` most suspect; per class with ``per_class``), ``threshold``
@@ -252,12 +270,21 @@ def label_issues(
     return rows
 
 
-def write_label_issues(path: str, rows: list[dict[str, Any]], *, with_path: bool,
-                       with_id: bool = False) -> str:  # fmt: skip
+def write_label_issues(
+    path: str, rows: list[dict[str, Any]], *, with_path: bool, with_id: bool = False
+) -> str:
     """Write the rows as CSV (header even when empty); returns the path."""
-    cols = ["index", *(["id"] if with_id else []), *(["path"] if with_path else []),
-            "given_label", "given_class",
-            "predicted_label", "predicted_class", "p_noisy", "loss"]  # fmt: skip
+    cols = [
+        "index",
+        *(["id"] if with_id else []),
+        *(["path"] if with_path else []),
+        "given_label",
+        "given_class",
+        "predicted_label",
+        "predicted_class",
+        "p_noisy",
+        "loss",
+    ]
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fieldnames=cols)
     w.writeheader()
@@ -289,8 +316,13 @@ def default_out_dir(workdir: str, threshold: float | None = None, count: int | N
     (``report-threshold-T``, ``report-count-N`` or ``report-auto``)."""
     if not os.path.exists(os.path.join(workdir, "label_issues.csv")):
         return workdir
-    name = ("auto" if threshold is None and count is None else
-            f"threshold-{threshold:g}" if threshold is not None else f"count-{count}")  # fmt: skip
+    name = (
+        "auto"
+        if threshold is None and count is None
+        else f"threshold-{threshold:g}"
+        if threshold is not None
+        else f"count-{count}"
+    )
     return os.path.join(workdir, f"report-{name}")
 
 
@@ -330,7 +362,10 @@ def write_figures(fig_dir: str, run: dict[str, Any], mask: np.ndarray | None) ->
 
 
 def write_report(
-    workdir: str, *, threshold: float | None = None, count: int | None = None,
+    workdir: str,
+    *,
+    threshold: float | None = None,
+    count: int | None = None,
     out_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write the figures, label_issues.csv and label_issues_summary.json into out_dir (default
@@ -351,10 +386,11 @@ def write_report(
     figures = write_figures(os.path.join(out_dir, "figures"), run, mask)
 
     per_class = per_class_cut(run["config"])
-    rows = label_issues(ps, dataset, threshold=threshold, cut=cut, count=count,
-                        per_class=per_class)  # fmt: skip
+    rows = label_issues(ps, dataset, threshold=threshold, cut=cut, count=count, per_class=per_class)
     csv_path = write_label_issues(
-        os.path.join(out_dir, "label_issues.csv"), rows, with_path=bool(dataset.get("train_paths")),
+        os.path.join(out_dir, "label_issues.csv"),
+        rows,
+        with_path=bool(dataset.get("train_paths")),
         with_id=bool(dataset.get("train_ids")),
     )
     summary: dict[str, Any] = {
@@ -391,13 +427,17 @@ def nothing_flagged(summary: dict[str, Any]) -> str | None:
     if summary["num_flagged"]:
         return None
     if summary["cut"] == "threshold" and summary["est_wrong"] > 0:
-        return (f"warning: no sample has p(noisy) > {summary['threshold']:g} (the largest is "
-                f"{summary['max_p_noisy']:.3f}), but the noise model estimates "
-                f"{summary['est_wrong']} of {summary['num_train']} labels wrong: without "
-                "--threshold the list holds that many, the most suspect first")  # fmt: skip
+        return (
+            f"warning: no sample has p(noisy) > {summary['threshold']:g} (the largest is "
+            f"{summary['max_p_noisy']:.3f}), but the noise model estimates "
+            f"{summary['est_wrong']} of {summary['num_train']} labels wrong: without "
+            "--threshold the list holds that many, the most suspect first"
+        )
     if summary["cut"] == "auto":
-        return (f"the noise model estimates no wrong label among the {summary['num_train']} "
-                "(--count N lists the N most suspect anyway)")  # fmt: skip
+        return (
+            f"the noise model estimates no wrong label among the {summary['num_train']} "
+            "(--count N lists the N most suspect anyway)"
+        )
     return None
 
 
@@ -427,15 +467,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report")
     )
     parser.add_argument("workdir", help="a training run's --workdir")
     cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, default=None,
-                     help="list the samples with p(noisy) > this (e.g. 0.5); default: as many "
-                     "as the noise model estimates wrong, the most suspect first")  # fmt: skip
-    cut.add_argument("--count", type=int, default=None,
-                     help="list the COUNT most suspect samples")  # fmt: skip
-    parser.add_argument("--out", default=None,
-                        help="output directory (default: the workdir until it holds its report, "
-                        "then WORKDIR/report-threshold-T; a run's own files are never "
-                        "rewritten)")  # fmt: skip
+    cut.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="list the samples with p(noisy) > this (e.g. 0.5); default: as many "
+        "as the noise model estimates wrong, the most suspect first",
+    )
+    cut.add_argument("--count", type=int, default=None, help="list the COUNT most suspect samples")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: the workdir until it holds its report, "
+        "then WORKDIR/report-threshold-T; a run's own files are never "
+        "rewritten)",
+    )
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
@@ -443,14 +489,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report")
         parser.error(f"--count must be >= 0, got {args.count}")
     try:
         out_dir = args.out or default_out_dir(args.workdir, args.threshold, args.count)
-        out = write_report(args.workdir, threshold=args.threshold, count=args.count,
-                           out_dir=out_dir)  # fmt: skip
+        out = write_report(
+            args.workdir, threshold=args.threshold, count=args.count, out_dir=out_dir
+        )
     except WorkdirError as e:
         parser.error(str(e))
     for path in out["figures"].values():
         print(f"figure: {path}")
-    print(f"label issues: {out['label_issues_csv']} ({out['num_flagged']} of {out['num_train']} "
-          f"{describe_cut(out)})")  # fmt: skip
+    print(
+        f"label issues: {out['label_issues_csv']} ({out['num_flagged']} of {out['num_train']} "
+        f"{describe_cut(out)})"
+    )
     if out["nothing_flagged"]:
         print(out["nothing_flagged"])
     if out["noise_known"]:

@@ -138,18 +138,29 @@ def _place(config, workdir: str, mesh, guard, lock) -> Run:
     workdir_lib.check_same_dataset(workdir, ds)
     # Device-resident data: the training set and per-sample arrays sharded over the mesh (each
     # process places only its block), the (small) test set replicated.
-    data = {"images": parallel.put_samples(mesh, ds.train_images),
-            "labels": parallel.put_samples(mesh, noisy_labels.astype(np.int32))}  # fmt: skip
+    data = {
+        "images": parallel.put_samples(mesh, ds.train_images),
+        "labels": parallel.put_samples(mesh, noisy_labels.astype(np.int32)),
+    }
     test = parallel.put_replicated(mesh, (ds.test_images, ds.test_labels.astype(np.int32)))
     log(f"devices: {mesh.size} ({jax.devices()[0].platform}, {jax.process_count()} process(es))")
     return Run(
-        config, workdir, mesh, guard, ds, noisy_labels, noise_mask, data,
-        parallel.put_samples(mesh, noise_mask), test,
+        config,
+        workdir,
+        mesh,
+        guard,
+        ds,
+        noisy_labels,
+        noise_mask,
+        data,
+        parallel.put_samples(mesh, noise_mask),
+        test,
         data_lib.normalization_stats(ds, config.data.normalization),
         ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints),
         noise_known=metrics_lib.noise_known(noise_mask),
-        metrics_path=os.path.join(workdir, "metrics.jsonl"), lock=lock,
-    )  # fmt: skip
+        metrics_path=os.path.join(workdir, "metrics.jsonl"),
+        lock=lock,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,15 +200,18 @@ def restore(run: Run, fresh: dict) -> tuple[dict, dict | None]:
         run.history, run.best_acc = meta["history"], meta["best_acc"]
         run.saved_at = position(run, meta["epoch"], int(meta.get("step_in_epoch", 0)))
         log(f"resumed from {run.workdir} at {run.saved_at}")
-    run.guard.idle_message = ("nothing to save yet" if run.saved_at is None
-                              else f"nothing new to save; {run.last_good}")  # fmt: skip
+    run.guard.idle_message = (
+        "nothing to save yet" if run.saved_at is None else f"nothing new to save; {run.last_good}"
+    )
     if jax.process_index() == 0:
-        workdir_lib.write_run_info(run.workdir, fingerprint(run.config), run.ds, run.config,
-                                   run.noise_known, run.mean_std)  # fmt: skip
+        workdir_lib.write_run_info(
+            run.workdir, fingerprint(run.config), run.ds, run.config, run.noise_known, run.mean_std
+        )
         # metrics.jsonl mirrors the restored history, so epochs redone after a kill (e.g. one
         # whose checkpoint was being written) or a torn last line never appear twice.
-        ckpt_lib.atomic_write_text(run.metrics_path,
-                                   "".join(json.dumps(r) + "\n" for r in run.history))  # fmt: skip
+        ckpt_lib.atomic_write_text(
+            run.metrics_path, "".join(json.dumps(r) + "\n" for r in run.history)
+        )
         run.writers = writers_lib.open_writers(run.config, run.workdir, run.history)  # TensorBoard
     return tree, meta
 
@@ -219,12 +233,20 @@ def save(run: Run, tree: dict, epoch_done: int, step_in_epoch: int = 0, **partia
     """Checkpoint ``tree`` and the noisy labels at a position (``partial``: what a mid-epoch
     position needs besides the tree, e.g. the running loss sum). Asynchronous: a failure is
     raised at the next :func:`stop_agreed` or :func:`wait`."""
-    _named(run, lambda: run.manager.save(
-        epoch_done * run.steps_per_epoch + step_in_epoch,
-        {**tree, "labels": run.data["labels"]},
-        {"epoch": epoch_done, "step_in_epoch": step_in_epoch, "history": run.history,
-         "best_acc": run.best_acc, **partial},
-    ))  # fmt: skip
+    _named(
+        run,
+        lambda: run.manager.save(
+            epoch_done * run.steps_per_epoch + step_in_epoch,
+            {**tree, "labels": run.data["labels"]},
+            {
+                "epoch": epoch_done,
+                "step_in_epoch": step_in_epoch,
+                "history": run.history,
+                "best_acc": run.best_acc,
+                **partial,
+            },
+        ),
+    )
     run.saved_at = position(run, epoch_done, step_in_epoch)
 
 
@@ -302,8 +324,11 @@ def _signalled(run: Run, sync_point: bool) -> bool:
 @jax.jit
 def all_finite(tree) -> jax.Array:
     """Whether every floating-point leaf of ``tree`` is finite (one scalar)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]  # fmt: skip
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -335,8 +360,9 @@ def resume_point(meta: dict | None) -> tuple[int, int, dict]:
     if meta is None:
         return 1, 0, {}
     step = int(meta.get("step_in_epoch", 0))
-    partial = {k: v for k, v in meta.items()
-               if k not in ("epoch", "step_in_epoch", "history", "best_acc")}  # fmt: skip
+    partial = {
+        k: v for k, v in meta.items() if k not in ("epoch", "step_in_epoch", "history", "best_acc")
+    }
     return meta["epoch"] + 1, step, partial if step else {}
 
 
@@ -344,15 +370,19 @@ def _stopped(run: Run, out: Stopped, epoch: int) -> None:
     """Save (or not) the position of an epoch stopped in the middle, and say so."""
     name = run.guard.signal_name
     if out.step is None:
-        log(f"{name} during epoch {epoch}: not saved; {run.last_good}; re-run the same command "
-            "to redo that epoch")  # fmt: skip
+        log(
+            f"{name} during epoch {epoch}: not saved; {run.last_good}; re-run the same command "
+            "to redo that epoch"
+        )
         return
     if not bool(all_finite(out.tree)):
         raise run.diverged(f"non-finite train state at step {out.step} of epoch {epoch}")
     save(run, out.tree, epoch - 1, out.step, **out.partial)
     wait(run)  # "saved" only once committed
-    log(f"{name} during epoch {epoch}: saved a checkpoint after step {out.step}/"
-        f"{run.steps_per_epoch}; re-run the same command to resume from there")  # fmt: skip
+    log(
+        f"{name} during epoch {epoch}: saved a checkpoint after step {out.step}/"
+        f"{run.steps_per_epoch}; re-run the same command to resume from there"
+    )
 
 
 def faster_hint(config) -> str:
@@ -361,9 +391,15 @@ def faster_hint(config) -> str:
     return eta.faster_hint(jax.default_backend(), features)
 
 
-def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., Epoch | Stopped],
-               *, stop_after_epoch: int | None = None,
-               projection: Callable[[int, int], str | None] | None = None) -> tuple[dict, bool]:
+def run_epochs(
+    run: Run,
+    tree: dict,
+    meta: dict | None,
+    epoch_fn: Callable[..., Epoch | Stopped],
+    *,
+    stop_after_epoch: int | None = None,
+    projection: Callable[[int, int], str | None] | None = None,
+) -> tuple[dict, bool]:
     """Epochs from the restored position to ``config.epochs``: each recorded and saved; stops on
     a signal (see the module docstring) or after ``stop_after_epoch``; after each epoch
     ``projection(epoch, first epoch of this process)`` may return a line on the whole run's
@@ -388,8 +424,10 @@ def run_epochs(run: Run, tree: dict, meta: dict | None, epoch_fn: Callable[..., 
             first, partial = 0, {}
             if epoch < run.config.epochs and stop_agreed(run, True):
                 wait(run)  # "saved" only once committed
-                log(f"{run.guard.signal_name}: saved the checkpoint of epoch {epoch}; re-run the "
-                    "same command to resume")  # fmt: skip
+                log(
+                    f"{run.guard.signal_name}: saved the checkpoint of epoch {epoch}; re-run the "
+                    "same command to resume"
+                )
                 return tree, True
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
@@ -443,8 +481,10 @@ def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: b
         why = (why or "") if bool(rebuild) else None
     if why is not None:
         if why and not run.trained:  # a finished run whose outputs a kill left stale or missing
-            log(f"rebuilding the outputs of checkpoint {step} ({run.saved_at}) in {run.workdir}: "
-                f"{why}")  # fmt: skip
+            log(
+                f"rebuilding the outputs of checkpoint {step} ({run.saved_at}) in {run.workdir}: "
+                f"{why}"
+            )
         arrays = {k: parallel.gather_to_host(v) for k, v in outputs(tree).items()}  # collective
         if jax.process_index() == 0:
             write_outputs(run, arrays, step)
@@ -473,24 +513,34 @@ def write_outputs(run: Run, arrays: dict, step: int | None) -> None:
     """per_sample.npz of the final per-sample arrays, then the report (figures, label_issues),
     then ``outputs.json`` naming the checkpoint ``step`` they were made from."""
     logits = arrays["logits"].astype(np.float32)
-    per_sample = dict(loss=arrays["loss"], p_noisy=arrays["p_noisy"],
-                      prediction=np.argmax(logits, -1).astype(np.int32), logits=logits,
-                      noisy_label=run.noisy_labels, true_label=run.ds.train_labels.astype(np.int32),
-                      noise_mask=run.noise_mask,
-                      checkpoint=np.int64(-1 if step is None else step))  # fmt: skip
-    ckpt_lib.atomic_write(os.path.join(run.workdir, "per_sample.npz"),
-                          lambda f: np.savez(f, **per_sample))  # fmt: skip
+    per_sample = dict(
+        loss=arrays["loss"],
+        p_noisy=arrays["p_noisy"],
+        prediction=np.argmax(logits, -1).astype(np.int32),
+        logits=logits,
+        noisy_label=run.noisy_labels,
+        true_label=run.ds.train_labels.astype(np.int32),
+        noise_mask=run.noise_mask,
+        checkpoint=np.int64(-1 if step is None else step),
+    )
+    ckpt_lib.atomic_write(
+        os.path.join(run.workdir, "per_sample.npz"), lambda f: np.savez(f, **per_sample)
+    )
     from jaxnoise import report  # matplotlib is imported only here
 
     t0 = time.time()
     try:
         out = report.write_report(run.workdir)
     except Exception as e:  # the run's results are saved; a plotting failure must not hide it
-        log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            f"retry with: jaxnoise report {run.workdir}")  # fmt: skip
+        log(
+            f"warning: the report could not be written ({type(e).__name__}: {e}); "
+            f"retry with: jaxnoise report {run.workdir}"
+        )
         return
-    log(f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
-        f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)")  # fmt: skip
+    log(
+        f"figures and label_issues.csv written to {run.workdir} ({out.get('num_flagged', '?')} "
+        f"samples flagged as probably mislabeled; {time.time() - t0:.1f}s)"
+    )
     if out.get("nothing_flagged"):
         log(out["nothing_flagged"])
     made = {"checkpoint": step, "position": run.saved_at, "files": [*OUTPUT_FILES, "figures"]}

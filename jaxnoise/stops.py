@@ -71,9 +71,12 @@ class PreemptionGuard:
 
     def _handler(self, signum, frame):
         if self.saving and self.stop_requested:
-            print(f"{signal.Signals(signum).name} again: the checkpoint is being written and is "
-                  "complete in a moment (killed now, the previous checkpoint stays)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{signal.Signals(signum).name} again: the checkpoint is being written and is "
+                "complete in a moment (killed now, the previous checkpoint stays)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         if self.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -48,9 +48,18 @@ _NON_RESULT_FIELDS = {
 }
 
 # What --fresh removes: everything a run writes into its workdir.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "dataset.json", "per_sample.npz",
-             "outputs.json", "label_issues.csv", "label_issues_summary.json", "figures",
-             "tensorboard")
+RUN_FILES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.json",
+    "dataset.json",
+    "per_sample.npz",
+    "outputs.json",
+    "label_issues.csv",
+    "label_issues_summary.json",
+    "figures",
+    "tensorboard",
+)
 
 
 def _umask() -> int:
@@ -157,9 +166,14 @@ def check_workdir_config(workdir: str, resolved: dict, *, fresh: bool) -> None:
         )
 
 
-def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: Any,
-                   noise_known: bool | None = None,
-                   mean_std: tuple | None = None) -> None:  # fmt: skip
+def write_run_info(
+    workdir: str,
+    resolved: dict,
+    ds: data_lib.Dataset,
+    config: Any,
+    noise_known: bool | None = None,
+    mean_std: tuple | None = None,
+) -> None:
     """config.json and dataset.json (class names, image paths, whether the noise is known:
     ``noise_known``, ``metrics.noise_known`` of the run's noise mask; None: noise_kind != none;
     the model's inputs: their shape, dtype and the normalisation ``mean_std``, which
@@ -181,9 +195,12 @@ def write_run_info(workdir: str, resolved: dict, ds: data_lib.Dataset, config: A
         "train_ids": ds.train_ids.tolist() if ds.train_ids is not None else None,
     }
     if mean_std is not None:  # float32 values, exact as JSON floats
-        info["inputs"] = {"shape": list(ds.image_shape), "dtype": str(ds.train_images.dtype),
-                          "mean": [float(v) for v in mean_std[0]],
-                          "std": [float(v) for v in mean_std[1]]}  # fmt: skip
+        info["inputs"] = {
+            "shape": list(ds.image_shape),
+            "dtype": str(ds.train_images.dtype),
+            "mean": [float(v) for v in mean_std[0]],
+            "std": [float(v) for v in mean_std[1]],
+        }
     atomic_write_text(os.path.join(workdir, "dataset.json"), json.dumps(info))
 
 
@@ -292,14 +309,19 @@ def _write_error(workdir: str, e: OSError) -> WorkdirError:
     if e.filename and not os.path.abspath(e.filename).startswith(path):  # creating a parent
         where += f" (creating {e.filename})"
     if e.errno in (errno.EACCES, errno.EPERM):
-        return WorkdirError(f"{where} is not writable (permission denied); change its "
-                            "permissions or pass another --workdir")  # fmt: skip
+        return WorkdirError(
+            f"{where} is not writable (permission denied); change its "
+            "permissions or pass another --workdir"
+        )
     if e.errno == errno.EROFS:
-        return WorkdirError(f"{where} is on a read-only filesystem; pass a --workdir on a "
-                            "writable one")  # fmt: skip
+        return WorkdirError(
+            f"{where} is on a read-only filesystem; pass a --workdir on a writable one"
+        )
     if e.errno in _NO_SPACE:
-        return WorkdirError(f"no space left for {where} ({e.strerror}); free space there or "
-                            "pass a --workdir on another filesystem")  # fmt: skip
+        return WorkdirError(
+            f"no space left for {where} ({e.strerror}); free space there or "
+            "pass a --workdir on another filesystem"
+        )
     return WorkdirError(f"{where} cannot be written ({e.strerror}); pass another --workdir")
 
 
@@ -331,8 +353,10 @@ def check_writable(workdir: str) -> None:
     if existing == path and not os.path.isdir(path):
         raise WorkdirError(f"workdir {workdir!r} is a file, not a folder; pass another --workdir")
     if not os.path.isdir(existing):
-        raise WorkdirError(f"workdir {workdir!r} lies below {existing!r}, which is a file, not "
-                           "a folder; pass another --workdir")  # fmt: skip
+        raise WorkdirError(
+            f"workdir {workdir!r} lies below {existing!r}, which is a file, not "
+            "a folder; pass another --workdir"
+        )
     created = []  # the folders this call makes, outermost first
     p = path
     while p != existing:

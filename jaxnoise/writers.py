@@ -75,8 +75,9 @@ class TensorBoard:
 
         self._event, self._summary = event_pb2, summary_pb2
         os.makedirs(folder, exist_ok=True)
-        old = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                     if n.startswith(EVENTS_PREFIX))  # fmt: skip
+        old = sorted(
+            os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX)
+        )
         times = wall_times(old, event_pb2.Event)
         for path in old:
             os.remove(path)
@@ -90,8 +91,9 @@ class TensorBoard:
 
     def _put(self, step: int, values: dict[str, float], wall_time: float | None = None) -> None:
         Value = self._summary.Summary.Value
-        summary = self._summary.Summary(value=[Value(tag=k, simple_value=v)
-                                               for k, v in values.items()])  # fmt: skip
+        summary = self._summary.Summary(
+            value=[Value(tag=k, simple_value=v) for k, v in values.items()]
+        )
         wall_time = time.time() if wall_time is None else wall_time
         self._file.write_event(self._event.Event(wall_time=wall_time, step=step, summary=summary))
 
@@ -157,9 +159,11 @@ class Writers:
 
 def warn(name: str, e: BaseException, workdir: str) -> None:
     """The one line of a writer that failed (the run goes on)."""
-    log(f"warning: the {name} writer failed ({type(e).__name__}: {' '.join(str(e).split())}); "
+    log(
+        f"warning: the {name} writer failed ({type(e).__name__}: {' '.join(str(e).split())}); "
         f"it is off for the rest of this run; {os.path.join(workdir, 'metrics.jsonl')} has "
-        "every epoch, and a resumed run rewrites the writer's files from it")  # fmt: skip
+        "every epoch, and a resumed run rewrites the writer's files from it"
+    )
 
 
 def available(package: str) -> bool:

@@ -24,7 +24,11 @@ if __name__ == "__main__":
         c.mesh.num_devices = d
         with tempfile.TemporaryDirectory() as wd:
             s = loops.train_and_evaluate(c, wd)
-        out[d] = [{**{k: r[k] for k in KEYS},
-                   "labelled": [v["labelled"] for v in r.get("division", {}).values()]}
-                  for r in s["history"]]  # fmt: skip
+        out[d] = [
+            {
+                **{k: r[k] for k in KEYS},
+                "labelled": [v["labelled"] for v in r.get("division", {}).values()],
+            }
+            for r in s["history"]
+        ]
     print("RESULT " + json.dumps(out))

@@ -19,8 +19,10 @@ import jax  # noqa: E402
 
 from jaxnoise import loops  # noqa: E402
 
-KEYS = {"bootstrap": ("train_loss", "test_loss", "test_acc", "auroc", "mixture"),
-        "dividemix": ("train_loss", "test_loss", "test_acc", "auroc")}  # fmt: skip
+KEYS = {
+    "bootstrap": ("train_loss", "test_loss", "test_acc", "auroc", "mixture"),
+    "dividemix": ("train_loss", "test_loss", "test_acc", "auroc"),
+}
 
 if __name__ == "__main__":
     pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -39,7 +41,11 @@ if __name__ == "__main__":
     s = loops.train_and_evaluate(c, workdir)
     assert jax.process_count() == 2 and len(jax.devices()) == 4
     if pid == 0:
-        hist = [{**{k: r[k] for k in KEYS[method]},
-                 "labelled": [v["labelled"] for v in r.get("division", {}).values()]}
-                for r in s["history"]]  # fmt: skip
+        hist = [
+            {
+                **{k: r[k] for k in KEYS[method]},
+                "labelled": [v["labelled"] for v in r.get("division", {}).values()],
+            }
+            for r in s["history"]
+        ]
         print("RESULT " + json.dumps(hist))

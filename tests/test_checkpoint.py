@@ -90,11 +90,18 @@ def test_round_trip_is_exact_by_name_into_the_templates_shardings(tmp_path):
     ck = saved(tmp_path, 7)
     step_dir = os.path.join(ck.directory, "7")
     assert sorted(n for n in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, n))) == [
-        "aux", "labels", "meta", "state",
-    ]  # fmt: skip
+        "aux",
+        "labels",
+        "meta",
+        "state",
+    ]
     assert names(os.path.join(step_dir, "state")) == [
-        "loss_sum", "mixture.alphas", "mixture.valid", "params.b", "params.w",
-    ]  # fmt: skip
+        "loss_sum",
+        "mixture.alphas",
+        "mixture.valid",
+        "params.b",
+        "params.w",
+    ]
     assert names(os.path.join(step_dir, "aux")) == ["p_noisy", "signal.buffer", "signal.count"]
     assert names(os.path.join(step_dir, "labels")) == ["labels"]
     with open(os.path.join(step_dir, "meta", "metadata")) as f:
@@ -264,7 +271,7 @@ def test_device_count_change_is_reported(tmp_path, capsys):
         match=r"in this run \(and 2 more differences"
         r"\) \(the checkpoint was written with 4 devices, this run has 1\); use",
     ):
-        ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(make_tree(n=4))  # fmt: skip
+        ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(make_tree(n=4))
 
 
 _RESHARD = """
@@ -298,8 +305,12 @@ def test_sharded_checkpoint_restores_on_the_same_and_another_device_count(tmp_pa
     )
     r = subprocess.run(
         [sys.executable, "-c", _RESHARD, str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     assert lines[0] == "RESTORED 2 [[5, 6, 7, 8], [9, 10, 11, 12]]"
@@ -322,10 +333,13 @@ def _save_unnamed(tmp_path, step: int, tree: dict) -> str:
     directory = os.path.join(str(tmp_path), "checkpoints")
     leaves = jax.tree_util.tree_leaves(tree)
     with ocp.CheckpointManager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({f"leaf_{i:05d}": x for i, x in enumerate(leaves)}),
-            meta=ocp.args.JsonSave(META),
-        ))  # fmt: skip
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave({f"leaf_{i:05d}": x for i, x in enumerate(leaves)}),
+                meta=ocp.args.JsonSave(META),
+            ),
+        )
         manager.wait_until_finished()
     return directory
 
@@ -358,8 +372,13 @@ def test_checkpoint_module_does_not_import_config_and_reexports_workdir():
     code = "import sys, jaxnoise.checkpoint; print('jaxnoise.config' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr[-2000:]
-    for name in ("atomic_write", "atomic_write_text", "check_workdir_config", "WorkdirConflict",
-                 "FILE_MODE"):  # fmt: skip
+    for name in (
+        "atomic_write",
+        "atomic_write_text",
+        "check_workdir_config",
+        "WorkdirConflict",
+        "FILE_MODE",
+    ):
         assert getattr(ckpt_lib, name) is getattr(workdir_lib, name)
 
 

@@ -293,10 +293,13 @@ def _save_without_checksums(tmp_path, step: int, tree: dict, meta: dict) -> str:
     items = {"state": tree["state"], "labels": {"labels": tree["labels"]}}
     info = {"items": ["labels", "state"], "num_devices": 1}
     with ocp.CheckpointManager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            **{k: ocp.args.StandardSave(v) for k, v in items.items()},
-            meta=ocp.args.JsonSave({**meta, "checkpoint": info}),
-        ))  # fmt: skip
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{k: ocp.args.StandardSave(v) for k, v in items.items()},
+                meta=ocp.args.JsonSave({**meta, "checkpoint": info}),
+            ),
+        )
         manager.wait_until_finished()
     return os.path.join(directory, str(step))
 

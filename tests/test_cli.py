@@ -33,9 +33,13 @@ def run_main(*args: str, cwd: str = ROOT, blocked: bool = False, timeout: int = 
     blocked_main = f"MAIN = {main!r}\n" + BLOCKED_MAIN
     cmd = [sys.executable, "-c", blocked_main] if blocked else [sys.executable, main]
     return subprocess.run(
-        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [*cmd, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )  # fmt: skip
+    )
 
 
 def assert_one_line_refusal(r, code: int, *texts: str) -> None:
@@ -102,14 +106,22 @@ def test_offline_tfds_fails_fast_in_one_line_and_leaves_no_workdir(tmp_path):
     unreachable host and what to run instead; exit 1; no workdir; nothing downloaded."""
     data_dir = tmp_path / "tfds"
     r = run_main(
-        "--config", os.path.join(ROOT, "configs", "cifar10_m_dyr_h.py"), "--config.noise=0.5",
-        f"--config.data.data_dir={data_dir}", cwd=str(tmp_path), blocked=True,
-    )  # fmt: skip
+        "--config",
+        os.path.join(ROOT, "configs", "cifar10_m_dyr_h.py"),
+        "--config.noise=0.5",
+        f"--config.data.data_dir={data_dir}",
+        cwd=str(tmp_path),
+        blocked=True,
+    )
     assert_one_line_refusal(
-        r, 1, "tfds dataset 'cifar10' is not prepared", "www.cs.toronto.edu",
-        "network blocked by the test", "pip install -e '.[prepare]'",
+        r,
+        1,
+        "tfds dataset 'cifar10' is not prepared",
+        "www.cs.toronto.edu",
+        "network blocked by the test",
+        "pip install -e '.[prepare]'",
         "--config.data.source=digits",
-    )  # fmt: skip
+    )
     assert not (tmp_path / "runs").exists()  # no empty runs/cifar10_m_dyr_h-tfds left behind
     written = [p for p in data_dir.rglob("*") if p.is_file()] if data_dir.exists() else []
     assert written == []  # nothing was downloaded
@@ -131,8 +143,16 @@ def test_progress_lines_every_n_seconds_with_rates_of_this_run_only(capsys):
     """A line only after log_every_seconds; after a resume at step 40 the bar starts there and
     s/step, images/s and the ETA count only the steps done since."""
     clock = FakeClock()
-    bar = progress.Progress(100, "epoch 3/9 mixup", initial=40, items_per_step=128,
-                            log_every_seconds=10, clock=clock, bar=False, lines=True)  # fmt: skip
+    bar = progress.Progress(
+        100,
+        "epoch 3/9 mixup",
+        initial=40,
+        items_per_step=128,
+        log_every_seconds=10,
+        clock=clock,
+        bar=False,
+        lines=True,
+    )
     assert bar.n == 40 and bar._bar.n == 40  # the (disabled here) tqdm bar starts at 40 too
     clock.t += 5
     bar.update(10, loss=1.5)
@@ -141,8 +161,9 @@ def test_progress_lines_every_n_seconds_with_rates_of_this_run_only(capsys):
     bar.update(10, loss=1.25, images_per_s=1.0)
     line = capsys.readouterr().out.strip()
     # 20 steps in 10 s since the resume: 0.5 s/step, 256 images/s, 40 steps left: 20 s
-    assert line.endswith("epoch 3/9 mixup: step 60/100, 0.5 s/step, 256 images/s, ETA 20s, "
-                         "loss 1.25"), line  # fmt: skip
+    assert line.endswith(
+        "epoch 3/9 mixup: step 60/100, 0.5 s/step, 256 images/s, ETA 20s, loss 1.25"
+    ), line
     clock.t += 30
     bar.update(10)
     line = capsys.readouterr().out.strip()
@@ -172,10 +193,15 @@ def test_format_duration():
 # The quickstart shrunk to the shared tiny run's config (tests/_signal_run.py) by overrides, so
 # that the command line's run can be compared with the in-process one (and reuses its compiled
 # programs from the session's compilation cache).
-TINY_OVERRIDES = ["--config.width=8", "--config.epochs=3", "--config.lr_milestones=(2,)",
-                  "--config.bootstrap.start_epoch=2", "--config.bootstrap.dynamic_start_epoch=2",
-                  "--config.bootstrap.soft_to_hard_start_epoch=3",
-                  "--config.bootstrap.temperature_epochs=2"]
+TINY_OVERRIDES = [
+    "--config.width=8",
+    "--config.epochs=3",
+    "--config.lr_milestones=(2,)",
+    "--config.bootstrap.start_epoch=2",
+    "--config.bootstrap.dynamic_start_epoch=2",
+    "--config.bootstrap.soft_to_hard_start_epoch=3",
+    "--config.bootstrap.temperature_epochs=2",
+]
 
 
 def test_run_without_terminal_or_workdir(bootstrap_run, tmp_path):
@@ -183,8 +209,9 @@ def test_run_without_terminal_or_workdir(bootstrap_run, tmp_path):
     to runs/<config name>-<data source> and gives the in-process run's metrics exactly;
     'compiling ...' before the first call of each jitted step and evaluation pass, and progress
     lines with step, s/step, images/s, ETA; every file of the workdir has one permission mode."""
-    r = run_main("--config", QUICK, *TINY_OVERRIDES, "--config.log_every_seconds=1e-9",
-                 cwd=str(tmp_path))  # fmt: skip
+    r = run_main(
+        "--config", QUICK, *TINY_OVERRIDES, "--config.log_every_seconds=1e-9", cwd=str(tmp_path)
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert "done: M-DYR-H" in out
@@ -205,5 +232,7 @@ def test_run_without_terminal_or_workdir(bootstrap_run, tmp_path):
 def _metrics(workdir) -> list[dict]:
     """metrics.jsonl without the timing fields."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_s")}
-                for x in f]  # fmt: skip
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_s")}
+            for x in f
+        ]

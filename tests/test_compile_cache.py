@@ -27,8 +27,10 @@ def tiny(**overrides):
 @pytest.fixture
 def jax_cache_restored():
     """The session's cache settings (tests/conftest.py) are put back after the test."""
-    saved = (jax.config.jax_compilation_cache_dir,
-             jax.config.jax_persistent_cache_min_compile_time_secs)  # fmt: skip
+    saved = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
     yield
     jax.config.update("jax_compilation_cache_dir", saved[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
@@ -43,16 +45,21 @@ def test_valid_settings(value, tmp_path):
 def test_invalid_settings_name_the_field(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for value, why in ((str(a_file), "a file of that name exists"),
-                       (str(a_file / "sub"), f"{a_file} is not a writable folder")):  # fmt: skip
+    for value, why in (
+        (str(a_file), "a file of that name exists"),
+        (str(a_file / "sub"), f"{a_file} is not a writable folder"),
+    ):
         with pytest.raises(ValueError, match="config.compilation_cache") as e:
             config_lib.validate(tiny(compilation_cache=value))
         assert why in str(e.value)
     d = tiny().to_dict()  # ml_collections keeps a field's type; a dict config may not
     for value in (1, None, "/tmp/a\0b"):
         d["compilation_cache"] = value
-        with pytest.raises(ValueError, match=r"config.compilation_cache = .* is not allowed: "
-                           "'auto', '' or 'none' \\(off\\), or a folder$"):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=r"config.compilation_cache = .* is not allowed: "
+            "'auto', '' or 'none' \\(off\\), or a folder$",
+        ):
             config_lib.validate(d)
 
 

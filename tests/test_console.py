@@ -27,8 +27,14 @@ PRESETS = os.path.join(ROOT, "jaxnoise", "configs")
 def cli(*args: str, cwd: str = ROOT, timeout: int = 300):
     """``python -m jaxnoise.cli ARGS`` (the console script's entry point), output captured."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-m", "jaxnoise.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnoise.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def one_line_refusal(r, *texts: str) -> str:
@@ -100,8 +106,9 @@ def test_a_preset_name_on_the_command_line(tmp_path):
     r = cli("train", "--config", "cifar10n_ce:aggre", "--config.noise=1.5", "--workdir", str(wd))
     one_line_refusal(r, "config.noise = 1.5")
     r = cli("train", "--config", "quickstrat", "--workdir", str(wd))
-    one_line_refusal(r, "--config quickstrat: no such file, and no preset of that name",
-                     "quickstart")  # fmt: skip
+    one_line_refusal(
+        r, "--config quickstrat: no such file, and no preset of that name", "quickstart"
+    )
     r = cli("train", "--workdir", str(wd))
     one_line_refusal(r, "--config CONFIG is required, e.g. jaxnoise train --config quickstart")
     assert not wd.exists()
@@ -147,14 +154,16 @@ def test_each_verb_has_its_help():
 
 def test_an_unknown_verb_is_one_line_with_a_suggestion():
     one_line_refusal(cli("trian"), "unknown verb 'trian'", 'did you mean "train"')
-    one_line_refusal(cli("report", "/no/such/workdir"), "is not a directory",
-                     "jaxnoise report --help")  # fmt: skip
+    one_line_refusal(
+        cli("report", "/no/such/workdir"), "is not a directory", "jaxnoise report --help"
+    )
 
 
 def test_main_py_is_the_train_verb():
     """``python main.py --help`` is the train verb's help under main.py's name."""
-    r = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and r.stdout.startswith("usage: python main.py --config CONFIG")
     assert "    quickstart " in r.stdout
 
@@ -190,9 +199,23 @@ def test_a_wheel_holds_the_presets_and_the_command(tmp_path):
     pytest.importorskip("wheel")
     if int(setuptools.__version__.split(".")[0]) < 68:
         pytest.skip(f"setuptools {setuptools.__version__} < 68 (pyproject's build requirement)")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "-w", str(tmp_path),
-                        "--no-deps", "--no-build-isolation", "-q"],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            ROOT,
+            "-w",
+            str(tmp_path),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = tmp_path.glob("jaxnoise-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -214,10 +237,22 @@ def test_sigint_while_the_command_starts_is_one_line_and_130(tmp_path):
     """``jaxnoise train`` keeps main.py's handler: Ctrl-C during the imports (and until the run
     installs its own) is one line and exit 130, no traceback."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jaxnoise.cli", "train", "--config", "quickstart", "--workdir",
-         str(tmp_path / "wd")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "jaxnoise.cli",
+            "train",
+            "--config",
+            "quickstart",
+            "--workdir",
+            str(tmp_path / "wd"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
+    )
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -247,8 +282,9 @@ def _digits_probs(tmp_path):
     rng = np.random.default_rng(0)
     flip = rng.random(y.size) < 0.4
     noisy = np.where(flip, (y + rng.integers(1, 10, y.size)) % 10, y)
-    probs = cross_val_predict(LogisticRegression(max_iter=300), x / 16.0, noisy, cv=3,
-                              method="predict_proba")  # fmt: skip
+    probs = cross_val_predict(
+        LogisticRegression(max_iter=300), x / 16.0, noisy, cv=3, method="predict_proba"
+    )
     np.save(tmp_path / "labels.npy", noisy)
     ids = np.array([f"img{i}" for i in range(y.size)])
     np.savez(tmp_path / "arrays.npz", labels=noisy, pred_probs=probs, ids=ids)
@@ -262,19 +298,38 @@ def test_find_issues_writes_the_libraries_list(tmp_path):
 
     labels, probs, mask = _digits_probs(tmp_path)
     out = tmp_path / "issues.csv"
-    r = cli("find-issues", "--labels", str(tmp_path / "labels.npy"), "--pred-probs",
-            f"{tmp_path / 'arrays.npz'}:pred_probs", "--ids", f"{tmp_path / 'arrays.npz'}:ids",
-            "--out", str(out))  # fmt: skip
+    r = cli(
+        "find-issues",
+        "--labels",
+        str(tmp_path / "labels.npy"),
+        "--pred-probs",
+        f"{tmp_path / 'arrays.npz'}:pred_probs",
+        "--ids",
+        f"{tmp_path / 'arrays.npz'}:ids",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     expected = jaxnoise.find_label_issues(labels, pred_probs=probs)
     assert [row["id"] for row in rows] == [f"img{i}" for i in expected]
-    assert f"({len(expected)} of {labels.size} samples: as many as the noise model estimates" \
-        in r.stdout, r.stdout
+    assert (
+        f"({len(expected)} of {labels.size} samples: as many as the noise model estimates"
+        in r.stdout
+    ), r.stdout
     assert mask[expected].mean() > 0.8 and mask[expected].sum() > 0.6 * mask.sum()
-    r = cli("find-issues", "--labels", f"{tmp_path / 'arrays.npz'}:labels", "--pred-probs",
-            f"{tmp_path / 'arrays.npz'}:pred_probs", "--count", "7", "--out", str(out))  # fmt: skip
+    r = cli(
+        "find-issues",
+        "--labels",
+        f"{tmp_path / 'arrays.npz'}:labels",
+        "--pred-probs",
+        f"{tmp_path / 'arrays.npz'}:pred_probs",
+        "--count",
+        "7",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out, newline="") as f:
         assert [int(row["index"]) for row in csv.DictReader(f)] == expected[:7].tolist()
@@ -284,14 +339,21 @@ def test_find_issues_refuses_in_one_line(tmp_path):
     """A missing file, an .npz without the key, two sources, mismatched lengths: one line each."""
     _digits_probs(tmp_path)
     labels, arrays = str(tmp_path / "labels.npy"), str(tmp_path / "arrays.npz")
-    one_line_refusal(cli("find-issues", "--labels", str(tmp_path / "nope.npy"), "--losses",
-                         labels), "--labels", "no such file")  # fmt: skip
-    one_line_refusal(cli("find-issues", "--labels", labels, "--pred-probs", f"{arrays}:probs"),
-                     "no array 'probs'")  # fmt: skip
-    one_line_refusal(cli("find-issues", "--labels", labels, "--pred-probs", arrays),
-                     "name one")  # fmt: skip
-    one_line_refusal(cli("find-issues", "--labels", labels, "--losses", labels, "--features",
-                         labels), "not allowed with")  # fmt: skip
+    one_line_refusal(
+        cli("find-issues", "--labels", str(tmp_path / "nope.npy"), "--losses", labels),
+        "--labels",
+        "no such file",
+    )
+    one_line_refusal(
+        cli("find-issues", "--labels", labels, "--pred-probs", f"{arrays}:probs"),
+        "no array 'probs'",
+    )
+    one_line_refusal(cli("find-issues", "--labels", labels, "--pred-probs", arrays), "name one")
+    one_line_refusal(
+        cli("find-issues", "--labels", labels, "--losses", labels, "--features", labels),
+        "not allowed with",
+    )
     np.save(tmp_path / "short.npy", np.ones(5, np.float32))
-    one_line_refusal(cli("find-issues", "--labels", labels, "--losses",
-                         str(tmp_path / "short.npy")), "losses")  # fmt: skip
+    one_line_refusal(
+        cli("find-issues", "--labels", labels, "--losses", str(tmp_path / "short.npy")), "losses"
+    )

@@ -593,8 +593,18 @@ def write_fake_cifar10_download(root: Path, per_file: int = 3) -> dict[str, list
     rng = np.random.default_rng(10)
     base = root / "cifar-10-batches-bin"
     base.mkdir(parents=True)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]  # fmt: skip
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     (base / "batches.meta.txt").write_text("\n".join(names) + "\n")
     written: dict[str, list] = {"train": [], "test": []}
     files = [(f"data_batch_{i}.bin", "train") for i in range(1, 6)] + [("test_batch.bin", "test")]
@@ -619,9 +629,10 @@ def test_tfds_cifar10_prepared_from_fake_download_and_read(tmp_path, monkeypatch
     written = write_fake_cifar10_download(tmp_path / "download")
     monkeypatch.setattr(tfds_source, "_unreachable_hosts", lambda urls: [])  # offline test machine
     with mock.patch.object(
-        tfds.download.DownloadManager, "download_and_extract",
+        tfds.download.DownloadManager,
+        "download_and_extract",
         return_value=str(tmp_path / "download"),
-    ):  # fmt: skip
+    ):
         ds = data.load_tfds("cifar10", data_dir=str(tmp_path / "tfds"))
     assert list((tmp_path / "tfds").glob("cifar10/*/cifar10-train.array_record*"))
     assert ds.class_names[:3] == ["airplane", "automobile", "bird"]  # from batches.meta.txt
@@ -632,8 +643,11 @@ def test_tfds_cifar10_prepared_from_fake_download_and_read(tmp_path, monkeypatch
             (img.tobytes(), y) for img, y in written[split]
         )
     # prepared: read again without any download
-    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                           side_effect=AssertionError("downloaded again")):  # fmt: skip
+    with mock.patch.object(
+        tfds.download.DownloadManager,
+        "download_and_extract",
+        side_effect=AssertionError("downloaded again"),
+    ):
         again = data.load_tfds("cifar10", data_dir=str(tmp_path / "tfds"), download=False)
     np.testing.assert_array_equal(again.train_images, ds.train_images)
 

@@ -93,8 +93,12 @@ def net_state(net: str, tx):
     model = nnx.eval_shape(lambda: models.PreActResNet18(C, width=WIDTH, rngs=nnx.Rngs(0)))
     models.load_torch_state(model, {k: v.astype(np.float32) for k, v in initial(net).items()})
     graphdef, params, frozen, stats = network.split(model, config())
-    return graphdef, {"params": params, "frozen": frozen, "stats": stats,
-                      "opt_state": tx.init(params)}  # fmt: skip
+    return graphdef, {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+    }
 
 
 @functools.cache
@@ -160,8 +164,20 @@ def run_semi():
     c, tx = config(), optim.direction(config())
     graphdef, state = net_state("init1", tx)
     _, other = net_state("init2", tx)
-    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
-                              lambda_max=LAMBDA_U, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
+    step = dms.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        C,
+        MEAN,
+        STD,
+        batch_size=B,
+        T=T,
+        alpha=ALPHA,
+        lambda_max=LAMBDA_U,
+        warm_up=WARM_UP,
+        rampup=RAMPUP,
+    )
     mask = labelled_mask()
     orders = dms.pool_orders(c.seed, i32(SEMI), i32(NET), jnp.asarray(mask))
     num_iter = int(mask.sum()) // B + 1  # the official len(labelled) // batch_size + 1
@@ -185,9 +201,10 @@ def test_semi_draws_are_the_ones_given_to_the_official_loop(semi_run):
         for name in ("labelled", "unlabelled", "lam", "mix_perm"):
             np.testing.assert_array_equal(np.asarray(getattr(d, name)), stored[name][s], name)
         np.testing.assert_array_equal(jax.random.key_data(d.view_keys), stored["view_keys"][s])
-        sums = [float(jnp.sum(augmented(B)(images[np.asarray(idx)], key)))
-                for idx, key in zip((d.labelled, d.labelled, d.unlabelled, d.unlabelled),
-                                    d.view_keys)]  # fmt: skip
+        sums = [
+            float(jnp.sum(augmented(B)(images[np.asarray(idx)], key)))
+            for idx, key in zip((d.labelled, d.labelled, d.unlabelled, d.unlabelled), d.view_keys)
+        ]
         np.testing.assert_allclose(sums, stored["view_sums"][s], rtol=1e-5)
     mask = labelled_mask()
     assert mask[stored["labelled"]].all() and not mask[stored["unlabelled"]].any()
@@ -224,8 +241,9 @@ def run_warmup(mode: str):
     c = config()
     tx = optim.direction(c)
     graphdef, state = net_state("init1", tx)
-    step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=mode == "asym",
-                                batch_size=2 * B)  # fmt: skip
+    step = dms.make_warmup_step(
+        graphdef, tx, c, C, MEAN, STD, penalty=mode == "asym", batch_size=2 * B
+    )
     perm = dms.warmup_permutation(c.seed, N, i32(WARMUP), i32(NET))
     args = lambda s: (data(), perm, i32(WARMUP), i32(s), i32(NET))
     metrics, distances = [], {}
@@ -252,8 +270,9 @@ def test_warmup_matches_official(warmup_run):
     mode = warmup_run["mode"]
     for name in ("ce", "penalty", "loss"):
         ours = [m[name] for m in warmup_run["metrics"]]
-        np.testing.assert_allclose(ours, fixture()[f"warmup/{mode}/{name}"], rtol=LOSS_RTOL,
-                                   atol=1e-7, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            ours, fixture()[f"warmup/{mode}/{name}"], rtol=LOSS_RTOL, atol=1e-7, err_msg=name
+        )
     assert (np.asarray(fixture()[f"warmup/{mode}/penalty"]) != 0).all() == (mode == "asym")
     for steps, dist in warmup_run["distances"].items():
         assert all(v <= UPDATE_TOL for v in dist.values()), (steps, dist)
@@ -269,8 +288,9 @@ def gmm_losses(n: int = 50_000) -> np.ndarray:
     n_clean = int(0.6 * n)
     u_c = (np.arange(n_clean) + 0.5) / n_clean
     u_n = (np.arange(n - n_clean) + 0.5) / (n - n_clean)
-    losses = np.concatenate([-0.3 * np.log1p(-u_c), np.maximum(2.4 + 0.6 * special.ndtri(u_n),
-                                                                0.05)])  # fmt: skip
+    losses = np.concatenate(
+        [-0.3 * np.log1p(-u_c), np.maximum(2.4 + 0.6 * special.ndtri(u_n), 0.05)]
+    )
     return losses[np.argsort((np.arange(n) * 7919) % n, kind="stable")].astype(np.float32)
 
 

@@ -101,8 +101,10 @@ def test_interrupted_after_an_epoch_and_resumed_gives_the_same_metrics(full_run,
     assert first["epochs_done"] == 2 and first["checkpoint_at"] == "the end of epoch 2"
     resumed = loops.train_and_evaluate(tiny_config(), wd)
     assert _without_seconds(resumed["history"]) == _without_seconds(summary["history"])
-    with np.load(os.path.join(wd, "per_sample.npz")) as a, \
-            np.load(os.path.join(full_run[1], "per_sample.npz")) as b:  # fmt: skip
+    with (
+        np.load(os.path.join(wd, "per_sample.npz")) as a,
+        np.load(os.path.join(full_run[1], "per_sample.npz")) as b,
+    ):
         np.testing.assert_array_equal(a["p_noisy"], b["p_noisy"])
 
 
@@ -186,9 +188,13 @@ def test_swapping_the_networks_divisions_changes_the_run(full_run, tmp_path, mon
     assert swapped[0]["train_loss"] == real[0]["train_loss"]  # warm-up: no division
     a, b = real[1], swapped[1]  # the first division: the same divisions, the roles swapped
     assert (a["division"]["net1"], a["division"]["net2"]) == (
-        b["division"]["net2"], b["division"]["net1"])  # fmt: skip
+        b["division"]["net2"],
+        b["division"]["net1"],
+    )
     assert (a["nets"]["net1"]["labelled"], a["nets"]["net2"]["labelled"]) == (
-        b["nets"]["net2"]["labelled"], b["nets"]["net1"]["labelled"])  # fmt: skip
+        b["nets"]["net2"]["labelled"],
+        b["nets"]["net1"]["labelled"],
+    )
     assert a["nets"]["net1"]["loss"] != b["nets"]["net1"]["loss"]
     assert [r["test_loss"] for r in real[1:]] != [r["test_loss"] for r in swapped[1:]]
 
@@ -276,10 +282,17 @@ def _check_same(one: list, other: list, what: str) -> None:
 def test_same_metrics_on_1_and_2_devices(full_run):
     """The tiny run on a 2-device mesh (data sharded, both networks replicated, every batch
     sharded) gives the 1-device run's metrics to float tolerance and its labelled-set sizes."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")  # fmt: skip
-    r = subprocess.run([sys.executable, "tests/_dividemix_parallel_check.py", "2"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    r = subprocess.run(
+        [sys.executable, "tests/_dividemix_parallel_check.py", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     assert line, r.stdout[-3000:]
@@ -295,10 +308,24 @@ def test_two_processes_agree_with_one(full_run, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, "tests/_multiprocess_check.py", str(i), port,
-                               str(tmp_path / "wd"), "dividemix"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "tests/_multiprocess_check.py",
+                str(i),
+                port,
+                str(tmp_path / "wd"),
+                "dividemix",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=1200) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

@@ -53,8 +53,12 @@ def _linear_state(seed: int):
     c = _config(seed)
     graphdef, params, frozen, stats = network.split(network.create(c, C, D), c)
     tx = optim.direction(c)
-    return c, graphdef, tx, {"params": params, "frozen": frozen, "stats": stats,
-                             "opt_state": tx.init(params)}  # fmt: skip
+    return (
+        c,
+        graphdef,
+        tx,
+        {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +67,20 @@ def linear():
     c, graphdef, tx, state = _linear_state(0)
     _, _, _, other = _linear_state(1)
     x, y, p_clean = _problem()
-    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
-                              lambda_max=LAMBDA_MAX, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
+    step = dms.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        C,
+        MEAN,
+        STD,
+        batch_size=B,
+        T=T,
+        alpha=ALPHA,
+        lambda_max=LAMBDA_MAX,
+        warm_up=WARM_UP,
+        rampup=RAMPUP,
+    )
     data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
     return c, graphdef, tx, state, other, data, p_clean, step
 
@@ -88,8 +104,10 @@ def _call_semi(linear, mask, epoch, s, net=0, step=None):
 
 
 def _kernel_bias(params):
-    leaves = {jax.tree_util.keystr(p): np.asarray(v, np.float64)
-              for p, v in jax.tree_util.tree_leaves_with_path(params)}  # fmt: skip
+    leaves = {
+        jax.tree_util.keystr(p): np.asarray(v, np.float64)
+        for p, v in jax.tree_util.tree_leaves_with_path(params)
+    }
     (w,) = [v for k, v in leaves.items() if "kernel" in k]
     (b,) = [v for k, v in leaves.items() if "bias" in k]
     return w, b
@@ -125,8 +143,9 @@ def _semi_reference(w, b, w2, b2, x, y, p_clean, idx_x, idx_u, lam, perm, lambda
     penalty = np.sum((1 / C) * np.log((1 / C) / pbar))
     # Gradient w.r.t. the logits: soft CE rows, squared-error rows through the softmax, penalty.
     g_logits = np.zeros_like(h)
-    g_logits[: 2 * B] = (p[: 2 * B] * mixed_t[: 2 * B].sum(1, keepdims=True)
-                         - mixed_t[: 2 * B]) / (2 * B)  # fmt: skip
+    g_logits[: 2 * B] = (p[: 2 * B] * mixed_t[: 2 * B].sum(1, keepdims=True) - mixed_t[: 2 * B]) / (
+        2 * B
+    )
     g_p = np.zeros_like(h)
     g_p[2 * B :] = lambda_u * 2 * (p[2 * B :] - mixed_t[2 * B :]) / (2 * B * C)
     g_p += -(1 / C) / pbar / (4 * B)
@@ -149,19 +168,37 @@ def test_semi_step_is_the_official_train_body(linear):
     assert 0 < lambda_u < LAMBDA_MAX
     w, b = _kernel_bias(state["params"])
     w2, b2 = _kernel_bias(other["params"])
-    loss, lx, lu, pen, g_w, g_b = _semi_reference(w, b, w2, b2, x, y, p_clean.astype(np.float64),
-                                                  idx_x, idx_u, float(d.lam),
-                                                  np.asarray(d.mix_perm), lambda_u)  # fmt: skip
-    for name, want in (("loss", loss), ("Lx", lx), ("Lu", lu), ("penalty", pen),
-                       ("lambda_u", lambda_u), ("lr", LR)):  # fmt: skip
+    loss, lx, lu, pen, g_w, g_b = _semi_reference(
+        w,
+        b,
+        w2,
+        b2,
+        x,
+        y,
+        p_clean.astype(np.float64),
+        idx_x,
+        idx_u,
+        float(d.lam),
+        np.asarray(d.mix_perm),
+        lambda_u,
+    )
+    for name, want in (
+        ("loss", loss),
+        ("Lx", lx),
+        ("Lu", lu),
+        ("penalty", pen),
+        ("lambda_u", lambda_u),
+        ("lr", LR),
+    ):
         np.testing.assert_allclose(m[name], want, rtol=1e-5, err_msg=name)
     # torch SGD, first step: buf = grad + wd * param; param -= lr * buf.
     w_new, b_new = _kernel_bias(new["params"])
     np.testing.assert_allclose(w_new - w, -LR * (g_w + WD * w), rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(b_new - b, -LR * (g_b + WD * b), rtol=1e-4, atol=1e-8)
     # The reference is sensitive to the wiring: the other network's targets matter.
-    other_loss = _semi_reference(w, b, w, b, x, y, p_clean, idx_x, idx_u, float(d.lam),
-                                 np.asarray(d.mix_perm), lambda_u)[0]  # fmt: skip
+    other_loss = _semi_reference(
+        w, b, w, b, x, y, p_clean, idx_x, idx_u, float(d.lam), np.asarray(d.mix_perm), lambda_u
+    )[0]
     assert abs(other_loss - loss) > 1e-4
 
 
@@ -176,17 +213,41 @@ def test_augdesc_ws_targets_from_weak_views_mixmatch_of_strong_views(linear, mon
     gradient) on the strong ones; the same draws as the weak step."""
     monkeypatch.setattr(strong_augment, "strong_augment", _fake_strong)
     c, graphdef, tx, state, other, data, p_clean, _ = linear
-    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
-                              lambda_max=LAMBDA_MAX, warm_up=WARM_UP, rampup=RAMPUP,
-                              views="augdesc-ws")  # fmt: skip
+    step = dms.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        C,
+        MEAN,
+        STD,
+        batch_size=B,
+        T=T,
+        alpha=ALPHA,
+        lambda_max=LAMBDA_MAX,
+        warm_up=WARM_UP,
+        rampup=RAMPUP,
+        views="augdesc-ws",
+    )
     x, y = np.asarray(data["images"], np.float64), np.asarray(data["labels"])
     mask, (epoch, s, net) = p_clean > 0.5, (13, 1, 0)
     new, m, num_iter = _call_semi(linear, mask, epoch, s, net, step=step)
     d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
     lambda_u = LAMBDA_MAX * np.clip((epoch - 1 + s / num_iter - WARM_UP) / RAMPUP, 0.0, 1.0)
     (w, b), (w2, b2) = _kernel_bias(state["params"]), _kernel_bias(other["params"])
-    args = (w, b, w2, b2, x, y, p_clean.astype(np.float64), np.asarray(d.labelled),
-            np.asarray(d.unlabelled), float(d.lam), np.asarray(d.mix_perm), lambda_u)  # fmt: skip
+    args = (
+        w,
+        b,
+        w2,
+        b2,
+        x,
+        y,
+        p_clean.astype(np.float64),
+        np.asarray(d.labelled),
+        np.asarray(d.unlabelled),
+        float(d.lam),
+        np.asarray(d.mix_perm),
+        lambda_u,
+    )
     loss, lx, lu, pen, g_w, g_b = _semi_reference(*args, strong=lambda a: a[:, ::-1] * 2 + 0.25)
     for name, want in (("loss", loss), ("Lx", lx), ("Lu", lu), ("penalty", pen)):
         np.testing.assert_allclose(m[name], want, rtol=1e-5, err_msg=name)
@@ -265,8 +326,9 @@ def test_warmup_step_is_ce_plus_negative_entropy(linear, penalty):
     c, graphdef, tx, state, _, data, _, _ = linear
     wb, epoch, net = 16, 3, 1  # 40 samples: two batches of 16, a last one of 8
     full = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=penalty, batch_size=wb)
-    tail = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=penalty,
-                                batch_size=N % wb, stride=wb)  # fmt: skip
+    tail = dms.make_warmup_step(
+        graphdef, tx, c, C, MEAN, STD, penalty=penalty, batch_size=N % wb, stride=wb
+    )
     perm = dms.warmup_permutation(c.seed, N, epoch, net)
     w, b = _kernel_bias(state["params"])
     x, y = np.asarray(data["images"], np.float64), np.asarray(data["labels"])
@@ -277,8 +339,9 @@ def test_warmup_step_is_ce_plus_negative_entropy(linear, penalty):
         logp = h - special.logsumexp(h, axis=1, keepdims=True)
         ce = -np.mean(logp[np.arange(len(idx)), y[idx]])
         neg_ent = np.mean(np.sum(np.exp(logp) * logp, 1)) if penalty else 0.0
-        np.testing.assert_allclose([float(m["ce"]), float(m["loss"])], [ce, ce + neg_ent],
-                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            [float(m["ce"]), float(m["loss"])], [ce, ce + neg_ent], rtol=1e-5
+        )
     other_perm = np.asarray(dms.warmup_permutation(c.seed, N, epoch, 0))
     assert not np.array_equal(other_perm, np.asarray(perm))
 
@@ -300,8 +363,12 @@ class _BatchNormHead(nnx.Module):
 def _bn_state(seed: int, tx):
     model = _BatchNormHead(nnx.Rngs(seed))
     graphdef, params, frozen, stats = nnx.split(model, nnx.Param, lambda *_: False, nnx.BatchStat)
-    return graphdef, {"params": params, "frozen": frozen, "stats": stats,
-                      "opt_state": tx.init(params)}  # fmt: skip
+    return graphdef, {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+    }
 
 
 def _np(state):
@@ -325,32 +392,57 @@ def test_batchnorm_modes_and_running_statistics_order():
     graphdef, state = _bn_state(0, tx)
     _, other = _bn_state(1, tx)
     other["stats"] = jax.tree.map(lambda v: v + 0.5, other["stats"])  # eval != train mode
-    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
-                              lambda_max=LAMBDA_MAX, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
+    step = dms.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        C,
+        MEAN,
+        STD,
+        batch_size=B,
+        T=T,
+        alpha=ALPHA,
+        lambda_max=LAMBDA_MAX,
+        warm_up=WARM_UP,
+        rampup=RAMPUP,
+    )
     epoch, s, net, num_iter = 30, 1, 0, int(mask.sum()) // B + 1
     data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
     orders = dms.pool_orders(c.seed, _int(epoch), _int(net), jnp.asarray(mask))
-    new, m = step(_copy(state), other, data, jnp.asarray(p_clean), orders,
-                  _int(epoch), _int(s), _int(num_iter), _int(net))  # fmt: skip
+    new, m = step(
+        _copy(state),
+        other,
+        data,
+        jnp.asarray(p_clean),
+        orders,
+        _int(epoch),
+        _int(s),
+        _int(num_iter),
+        _int(net),
+    )
     d = dms.semi_draws(c.seed, epoch, s, net, dms.pool_orders(c.seed, epoch, net, mask), B, ALPHA)
     xs = (x[np.asarray(d.labelled)] - MEAN) / STD
     us = (x[np.asarray(d.unlabelled)] - MEAN) / STD
     lam, perm = float(d.lam), np.asarray(d.mix_perm)
     p, p_other, stats_other = _np(state["params"]), _np(other["params"]), _np(other["stats"])
-    pu = (2 * _softmax(_bn_forward(p, us))
-          + 2 * _softmax(_bn_forward(p_other, us, stats_other["bn"]))) / 4  # fmt: skip
+    pu = (
+        2 * _softmax(_bn_forward(p, us)) + 2 * _softmax(_bn_forward(p_other, us, stats_other["bn"]))
+    ) / 4
     wx = p_clean[np.asarray(d.labelled)][:, None]
-    tx_ = _sharpen(wx * np.eye(C)[y[np.asarray(d.labelled)]] + (1 - wx) * _softmax(
-        _bn_forward(p, xs)))  # fmt: skip
+    tx_ = _sharpen(
+        wx * np.eye(C)[y[np.asarray(d.labelled)]] + (1 - wx) * _softmax(_bn_forward(p, xs))
+    )
     inputs = np.concatenate([xs, xs, us, us])
     targets = np.concatenate([tx_, tx_, _sharpen(pu), _sharpen(pu)])
     mixed, mixed_t = (lam * a + (1 - lam) * a[perm] for a in (inputs, targets))
     h = _bn_forward(p, mixed)
-    lx = -np.mean(np.sum(mixed_t[: 2 * B] * (h - special.logsumexp(h, 1, keepdims=True))[: 2 * B],
-                         1))  # fmt: skip
+    lx = -np.mean(
+        np.sum(mixed_t[: 2 * B] * (h - special.logsumexp(h, 1, keepdims=True))[: 2 * B], 1)
+    )
     np.testing.assert_allclose(m["Lx"], lx, rtol=1e-5)
-    np.testing.assert_allclose(m["Lu"], np.mean((_softmax(h)[2 * B :] - mixed_t[2 * B :]) ** 2),
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        m["Lu"], np.mean((_softmax(h)[2 * B :] - mixed_t[2 * B :]) ** 2), rtol=1e-5
+    )
 
     def running(order):  # torch: running = 0.9 running + 0.1 batch (unbiased variance)
         mean, var = np.zeros(D), np.ones(D)

@@ -155,7 +155,11 @@ def test_readme_python_examples_run_and_do_what_they_say(tmp_path, bootstrap_run
     workdir = str(tmp_path / "run")
     assert run.count('"/tmp/jaxnoise_readme_run"') == 2
     ns = {}
-    exec(compile(run.replace('"/tmp/jaxnoise_readme_run"', repr(workdir)), "README.md (a run)",
-                 "exec"), ns)  # fmt: skip
+    exec(
+        compile(
+            run.replace('"/tmp/jaxnoise_readme_run"', repr(workdir)), "README.md (a run)", "exec"
+        ),
+        ns,
+    )
     assert ns["summary"]["epochs_done"] == 3 and not ns["summary"]["interrupted"]
     assert ns["out"]["prediction"].shape == (5,) and ns["out"]["probs"].shape == (5, 10)

@@ -43,8 +43,6 @@ STEP_KINDS = {
 }
 
 
-
-
 # Where posteriors set the *input* mixing weights (MD-DYR-SH), three steps can put one batch loss
 # into the neighbouring bin of the lookup table on one side only, after float32 rounding has moved
 # the parameters (measured: 9.7e-3 of the update for the dynamic-mixup epochs; one step: 1.7e-6;
@@ -59,7 +57,7 @@ def fixture() -> dict[str, np.ndarray]:
 
 
 def prefixed(prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in fixture().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in fixture().items() if k.startswith(prefix)}
 
 
 def original_updates(kind: str, steps: int) -> dict[str, np.ndarray]:
@@ -70,7 +68,7 @@ def original_updates(kind: str, steps: int) -> dict[str, np.ndarray]:
     out, at = {}, 0
     for key, scale in zip(f["keys"], scales):
         n = before[key].size
-        out[str(key)] = flat[at:at + n].astype(np.float64).reshape(before[key].shape) * scale
+        out[str(key)] = flat[at : at + n].astype(np.float64).reshape(before[key].shape) * scale
         at += n
     assert at == flat.size
     return out
@@ -124,8 +122,9 @@ def test_tracked_losses_and_bmm_match_original():
     labels = jnp.asarray(fixture()["labels"], jnp.int32)
     from jaxnoise import losses
 
-    np.testing.assert_allclose(losses.cross_entropy(logits, labels), fixture()["tracked_losses"],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        losses.cross_entropy(logits, labels), fixture()["tracked_losses"], rtol=1e-5
+    )
     bmm, orig = jax_bmm(), prefixed("bmm/")
     for ours, theirs in (("alphas", "alphas"), ("betas", "betas"), ("weights", "weights")):
         np.testing.assert_allclose(getattr(bmm, ours), orig[theirs], rtol=1e-3, err_msg=ours)
@@ -145,8 +144,14 @@ def jitted_update(kind: str):
     tx = optim.direction(c)
     phase = bootstrap_schedule.phase_for_epoch(c, epoch)
     update = jax.jit(step_lib.make_update(graphdef, tx, c, phase, NUM_CLASSES))
-    state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
-             "mixture": jax_bmm(), "step": jnp.zeros((), jnp.int32)}  # fmt: skip
+    state = {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+        "mixture": jax_bmm(),
+        "step": jnp.zeros((), jnp.int32),
+    }
     temperature = np.float32(bootstrap_schedule.temperature_for_epoch(c, epoch))
     return graphdef, state, update, temperature
 
@@ -163,11 +168,20 @@ def test_train_steps_match_original(kind, steps):
     for s in range(steps):
         sl = slice(s * BATCH, (s + 1) * BATCH)
         draws = step_lib.StepDraws(
-            pair=jnp.asarray(f["draws/pair"][s]), lam=jnp.float32(f["draws/lam"][s]),
-            pair_weight=jnp.float32(f["draws/pair_weight"][s]), key=jax.random.key(s),
-        )  # fmt: skip
-        state, loss = update(state, inputs(sl), jnp.asarray(f["labels"][sl], jnp.int32), None,
-                             draws, temperature, np.float32(0.1))  # the original's lr 0.1
+            pair=jnp.asarray(f["draws/pair"][s]),
+            lam=jnp.float32(f["draws/lam"][s]),
+            pair_weight=jnp.float32(f["draws/pair_weight"][s]),
+            key=jax.random.key(s),
+        )
+        state, loss = update(
+            state,
+            inputs(sl),
+            jnp.asarray(f["labels"][sl], jnp.int32),
+            None,
+            draws,
+            temperature,
+            np.float32(0.1),
+        )  # the original's lr 0.1
         step_losses.append(float(loss))
     np.testing.assert_allclose(np.mean(step_losses), f[f"step/{kind}/{steps}/loss"], rtol=1e-4)
     ours = models.torch_state(nnx.merge(graphdef, state["params"], state["frozen"], state["stats"]))

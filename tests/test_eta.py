@@ -17,8 +17,11 @@ from jaxnoise import eta, progress
 
 def same(e: eta.Estimate | None, seconds: float, partial=False, estimated=False) -> bool:
     """An estimate of ``seconds`` (to float rounding) with the given flags."""
-    return (e is not None and e.seconds == pytest.approx(seconds)
-            and (e.partial, e.estimated) == (partial, estimated))  # fmt: skip
+    return (
+        e is not None
+        and e.seconds == pytest.approx(seconds)
+        and (e.partial, e.estimated) == (partial, estimated)
+    )
 
 
 class FakeClock:
@@ -78,9 +81,11 @@ def test_bootstrap_projection_of_the_issue_example():
     line = eta.bootstrap_projection(clock, 300, 391, eta.bootstrap_work(299, 391), hint)
     expect_total = f"{int(round(total)) // 3600}h{int(round(total)) % 3600 // 60:02d}m"
     expect_left = f"{int(round(left)) // 3600}h{int(round(left)) % 3600 // 60:02d}m"
-    assert line.startswith(f"projected: 300 epochs ≈ {expect_total} (train 5.1 s/step × 391 "
-                           "steps/epoch + track 40s + eval 8s per epoch); "
-                           f"left ≈ {expect_left}"), line  # fmt: skip
+    assert line.startswith(
+        f"projected: 300 epochs ≈ {expect_total} (train 5.1 s/step × 391 "
+        "steps/epoch + track 40s + eval 8s per epoch); "
+        f"left ≈ {expect_left}"
+    ), line
     assert "more than a day: a GPU or a head on embeddings (data.source='features'" in line
     assert "an estimate" not in line
     # under a day, or with nothing faster to suggest: no hint
@@ -99,7 +104,8 @@ def test_faster_hint():
 def test_projection_before_anything_is_timed_and_with_unknown_parts():
     clock = eta.RunClock()
     assert eta.bootstrap_projection(clock, 3, 10, {"train": 20}).startswith(
-        "projected: 3 epochs, time unknown yet (train ? × 10 steps/epoch")
+        "projected: 3 epochs, time unknown yet (train ? × 10 steps/epoch"
+    )
     clock.add("train", 10, 10.0)
     line = eta.bootstrap_projection(clock, 3, 10, eta.bootstrap_work(2, 10))
     assert "3 epochs at least 30s" in line and "left at least 20s" in line  # passes unknown
@@ -119,9 +125,18 @@ def _dividemix_reference(first, epochs, warm_up, warm_steps, semi_steps):
     return work
 
 
-@pytest.mark.parametrize("first,epochs,warm_up", [(1, 301, 10), (7, 301, 10), (11, 301, 10),
-                                                  (250, 301, 10), (302, 301, 10), (1, 4, 5),
-                                                  (3, 4, 5)])  # fmt: skip
+@pytest.mark.parametrize(
+    "first,epochs,warm_up",
+    [
+        (1, 301, 10),
+        (7, 301, 10),
+        (11, 301, 10),
+        (250, 301, 10),
+        (302, 301, 10),
+        (1, 4, 5),
+        (3, 4, 5),
+    ],
+)
 def test_dividemix_work_counts_each_epoch(first, epochs, warm_up):
     got = eta.dividemix_work(first, epochs, warm_up, warm_steps=782, semi_steps=390)
     ref = _dividemix_reference(first, epochs, warm_up, 782, 390)
@@ -149,8 +164,9 @@ def test_dividemix_semi_steps_and_projection():
 def test_merge_span_counts_overlaps_once():
     rng = np.random.default_rng(0)
     spans, total = [], 0.0
-    intervals = [(float(a), float(a + d)) for a, d in zip(rng.uniform(0, 100, 40),
-                                                          rng.uniform(0, 8, 40))]  # fmt: skip
+    intervals = [
+        (float(a), float(a + d)) for a, d in zip(rng.uniform(0, 100, 40), rng.uniform(0, 8, 40))
+    ]
     intervals += [(10.0, 12.0), (10.5, 11.0), (11.0, 11.5)]  # nested, as inner jit traces are
     for a, b in intervals:
         spans, added = eta.merge_span(spans, a, b)
@@ -192,17 +208,27 @@ def test_progress_feeds_the_run_clock_and_shows_the_run_eta(capsys):
     run.add("track", 1, 30.0)
     run.add("eval", 1, 10.0)
     later = eta.add_work({"track": 1, "eval": 1}, eta.bootstrap_work(2, 100))  # 2 more epochs
-    bar = progress.Progress(100, "epoch 1/3 mixup", initial=40, items_per_step=128,
-                            log_every_seconds=10, clock=clock, bar=False, lines=True,
-                            run=run, later=later)  # fmt: skip
+    bar = progress.Progress(
+        100,
+        "epoch 1/3 mixup",
+        initial=40,
+        items_per_step=128,
+        log_every_seconds=10,
+        clock=clock,
+        bar=False,
+        lines=True,
+        run=run,
+        later=later,
+    )
     clock.t += 10
     bar.update(20, loss=1.5)
     assert run.measured("train") == pytest.approx(0.5)
     # left: 40 steps of this epoch + 200 of the next two, 0.5 s each; 3 x (30 + 10) of passes
     assert same(bar.run_left(), 240 * 0.5 + 3 * 40.0)
     line = capsys.readouterr().out.strip()
-    assert line.endswith("step 60/100, 0.5 s/step, 256 images/s, ETA 20s, run ETA 4m00s, "
-                         "loss 1.5"), line  # fmt: skip
+    assert line.endswith(
+        "step 60/100, 0.5 s/step, 256 images/s, ETA 20s, run ETA 4m00s, loss 1.5"
+    ), line
     clock.t += 40
     bar.update(40)  # 1 s/step now; the recent rate is (10 + 40) / 60
     assert run.measured("train") == pytest.approx(50.0 / 60.0)

@@ -137,8 +137,10 @@ def test_encoding_is_the_composition_of_the_steps():
     m, w = ref_zca(normed, 0.1)
     centroids = RNG.normal(size=(5, 108))
     want = ref_pool(ref_triangle((normed - m) @ w, centroids).reshape(2, 3, 3, 5))
-    arrays = {k: jnp.asarray(v, jnp.float32) for k, v in
-              {"mean": m, "whitening": w, "centroids": centroids}.items()}  # fmt: skip
+    arrays = {
+        k: jnp.asarray(v, jnp.float32)
+        for k, v in {"mean": m, "whitening": w, "centroids": centroids}.items()
+    }
     got = np.asarray(extractors.kmeans_encode(jnp.asarray(images), arrays, patch=6, patch_eps=10.0))
     assert got.shape == (2, 20)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
@@ -165,8 +167,14 @@ def test_feature_batches_skip_augmentation_and_normalise_per_feature():
     mean, std = np.asarray([1.0, 2.0, 3.0]), np.asarray([2.0, 4.0, 0.5])
     got = np.asarray(data.normalize(x, mean, std))  # no division by 255 for features
     np.testing.assert_allclose(got, (np.asarray(x) - mean) / std, rtol=1e-6)
-    ds = data.Dataset(np.c_[np.asarray(x), np.ones(4)].astype(np.float32), np.zeros(4, np.int32),
-                      np.zeros((1, 4), np.float32), np.zeros(1, np.int32), ["a"], "f")  # fmt: skip
+    ds = data.Dataset(
+        np.c_[np.asarray(x), np.ones(4)].astype(np.float32),
+        np.zeros(4, np.int32),
+        np.zeros((1, 4), np.float32),
+        np.zeros(1, np.int32),
+        ["a"],
+        "f",
+    )
     m, s = ds.mean_std()
     np.testing.assert_allclose(m[:3], np.asarray(x).mean(0), rtol=1e-5)
     np.testing.assert_allclose(s[:3], np.asarray(x).std(0), rtol=1e-5)
@@ -315,10 +323,13 @@ TINY = extractors.KMeansSettings(centroids=4, num_patches=300, iters=2)
 def _tiny_images():
     rng = np.random.default_rng(1)
     return data.Dataset(
-        rng.integers(0, 256, (12, 8, 8, 3)).astype(np.uint8), np.arange(12, dtype=np.int32) % 2,
-        rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8), np.arange(4, dtype=np.int32) % 2,
-        ["a", "b"], "tiny",
-    )  # fmt: skip
+        rng.integers(0, 256, (12, 8, 8, 3)).astype(np.uint8),
+        np.arange(12, dtype=np.int32) % 2,
+        rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8),
+        np.arange(4, dtype=np.int32) % 2,
+        ["a", "b"],
+        "tiny",
+    )
 
 
 def test_cache_is_reused_and_invalidated_by_settings_and_images(tmp_path, monkeypatch):
@@ -345,15 +356,25 @@ def test_cache_is_reused_and_invalidated_by_settings_and_images(tmp_path, monkey
     # One changed pixel: recomputed, and replaces the stale file of the same settings.
     images = ds.train_images.copy()
     images[3, 2, 2, 1] ^= 1
-    changed = extract.extract_cached(dataclasses.replace(ds, train_images=images), "kmeans",
-                                      kmeans=TINY, cache_dir=tmp_path, batch=4)  # fmt: skip
+    changed = extract.extract_cached(
+        dataclasses.replace(ds, train_images=images),
+        "kmeans",
+        kmeans=TINY,
+        cache_dir=tmp_path,
+        batch=4,
+    )
     assert calls == [1, 1] and changed.train_images.shape == (12, 16)
     assert len(list(tmp_path.glob("features-kmeans-*.npz"))) == 2
     # Changed labels: recomputed as well (they are stored in the cache).
     labels = ds.train_labels.copy()
     labels[0] = 1
-    extract.extract_cached(dataclasses.replace(ds, train_labels=labels), "kmeans", kmeans=TINY,
-                            cache_dir=tmp_path, batch=4)  # fmt: skip
+    extract.extract_cached(
+        dataclasses.replace(ds, train_labels=labels),
+        "kmeans",
+        kmeans=TINY,
+        cache_dir=tmp_path,
+        batch=4,
+    )
     assert calls == [1, 1, 1]
 
 

@@ -40,8 +40,13 @@ def _records(split, with_sets: bool):
     for pos in TFDS_ORDER:
         r = {"image": _image(int(pos)), "label": int(CLEAN[pos]), "id": f"{split}_{pos:05d}"}
         if with_sets:
-            r.update(worse_label=int(HUMAN[pos]), aggre_label=int(CLEAN[pos]),
-                     random_label1=int(HUMAN[pos]), random_label2=0, random_label3=0)  # fmt: skip
+            r.update(
+                worse_label=int(HUMAN[pos]),
+                aggre_label=int(CLEAN[pos]),
+                random_label1=int(HUMAN[pos]),
+                random_label2=0,
+                random_label3=0,
+            )
         out.append(r)
     return out
 
@@ -52,8 +57,9 @@ def _mock(with_sets: bool = False):
             return [_records(s, with_sets) for s in split]
         return _records(split, with_sets)
 
-    return tfds.testing.mock_data(as_data_source_fn=as_data_source,
-                                  policy=tfds.testing.MockPolicy.USE_CODE)  # fmt: skip
+    return tfds.testing.mock_data(
+        as_data_source_fn=as_data_source, policy=tfds.testing.MockPolicy.USE_CODE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,9 @@ def test_cifar_order_file_lands_on_the_right_images(cifar10, tmp_path) -> None:
     path = tmp_path / "human.npz"
     np.savez(path, clean_label=CLEAN, worse_label=HUMAN)  # the CIFAR-N release's layout
     for order in ("cifar", "auto"):  # auto: a file with clean_label on tfds CIFAR is the release
-        ds = labels_lib.resolve(cifar10, label_file=str(path), label_key="worse_label",
-                                label_order=order)  # fmt: skip
+        ds = labels_lib.resolve(
+            cifar10, label_file=str(path), label_key="worse_label", label_order=order
+        )
         got = ds.label_sets[labels_lib.KEY]
         np.testing.assert_array_equal(got, HUMAN[_positions(ds.train_images)])
     # By position (the old behaviour) most labels would land on other images:
@@ -85,8 +92,9 @@ def test_wrong_order_is_caught_by_the_clean_labels(cifar10, tmp_path) -> None:
     path = tmp_path / "human.npz"
     np.savez(path, clean_label=CLEAN, worse_label=HUMAN)
     with pytest.raises(ValueError, match=r"clean_label disagrees .* on \d+ of 40 samples"):
-        labels_lib.resolve(cifar10, label_file=str(path), label_key="worse_label",
-                           label_order="dataset")  # fmt: skip
+        labels_lib.resolve(
+            cifar10, label_file=str(path), label_key="worse_label", label_order="dataset"
+        )
 
 
 def test_ambiguous_order_is_refused(cifar10, tmp_path) -> None:
@@ -179,8 +187,9 @@ def test_file_in_dataset_order_gives_the_noisy_labels(tmp_path, fmt) -> None:
     ds = data.Dataset(x, clean, x[:10], clean[:10], [str(c) for c in range(C)], "emb")
     path = _write_unnamed(tmp_path / f"human.{fmt}", human)
     out = labels_lib.resolve(ds, label_file=path, label_key="")  # auto: dataset order
-    noisy, mask = noise.apply("human", ds.train_labels, num_classes=C,
-                              human_labels=out.label_sets[labels_lib.KEY])  # fmt: skip
+    noisy, mask = noise.apply(
+        "human", ds.train_labels, num_classes=C, human_labels=out.label_sets[labels_lib.KEY]
+    )
     np.testing.assert_array_equal(noisy, human)
     np.testing.assert_array_equal(mask, human != clean)
     short = _write_unnamed(tmp_path / f"short.{fmt}", human[:999])
@@ -204,8 +213,14 @@ def test_label_issues_csv_carries_the_sample_ids(tmp_path) -> None:
     y = rng.integers(0, 2, n)
     x = (rng.normal(size=(n, d)) + 2.0 * y[:, None]).astype(np.float32)
     ids = np.asarray([f"sample-{i:03d}" for i in range(n)])
-    np.savez(tmp_path / "emb.npz", train_features=x, train_labels=y, test_features=x[:50],
-             test_labels=y[:50], train_ids=ids)  # fmt: skip
+    np.savez(
+        tmp_path / "emb.npz",
+        train_features=x,
+        train_labels=y,
+        test_features=x[:50],
+        test_labels=y[:50],
+        train_ids=ids,
+    )
     flipped = np.where(rng.random(n) < 0.3, 1 - y, y)
     with open(tmp_path / "human.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -242,9 +242,7 @@ def test_legacy_pt_and_plain_pickle(tmp_path, monkeypatch):
     assert got.key == "noisy_label" and list(got.ids) == ["x", "y", "z"]
     np.testing.assert_array_equal(got.labels, [3, 1, 2])
     plain.write_bytes(pickle.dumps(sets, protocol=5))  # arrays pickle through _frombuffer
-    np.testing.assert_array_equal(
-        labels_lib.read(plain, "noisy_label").labels, sets["noisy_label"]
-    )
+    np.testing.assert_array_equal(labels_lib.read(plain, "noisy_label").labels, sets["noisy_label"])
 
 
 class _Payload:

@@ -71,8 +71,15 @@ def np_bmm(loss: np.ndarray, iters: int) -> tuple[np.ndarray, float]:
 def np_gmm_weight(loss: np.ndarray, iters: int) -> float:
     """(M2): the noisy weight of sklearn's GaussianMixture from the fixed initialisation."""
     _, _, xo = np_normalise(loss)
-    gm = GaussianMixture(2, tol=0.0, max_iter=iters, reg_covar=1e-6, weights_init=[0.5, 0.5],
-                         means_init=[[1 / 3], [2 / 3]], precisions_init=[[[18.0]], [[18.0]]])
+    gm = GaussianMixture(
+        2,
+        tol=0.0,
+        max_iter=iters,
+        reg_covar=1e-6,
+        weights_init=[0.5, 0.5],
+        means_init=[[1 / 3], [2 / 3]],
+        precisions_init=[[[18.0]], [[18.0]]],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm.fit(xo[:, None])
@@ -214,9 +221,11 @@ def test_pred_probs_path_is_the_loss_path_with_eq_l1():
     b = li.find_label_issues(y, losses=loss, cut="none", max_iters=ITERS)
     np.testing.assert_allclose(loss[a], loss[b], rtol=1e-5)  # equal up to float32 rounding
     assert a[0] == 0  # p = 0: the largest loss
-    np.testing.assert_allclose(li.label_quality_scores(y, pred_probs=p, max_iters=ITERS),
-                               li.label_quality_scores(y, losses=loss, max_iters=ITERS),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        li.label_quality_scores(y, pred_probs=p, max_iters=ITERS),
+        li.label_quality_scores(y, losses=loss, max_iters=ITERS),
+        atol=1e-4,
+    )
 
 
 def test_ranking_breaks_ties_by_loss_then_index():
@@ -239,8 +248,7 @@ def test_cuts_count_threshold_auto():
     kw = dict(losses=loss, max_iters=ITERS)
     full = li.find_label_issues(y, cut="none", **kw)
     p = 1.0 - li.label_quality_scores(y, **kw)
-    np.testing.assert_array_equal(li.find_label_issues(y, cut="count", count=123, **kw),
-                                  full[:123])  # fmt: skip
+    np.testing.assert_array_equal(li.find_label_issues(y, cut="count", count=123, **kw), full[:123])
     thr = li.find_label_issues(y, cut="threshold", threshold=0.7, **kw)
     assert set(thr) == set(np.flatnonzero(p > 0.7))
     np.testing.assert_array_equal(thr, full[: thr.size])
@@ -286,8 +294,7 @@ def test_exact_neighbours_match_brute_force_with_ties(metric):
     x[:5] = x[5]  # duplicates: each other's neighbours, never themselves
     idx, score = knn.exact_neighbors(x, 7, metric=metric, chunk=64)
     ref_idx, ref_d2 = np_neighbours(x, 7, metric)
-    np.testing.assert_allclose(knn.squared_distances(x, score, metric=metric), ref_d2,
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(knn.squared_distances(x, score, metric=metric), ref_d2, atol=1e-4)
     if metric == "euclidean":  # cosine's normalised rows are not exact: tie order may differ
         np.testing.assert_array_equal(idx, ref_idx)
     assert not np.any(idx == np.arange(300)[:, None])
@@ -342,8 +349,12 @@ def test_neighbours_sharded_over_two_devices_equal_one():
         "e = knn.exact_neighbors(x, 5, chunk=128)[0]; a = knn.ivf_neighbors(x, 5, tile=32)[0]\n"
         "import sys; sys.stdout.buffer.write(np.concatenate([e, a]).astype(np.int32).tobytes())\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     both = np.frombuffer(out.stdout, np.int32).reshape(2000, 5)
@@ -360,14 +371,22 @@ def test_table_columns_and_dataframe():
     p, y, _ = probs_with_noise(n=500)
     ids = np.array([f"s{i}" for i in range(500)])
     t = li.label_issues_table(y, pred_probs=p, ids=ids, max_iters=ITERS)
-    assert list(t) == ["is_label_issue", "label_score", "given_label", "predicted_label",
-                       "p_noisy", "loss", "id"]  # fmt: skip
+    assert list(t) == [
+        "is_label_issue",
+        "label_score",
+        "given_label",
+        "predicted_label",
+        "p_noisy",
+        "loss",
+        "id",
+    ]
     flagged = li.find_label_issues(y, pred_probs=p, max_iters=ITERS)
     np.testing.assert_array_equal(np.flatnonzero(t["is_label_issue"]), np.sort(flagged))
     ranked = li.rank(t["p_noisy"], t["loss"])
     np.testing.assert_array_equal(ranked[np.isin(ranked, flagged)], flagged)  # the same order
-    np.testing.assert_allclose(t["loss"], -np.log(np.maximum(p[np.arange(500), y], 1e-6)),
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        t["loss"], -np.log(np.maximum(p[np.arange(500), y], 1e-6)), rtol=1e-6
+    )
     np.testing.assert_array_equal(t["predicted_label"], np.argmax(p, axis=1))
     np.testing.assert_array_equal(t["given_label"], y)
     np.testing.assert_allclose(t["label_score"], 1.0 - t["p_noisy"], atol=1e-7)

@@ -1,5 +1,6 @@
-"""ruff (lint) over the project's tracked Python files, so style problems fail the test command
-(a user's own untracked scratch script in the clone does not), and the function-length rule."""
+"""ruff (lint and format) over the project's tracked Python files, so style problems fail the
+test command (a user's own untracked scratch script in the clone does not), ``# fmt: skip`` only
+on aligned tables, and the function-length rule."""
 
 import ast
 import glob
@@ -24,8 +25,9 @@ def tracked_python_files(root: str = ROOT) -> list[str] | None:
     None when git is missing or ``root`` is not a git checkout."""
     if shutil.which("git") is None:
         return None
-    r = subprocess.run(["git", "ls-files", "-z", "--", "*.py"], cwd=root, capture_output=True,
-                       text=True)  # fmt: skip
+    r = subprocess.run(
+        ["git", "ls-files", "-z", "--", "*.py"], cwd=root, capture_output=True, text=True
+    )
     if r.returncode != 0:
         return None
     return sorted(f for f in r.stdout.split("\0") if f and os.path.isfile(os.path.join(root, f)))
@@ -34,8 +36,10 @@ def tracked_python_files(root: str = ROOT) -> list[str] | None:
 def ruff_check(root: str, files: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", "--force-exclude", *files],
-        cwd=root, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _need_ruff_and_git() -> list[str]:
@@ -43,17 +47,53 @@ def _need_ruff_and_git() -> list[str]:
         pytest.skip("ruff is not installed (it is in the dev extra)")
     files = tracked_python_files()
     if files is None:
-        pytest.skip(f"{ROOT} is not a git checkout (or git is missing): the lint test checks the "
-                    "files git tracks")  # fmt: skip
+        pytest.skip(
+            f"{ROOT} is not a git checkout (or git is missing): the lint test checks the "
+            "files git tracks"
+        )
     return files
 
 
 def test_ruff_check():
     """`ruff check` of the tracked .py files is clean."""
     files = _need_ruff_and_git()
-    assert "jaxnoise/train.py" in files and "tests/test_lint.py" in files
+    assert "jaxnoise/loops.py" in files and "tests/test_lint.py" in files
     r = ruff_check(ROOT, files)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format():
+    """`ruff format --check` of the tracked .py files: the code is as the formatter writes it."""
+    files = _need_ruff_and_git()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "format",
+            "--check",
+            "--no-cache",
+            "--force-exclude",
+            *files,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fmt_skip_only_on_aligned_tables():
+    """`# fmt: skip` only ends a module-level statement (an aligned table of rows, e.g. a dict of
+    cases or a parametrize list), never inside a function to keep hand-wrapped lines."""
+    files = _need_ruff_and_git()
+    inside = []
+    for path in files:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.rstrip().endswith("# fmt: skip") and line[:1] in (" ", "\t"):
+                    inside.append(f"{path}:{i}")
+    assert not inside, "indented # fmt: skip: " + ", ".join(inside)
 
 
 def test_untracked_scratch_script_is_not_linted(tmp_path):

@@ -33,8 +33,9 @@ def _ref_components(p, x):
         a, b = _f32(p["alphas"]), _f32(p["betas"])
         inside = (x > 0) & (x < 1)
         xi = np.where(inside, x, 0.5)
-        return np.stack([np.where(inside, w[k] * stats.beta.pdf(xi, a[k], b[k]), 0.0)
-                         for k in range(2)])  # fmt: skip
+        return np.stack(
+            [np.where(inside, w[k] * stats.beta.pdf(xi, a[k], b[k]), 0.0) for k in range(2)]
+        )
     m, v = _f32(p["means"]), _f32(p["variances"])
     return np.stack([w[k] * stats.norm.pdf(x, m[k], np.sqrt(v[k])) for k in range(2)])
 
@@ -95,8 +96,10 @@ def test_density_integrates_to_one(p):
             assert np.trapezoid(comps[k], x) == pytest.approx(w[k], abs=1e-5)
     else:
         m, sd = _f32(p["means"]), np.sqrt(_f32(p["variances"]))
-        mass = sum(w[k] * (stats.norm.cdf(1, m[k], sd[k]) - stats.norm.cdf(0, m[k], sd[k]))
-                   for k in range(2))  # fmt: skip
+        mass = sum(
+            w[k] * (stats.norm.cdf(1, m[k], sd[k]) - stats.norm.cdf(0, m[k], sd[k]))
+            for k in range(2)
+        )
         assert np.trapezoid(total, x) == pytest.approx(mass, abs=1e-5)
         wide = np.linspace(-2.0, 3.0, 200_001)
         assert np.trapezoid(mixture.density(state, wide)[0], wide) == pytest.approx(1.0, abs=1e-5)
@@ -104,8 +107,11 @@ def test_density_integrates_to_one(p):
 
 def _per_class(kind: str) -> mixture.MixtureState:
     """A valid 3-class state stacked from hand-made mixtures (no fit needed)."""
-    rows = [BMM, BMM_SKEW, BMM_SHARP] if kind == "bmm" else [
-        GMM, dict(GMM, means=[0.3, 0.5], lo=0.0), dict(GMM, variances=[0.05, 0.001], hi=5.0)]
+    rows = (
+        [BMM, BMM_SKEW, BMM_SHARP]
+        if kind == "bmm"
+        else [GMM, dict(GMM, means=[0.3, 0.5], lo=0.0), dict(GMM, variances=[0.05, 0.001], hi=5.0)]
+    )
     states = [plots._as_state(p).replace(valid=jnp.asarray(True)) for p in rows]
     return jax.tree.map(lambda *v: jnp.stack(v), *states)
 

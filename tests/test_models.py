@@ -162,12 +162,17 @@ def test_resnet34_param_count_and_names_match_the_cifar_n_code() -> None:
     21,282,122; its projection shortcuts are nn.Sequential(conv, BN) in layer2..4's first block."""
     from jaxnoise.models import torch_port
 
-    model = nnx.eval_shape(lambda: create_model("resnet34", 10, width=64, in_channels=3,
-                                                rngs=nnx.Rngs(0)))  # fmt: skip
+    model = nnx.eval_shape(
+        lambda: create_model("resnet34", 10, width=64, in_channels=3, rngs=nnx.Rngs(0))
+    )
     assert _n_params(model) == 21_282_122
     keys = set(torch_port._torch_keyed_state(model))
-    assert {"layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.running_var",
-            "layer4.2.bn2.weight", "linear.bias"} <= keys  # fmt: skip
+    assert {
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.running_var",
+        "layer4.2.bn2.weight",
+        "linear.bias",
+    } <= keys
     assert not any(k.startswith("layer1.0.shortcut") for k in keys)  # identity in layer1
 
 

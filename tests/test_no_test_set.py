@@ -98,14 +98,30 @@ def test_a_features_file_without_a_test_set_trains_end_to_end(tmp_path):
     np.savez(tmp_path / "emb.npz", train_features=x, train_labels=y)
     wd = tmp_path / "wd"
     r = subprocess.run(
-        [sys.executable, "-m", "jaxnoise.cli", "train", "--config", "features_m_dyr_h",
-         f"--config.data.features={tmp_path / 'emb.npz'}", "--config.mlp_hidden=(32,)",
-         "--config.noise=0.5", "--config.epochs=3", "--config.lr_milestones=(2,)",
-         "--config.bootstrap.start_epoch=3", "--config.bootstrap.batch_size=50",
-         "--config.eval_batch_size=200", "--workdir", str(wd)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "jaxnoise.cli",
+            "train",
+            "--config",
+            "features_m_dyr_h",
+            f"--config.data.features={tmp_path / 'emb.npz'}",
+            "--config.mlp_hidden=(32,)",
+            "--config.noise=0.5",
+            "--config.epochs=3",
+            "--config.lr_milestones=(2,)",
+            "--config.bootstrap.start_epoch=3",
+            "--config.bootstrap.batch_size=50",
+            "--config.eval_batch_size=200",
+            "--workdir",
+            str(wd),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
-    )  # fmt: skip
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     epochs = [line for line in r.stdout.splitlines() if "] epoch " in line and "train loss" in line]
     assert len(epochs) == 3 and all("no test set" in line for line in epochs), r.stdout[-3000:]

@@ -37,12 +37,17 @@ def _assert_same(a, b, what):
 @pytest.fixture(scope="module")
 def single_and_multi_device():
     """Metrics of the tiny run on 1, 2 and 8 forced CPU devices (one subprocess)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")  # fmt: skip
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
     r = subprocess.run(
         [sys.executable, "tests/_parallel_check.py", "1", "2", "8"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return _result(r.stdout)
 
@@ -73,7 +78,7 @@ def test_two_processes_agree_with_one(single_and_multi_device, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=900) for p in procs]

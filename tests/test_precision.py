@@ -17,8 +17,9 @@ from jaxnoise.network import apply as _apply
 def _forward(name: str, compute_dtype: str):
     in_channels = 1 if name == "small_cnn" else 3
     model = models.create_model(name, 10, width=8, in_channels=in_channels, rngs=nnx.Rngs(0))
-    graphdef, params, stats = nnx.split(models.set_compute_dtype(model, compute_dtype),
-                                        nnx.Param, nnx.BatchStat)  # fmt: skip
+    graphdef, params, stats = nnx.split(
+        models.set_compute_dtype(model, compute_dtype), nnx.Param, nnx.BatchStat
+    )
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, in_channels))
     fwd = jax.jit(lambda p, s, x: _apply(graphdef, p, nnx.State({}), s, x, True))
     logits, new_stats = fwd(params, stats, x)

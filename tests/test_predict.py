@@ -143,9 +143,14 @@ def test_the_predict_verb_writes_one_row_per_input(finished, tmp_path):
 
 
 def _cli(*args: str):
-    return subprocess.run([sys.executable, "-m", "jaxnoise.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnoise.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def _copy_without_checkpoints(wd: str, dest) -> str:
@@ -182,8 +187,12 @@ def test_inputs_that_do_not_fit_the_model_are_refused(finished, tmp_path):
     that is not there: PredictError naming what the model takes."""
     _, wd, images = finished
     run = inference.load_run(wd)
-    for bad in (np.zeros((3, 9, 9, 1), np.uint8), images.astype(np.float32),
-                np.zeros((3, 64), np.float32), images[:, :, :, 0]):  # fmt: skip
+    for bad in (
+        np.zeros((3, 9, 9, 1), np.uint8),
+        images.astype(np.float32),
+        np.zeros((3, 64), np.float32),
+        images[:, :, :, 0],
+    ):
         with pytest.raises(inference.PredictError, match=r"uint8 \(M, 8, 8, 1\) images"):
             run.predict(bad)
     with pytest.raises(inference.PredictError, match="no inputs"):

@@ -114,10 +114,20 @@ def test_cli_missing_weights_file_fails_before_compute():
     """`--config.weights=/nonexistent.npz` fails at once naming the file; no data is loaded
     (no `data:` line; not timed, as the machine's load would decide a time limit)."""
     r = subprocess.run(
-        [sys.executable, "main.py", "--config", "configs/quickstart.py",
-         "--config.weights=/nonexistent.npz", "--workdir", "/nonexistent/wd"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "main.py",
+            "--config",
+            "configs/quickstart.py",
+            "--config.weights=/nonexistent.npz",
+            "--workdir",
+            "/nonexistent/wd",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 2, r.stderr[-2000:]  # a refusal of the command line
     assert "error: config.weights = '/nonexistent.npz' is not allowed" in r.stderr
     assert "Traceback" not in r.stderr and "data:" not in r.stdout
@@ -311,8 +321,9 @@ _DTYPES = [*_INT_DTYPES, "float16", "float32", "float64", "bool", "complex64", "
 def _wild_labels(draw):
     """Random label containers: arrays of any dtype/shape/values, or Python lists of anything."""
     if draw(st.booleans()):
-        return draw(st.lists(st.one_of(st.integers(-2, 12), st.floats(), st.text(max_size=2)),
-                             max_size=6))  # fmt: skip
+        return draw(
+            st.lists(st.one_of(st.integers(-2, 12), st.floats(), st.text(max_size=2)), max_size=6)
+        )
     dtype = np.dtype(draw(st.sampled_from(_DTYPES)))
     shape = draw(st.sampled_from([(), (0,), (1,), (7,), (40,), (3, 2)]))
     if dtype.kind in "iu" and draw(st.booleans()):
@@ -350,15 +361,18 @@ def _noise_inputs(draw):
     n = draw(st.integers(0, 40))
     labels = labels_like(n)
     rate = draw(
-        st.floats(0, 1) if good() else st.one_of(
+        st.floats(0, 1)
+        if good()
+        else st.one_of(
             st.floats(allow_nan=True, allow_infinity=True),
             st.sampled_from([0, 1, True, "0.5", None, (0.5,)]),
         )
-    )  # fmt: skip
+    )
     seed = draw(
-        st.integers(0, 2**70) if good()
+        st.integers(0, 2**70)
+        if good()
         else st.one_of(st.integers(-5, -1), st.sampled_from([0.5, None, "1"]))
-    )  # fmt: skip
+    )
     if kind == "human" and good():
         human = labels_like(n)
     else:
@@ -374,8 +388,15 @@ def test_property_noise_injection_is_total(inputs):
     consistent mask, or raises ValueError with a message."""
     kind, labels, num_classes, rate, seed, dataset, human = inputs
     try:
-        noisy, mask = noise_lib.apply(kind, labels, num_classes=num_classes, rate=rate, seed=seed,
-                                      dataset=dataset, human_labels=human)  # fmt: skip
+        noisy, mask = noise_lib.apply(
+            kind,
+            labels,
+            num_classes=num_classes,
+            rate=rate,
+            seed=seed,
+            dataset=dataset,
+            human_labels=human,
+        )
     except ValueError as e:
         assert len(str(e)) > 10, str(e)
         event("refused")
@@ -412,8 +433,12 @@ class Child:
         )
         self.proc = subprocess.Popen(
             [sys.executable, HELPER, "--config", HELPER, "--workdir", str(workdir), *flags],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -508,8 +533,13 @@ def test_signal_mid_epoch_saves_exact_position_and_resume_matches(
     child.wait_for(f"PAUSED {epoch} {step}")
     child.proc.send_signal(sig)
     where = f"step {step + 1}/{STEPS} of epoch {epoch}"
-    _assert_clean_exit(child, child.finish(), code, f"stopped by {sig.name}: the checkpoint at "
-                       f"{where} is saved in {wd}; re-run the same command to resume")  # fmt: skip
+    _assert_clean_exit(
+        child,
+        child.finish(),
+        code,
+        f"stopped by {sig.name}: the checkpoint at "
+        f"{where} is saved in {wd}; re-run the same command to resume",
+    )
     assert _committed_steps(wd)[-1] == (epoch - 1) * STEPS + step + 1
     assert _metrics(wd) == _metrics(ref_wd)[: epoch - 1]
     _resume_and_compare(wd, reference, where)
@@ -549,8 +579,12 @@ def test_sigkill_during_checkpoint_writes_keeps_previous_checkpoint(reference, t
     assert _committed_steps(wd) == [STEPS]
     assert len(_metrics(wd)) >= 2  # epoch 2 was logged before its checkpoint was written
 
-    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_PAUSE_AT="3:4",
-                  JAXNOISE_TEST_HANG_SAVE=str(2 * STEPS + 5))  # fmt: skip
+    child = Child(
+        wd,
+        cache_dir=cache,
+        JAXNOISE_TEST_PAUSE_AT="3:4",
+        JAXNOISE_TEST_HANG_SAVE=str(2 * STEPS + 5),
+    )
     child.wait_for("PAUSED 3 4")
     child.proc.send_signal(signal.SIGTERM)
     child.wait_for(f"HANG_SAVE {2 * STEPS + 5}")
@@ -571,8 +605,13 @@ def test_fresh_discards_a_run_with_another_config(reference, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(ref_wd, wd)
     child = Child(wd, "--config.noise=0.2", cache_dir=cache)
-    _assert_clean_exit(child, child.finish(), 2, "holds a run with a different config (noise: "
-                       "0.5 -> 0.2)", "pass --fresh")  # fmt: skip
+    _assert_clean_exit(
+        child,
+        child.finish(),
+        2,
+        "holds a run with a different config (noise: 0.5 -> 0.2)",
+        "pass --fresh",
+    )
     child = Child(wd, "--config.noise=0.2", "--fresh", cache_dir=cache)
     _assert_clean_exit(child, child.finish(), 0, "done:")
     assert "resumed" not in child.output
@@ -588,9 +627,12 @@ def test_nan_training_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_p
     wd = tmp_path / "wd"
     child = Child(wd, cache_dir=cache, JAXNOISE_TEST_LR="2:1e30")
     _assert_clean_exit(
-        child, child.finish(), 1, "error: non-finite training loss",
+        child,
+        child.finish(),
+        1,
+        "error: non-finite training loss",
         "of epoch 2: training diverged; the checkpoint at the end of epoch 1",
-    )  # fmt: skip
+    )
     assert _committed_steps(wd) == [STEPS]
     assert _metrics(wd) == _metrics(ref_wd)[:1]
     _resume_and_compare(wd, reference, "the end of epoch 1")
@@ -606,10 +648,12 @@ def test_preemption_never_checkpoints_a_diverged_state(reference, tmp_path):
     child.wait_for("PAUSED 2 2")
     child.proc.send_signal(signal.SIGTERM)
     _assert_clean_exit(
-        child, child.finish(), 1,
+        child,
+        child.finish(),
+        1,
         "error: non-finite train state at step 3 of epoch 2: training diverged; the checkpoint "
         "at the end of epoch 1",
-    )  # fmt: skip
+    )
     assert _committed_steps(wd) == [STEPS]
 
 
@@ -622,12 +666,14 @@ def test_degenerate_fit_continues_and_nan_tracking_loss_stops(reference, tmp_pat
     wd = tmp_path / "wd"
     child = Child(wd, cache_dir=cache, JAXNOISE_TEST_TRACK="1:const,3:nan")
     _assert_clean_exit(
-        child, child.finish(), 1,
+        child,
+        child.finish(),
+        1,
         "warning: epoch 1: the bmm fit was degenerate (the 5th and 95th loss percentiles coincide",
         "every p(noisy) is 0.5",
         "error: 1 of 1500 per-sample losses of the tracking pass after epoch 3 are NaN",
         "the checkpoint at the end of epoch 2",
-    )  # fmt: skip
+    )
     records = _metrics(wd)
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[0]["mixture"]["valid"] is False and records[0]["auroc"] == 0.5
@@ -648,11 +694,17 @@ def test_multiprocess_sigterm_to_one_process_stops_all_at_one_step(tmp_path):
             port = sock.getsockname()[1]
         env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
         return [
-            Child(wd, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                  "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-                  cache_dir=tmp_path / "cache", **env, **((env0 or {}) if i == 0 else {}))
+            Child(
+                wd,
+                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={i}",
+                cache_dir=tmp_path / "cache",
+                **env,
+                **((env0 or {}) if i == 0 else {}),
+            )
             for i in range(2)
-        ]  # fmt: skip
+        ]
 
     ref = pair(tmp_path / "ref")
     for c in ref:
@@ -662,10 +714,15 @@ def test_multiprocess_sigterm_to_one_process_stops_all_at_one_step(tmp_path):
     children[0].wait_for("PAUSED 2 1")
     children[0].proc.send_signal(signal.SIGTERM)
     where = f"step 5/{STEPS} of epoch 2"
-    _assert_clean_exit(children[0], children[0].finish(), 143, f"stopped by SIGTERM: the "
-                       f"checkpoint at {where}")  # fmt: skip
-    _assert_clean_exit(children[1], children[1].finish(), 143, "stopped by a signal to another "
-                       f"process of the job: the checkpoint at {where}")  # fmt: skip
+    _assert_clean_exit(
+        children[0], children[0].finish(), 143, f"stopped by SIGTERM: the checkpoint at {where}"
+    )
+    _assert_clean_exit(
+        children[1],
+        children[1].finish(),
+        143,
+        f"stopped by a signal to another process of the job: the checkpoint at {where}",
+    )
     assert _committed_steps(wd)[-1] == STEPS + 5
     for c in pair(wd):
         _assert_clean_exit(c, c.finish(), 0, "done:")
@@ -713,8 +770,11 @@ def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monk
         monkeypatch.setattr(runkit, "write_outputs", write)
         assert _committed_steps(wd)[-1] == 3 * STEPS
         if first_epochs:
-            with pytest.raises(report.WorkdirError, match=rf"made from checkpoint {STEPS}, but its "
-                               rf"newest checkpoint is {3 * STEPS}"):  # fmt: skip
+            with pytest.raises(
+                report.WorkdirError,
+                match=rf"made from checkpoint {STEPS}, but its "
+                rf"newest checkpoint is {3 * STEPS}",
+            ):
                 report.load_workdir(str(wd))
         capsys.readouterr()
         loops.train_and_evaluate(c, str(wd))
@@ -735,8 +795,9 @@ def test_a_second_process_on_the_workdir_is_refused_before_loading(tmp_path):
     with workdir_lib.lock(str(wd)):
         child = Child(wd, cache_dir=tmp_path / "cache")
         rc = child.finish()
-    _assert_clean_exit(child, rc, 2, f"error: workdir '{wd}' is in use by another run (pid "
-                       f"{os.getpid()} ")  # fmt: skip
+    _assert_clean_exit(
+        child, rc, 2, f"error: workdir '{wd}' is in use by another run (pid {os.getpid()} "
+    )
     assert len(child.lines) == 1 and sorted(os.listdir(wd)) == [".lock"], child.output
 
 
@@ -757,9 +818,14 @@ def test_a_save_that_fails_for_lack_of_space_is_one_line_at_once(reference, tmp_
     wd = tmp_path / "wd"
     child = Child(wd, cache_dir=cache, JAXNOISE_TEST_ENOSPC=str(2 * STEPS))
     rc = child.finish()
-    _assert_clean_exit(child, rc, 1, f"error: could not save a checkpoint to {wd}/checkpoints: "
-                       "no space left on the device (ENOSPC)",
-                       f"resume from checkpoint {STEPS}, the last committed one")  # fmt: skip
+    _assert_clean_exit(
+        child,
+        rc,
+        1,
+        f"error: could not save a checkpoint to {wd}/checkpoints: "
+        "no space left on the device (ENOSPC)",
+        f"resume from checkpoint {STEPS}, the last committed one",
+    )
     assert child.lines[-1].startswith("error: "), child.output
     assert "epoch 3" not in child.output and _committed_steps(wd) == [STEPS]
 
@@ -770,8 +836,9 @@ def test_a_second_signal_while_saving_waits_and_saved_means_committed(reference,
     cache, _ = reference
     wd = tmp_path / "wd"
     at = STEPS + 5
-    child = Child(wd, cache_dir=cache, JAXNOISE_TEST_PAUSE_AT="2:4",
-                  JAXNOISE_TEST_SLOW_SAVE=f"{at}:3")  # fmt: skip
+    child = Child(
+        wd, cache_dir=cache, JAXNOISE_TEST_PAUSE_AT="2:4", JAXNOISE_TEST_SLOW_SAVE=f"{at}:3"
+    )
     child.wait_for("PAUSED 2 4")
     child.proc.send_signal(signal.SIGTERM)
     child.wait_for(f"SLOW_SAVE {at}")
@@ -791,8 +858,9 @@ def test_a_signal_during_the_first_compile_exits_at_once(tmp_path):
     child = Child(wd, cache_dir=tmp_path / "cache", JAXNOISE_TEST_LONG_FIRST_COMPILE="1")
     child.wait_for("FIRST_COMPILE")
     child.proc.send_signal(signal.SIGTERM)
-    _assert_clean_exit(child, child.finish(50), 128 + signal.SIGTERM,
-                       "stopped by SIGTERM: nothing to save yet")  # fmt: skip
+    _assert_clean_exit(
+        child, child.finish(50), 128 + signal.SIGTERM, "stopped by SIGTERM: nothing to save yet"
+    )
     assert "epoch 1:" not in child.output and not os.path.isdir(wd / "checkpoints" / "24")
 
 
@@ -803,5 +871,7 @@ def test_sigint_while_starting_is_one_line_and_130(tmp_path):
     time.sleep(0.5)
     child.proc.send_signal(signal.SIGINT)
     _assert_clean_exit(child, child.finish(), 130)
-    assert any(t in child.output for t in ("interrupted (SIGINT while starting)",
-                                          "stopped by SIGINT: nothing to save yet")), child.output
+    assert any(
+        t in child.output
+        for t in ("interrupted (SIGINT while starting)", "stopped by SIGINT: nothing to save yet")
+    ), child.output

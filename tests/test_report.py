@@ -31,8 +31,15 @@ SUSPECTS = {
     150: (0.5, 9.0, 2, 2),  # exactly at the threshold: not listed
 }
 ORDER_05 = [17, 5, 42, 60, 99]  # p desc, then loss desc, then index
-COLUMNS = ["index", "given_label", "given_class", "predicted_label", "predicted_class",
-           "p_noisy", "loss"]  # fmt: skip
+COLUMNS = [
+    "index",
+    "given_label",
+    "given_class",
+    "predicted_label",
+    "predicted_class",
+    "p_noisy",
+    "loss",
+]
 
 
 def make_workdir(path, *, known: bool = True, paths: bool = False) -> str:
@@ -52,31 +59,54 @@ def make_workdir(path, *, known: bool = True, paths: bool = False) -> str:
     if not known:
         mask[:] = False
     np.savez(
-        os.path.join(path, "per_sample.npz"), loss=loss, p_noisy=p, prediction=pred,
-        noisy_label=given, true_label=given, noise_mask=mask,
+        os.path.join(path, "per_sample.npz"),
+        loss=loss,
+        p_noisy=p,
+        prediction=pred,
+        noisy_label=given,
+        true_label=given,
+        noise_mask=mask,
         logits=rng.normal(size=(N, 3)).astype(np.float32),
-    )  # fmt: skip
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(
-            {"method": "M-DYR-H", "noise_model": "bmm", "noisy_component": "initial",
-             "em_iters": 10, "posterior_lookup": True,
-             "noise_kind": "symmetric" if known else "none", "data": {"name": "toy"}},
+            {
+                "method": "M-DYR-H",
+                "noise_model": "bmm",
+                "noisy_component": "initial",
+                "em_iters": 10,
+                "posterior_lookup": True,
+                "noise_kind": "symmetric" if known else "none",
+                "data": {"name": "toy"},
+            },
             f,
-        )  # fmt: skip
+        )
     with open(os.path.join(path, "dataset.json"), "w") as f:
         json.dump(
-            {"name": "toy", "class_names": CLASSES, "num_train": N, "noise_known": known,
-             "train_paths": [f"/data/train/img_{i:03d}.png" for i in range(N)] if paths else None},
+            {
+                "name": "toy",
+                "class_names": CLASSES,
+                "num_train": N,
+                "noise_known": known,
+                "train_paths": [f"/data/train/img_{i:03d}.png" for i in range(N)]
+                if paths
+                else None,
+            },
             f,
-        )  # fmt: skip
+        )
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
         for epoch, acc in ((1, 40.0), (2, 60.0), (3, 55.0), (3, 70.0), (4, 80.0)):
-            r = {"epoch": epoch, "phase": "mixup", "test_acc": acc, "best_acc": max(acc, 60.0),
-                 "auroc": 0.5 + 0.1 * epoch if known else float("nan"),
-                 "auroc_loss": 0.5 + 0.1 * epoch if known else float("nan"),
-                 "flagged_fraction": 0.1 * epoch,
-                 "loss_quantiles_clean": [0.1, 0.2, 0.3],
-                 "loss_quantiles_noisy": [2.0, 3.0, 4.0]}  # fmt: skip
+            r = {
+                "epoch": epoch,
+                "phase": "mixup",
+                "test_acc": acc,
+                "best_acc": max(acc, 60.0),
+                "auroc": 0.5 + 0.1 * epoch if known else float("nan"),
+                "auroc_loss": 0.5 + 0.1 * epoch if known else float("nan"),
+                "flagged_fraction": 0.1 * epoch,
+                "loss_quantiles_clean": [0.1, 0.2, 0.3],
+                "loss_quantiles_noisy": [2.0, 3.0, 4.0],
+            }
             f.write(json.dumps(r) + "\n")
     return str(path)
 
@@ -229,8 +259,10 @@ def test_cli_threshold(tmp_path):
     wd = make_workdir(tmp_path)
     r = subprocess.run(
         [sys.executable, "-m", "jaxnoise.report", wd, "--threshold", "0.6"],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert "4 of 200 samples with p(noisy) > 0.6" in r.stdout
     assert "precision 0.7500" in r.stdout
@@ -259,8 +291,13 @@ def test_mixture_density_integrates_to_one_on_the_raw_axis():
     total, comps = plots.mixture_density(bmm, x)
     assert np.trapezoid(total, x) == pytest.approx(1.0, abs=1e-3)
     assert np.trapezoid(comps[1], x) == pytest.approx(0.4, abs=1e-3)
-    gmm = {"means": [0.2, 0.7], "variances": [0.01, 0.02], "weights": [0.5, 0.5], "lo": 1.0,
-           "hi": 3.0}  # fmt: skip
+    gmm = {
+        "means": [0.2, 0.7],
+        "variances": [0.01, 0.02],
+        "weights": [0.5, 0.5],
+        "lo": 1.0,
+        "hi": 3.0,
+    }
     x = np.linspace(-2.0, 6.0, 40001)
     assert np.trapezoid(plots.mixture_density(gmm, x)[0], x) == pytest.approx(1.0, abs=1e-3)
 
@@ -279,8 +316,10 @@ def test_log_likelihood_against_scipy(known_report):
     x = (loss[keep].astype(np.float64) - lo) / (hi - lo + 1e-6)
     x = np.clip(np.where(x >= 1, 1 - 1e-3, np.where(x <= 0, 1e-3, x)), 1e-4, 1 - 1e-4)
     pdf_b = [w * stats.beta.pdf(x, a, c) for w, a, c in zip(b["weights"], b["alphas"], b["betas"])]
-    pdf_g = [w * stats.norm.pdf(x, m, np.sqrt(v))
-             for w, m, v in zip(g["weights"], g["means"], g["variances"])]  # fmt: skip
+    pdf_g = [
+        w * stats.norm.pdf(x, m, np.sqrt(v))
+        for w, m, v in zip(g["weights"], g["means"], g["variances"])
+    ]
     ref_b, ref_g = np.log(sum(pdf_b)).mean(), np.log(sum(pdf_g)).mean()
     assert report.mixture_log_likelihood(states["bmm"], loss) == pytest.approx(ref_b, rel=1e-4)
     assert report.mixture_log_likelihood(states["gmm"], loss) == pytest.approx(ref_g, rel=1e-4)
@@ -381,14 +420,18 @@ def test_notebook_executes(tiny_run, monkeypatch):
     monkeypatch.setenv("JAXNOISE_WORKDIR", tiny_run)
     before = snapshot(tiny_run)
     client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3",
+        nb,
+        timeout=600,
+        kernel_name="python3",
         resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
-    )  # fmt: skip
+    )
     client.execute()
     images = sum(
-        "image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+        "image/png" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
         for o in c.outputs
-    )  # fmt: skip
+    )
     assert images >= 5
     assert_run_files_unchanged(before, tiny_run)
     assert os.path.exists(os.path.join(tiny_run, "notebook", "label_issues.csv"))

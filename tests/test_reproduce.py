@@ -52,8 +52,15 @@ def test_unknown_protocol_raises():
 
 
 def _record(epoch, acc, auroc=0.7, auroc_loss=0.72, flagged=0.4, mixture=None):
-    return dict(epoch=epoch, phase="mixup", test_acc=acc, auroc=auroc, auroc_loss=auroc_loss,
-                flagged_fraction=flagged, mixture=mixture)  # fmt: skip
+    return dict(
+        epoch=epoch,
+        phase="mixup",
+        test_acc=acc,
+        auroc=auroc,
+        auroc_loss=auroc_loss,
+        flagged_fraction=flagged,
+        mixture=mixture,
+    )
 
 
 def test_summarize_reads_warmup_best_and_last():
@@ -64,31 +71,53 @@ def test_summarize_reads_warmup_best_and_last():
     assert s["best_acc"] == 99.0 and s["last_acc"] == 30.0
     assert s["auroc_warmup"] == pytest.approx(0.15)  # epoch 15: the fit bootstrapping starts from
     assert s["auroc_final"] == pytest.approx(0.30)
-    assert (s["method"], s["noise"], s["mixture"], s["mixup_draw"]) == ("M-DYR-H", 0.8, "bmm",
-                                                                         "none")  # fmt: skip
+    assert (s["method"], s["noise"], s["mixture"], s["mixup_draw"]) == (
+        "M-DYR-H",
+        0.8,
+        "bmm",
+        "none",
+    )
     assert s["epochs_done"] == 30 and s["minutes"] == 12.5
 
 
 # A logged fit whose float64 lookup peaks at the top of the grid (not constant).
-_FIT = {"valid": True, "noisy_component": 1, "weights": [0.5646, 0.4354], "lo": 1.96, "hi": 2.75,
-        "alphas": [9.3969, 1.0467], "betas": [13.1223, 1.1687]}  # fmt: skip
+_FIT = {
+    "valid": True,
+    "noisy_component": 1,
+    "weights": [0.5646, 0.4354],
+    "lo": 1.96,
+    "hi": 2.75,
+    "alphas": [9.3969, 1.0467],
+    "betas": [13.1223, 1.1687],
+}
 
 
 def test_lookup_from_params_matches_scipy_by_hand():
     t = diagnose_reproduce.lookup_from_params(_FIT)
     x = np.linspace(1e-12, 1 - 1e-12, 100)
-    d = [_FIT["weights"][k] * stats.beta.pdf(x, _FIT["alphas"][k], _FIT["betas"][k])
-         for k in range(2)]  # fmt: skip
+    d = [
+        _FIT["weights"][k] * stats.beta.pdf(x, _FIT["alphas"][k], _FIT["betas"][k])
+        for k in range(2)
+    ]
     p = d[1] / (d[0] + d[1] + 1e-12)
     i = int(np.argmax(p))
     assert i > 50
     np.testing.assert_allclose(t[:i], p[:i])
     np.testing.assert_allclose(t[i:], p[i])
-    g = {"valid": True, "noisy_component": 1, "weights": [0.6, 0.4], "lo": 0.0, "hi": 1.0,
-         "means": [0.3, 0.7], "variances": [0.01, 0.02]}  # fmt: skip
+    g = {
+        "valid": True,
+        "noisy_component": 1,
+        "weights": [0.6, 0.4],
+        "lo": 0.0,
+        "hi": 1.0,
+        "means": [0.3, 0.7],
+        "variances": [0.01, 0.02],
+    }
     tg = diagnose_reproduce.lookup_from_params(g)
-    dn = [g["weights"][k] * stats.norm.pdf(x, g["means"][k], math.sqrt(g["variances"][k]))
-          for k in range(2)]  # fmt: skip
+    dn = [
+        g["weights"][k] * stats.norm.pdf(x, g["means"][k], math.sqrt(g["variances"][k]))
+        for k in range(2)
+    ]
     pg = dn[1] / (dn[0] + dn[1] + 1e-12)
     j = int(np.argmax(pg))
     np.testing.assert_allclose(tg[:j], pg[:j])

@@ -45,8 +45,10 @@ def _setup(method: str, epoch: int):
 
 
 def _linear(state):
-    leaves = {jax.tree_util.keystr(p): np.asarray(v, np.float64)
-              for p, v in jax.tree_util.tree_leaves_with_path(state["params"])}  # fmt: skip
+    leaves = {
+        jax.tree_util.keystr(p): np.asarray(v, np.float64)
+        for p, v in jax.tree_util.tree_leaves_with_path(state["params"])
+    }
     (w,) = [v for k, v in leaves.items() if "kernel" in k]
     (b,) = [v for k, v in leaves.items() if "bias" in k]
     return w, b
@@ -101,15 +103,27 @@ def test_assembled_step_loss_is_eq_8(method, epoch):
     pair = rng.permutation(B).astype(np.int32)
     lam = np.float32(0.37)
     temperature = np.float32(bootstrap_schedule.temperature_for_epoch(c, epoch))
-    draws = step_lib.StepDraws(pair=jnp.asarray(pair), lam=jnp.asarray(lam),
-                               pair_weight=jnp.float32(0.5), key=jax.random.key(0))  # fmt: skip
+    draws = step_lib.StepDraws(
+        pair=jnp.asarray(pair),
+        lam=jnp.asarray(lam),
+        pair_weight=jnp.float32(0.5),
+        key=jax.random.key(0),
+    )
     update = jax.jit(step_lib.make_update(graphdef, tx, c, phase, C))
-    want = _reference(method, state, x, y, pair, float(lam), float(temperature),
-                      c.bootstrap.reg_weight)  # fmt: skip
+    want = _reference(
+        method, state, x, y, pair, float(lam), float(temperature), c.bootstrap.reg_weight
+    )
     _, loss = update(state, jnp.asarray(x), jnp.asarray(y), None, draws, temperature, c.lr)
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
     # The reference is sensitive to the wiring: the complement posterior gives another loss.
     m = state["mixture"]
     flipped = dict(state, mixture=m.replace(noisy_component=1 - m.noisy_component))
-    assert abs(_reference(method, flipped, x, y, pair, float(lam), float(temperature),
-                          c.bootstrap.reg_weight) - want) > 1e-3  # fmt: skip
+    assert (
+        abs(
+            _reference(
+                method, flipped, x, y, pair, float(lam), float(temperature), c.bootstrap.reg_weight
+            )
+            - want
+        )
+        > 1e-3
+    )

@@ -56,8 +56,11 @@ def warm(digits):
         state, _ = step(state, data, aux, perm)
     loss, logits = pieces.forward(state, data["images"], data["labels"])
     state["mixture"] = mixture.fit_bmm(loss)
-    aux = {"loss": loss, "p_noisy": mixture.posterior_noisy(state["mixture"], loss),
-           "logits": logits}  # fmt: skip
+    aux = {
+        "loss": loss,
+        "p_noisy": mixture.posterior_noisy(state["mixture"], loss),
+        "logits": logits,
+    }
     return graphdef, tx, state, aux, data, (mean, std), pieces.forward, ds.train_labels
 
 
@@ -154,7 +157,8 @@ def _run_capturing(config, workdir, monkeypatch):
 
     def capture_save(run, tree, epoch_done, step_in_epoch=0, **partial):
         saved[(epoch_done, step_in_epoch)] = jax.device_get(
-            {"params": tree["state"]["params"], "step": tree["state"]["step"]})
+            {"params": tree["state"]["params"], "step": tree["state"]["step"]}
+        )
         return save(run, tree, epoch_done, step_in_epoch, **partial)
 
     monkeypatch.setattr(bootstrap_loop, "build", capture_pieces)
@@ -184,13 +188,22 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     # Every compiled step's update shares one chex trace counter (one definition site): at most
     # one trace per compiled step of the two runs (one per phase for K = 1 and for K = 4).
     chex.clear_trace_counter()
-    monkeypatch.setattr(step_lib, "make_update",
-                        lambda *a: chex.assert_max_traces(make_update(*a), n=4))  # fmt: skip
+    monkeypatch.setattr(
+        step_lib, "make_update", lambda *a: chex.assert_max_traces(make_update(*a), n=4)
+    )
 
     def config(k):  # 520 digits: 8 full batches of 64 per epoch, in 2 calls of 4 at K = 4
-        c = tiny_config(method="MD-DYR-SH", drop_last=True, steps_per_call=k, epochs=2, lr=0.005,
-                        lr_milestones=(1,), dynamic_start_epoch=2, soft_to_hard_start_epoch=2,
-                        temperature_epochs=2)  # fmt: skip
+        c = tiny_config(
+            method="MD-DYR-SH",
+            drop_last=True,
+            steps_per_call=k,
+            epochs=2,
+            lr=0.005,
+            lr_milestones=(1,),
+            dynamic_start_epoch=2,
+            soft_to_hard_start_epoch=2,
+            temperature_epochs=2,
+        )
         c.data.subset_per_class = 52
         return c
 
@@ -202,10 +215,14 @@ def test_steps_per_call_equal_and_no_recompiles(tmp_path, monkeypatch):
     assert sorted(saved1) == sorted(saved4) == [(1, 0), (2, 0)]
     for key in saved1:
         assert int(saved1[key]["step"]) == int(saved4[key]["step"]) == 8 * key[0]
-        for p1, p4 in zip(jax.tree.leaves(saved1[key]["params"]),
-                          jax.tree.leaves(saved4[key]["params"]), strict=True):  # fmt: skip
-            np.testing.assert_allclose(p4, p1, rtol=0, atol=PARAM_TOL * np.abs(p1).max(),
-                                       err_msg=f"epoch {key[0]}")  # fmt: skip
+        for p1, p4 in zip(
+            jax.tree.leaves(saved1[key]["params"]),
+            jax.tree.leaves(saved4[key]["params"]),
+            strict=True,
+        ):
+            np.testing.assert_allclose(
+                p4, p1, rtol=0, atol=PARAM_TOL * np.abs(p1).max(), err_msg=f"epoch {key[0]}"
+            )
     assert {k for _, _, k in pieces1.steps} == {1} and {k for _, _, k in pieces4.steps} == {4}
     assert len(pieces1.steps) == len(pieces4.steps) == 2
 
@@ -238,8 +255,7 @@ def test_no_transfers_between_log_points(bootstrap_run):
     state, aux = fresh["state"], fresh["aux"]
     with jax.transfer_guard("disallow"):
         for epoch in (1, 2):
-            state, total, done = bootstrap_loop.train_epoch(run, pieces, state, aux, epoch, 0,
-                                                            0.0)  # fmt: skip
+            state, total, done = bootstrap_loop.train_epoch(run, pieces, state, aux, epoch, 0, 0.0)
     assert done == run.steps_per_epoch == 24 and np.isfinite(float(total))
 
 
@@ -410,9 +426,14 @@ def test_published_normalization_constants_and_refusal_for_other_channels():
     from jaxnoise import data as data_lib
 
     def tiny(channels: int) -> data_lib.Dataset:
-        return data_lib.Dataset(np.zeros((4, 2, 2, channels), np.uint8), np.zeros(4, np.int32),
-                                np.zeros((2, 2, 2, channels), np.uint8), np.zeros(2, np.int32),
-                                ["a", "b"], "tiny")  # fmt: skip
+        return data_lib.Dataset(
+            np.zeros((4, 2, 2, channels), np.uint8),
+            np.zeros(4, np.int32),
+            np.zeros((2, 2, 2, channels), np.uint8),
+            np.zeros(2, np.int32),
+            ["a", "b"],
+            "tiny",
+        )
 
     rgb = tiny(3)
     mean, std = data_lib.normalization_stats(rgb, "published")

@@ -49,19 +49,35 @@ def record(run, fitted) -> dict:
     """The bootstrap loop's record of an epoch with these fitted losses, logged as it logs it."""
     aux = {k: fitted[k] for k in ("loss", "p_noisy")}
     extras = {k: fitted[k] for k in ("fit_loss", "p_exact")}
-    r = bootstrap_loop.epoch_record(run, 1, 1.0, aux, extras, fitted["mixture"],
-                                    {"test_acc": 50.0, "test_loss": 1.0}, SECONDS, 400)
+    r = bootstrap_loop.epoch_record(
+        run,
+        1,
+        1.0,
+        aux,
+        extras,
+        fitted["mixture"],
+        {"test_acc": 50.0, "test_loss": 1.0},
+        SECONDS,
+        400,
+    )
     return runkit.record(run, r, bootstrap_loop.describer(run))
 
 
 def fake_run(tmp_path, config, mask: np.ndarray) -> types.SimpleNamespace:
     """What `runkit.record`, `runkit.summary` and the loops' epoch records read of a run."""
     return types.SimpleNamespace(
-        config=config, mask=jnp.asarray(mask), noise_mask=mask, history=[], best_acc=0.0,
-        metrics_path=str(tmp_path / "metrics.jsonl"), workdir=str(tmp_path), saved_at=None,
-        noise_known=metrics_lib.noise_known(mask), has_test=True,
+        config=config,
+        mask=jnp.asarray(mask),
+        noise_mask=mask,
+        history=[],
+        best_acc=0.0,
+        metrics_path=str(tmp_path / "metrics.jsonl"),
+        workdir=str(tmp_path),
+        saved_at=None,
+        noise_known=metrics_lib.noise_known(mask),
+        has_test=True,
         guard=types.SimpleNamespace(signal_name=None, signum=None),
-    )  # fmt: skip
+    )
 
 
 def epoch_line(capsys) -> str:
@@ -132,9 +148,12 @@ def dividemix_divisions(n: int = 400, seed: int = 1) -> dict:
     out = {}
     for name in ("net1", "net2"):
         pc = rng.uniform(0.0, 1.0, n).astype(np.float32)
-        out[name] = {"p_clean": jnp.asarray(pc), "labelled": jnp.asarray(pc > 0.5),
-                     "loss": jnp.asarray(rng.gamma(2.0, 0.5, n).astype(np.float32)),
-                     "logits": jnp.zeros((n, 10))}  # fmt: skip
+        out[name] = {
+            "p_clean": jnp.asarray(pc),
+            "labelled": jnp.asarray(pc > 0.5),
+            "loss": jnp.asarray(rng.gamma(2.0, 0.5, n).astype(np.float32)),
+            "logits": jnp.zeros((n, 10)),
+        }
     return out
 
 
@@ -148,14 +167,24 @@ def test_dividemix_epoch_line_without_known_noise(tmp_path, capsys):
     config.noise_kind, config.noise = "none", 0.0
     run = fake_run(tmp_path, config, np.zeros(400, bool))
     divisions = dividemix_divisions()
-    trained = {name: {"loss": 1.0, "Lx": 1.0, "Lu": 0.0, "steps": 3, "labelled": 200}
-               for name in ("net1", "net2")}  # fmt: skip
+    trained = {
+        name: {"loss": 1.0, "Lx": 1.0, "Lu": 0.0, "steps": 3, "labelled": 200}
+        for name in ("net1", "net2")
+    }
     test = {"test_acc": 50.0, "test_loss": 1.0}
     describe = dm_loop.describer(run)
 
     def record_epoch(epoch, phase, division):  # as the loop's epoch function records an epoch
-        r = {"epoch": epoch, "phase": phase, "lr": 0.02, "train_loss": 1.0, **test, **division,
-             "nets": trained, "seconds": SECONDS}  # fmt: skip
+        r = {
+            "epoch": epoch,
+            "phase": phase,
+            "lr": 0.02,
+            "train_loss": 1.0,
+            **test,
+            **division,
+            "nets": trained,
+            "seconds": SECONDS,
+        }
         runkit.record(run, r, describe)
 
     record_epoch(12, "semi", dm_loop.division_metrics(run, divisions))
@@ -187,8 +216,10 @@ def test_human_labels_log_line_and_done_line(tmp_path, capsys):
     inputs.load_noisy_data(config, 1)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "] data: " in x]
     differ = np.mean(human != labels)
-    assert (f"labels: human (label file {path} / key worse_label): {differ:.1%} differ from the "
-            "dataset's labels") in line, line  # fmt: skip
+    assert (
+        f"labels: human (label file {path} / key worse_label): {differ:.1%} differ from the "
+        "dataset's labels"
+    ) in line, line
     assert "flipped" not in line and "r=0.0" not in line, line
     summary = {"best_acc": 50.0, "last_acc": 40.0, "auroc": 0.7, "noise_known": True}
     done = main.done_line(config, summary, "W", inputs.labels_summary(config))
@@ -209,20 +240,53 @@ def report_workdir(path, *, noise_known_in_json: bool, mask_any: bool, p_max: fl
     loss = np.where(noisy, rng.gamma(9.0, 0.4, n), rng.gamma(1.5, 0.15, n)).astype(np.float32)
     p = np.where(noisy, rng.uniform(0.5, p_max, n), rng.uniform(0.0, 0.2, n)).astype(np.float32)
     labels = rng.integers(0, 3, n).astype(np.int32)
-    np.savez(os.path.join(path, "per_sample.npz"), loss=loss, p_noisy=p, prediction=labels,
-             noisy_label=labels, true_label=labels, noise_mask=noisy & mask_any,
-             logits=np.zeros((n, 3), np.float32))  # fmt: skip
+    np.savez(
+        os.path.join(path, "per_sample.npz"),
+        loss=loss,
+        p_noisy=p,
+        prediction=labels,
+        noisy_label=labels,
+        true_label=labels,
+        noise_mask=noisy & mask_any,
+        logits=np.zeros((n, 3), np.float32),
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump({"method": "M-DYR-H", "noise_model": "bmm", "em_iters": 10,
-                   "noise_kind": "symmetric", "data": {"name": "toy"}}, f)  # fmt: skip
+        json.dump(
+            {
+                "method": "M-DYR-H",
+                "noise_model": "bmm",
+                "em_iters": 10,
+                "noise_kind": "symmetric",
+                "data": {"name": "toy"},
+            },
+            f,
+        )
     with open(os.path.join(path, "dataset.json"), "w") as f:
-        json.dump({"name": "toy", "class_names": ["a", "b", "c"], "num_train": n,
-                   "noise_known": noise_known_in_json, "train_paths": None}, f)  # fmt: skip
+        json.dump(
+            {
+                "name": "toy",
+                "class_names": ["a", "b", "c"],
+                "num_train": n,
+                "noise_known": noise_known_in_json,
+                "train_paths": None,
+            },
+            f,
+        )
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
         for epoch in (1, 2):
-            f.write(json.dumps({"epoch": epoch, "test_acc": 50.0, "best_acc": 50.0,
-                                "auroc": 0.8 if mask_any else float("nan"),
-                                "flagged_fraction": 0.3, "est_noisy": 0.3}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "test_acc": 50.0,
+                        "best_acc": 50.0,
+                        "auroc": 0.8 if mask_any else float("nan"),
+                        "flagged_fraction": 0.3,
+                        "est_noisy": 0.3,
+                    }
+                )
+                + "\n"
+            )
     return str(path), p
 
 
@@ -252,8 +316,9 @@ def test_report_without_a_noisy_label_has_no_precision_and_one_histogram(tmp_pat
 
     hists = []
     real_hist = Axes.hist
-    monkeypatch.setattr(Axes, "hist", lambda self, *a, **k: hists.append(k.get("label"))
-                        or real_hist(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        Axes, "hist", lambda self, *a, **k: hists.append(k.get("label")) or real_hist(self, *a, **k)
+    )
     wd, _ = report_workdir(tmp_path / "w", noise_known_in_json=True, mask_any=False)
     out = report.write_report(wd)
     assert out["noise_known"] is False and "precision" not in out
@@ -273,9 +338,14 @@ def test_report_without_a_noisy_label_has_no_precision_and_one_histogram(tmp_pat
 
 def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """python main.py ARGS, output captured."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def one_line_refusal(r: subprocess.CompletedProcess) -> str:
@@ -293,18 +363,30 @@ def test_auto_label_order_on_an_image_folder_is_refused_in_validation(tmp_path):
     root.mkdir()
     path = tmp_path / "human.npz"
     np.savez(path, worse_label=np.arange(6) % 3)
-    r = run_main("--config", "configs/quickstart.py", "--config.data.source=folder",
-                 f"--config.data.root={root}", "--config.noise_kind=human",
-                 f"--config.label_file={path}", "--config.label_key=worse_label",
-                 f"--workdir={tmp_path / 'run'}")  # fmt: skip
+    r = run_main(
+        "--config",
+        "configs/quickstart.py",
+        "--config.data.source=folder",
+        f"--config.data.root={root}",
+        "--config.noise_kind=human",
+        f"--config.label_file={path}",
+        "--config.label_key=worse_label",
+        f"--workdir={tmp_path / 'run'}",
+    )
     line = one_line_refusal(r)
     assert "config.label_order = 'auto'" in line and "no path column" in line, line
     assert not (tmp_path / "run").exists()
     csv = tmp_path / "human.csv"  # a path column: auto is fine, and the folder's absence shows
     csv.write_text("path,label\ntrain/a/0.png,1\n")
-    r = run_main("--config", "configs/quickstart.py", "--config.data.source=folder",
-                 f"--config.data.root={root}", "--config.noise_kind=human",
-                 f"--config.label_file={csv}", f"--workdir={tmp_path / 'run'}")  # fmt: skip
+    r = run_main(
+        "--config",
+        "configs/quickstart.py",
+        "--config.data.source=folder",
+        f"--config.data.root={root}",
+        "--config.noise_kind=human",
+        f"--config.label_file={csv}",
+        f"--workdir={tmp_path / 'run'}",
+    )
     assert r.returncode == 1 and "config.label_order" not in r.stderr, r.stderr[-2000:]
     assert "has no train/ subfolder" in r.stderr, r.stderr[-2000:]
 
@@ -315,9 +397,16 @@ def folder_like_dataset(n: int = 6):
 
     ids = np.asarray([f"train/{'ab'[i % 2]}/{i}.png" for i in range(n)])
     labels = (np.arange(n) % 2).astype(np.int32)
-    return data_lib.Dataset(np.zeros((n, 2, 2, 3), np.uint8), labels,
-                            np.zeros((2, 2, 2, 3), np.uint8), labels[:2], ["a", "b"], "imgs",
-                            train_paths=[f"/r/{i}" for i in ids], train_ids=ids)  # fmt: skip
+    return data_lib.Dataset(
+        np.zeros((n, 2, 2, 3), np.uint8),
+        labels,
+        np.zeros((2, 2, 2, 3), np.uint8),
+        labels[:2],
+        ["a", "b"],
+        "imgs",
+        train_paths=[f"/r/{i}" for i in ids],
+        train_ids=ids,
+    )
 
 
 def test_refusals_show_plain_values_not_numpy_reprs(tmp_path):
@@ -347,9 +436,15 @@ def cifar_like_dataset(n: int = 8, seed: int = 0):
     cifar_index = rng.permutation(n)
     labels = rng.integers(0, 10, n).astype(np.int32)
     ids = np.asarray([f"train_{i:05d}" for i in cifar_index])
-    return data_lib.Dataset(np.zeros((n, 2, 2, 3), np.uint8), labels,
-                            np.zeros((2, 2, 2, 3), np.uint8), labels[:2],
-                            [str(k) for k in range(10)], "cifar10", train_ids=ids), cifar_index
+    return data_lib.Dataset(
+        np.zeros((n, 2, 2, 3), np.uint8),
+        labels,
+        np.zeros((2, 2, 2, 3), np.uint8),
+        labels[:2],
+        [str(k) for k in range(10)],
+        "cifar10",
+        train_ids=ids,
+    ), cifar_index
 
 
 def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
@@ -365,8 +460,12 @@ def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
     clean_by_cifar[cifar_index] = ds.train_labels  # the label of CIFAR sample i
     worse_by_cifar = (clean_by_cifar + 1) % 10
     path = tmp_path / "CIFAR-10_human.npz"
-    np.savez(path, clean_label=clean_by_cifar[rows_order], worse_label=worse_by_cifar[rows_order],
-             index=rows_order)  # fmt: skip
+    np.savez(
+        path,
+        clean_label=clean_by_cifar[rows_order],
+        worse_label=worse_by_cifar[rows_order],
+        index=rows_order,
+    )
     assert labels_lib.available_keys(path) == ["clean_label", "worse_label"]
     with pytest.raises(ValueError, match=r"several label sets \(clean_label, worse_label\)"):
         labels_lib.read(path)
@@ -375,10 +474,16 @@ def test_an_index_array_is_not_a_label_set_and_aligns_the_rows(tmp_path):
     np.testing.assert_array_equal(got.label_sets[labels_lib.KEY], expected)
 
 
-@pytest.mark.parametrize(("short", "long"), [("worse", "worse_label"), ("aggre", "aggre_label"),
-                                             ("random1", "random_label1"),
-                                             ("random3", "random_label3"),
-                                             ("rand2", "random_label2")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("short", "long"),
+    [
+        ("worse", "worse_label"),
+        ("aggre", "aggre_label"),
+        ("random1", "random_label1"),
+        ("random3", "random_label3"),
+        ("rand2", "random_label2"),
+    ],
+)
 def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, tmp_path):
     """label_key=worse (etc.) picks worse_label from a file as it does from tfds cifar10_n."""
     import dataclasses
@@ -387,9 +492,16 @@ def test_label_key_short_names_work_for_a_file_and_for_the_source(short, long, t
 
     ds = folder_like_dataset(12)
     rng = np.random.default_rng(0)
-    sets = {name: rng.integers(0, 2, 12) for name in ("worse_label", "aggre_label",
-                                                      "random_label1", "random_label2",
-                                                      "random_label3")}  # fmt: skip
+    sets = {
+        name: rng.integers(0, 2, 12)
+        for name in (
+            "worse_label",
+            "aggre_label",
+            "random_label1",
+            "random_label2",
+            "random_label3",
+        )
+    }
     path = tmp_path / "labels.npz"
     np.savez(path, **sets)
     got = labels_lib.resolve(ds, label_file=str(path), label_key=short, label_order="dataset")
@@ -455,8 +567,17 @@ def test_help_shows_quoted_tuples_every_model_and_the_features_source():
     for name in models.MODEL_NAMES:
         assert f'"{name}"' in model_line, (name, model_line)
     (features,) = [x for x in out.splitlines() if x.startswith("  features ")]
-    for key in ("train_features", "train_labels", "test_features", "test_labels", "class_names",
-                "train_ids", "--config.data.features=", ".npz", ".npy"):  # fmt: skip
+    for key in (
+        "train_features",
+        "train_labels",
+        "test_features",
+        "test_labels",
+        "class_names",
+        "train_ids",
+        "--config.data.features=",
+        ".npz",
+        ".npy",
+    ):
         assert key in features, (key, features)
     assert "see configs/default.py" not in features
 
@@ -464,8 +585,12 @@ def test_help_shows_quoted_tuples_every_model_and_the_features_source():
 def test_a_field_given_twice_is_refused():
     """--config.mlp_hidden=(128,) --config.mlp_hidden=(512,) would train a (128, 512) head
     (ml_collections joins repeated tuple flags): refused in one line, exit 2."""
-    r = run_main("--config", "configs/features_m_dyr_h.py", "--config.mlp_hidden=(128,)",
-                 "--config.mlp_hidden=(512,)")  # fmt: skip
+    r = run_main(
+        "--config",
+        "configs/features_m_dyr_h.py",
+        "--config.mlp_hidden=(128,)",
+        "--config.mlp_hidden=(512,)",
+    )
     line = one_line_refusal(r)
     assert "--config.mlp_hidden is given twice" in line, line
     r = run_main("--config", "configs/quickstart.py", "--config.noise=0.2", "--config.noise=0.4")
@@ -514,9 +639,20 @@ def test_reproduce_features_label_file_options_reach_the_config(tmp_path, monkey
     monkeypatch.setattr(reproduce, "write_table", lambda *a: seen.setdefault("table", a[0]))
     labels = tmp_path / "labels.csv"
     labels.write_text("path,worse_label\ntrain/a/0.png,1\n")
-    argv = ["reproduce.py", "--protocol", "features", "--root", str(tmp_path / "runs"),
-            "--label-file", str(labels), "--label-key", "worse", "--cells", "M-DYR-H@human",
-            "CE@human"]  # fmt: skip
+    argv = [
+        "reproduce.py",
+        "--protocol",
+        "features",
+        "--root",
+        str(tmp_path / "runs"),
+        "--label-file",
+        str(labels),
+        "--label-key",
+        "worse",
+        "--cells",
+        "M-DYR-H@human",
+        "CE@human",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     reproduce.main()
     assert seen.pop("table") == "features_human_worse"
@@ -524,12 +660,21 @@ def test_reproduce_features_label_file_options_reach_the_config(tmp_path, monkey
     for workdir, c in seen.items():
         assert os.path.dirname(workdir) == str(tmp_path / "runs" / "features_human_worse")
         assert (c.noise_kind, c.label_file, c.label_key, c.label_order) == (
-            "human", str(labels), "worse", "auto")
+            "human",
+            str(labels),
+            "worse",
+            "auto",
+        )
         assert (c.data.source, c.data.extractor, c.data.kmeans_centroids, c.model) == (
-            "folder", "kmeans", 400, "mlp")
+            "folder",
+            "kmeans",
+            400,
+            "mlp",
+        )
         config_lib.validate(c)  # the CSV names its samples: auto order is fine on the folder
-    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--protocol", "reduced", "--label-file",
-                                      str(labels)])  # fmt: skip
+    monkeypatch.setattr(
+        sys, "argv", ["reproduce.py", "--protocol", "reduced", "--label-file", str(labels)]
+    )
     with pytest.raises(SystemExit):
         reproduce.main()
 
@@ -563,7 +708,9 @@ def test_kmeans_eps_reaches_the_extractor_and_a_changed_eps_extracts_again(tmp_p
             got = (a if eps == 10.0 else b).train_images[:5]
             np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
     assert {json.loads(str(np.load(p)["settings_json"]))["patch_eps"] for p in caches} == {
-        10.0, 2550.0}
+        10.0,
+        2550.0,
+    }
 
 
 def kmeans_reference(images: np.ndarray, z, eps: float) -> np.ndarray:
@@ -572,7 +719,7 @@ def kmeans_reference(images: np.ndarray, z, eps: float) -> np.ndarray:
     x = images.astype(np.float64)
     n, h, w, ch = x.shape
     rows, cols = h - 5, w - 5
-    p = np.stack([x[:, i:i + rows, j:j + cols, :] for i in range(6) for j in range(6)], axis=3)
+    p = np.stack([x[:, i : i + rows, j : j + cols, :] for i in range(6) for j in range(6)], axis=3)
     p = p.reshape(n, rows, cols, 36 * ch)
     p = p - p.mean(-1, keepdims=True)
     p = p / np.sqrt(p.var(-1, ddof=1, keepdims=True) + eps)

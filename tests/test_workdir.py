@@ -36,8 +36,11 @@ time.sleep(float(sys.argv[2]))
 def other_process(workdir, hold: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", _TRY_LOCK, str(workdir), str(hold)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def try_lock(workdir) -> tuple[int, str]:
@@ -52,8 +55,9 @@ def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path):
         assert workdir_lib.lock(str(tmp_path)) is held  # re-entrant within the process
         code, out = try_lock(tmp_path)
         assert code == 3
-        assert out.startswith(f"BUSY workdir '{tmp_path}' is in use by another run (pid "
-                              f"{os.getpid()} on ")  # fmt: skip
+        assert out.startswith(
+            f"BUSY workdir '{tmp_path}' is in use by another run (pid {os.getpid()} on "
+        )
         assert out.endswith("; wait for it to end or stop it, or pass another --workdir")
         assert "\n" not in out
     assert try_lock(tmp_path) == (0, "LOCKED")  # released
@@ -135,8 +139,10 @@ def test_probe_errors_are_named_and_created_folders_removed(tmp_path, monkeypatc
         workdir_lib.check_writable(str(wd))
     want = PROBE_ERRORS[code]
     if want is None:  # no space
-        want = (f"no space left for workdir '{wd}' ({os.strerror(code)}); free space there or "
-                "pass a --workdir on another filesystem")  # fmt: skip
+        want = (
+            f"no space left for workdir '{wd}' ({os.strerror(code)}); free space there or "
+            "pass a --workdir on another filesystem"
+        )
     else:
         want = f"workdir '{wd}' {want}"
     assert str(e.value) == want
@@ -165,8 +171,13 @@ def test_a_read_only_folder_is_named(tmp_path):
                 uid = pwd.getpwnam("nobody").pw_uid
             except KeyError:
                 pytest.skip("running as root, and there is no user nobody to run the check as")
-        r = subprocess.run([sys.executable, "-c", _AS_USER, os.path.join(ro, "wd"), str(uid)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-c", _AS_USER, os.path.join(ro, "wd"), str(uid)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 3, r.stderr[-2000:]
         assert r.stdout == (
             f"workdir '{ro}/wd' is not writable (permission denied); change its permissions or "
@@ -200,8 +211,10 @@ def test_check_space(tmp_path):
         workdir_lib.check_space(str(tmp_path), nbytes)
     msg = str(e.value)
     assert msg.startswith(f"the filesystem of workdir '{tmp_path}' has ")
-    assert msg.endswith(f" free, one checkpoint needs about {nbytes / 2**40:.1f} TiB; free space "
-                        "there or pass a --workdir on another filesystem")  # fmt: skip
+    assert msg.endswith(
+        f" free, one checkpoint needs about {nbytes / 2**40:.1f} TiB; free space "
+        "there or pass a --workdir on another filesystem"
+    )
     assert "GiB free" in msg or "TiB free" in msg or "MiB free" in msg
 
 
@@ -227,9 +240,11 @@ def test_save_failed_names_the_path_and_the_last_checkpoint():
         "(EROFS); make it writable, then rerun the same command (no checkpoint was committed "
         "yet: it starts again)"
     )
-    for code, what in [(errno.EDQUOT, "the disk quota is exceeded (EDQUOT)"),
-                       (errno.EIO, "an I/O error (a failing disk or network filesystem) (EIO)")]:
+    for code, what in [
+        (errno.EDQUOT, "the disk quota is exceeded (EDQUOT)"),
+        (errno.EIO, "an I/O error (a failing disk or network filesystem) (EIO)"),
+    ]:
         msg = str(workdir_lib.save_failed(OSError(code, os.strerror(code)), path, 3))
-        assert f": {what}; " in msg and "\n" not in msg  # fmt: skip
+        assert f": {what}; " in msg and "\n" not in msg
     assert workdir_lib.save_failed(ValueError("shape mismatch"), path, 3) is None
     assert workdir_lib.save_failed(OSError(errno.ENOENT, "No such file"), path, 3) is None

@@ -144,8 +144,15 @@ def test_a_resumed_run_has_each_epoch_once_equal_to_metrics_jsonl(resumed):
     assert [e for e, _ in seen["on_metrics"]["test_acc"]] == [1, 2]
     got = assert_mirrors_metrics(wd)
     assert [s for s, _, _ in sorted(got["test_acc"])] == [1, 2, 3]
-    for tag in ("mixture/weights/0", "mixture/weights/1", "mixture/valid", "seconds/train",
-                "loss_quantiles_clean/2", "best_acc", "lr"):  # fmt: skip
+    for tag in (
+        "mixture/weights/0",
+        "mixture/weights/1",
+        "mixture/valid",
+        "seconds/train",
+        "loss_quantiles_clean/2",
+        "best_acc",
+        "lr",
+    ):
         assert tag in got, sorted(got)
     assert "epoch" not in got and "phase" not in got
     for tag, points in seen["on"].items():  # epochs 1 and 2, as the second call wrote them
@@ -154,19 +161,33 @@ def test_a_resumed_run_has_each_epoch_once_equal_to_metrics_jsonl(resumed):
 
 def _history(n: int) -> list[dict]:
     """n epoch records shaped as the methods' (a DivideMix-like nested block, a NaN, a bool)."""
-    return [{"epoch": e, "phase": "semi", "test_acc": 10.0 * e, "auroc": math.nan,
-             "division": {"net1": {"auroc": 0.5 + e / 100, "labelled": 40 + e}},
-             "mixture": {"valid": e % 2 == 0, "weights": [0.25, 0.75]}}
-            for e in range(1, n + 1)]  # fmt: skip
+    return [
+        {
+            "epoch": e,
+            "phase": "semi",
+            "test_acc": 10.0 * e,
+            "auroc": math.nan,
+            "division": {"net1": {"auroc": 0.5 + e / 100, "labelled": 40 + e}},
+            "mixture": {"valid": e % 2 == 0, "weights": [0.25, 0.75]},
+        }
+        for e in range(1, n + 1)
+    ]
 
 
 def test_scalars_flattens_nested_fields_with_slashes():
     """Every number but the epoch, nested names joined with "/", booleans as 0 / 1."""
-    assert writers_lib.scalars(_history(2)[1]) == pytest.approx({
-        "test_acc": 20.0, "auroc": math.nan,
-        "division/net1/auroc": 0.52, "division/net1/labelled": 42.0,
-        "mixture/valid": 1.0, "mixture/weights/0": 0.25, "mixture/weights/1": 0.75,
-    }, nan_ok=True)  # fmt: skip
+    assert writers_lib.scalars(_history(2)[1]) == pytest.approx(
+        {
+            "test_acc": 20.0,
+            "auroc": math.nan,
+            "division/net1/auroc": 0.52,
+            "division/net1/labelled": 42.0,
+            "mixture/valid": 1.0,
+            "mixture/weights/0": 0.25,
+            "mixture/weights/1": 0.75,
+        },
+        nan_ok=True,
+    )
 
 
 def test_an_epoch_redone_after_a_kill_appears_once(tmp_path):
@@ -222,26 +243,45 @@ def test_on_without_tensorboardx_is_refused_in_one_line(tmp_path, monkeypatch):
     extra; main.py says so in one line (exit 2) before any data is loaded; "auto" and "off" are
     accepted without it."""
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # find_spec: None, import: fails
-    with pytest.raises(ValueError, match=r"config.tensorboard = 'on' is not allowed: .*"
-                                         r"pip install 'jaxnoise\[tensorboard\]'"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.tensorboard = 'on' is not allowed: .*"
+        r"pip install 'jaxnoise\[tensorboard\]'",
+    ):
         config_lib.validate(tiny_config(tensorboard="on"))
     for ok in ("auto", "off"):
         config_lib.validate(tiny_config(tensorboard=ok))
         opened = writers_lib.open_writers(tiny_config(tensorboard=ok), str(tmp_path), [])
         assert opened.writers == []
     assert os.listdir(tmp_path) == []
-    with pytest.raises(ValueError, match="config.tensorboard = 'maybe' is not allowed: one of "
-                                         "'auto', 'on', 'off'"):  # fmt: skip
+    with pytest.raises(
+        ValueError, match="config.tensorboard = 'maybe' is not allowed: one of 'auto', 'on', 'off'"
+    ):
         config_lib.validate(tiny_config(tensorboard="maybe"))
 
     wd = tmp_path / "wd"
-    hide = ("import runpy, sys; sys.modules['tensorboardX'] = None; "
-            f"sys.argv = ['main.py', *sys.argv[1:]]; sys.path.insert(0, {ROOT!r}); "
-            f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", hide, "--config", "configs/quickstart.py",
-                        "--config.tensorboard=on", "--workdir", str(wd)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    hide = (
+        "import runpy, sys; sys.modules['tensorboardX'] = None; "
+        f"sys.argv = ['main.py', *sys.argv[1:]]; sys.path.insert(0, {ROOT!r}); "
+        f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            hide,
+            "--config",
+            "configs/quickstart.py",
+            "--config.tensorboard=on",
+            "--workdir",
+            str(wd),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith("error: config.tensorboard = 'on'"), lines

@@ -129,7 +129,6 @@ def flat_jax_state(graphdef, *states) -> dict[str, np.ndarray]:
     return models.torch_state(nnx.merge(graphdef, *states))
 
 
-
 def update_distance(after_j, after_t, before) -> tuple[float, float, str]:
     """||jax - torch|| / ||torch - before|| over all tensors, and its max over single tensors
     (with that tensor's name)."""
@@ -145,9 +144,14 @@ def update_distance(after_j, after_t, before) -> tuple[float, float, str]:
 
 
 def bmm_state_of(bmm, lo, hi) -> dict[str, np.ndarray]:
-    return {"alphas": np.asarray(bmm.alphas), "betas": np.asarray(bmm.betas),
-            "weights": np.asarray(bmm.weight), "lookup": np.asarray(bmm.lookup),
-            "lo": np.float64(lo), "hi": np.float64(hi)}  # fmt: skip
+    return {
+        "alphas": np.asarray(bmm.alphas),
+        "betas": np.asarray(bmm.betas),
+        "weights": np.asarray(bmm.weight),
+        "lookup": np.asarray(bmm.lookup),
+        "lo": np.float64(lo),
+        "hi": np.float64(hi),
+    }
 
 
 class LogitsModel(torch.nn.Module):
@@ -179,15 +183,18 @@ def compare_fit(utils, loss_array: np.ndarray, labels: np.ndarray) -> dict:
     logits = np.zeros((n, c), np.float64)
     logits[np.arange(n), labels] = a
     idx = torch.arange(n)
-    loader = orig_lib.Loader([(idx[i:i + 1000], torch.from_numpy(labels[i:i + 1000]))
-                              for i in range(0, n, 1000)])  # fmt: skip
+    loader = orig_lib.Loader(
+        [(idx[i : i + 1000], torch.from_numpy(labels[i : i + 1000])) for i in range(0, n, 1000)]
+    )
     tracked, bmm, lo, hi = original_track(utils, LogitsModel(logits), loader)
     state = mixture.fit("bmm", jnp.asarray(tracked, jnp.float32), max_iters=10, noisy="initial")
     return {
         "n": n,
         "orig": bmm_state_of(bmm, lo, hi),
-        "jax": {k: np.asarray(getattr(state, k)) for k in ("alphas", "betas", "weights",
-                                                           "lookup", "lo", "hi")},  # fmt: skip
+        "jax": {
+            k: np.asarray(getattr(state, k))
+            for k in ("alphas", "betas", "weights", "lookup", "lo", "hi")
+        },
         "tracked": tracked,
     }
 
@@ -213,8 +220,22 @@ def run_original_steps(utils, kind: str, net, batches, bmm, lo, hi, draws, epoch
         elif kind == "MD-DYR-SH dynamic mixup":
             out = fn(args, net, "cpu", loader, opt, epoch, 32, bmm, max_t, min_t)
         else:  # soft-to-hard: temperature index k = epoch - 111 of linspace(1, 0.001, 89)
-            out = fn(args, net, "cpu", loader, opt, epoch, bmm, max_t, min_t, 1, epoch - 111, 89,
-                     1.0, NUM_CLASSES)  # fmt: skip
+            out = fn(
+                args,
+                net,
+                "cpu",
+                loader,
+                opt,
+                epoch,
+                bmm,
+                max_t,
+                min_t,
+                1,
+                epoch - 111,
+                89,
+                1.0,
+                NUM_CLASSES,
+            )
     return float(out[0][0])
 
 
@@ -226,8 +247,14 @@ def run_jax_steps(kind, width, state0, images, labels, mix_state, draws, epoch):
     model = jax_model(width, state0)
     graphdef, params, frozen, stats = network.split(model, c)
     tx = optim.direction(c)
-    state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
-             "mixture": mix_state, "step": jnp.zeros((), jnp.int32)}  # fmt: skip
+    state = {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+        "mixture": mix_state,
+        "step": jnp.zeros((), jnp.int32),
+    }
     update = jax.jit(step.make_update(graphdef, tx, c, phase, NUM_CLASSES))
     temperature = np.float32(schedule.temperature_for_epoch(c, epoch))
     lr = np.float32(c.lr)  # every step, as the original's SGD(lr=0.1) here
@@ -235,11 +262,15 @@ def run_jax_steps(kind, width, state0, images, labels, mix_state, draws, epoch):
     for s, d in enumerate(draws):
         sl = slice(s * BATCH, (s + 1) * BATCH)
         x = data_lib.normalize(jnp.asarray(images[sl]), MEAN, STD)
-        dr = step.StepDraws(pair=jnp.asarray(d["pair"], jnp.int32), lam=jnp.float32(d["lam"]),
-                            pair_weight=jnp.float32(d["pair_weight"]),
-                            key=jax.random.key(s))  # fmt: skip
-        state, loss = update(state, x, jnp.asarray(labels[sl], jnp.int32), None, dr, temperature,
-                             lr)  # fmt: skip
+        dr = step.StepDraws(
+            pair=jnp.asarray(d["pair"], jnp.int32),
+            lam=jnp.float32(d["lam"]),
+            pair_weight=jnp.float32(d["pair_weight"]),
+            key=jax.random.key(s),
+        )
+        state, loss = update(
+            state, x, jnp.asarray(labels[sl], jnp.int32), None, dr, temperature, lr
+        )
         step_losses.append(float(loss))
     after = flat_jax_state(graphdef, state["params"], frozen, state["stats"])
     return after, step_losses, phase, float(temperature)
@@ -250,8 +281,13 @@ def main(argv=None) -> int:
     ap.add_argument("--orig-dir", required=True, help="checkout of LabelNoiseCorrection")
     ap.add_argument("--data", default=SHARED_TAR, help="CIFAR-10 JPEG tar (../shared/data)")
     ap.add_argument("--width", type=int, default=2, help="base width of the compared network")
-    ap.add_argument("--logit-widths", type=int, nargs="*", default=[16, 64],
-                    help="further widths whose logits are compared (64 = the published net)")
+    ap.add_argument(
+        "--logit-widths",
+        type=int,
+        nargs="*",
+        default=[16, 64],
+        help="further widths whose logits are compared (64 = the published net)",
+    )
     ap.add_argument("--write-fixtures", action="store_true", help=f"write {FIXTURE}")
     args = ap.parse_args(argv)
     for path, what in ((args.orig_dir, "--orig-dir"), (args.data, "--data")):
@@ -271,10 +307,14 @@ def main(argv=None) -> int:
     fx: dict[str, np.ndarray] = {"images": images, "labels": labels}
 
     # 1. Logits and BatchNorm statistics.
-    lines += ["## 1. Network: logits and BatchNorm running statistics", "",
-              "| width | eval-mode logits (max rel. diff) | train-mode logits | running stats "
-              "after "
-              "one train forward |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## 1. Network: logits and BatchNorm running statistics",
+        "",
+        "| width | eval-mode logits (max rel. diff) | train-mode logits | running stats "
+        "after "
+        "one train forward |",
+        "|---|---|---|---|",
+    ]
     nets = {}
     for width in sorted({args.width, *args.logit_widths}):
         net = orig_lib.original_resnet18(PreResNet, width)
@@ -298,8 +338,10 @@ def main(argv=None) -> int:
         flat_after = flat_jax_state(*nnx.split(model))
         stat_keys = [k for k in stats_t if "running" in k]
         stats_rel = max(rel(flat_after[k], stats_t[k]) for k in stat_keys)
-        lines.append(f"| {width} | {rel(eval_j, eval_t):.2e} | {rel(train_j, train_t):.2e} | "
-                     f"{stats_rel:.2e} |")  # fmt: skip
+        lines.append(
+            f"| {width} | {rel(eval_j, eval_t):.2e} | {rel(train_j, train_t):.2e} | "
+            f"{stats_rel:.2e} |"
+        )
         if width == args.width:
             keys = sorted(state0)
             fx["keys"] = np.asarray(keys)
@@ -309,81 +351,108 @@ def main(argv=None) -> int:
         net.load_state_dict({k: torch.from_numpy(v) for k, v in state0.items()}, strict=False)
     # The same weights in today's pytorch-cifar block (identity shortcut from the raw input).
     net, state0 = nets[args.width]
-    wrong = models.PreActResNet18(NUM_CLASSES, width=args.width, shortcut="input",
-                                  rngs=nnx.Rngs(0))  # fmt: skip
+    wrong = models.PreActResNet18(NUM_CLASSES, width=args.width, shortcut="input", rngs=nnx.Rngs(0))
     models.load_torch_state(wrong, state0)
     eval_wrong, _ = jax_logits(wrong, images, train_mode=False)
-    lines += ["", f"With `shortcut=\"input\"` (the identity shortcut adding the raw input, as "
-              f"pytorch-cifar and jaxnoise before this fix) the eval-mode logits at width "
-              f"{args.width} differ by {rel(eval_wrong, fx['logits_eval']):.2e} (relative).", ""]
+    lines += [
+        "",
+        f'With `shortcut="input"` (the identity shortcut adding the raw input, as '
+        f"pytorch-cifar and jaxnoise before this fix) the eval-mode logits at width "
+        f"{args.width} differ by {rel(eval_wrong, fx['logits_eval']):.2e} (relative).",
+        "",
+    ]
 
     # 2. Tracking pass + BMM.
     net.eval()
-    loader = orig_lib.Loader([(x_t[i:i + BATCH], torch.from_numpy(labels[i:i + BATCH]))
-                              for i in range(0, n, BATCH)])  # fmt: skip
+    loader = orig_lib.Loader(
+        [(x_t[i : i + BATCH], torch.from_numpy(labels[i : i + BATCH])) for i in range(0, n, BATCH)]
+    )
     tracked_t, bmm, lo, hi = original_track(utils, net, loader)
     model = jax_model(args.width, state0)
     eval_j, _ = jax_logits(model, images, train_mode=False)
     tracked_j = np.asarray(losses.cross_entropy(eval_j, jnp.asarray(labels)))
     mix_j = mixture.fit("bmm", jnp.asarray(tracked_j), max_iters=10, noisy="initial")
-    fx.update(tracked_losses=tracked_t,
-              **{f"bmm/{k}": v for k, v in bmm_state_of(bmm, lo, hi).items()})  # fmt: skip
+    fx.update(
+        tracked_losses=tracked_t, **{f"bmm/{k}": v for k, v in bmm_state_of(bmm, lo, hi).items()}
+    )
     rng_l = np.random.default_rng(2)
     n_big, noisy = 50_000, rng_l.random(50_000) < 0.5
     realistic = np.where(noisy, rng_l.gamma(9.0, 0.3, n_big), rng_l.gamma(1.2, 0.25, n_big))
     big = compare_fit(utils, realistic, rng_l.integers(0, NUM_CLASSES, n_big))
-    lines += ["## 2. Tracking pass and beta mixture", "",
-              "| losses | per-sample loss (max rel.) | alpha, beta (max rel.) | weights | "
-              "lookup table (max abs.) | peak bin (orig / jax) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## 2. Tracking pass and beta mixture",
+        "",
+        "| losses | per-sample loss (max rel.) | alpha, beta (max rel.) | weights | "
+        "lookup table (max abs.) | peak bin (orig / jax) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, o, j, tl in (
-        (f"the width-{args.width} model's, {n} real images", bmm_state_of(bmm, lo, hi),
-         {k: np.asarray(getattr(mix_j, k)) for k in ("alphas", "betas", "weights", "lookup")},
-         rel(tracked_j, tracked_t)),
+        (
+            f"the width-{args.width} model's, {n} real images",
+            bmm_state_of(bmm, lo, hi),
+            {k: np.asarray(getattr(mix_j, k)) for k in ("alphas", "betas", "weights", "lookup")},
+            rel(tracked_j, tracked_t),
+        ),
         ("bimodal (gamma) losses, 50,000", big["orig"], big["jax"], 0.0),
-    ):  # fmt: skip
+    ):
         ab = max(rel(j["alphas"], o["alphas"]), rel(j["betas"], o["betas"]))
-        lines.append(f"| {name} | {tl:.2e} | {ab:.2e} | {rel(j['weights'], o['weights']):.2e} | "
-                     f"{np.max(np.abs(j['lookup'] - o['lookup'])):.2e} | "
-                     f"{int(np.argmax(o['lookup']))} / {int(np.argmax(j['lookup']))} |")
+        lines.append(
+            f"| {name} | {tl:.2e} | {ab:.2e} | {rel(j['weights'], o['weights']):.2e} | "
+            f"{np.max(np.abs(j['lookup'] - o['lookup'])):.2e} | "
+            f"{int(np.argmax(o['lookup']))} / {int(np.argmax(j['lookup']))} |"
+        )
     lines.append("")
 
     # 3. Optimizer steps.
     # Given draws: mixing weights far from 0.5 (a Beta(32, 32) draw is within ~0.1 of it), so
     # that a wrong pair weight (e.g. 0.5 instead of lambda) shows clearly.
     draw_rng = np.random.default_rng(3)
-    draws = [{"lam": lam, "pair_weight": pw, "pair": draw_rng.permutation(BATCH)}
-             for lam, pw in zip((0.3, 0.75, 0.6), (0.7, 0.35, 0.8))]  # fmt: skip
+    draws = [
+        {"lam": lam, "pair_weight": pw, "pair": draw_rng.permutation(BATCH)}
+        for lam, pw in zip((0.3, 0.75, 0.6), (0.7, 0.35, 0.8))
+    ]
     fx["draws/lam"] = np.asarray([d["lam"] for d in draws], np.float32)
     fx["draws/pair_weight"] = np.asarray([d["pair_weight"] for d in draws], np.float32)
     fx["draws/pair"] = np.stack([d["pair"] for d in draws]).astype(np.int32)
-    lines += ["## 3. Optimizer steps", "",
-              f"Batch {BATCH} real images, lr 0.1, momentum 0.9, weight decay 1e-4, regulariser 1, "
-              f"given mixing weights lambda = {[d['lam'] for d in draws]} (and Beta-draw pair "
-              f"weights {[d['pair_weight'] for d in draws]} in the dynamic-mixup epochs), chosen "
-              "far from 0.5 so that a wrong pair weight shows. "
-              "Update distance: ||jaxnoise - original|| / ||original update|| over all "
-              "parameters and BatchNorm statistics, and the largest such ratio of a single "
-              "tensor (a tensor whose gradient nearly cancels, such as the stem BN scale, has an "
-              "update of ~1e-5 and a float32 rounding error that is a larger part of it).", "",
-              "| step kind (original function) | jaxnoise phase | steps | mean loss (rel. diff) | "
-              "update distance to the original (float32) | to the original in float64 | "
-              "float32 floor: original float32 vs float64 | worst single tensor (vs float32) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## 3. Optimizer steps",
+        "",
+        f"Batch {BATCH} real images, lr 0.1, momentum 0.9, weight decay 1e-4, regulariser 1, "
+        f"given mixing weights lambda = {[d['lam'] for d in draws]} (and Beta-draw pair "
+        f"weights {[d['pair_weight'] for d in draws]} in the dynamic-mixup epochs), chosen "
+        "far from 0.5 so that a wrong pair weight shows. "
+        "Update distance: ||jaxnoise - original|| / ||original update|| over all "
+        "parameters and BatchNorm statistics, and the largest such ratio of a single "
+        "tensor (a tensor whose gradient nearly cancels, such as the stem BN scale, has an "
+        "update of ~1e-5 and a float32 rounding error that is a larger part of it).",
+        "",
+        "| step kind (original function) | jaxnoise phase | steps | mean loss (rel. diff) | "
+        "update distance to the original (float32) | to the original in float64 | "
+        "float32 floor: original float32 vs float64 | worst single tensor (vs float32) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for kind, (_, epoch, fn_name) in STEP_KINDS.items():
         for n_steps in (1, STEPS):
             after_t, loss_t = {}, {}
             for dtype in (torch.float32, torch.float64):  # float64: the exact reference
                 net_k = orig_lib.original_resnet18(PreResNet, args.width)
-                net_k.load_state_dict({k: torch.from_numpy(v) for k, v in state0.items()},
-                                      strict=False)  # fmt: skip
+                net_k.load_state_dict(
+                    {k: torch.from_numpy(v) for k, v in state0.items()}, strict=False
+                )
                 net_k.train().to(dtype)
-                batches = [(x_t[s * BATCH:(s + 1) * BATCH].to(dtype),
-                            torch.from_numpy(labels[s * BATCH:(s + 1) * BATCH]))
-                           for s in range(n_steps)]  # fmt: skip
-                loss_t[dtype] = run_original_steps(utils, kind, net_k, batches, bmm, lo, hi,
-                                                   draws[:n_steps], epoch)  # fmt: skip
-                after_t[dtype] = {k: v.astype(np.float64)
-                                  for k, v in orig_lib.state_numpy(net_k).items()}  # fmt: skip
+                batches = [
+                    (
+                        x_t[s * BATCH : (s + 1) * BATCH].to(dtype),
+                        torch.from_numpy(labels[s * BATCH : (s + 1) * BATCH]),
+                    )
+                    for s in range(n_steps)
+                ]
+                loss_t[dtype] = run_original_steps(
+                    utils, kind, net_k, batches, bmm, lo, hi, draws[:n_steps], epoch
+                )
+                after_t[dtype] = {
+                    k: v.astype(np.float64) for k, v in orig_lib.state_numpy(net_k).items()
+                }
             exact, f32 = after_t[torch.float64], after_t[torch.float32]
             after_j, losses_j, phase, temp = run_jax_steps(
                 kind, args.width, state0, images, labels, mix_j, draws[:n_steps], epoch
@@ -392,11 +461,13 @@ def main(argv=None) -> int:
             vs_exact = update_distance(after_j, exact, state0)[0]
             floor = update_distance(f32, exact, state0)[0]
             loss_f32 = loss_t[torch.float32]
-            lines.append(f"| {kind} (`{fn_name}`) | {phase.name}"
-                         f"{f', T={temp:.4f}' if phase.bootstrap == 'soft' else ''} | {n_steps} | "
-                         f"{abs(np.mean(losses_j) - loss_f32) / abs(loss_f32):.1e} | "
-                         f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | "
-                         f"{worst:.1e} (`{worst_key}`) |")  # fmt: skip
+            lines.append(
+                f"| {kind} (`{fn_name}`) | {phase.name}"
+                f"{f', T={temp:.4f}' if phase.bootstrap == 'soft' else ''} | {n_steps} | "
+                f"{abs(np.mean(losses_j) - loss_f32) / abs(loss_f32):.1e} | "
+                f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | "
+                f"{worst:.1e} (`{worst_key}`) |"
+            )
             pre = f"step/{kind}/{n_steps}/"
             fx[pre + "loss"] = np.float64(loss_f32)
             fx[pre + "float32_floor"] = np.float64(floor)
@@ -406,29 +477,37 @@ def main(argv=None) -> int:
             scales = np.asarray([max(float(np.max(np.abs(d))), 1e-30) for d in deltas])
             fx[pre + "scale"] = scales
             fx[pre + "delta"] = np.concatenate(
-                [(d / sc).ravel() for d, sc in zip(deltas, scales)]).astype(np.float16)
+                [(d / sc).ravel() for d, sc in zip(deltas, scales)]
+            ).astype(np.float16)
             print(lines[-1], flush=True)
 
-    lines += ["", "Reading the table: in float32 a few steps of this tiny network are "
-              "ill-conditioned (a width-2 net, 16 images per BatchNorm batch, 40% random labels): "
-              "the original's own float32 run is as far from its float64 run (`float32 floor`) "
-              "as jaxnoise is. jaxnoise (float32) is as close to the exact original (float64) as "
-              "the original's float32 run is, which is what float32 rounding allows.", "",
-              "Posteriors come from the 100-bin lookup table, which is discontinuous: once "
-              "the parameters differ by float32 rounding, a batch loss near a bin edge can land "
-              "in the neighbouring bin on one side only, and that sample's weight then differs "
-              "by the step between bins. One step is free of this; over three steps it can show "
-              "in the methods that use posteriors, most in MD-DYR-SH, whose posteriors also "
-              "set the input mixing weights.", ""]
+    lines += [
+        "",
+        "Reading the table: in float32 a few steps of this tiny network are "
+        "ill-conditioned (a width-2 net, 16 images per BatchNorm batch, 40% random labels): "
+        "the original's own float32 run is as far from its float64 run (`float32 floor`) "
+        "as jaxnoise is. jaxnoise (float32) is as close to the exact original (float64) as "
+        "the original's float32 run is, which is what float32 rounding allows.",
+        "",
+        "Posteriors come from the 100-bin lookup table, which is discontinuous: once "
+        "the parameters differ by float32 rounding, a batch loss near a bin edge can land "
+        "in the neighbouring bin on one side only, and that sample's weight then differs "
+        "by the step between bins. One step is free of this; over three steps it can show "
+        "in the methods that use posteriors, most in MD-DYR-SH, whose posteriors also "
+        "set the input mixing weights.",
+        "",
+    ]
     header = [
-        "# Equivalence with the published code (PaulAlbert31/LabelNoiseCorrection)", "",
+        "# Equivalence with the published code (PaulAlbert31/LabelNoiseCorrection)",
+        "",
         f"Command: `python benchmarks/equivalence/compare.py --orig-dir ORIG"
         f"{' --write-fixtures' if args.write_fixtures else ''}` (torch {torch.__version__}, "
         f"jax {jax.__version__}, {platform.machine()} CPU, jaxnoise {git_commit()}, "
         f"{time.time() - t0:.0f} s). Real CIFAR-10 images (the first 5 training JPEGs of each "
         "class from ../shared/data, 48 used), 40% of their labels redrawn at random; the "
         "original network built at the widths below from its own modules, its weights copied "
-        "into jaxnoise's; no augmentation on either side (the same batch goes to both).", "",
+        "into jaxnoise's; no augmentation on either side (the same batch goes to both).",
+        "",
     ]
     write_files(RESULTS, header + lines, FIXTURE if args.write_fixtures else None, fx)
     return 0

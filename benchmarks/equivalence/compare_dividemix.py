@@ -143,8 +143,12 @@ def jax_net(c, state: dict[str, np.ndarray], tx) -> tuple:
     model = models.PreActResNet18(C, width=WIDTH, rngs=nnx.Rngs(0))
     models.load_torch_state(model, state)
     graphdef, params, frozen, stats = network.split(model, c)
-    return graphdef, {"params": params, "frozen": frozen, "stats": stats,
-                      "opt_state": tx.init(params)}  # fmt: skip
+    return graphdef, {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+    }
 
 
 def flat(graphdef, state) -> dict[str, np.ndarray]:
@@ -161,13 +165,20 @@ def semi_draws(c, mask, images) -> list[dict]:
     out = []
     for s in range(STEPS):
         d = dms.semi_draws(c.seed, jax_epoch(SEMI_EPOCH), i32(s), i32(NET), orders, B, ALPHA)
-        views = [np.asarray(dms._augmented(images[np.asarray(idx)], key, c, MEAN, STD))
-                 for idx, key in zip((d.labelled, d.labelled, d.unlabelled, d.unlabelled),
-                                     d.view_keys)]  # fmt: skip
-        out.append({"labelled": np.asarray(d.labelled), "unlabelled": np.asarray(d.unlabelled),
-                    "lam": np.float32(d.lam), "mix_perm": np.asarray(d.mix_perm),
-                    "view_keys": np.asarray(jax.random.key_data(d.view_keys)),
-                    "views": views})  # fmt: skip
+        views = [
+            np.asarray(dms._augmented(images[np.asarray(idx)], key, c, MEAN, STD))
+            for idx, key in zip((d.labelled, d.labelled, d.unlabelled, d.unlabelled), d.view_keys)
+        ]
+        out.append(
+            {
+                "labelled": np.asarray(d.labelled),
+                "unlabelled": np.asarray(d.unlabelled),
+                "lam": np.float32(d.lam),
+                "mix_perm": np.asarray(d.mix_perm),
+                "view_keys": np.asarray(jax.random.key_data(d.view_keys)),
+                "views": views,
+            }
+        )
     return out
 
 
@@ -187,14 +198,35 @@ def run_jax_semi(c, init1, init2, data, p_clean, mask, steps: int):
     tx = optim.direction(c)
     graphdef, state = jax_net(c, init1, tx)
     _, other = jax_net(c, init2, tx)
-    step = dms.make_semi_step(graphdef, tx, c, C, MEAN, STD, batch_size=B, T=T, alpha=ALPHA,
-                              lambda_max=LAMBDA_U, warm_up=WARM_UP, rampup=RAMPUP)  # fmt: skip
+    step = dms.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        C,
+        MEAN,
+        STD,
+        batch_size=B,
+        T=T,
+        alpha=ALPHA,
+        lambda_max=LAMBDA_U,
+        warm_up=WARM_UP,
+        rampup=RAMPUP,
+    )
     orders = dms.pool_orders(c.seed, jax_epoch(SEMI_EPOCH), i32(NET), jnp.asarray(mask))
     num_iter = int(mask.sum()) // B + 1  # the official (len(labelled) // batch_size) + 1
     metrics = []
     for s in range(steps):
-        state, m = step(state, other, data, jnp.asarray(p_clean), orders, jax_epoch(SEMI_EPOCH),
-                        i32(s), i32(num_iter), i32(NET))  # fmt: skip
+        state, m = step(
+            state,
+            other,
+            data,
+            jnp.asarray(p_clean),
+            orders,
+            jax_epoch(SEMI_EPOCH),
+            i32(s),
+            i32(num_iter),
+            i32(NET),
+        )
         metrics.append({k: float(v) for k, v in m.items()})
     return flat(graphdef, state), metrics
 
@@ -202,12 +234,10 @@ def run_jax_semi(c, init1, init2, data, p_clean, mask, steps: int):
 def run_jax_warmup(c, init1, data, perm, penalty: bool, steps: int):
     tx = optim.direction(c)
     graphdef, state = jax_net(c, init1, tx)
-    step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=penalty,
-                                batch_size=2 * B)  # fmt: skip
+    step = dms.make_warmup_step(graphdef, tx, c, C, MEAN, STD, penalty=penalty, batch_size=2 * B)
     metrics = []
     for s in range(steps):
-        state, m = step(state, data, jnp.asarray(perm), jax_epoch(WARMUP_EPOCH), i32(s),
-                        i32(NET))  # fmt: skip
+        state, m = step(state, data, jnp.asarray(perm), jax_epoch(WARMUP_EPOCH), i32(s), i32(NET))
         metrics.append({k: float(v) for k, v in m.items()})
     return flat(graphdef, state), metrics
 
@@ -225,12 +255,27 @@ def run_official_semi(ns, PreResNet, init1, init2, labels, p_clean, n_lab, draws
     for d in draws:
         x1, x2, u1, u2 = (dm_lib.nchw(v, dtype) for v in d["views"])
         idx = d["labelled"]
-        lab.append((x1, x2, torch.from_numpy(labels[idx].astype(np.int64)),
-                    torch.from_numpy(p_clean[idx].astype(np.float32))))  # fmt: skip
+        lab.append(
+            (
+                x1,
+                x2,
+                torch.from_numpy(labels[idx].astype(np.int64)),
+                torch.from_numpy(p_clean[idx].astype(np.float32)),
+            )
+        )
         unl.append((u1, u2))
-    records = dm_lib.run_train(ns, SEMI_EPOCH, net, net2, LR, lab, unl, n_lab,
-                               [float(d["lam"]) for d in draws],
-                               [d["mix_perm"].copy() for d in draws])  # fmt: skip
+    records = dm_lib.run_train(
+        ns,
+        SEMI_EPOCH,
+        net,
+        net2,
+        LR,
+        lab,
+        unl,
+        n_lab,
+        [float(d["lam"]) for d in draws],
+        [d["mix_perm"].copy() for d in draws],
+    )
     return orig_lib.state_numpy(net), records
 
 
@@ -239,8 +284,9 @@ def run_official_warmup(ns, PreResNet, init1, labels, perm, views, dtype):
     batches = []
     for s, v in enumerate(views):
         idx = perm[s * 2 * B : (s + 1) * 2 * B]
-        batches.append((dm_lib.nchw(v, dtype), torch.from_numpy(labels[idx].astype(np.int64)),
-                        None))  # fmt: skip
+        batches.append(
+            (dm_lib.nchw(v, dtype), torch.from_numpy(labels[idx].astype(np.int64)), None)
+        )
     records = dm_lib.run_warmup(ns, WARMUP_EPOCH, net, LR, batches, N)
     return orig_lib.state_numpy(net), records
 
@@ -279,16 +325,22 @@ def compare_case(name, run_official, run_jax, names, before, keys, fx, prefix) -
         diffs = {}
         for ours, theirs in names.items():
             j = np.asarray([r[ours] for r in rec_j])
-            o = {dt: np.asarray([r.get(theirs, 0.0) for r in rec_t[dt]])  # sym: no penalty
-                 for dt in (torch.float32, torch.float64)}  # fmt: skip
-            diffs[ours] = [float(np.max(np.abs(j - o[dt]) / np.maximum(np.abs(o[dt]), 1e-30)))
-                           for dt in (torch.float32, torch.float64)]  # fmt: skip
+            o = {
+                dt: np.asarray([r.get(theirs, 0.0) for r in rec_t[dt]])  # sym: no penalty
+                for dt in (torch.float32, torch.float64)
+            }
+            diffs[ours] = [
+                float(np.max(np.abs(j - o[dt]) / np.maximum(np.abs(o[dt]), 1e-30)))
+                for dt in (torch.float32, torch.float64)
+            ]
             if steps == STEPS:
                 fx[f"{prefix}{ours}"] = o[torch.float64]
                 fx[f"{prefix}{ours}_float32"] = o[torch.float32]
         loss_cols = " | ".join(f"{diffs[k][0]:.1e} ({diffs[k][1]:.1e})" for k in names)
-        rows.append(f"| {name} | {steps} | {loss_cols} | {vs_f32:.1e} | {vs_exact:.1e} | "
-                    f"{floor:.1e} | {worst:.1e} (`{worst_key}`) |")  # fmt: skip
+        rows.append(
+            f"| {name} | {steps} | {loss_cols} | {vs_f32:.1e} | {vs_exact:.1e} | "
+            f"{floor:.1e} | {worst:.1e} (`{worst_key}`) |"
+        )
         stats = [k for k in keys if "running" in k]
         fx[f"{prefix}{steps}/float32_floor"] = np.float64(floor)
         fx[f"{prefix}{steps}/float32_floor_stats"] = np.float64(
@@ -312,8 +364,9 @@ def gmm_losses(n: int = GMM_N) -> tuple[np.ndarray, np.ndarray]:
     n_clean = int(0.6 * n)
     u_c = (np.arange(n_clean) + 0.5) / n_clean
     u_n = (np.arange(n - n_clean) + 0.5) / (n - n_clean)
-    losses = np.concatenate([-0.3 * np.log1p(-u_c), np.maximum(2.4 + 0.6 * special.ndtri(u_n),
-                                                                0.05)])  # fmt: skip
+    losses = np.concatenate(
+        [-0.3 * np.log1p(-u_c), np.maximum(2.4 + 0.6 * special.ndtri(u_n), 0.05)]
+    )
     order = np.argsort((np.arange(n) * 7919) % n, kind="stable")  # a fixed interleaving
     return losses[order].astype(np.float32), (np.arange(n) % C).astype(np.int64)
 
@@ -328,29 +381,46 @@ def compare_gmm(ns, fx) -> list[str]:
     _, x_j, p_j, g_j = divide(jnp.asarray(ce), None)
     p_j = np.asarray(p_j, np.float64)
     sel = np.linspace(0, GMM_N - 1, GMM_STORED).astype(np.int64)
-    fx.update({"gmm/index": sel, "gmm/prob": prob[sel], "gmm/normalised": normalised[sel],
-               "gmm/means": gmm.means_.ravel(), "gmm/variances": gmm.covariances_.ravel(),
-               "gmm/weights": gmm.weights_, "gmm/n_iter": np.int64(gmm.n_iter_)})  # fmt: skip
+    fx.update(
+        {
+            "gmm/index": sel,
+            "gmm/prob": prob[sel],
+            "gmm/normalised": normalised[sel],
+            "gmm/means": gmm.means_.ravel(),
+            "gmm/variances": gmm.covariances_.ravel(),
+            "gmm/weights": gmm.weights_,
+            "gmm/n_iter": np.int64(gmm.n_iter_),
+        }
+    )
     err = np.abs(p_j - prob)
     o_order, j_order = np.argsort(gmm.means_.ravel()), np.argsort(np.asarray(g_j.means))
-    params = max(arazo.rel(np.asarray(getattr(g_j, ours))[j_order],
-                           np.ravel(getattr(gmm, theirs))[o_order])
-                 for ours, theirs in (("means", "means_"), ("variances", "covariances_"),
-                                      ("weights", "weights_")))  # fmt: skip
+    params = max(
+        arazo.rel(np.asarray(getattr(g_j, ours))[j_order], np.ravel(getattr(gmm, theirs))[o_order])
+        for ours, theirs in (
+            ("means", "means_"),
+            ("variances", "covariances_"),
+            ("weights", "weights_"),
+        )
+    )
     labelled = (prob > 0.5) != (p_j > 0.5)
-    return ["## 3. Division: `eval_train`'s normalisation and GMM", "",
-            f"{GMM_N:,} given per-sample losses (60% exponential, 40% normal; the stand-in "
-            "model's logits give these CE losses), the official `eval_train` with "
-            f"`np.random.seed({GMM_SEED})` before its `GaussianMixture(n_components=2, "
-            "max_iter=10, tol=1e-2, reg_covar=5e-4)` (random k-means start) against "
-            "`dividemix.loop.make_divide(False)` (float32, deterministic k-means start).", "",
-            "| normalised losses (max abs.) | means, variances, weights (max rel.) | "
-            "p_clean (max abs.) | p_clean (mean abs.) | "
-            "samples labelled differently at 0.5 | GMM iterations (official) |",
-            "|---|---|---|---|---|---|",
-            f"| {np.max(np.abs(np.asarray(x_j) - normalised)):.1e} | {params:.1e} | "
-            f"{np.max(err):.1e} | "
-            f"{np.mean(err):.1e} | {int(labelled.sum())} | {gmm.n_iter_} |", ""]  # fmt: skip
+    return [
+        "## 3. Division: `eval_train`'s normalisation and GMM",
+        "",
+        f"{GMM_N:,} given per-sample losses (60% exponential, 40% normal; the stand-in "
+        "model's logits give these CE losses), the official `eval_train` with "
+        f"`np.random.seed({GMM_SEED})` before its `GaussianMixture(n_components=2, "
+        "max_iter=10, tol=1e-2, reg_covar=5e-4)` (random k-means start) against "
+        "`dividemix.loop.make_divide(False)` (float32, deterministic k-means start).",
+        "",
+        "| normalised losses (max abs.) | means, variances, weights (max rel.) | "
+        "p_clean (max abs.) | p_clean (mean abs.) | "
+        "samples labelled differently at 0.5 | GMM iterations (official) |",
+        "|---|---|---|---|---|---|",
+        f"| {np.max(np.abs(np.asarray(x_j) - normalised)):.1e} | {params:.1e} | "
+        f"{np.max(err):.1e} | "
+        f"{np.mean(err):.1e} | {int(labelled.sum())} | {gmm.n_iter_} |",
+        "",
+    ]
 
 
 def setup_data(data_path: str, PreResNet):
@@ -372,8 +442,12 @@ def setup_data(data_path: str, PreResNet):
             for s in range(3):
                 net(x_t[s * 16 : (s + 1) * 16])
         # float16-representable values (the fixture stores them in float16, exactly)
-        inits.append({k: v.astype(np.float16).astype(np.float32)
-                      for k, v in orig_lib.state_numpy(net).items()})  # fmt: skip
+        inits.append(
+            {
+                k: v.astype(np.float16).astype(np.float32)
+                for k, v in orig_lib.state_numpy(net).items()
+            }
+        )
     return images, labels, p_clean.astype(np.float32), mask, inits
 
 
@@ -382,8 +456,11 @@ def main(argv=None) -> int:
     ap.add_argument("--orig-dir", required=True, help="checkout of LiJunnan1992/DivideMix")
     ap.add_argument("--data", default=arazo.SHARED_TAR, help="CIFAR-10 JPEG tar (../shared/data)")
     ap.add_argument("--write-fixtures", action="store_true", help=f"write {FIXTURE}")
-    ap.add_argument("--orig-commit", default="", help="the official commit, when --orig-dir "
-                    "is not a git checkout (e.g. a git archive)")  # fmt: skip
+    ap.add_argument(
+        "--orig-commit",
+        default="",
+        help="the official commit, when --orig-dir is not a git checkout (e.g. a git archive)",
+    )
     args = ap.parse_args(argv)
     for path, what in ((args.orig_dir, "--orig-dir"), (args.data, "--data")):
         if not os.path.exists(path):
@@ -414,8 +491,9 @@ def main(argv=None) -> int:
     draws = semi_draws(c, mask, images)
     for k in ("labelled", "unlabelled", "lam", "mix_perm", "view_keys"):
         fx[f"semi/draws/{k}"] = np.stack([d[k] for d in draws])
-    fx["semi/draws/view_sums"] = np.asarray([[v.astype(np.float64).sum() for v in d["views"]]
-                                             for d in draws])  # fmt: skip
+    fx["semi/draws/view_sums"] = np.asarray(
+        [[v.astype(np.float64).sum() for v in d["views"]] for d in draws]
+    )
     perm, wviews = warmup_draws(c, images)
     fx["warmup/perm"] = perm
     fx["warmup/view_sums"] = np.asarray([v.astype(np.float64).sum() for v in wviews])
@@ -441,10 +519,16 @@ def main(argv=None) -> int:
     ]
     lines += compare_case(
         "semi (net trained, net2 fixed)",
-        lambda steps, dtype: run_official_semi(ns, PreResNet, init1, init2, labels, p_clean,
-                                               int(mask.sum()), draws[:steps], dtype),
+        lambda steps, dtype: run_official_semi(
+            ns, PreResNet, init1, init2, labels, p_clean, int(mask.sum()), draws[:steps], dtype
+        ),
         lambda steps: run_jax_semi(c, init1, init2, data, p_clean, mask, steps),
-        SEMI_NAMES, init1, keys, fx, "semi/")  # fmt: skip
+        SEMI_NAMES,
+        init1,
+        keys,
+        fx,
+        "semi/",
+    )
     lines += [
         "",
         "## 2. Warm-up: `warmup()` against `make_warmup_step`",
@@ -460,10 +544,16 @@ def main(argv=None) -> int:
         ns["args"].noise_mode = mode
         lines += compare_case(
             f"warm-up ({mode})",
-            lambda steps, dtype: run_official_warmup(ns, PreResNet, init1, labels, perm,
-                                                     wviews[:steps], dtype),
+            lambda steps, dtype: run_official_warmup(
+                ns, PreResNet, init1, labels, perm, wviews[:steps], dtype
+            ),
             lambda steps, mode=mode: run_jax_warmup(c, init1, data, perm, mode == "asym", steps),
-            WARMUP_NAMES, init1, keys, fx, f"warmup/{mode}/")  # fmt: skip
+            WARMUP_NAMES,
+            init1,
+            keys,
+            fx,
+            f"warmup/{mode}/",
+        )
     lines += [""] + compare_gmm(ns, fx) + NOTES
     write_outputs(args, lines, fx, t0)
     return 0
@@ -473,8 +563,9 @@ def write_outputs(args, lines, fx, t0) -> None:
     import subprocess
 
     def git(*cmd):
-        return subprocess.run(["git", "-C", args.orig_dir, *cmd], capture_output=True,
-                              text=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "-C", args.orig_dir, *cmd], capture_output=True, text=True
+        ).stdout.strip()
 
     # only the checkout's own commit (not that of a repository the folder happens to be in)
     top = git("rev-parse", "--show-toplevel")

@@ -33,9 +33,14 @@ def import_original(orig_dir: str):
         stub.datasets = types.ModuleType("torchvision.datasets")
         stub.transforms = types.ModuleType("torchvision.transforms")
         stub.models = types.ModuleType("torchvision.models")
-        sys.modules.update({"torchvision": stub, "torchvision.datasets": stub.datasets,
-                            "torchvision.transforms": stub.transforms,
-                            "torchvision.models": stub.models})  # fmt: skip
+        sys.modules.update(
+            {
+                "torchvision": stub,
+                "torchvision.datasets": stub.datasets,
+                "torchvision.transforms": stub.transforms,
+                "torchvision.models": stub.models,
+            }
+        )
     sys.path.insert(0, orig_dir)
     try:
         return importlib.import_module("PreResNet"), importlib.import_module("utils")

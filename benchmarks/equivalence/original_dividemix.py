@@ -48,9 +48,19 @@ def import_preresnet(orig_dir: str):
 
 def official_args(**overrides) -> SimpleNamespace:
     """``Train_cifar.py``'s argparse defaults (the fields its functions read), overridden."""
-    args = SimpleNamespace(batch_size=64, lr=0.02, noise_mode="sym", alpha=4.0, lambda_u=25.0,
-                           p_threshold=0.5, T=0.5, num_epochs=300, r=0.5, num_class=10,
-                           dataset="cifar10")  # fmt: skip
+    args = SimpleNamespace(
+        batch_size=64,
+        lr=0.02,
+        noise_mode="sym",
+        alpha=4.0,
+        lambda_u=25.0,
+        p_threshold=0.5,
+        T=0.5,
+        num_epochs=300,
+        r=0.5,
+        num_class=10,
+        dataset="cifar10",
+    )
     for k, v in overrides.items():
         setattr(args, k, v)
     return args
@@ -67,14 +77,24 @@ def load_train_cifar(orig_dir: str, args: SimpleNamespace, warm_up: int = 10) ->
         for n in tree.body
         if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in TRAIN_CIFAR_DEFS
     ]
-    missing = set(TRAIN_CIFAR_DEFS) - {n.name for n in nodes}  # fmt: skip
+    missing = set(TRAIN_CIFAR_DEFS) - {n.name for n in nodes}
     if missing:
         raise ValueError(f"{path} has no definition of {sorted(missing)}")
     from sklearn.mixture import GaussianMixture
 
-    ns = {"__name__": "Train_cifar_defs", "torch": torch, "nn": nn, "F": F, "np": np, "sys": sys,
-          "GaussianMixture": GaussianMixture, "args": args, "warm_up": warm_up,
-          "CE": nn.CrossEntropyLoss(reduction="none"), "CEloss": nn.CrossEntropyLoss()}  # fmt: skip
+    ns = {
+        "__name__": "Train_cifar_defs",
+        "torch": torch,
+        "nn": nn,
+        "F": F,
+        "np": np,
+        "sys": sys,
+        "GaussianMixture": GaussianMixture,
+        "args": args,
+        "warm_up": warm_up,
+        "CE": nn.CrossEntropyLoss(reduction="none"),
+        "CEloss": nn.CrossEntropyLoss(),
+    }
     exec(compile(ast.Module(body=nodes, type_ignores=[]), path, "exec"), ns)
     ns["criterion"] = ns["SemiLoss"]()
     ns["conf_penalty"] = ns["NegEntropy"]()
@@ -124,8 +144,9 @@ class RecordingSGD(torch.optim.SGD):
         if frame is None:
             raise RuntimeError("optimizer.step() not called from the official code")
         loc = frame.f_locals
-        self.records.append({k: float(torch.as_tensor(loc[k]).detach())
-                             for k in self.names if k in loc})  # fmt: skip
+        self.records.append(
+            {k: float(torch.as_tensor(loc[k]).detach()) for k in self.names if k in loc}
+        )
         return super().step(closure)
 
 
@@ -151,12 +172,21 @@ def nchw(views: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 def sgd(ns: dict, net: nn.Module, names: Sequence[str], lr: float) -> RecordingSGD:
     """The official optimizer (``optim.SGD(lr, momentum=0.9, weight_decay=5e-4)``), recording."""
-    return RecordingSGD(net.parameters(), names, ns["path"], lr=lr, momentum=0.9,
-                        weight_decay=5e-4)  # fmt: skip
+    return RecordingSGD(net.parameters(), names, ns["path"], lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
-def run_train(ns: dict, epoch: int, net, net2, lr: float, labelled: Sequence[tuple],
-              unlabelled: Sequence[tuple], n_labelled: int, lams, perms) -> list[dict]:  # fmt: skip
+def run_train(
+    ns: dict,
+    epoch: int,
+    net,
+    net2,
+    lr: float,
+    labelled: Sequence[tuple],
+    unlabelled: Sequence[tuple],
+    n_labelled: int,
+    lams,
+    perms,
+) -> list[dict]:
     """The official ``train(epoch, net, net2, optimizer, ...)`` over the given batches
     ``(inputs_x, inputs_x2, labels_x, w_x)`` and ``(inputs_u, inputs_u2)``; the MixMatch
     ``l`` and permutations given. Returns the recorded losses of every step."""
@@ -166,13 +196,15 @@ def run_train(ns: dict, epoch: int, net, net2, lr: float, labelled: Sequence[tup
     opt = sgd(ns, net, ("Lx", "Lu", "lamb", "penalty", "loss"), lr)
     dtype = next(net.parameters()).dtype
     with on_cpu(dtype), given_draws(lams, perms):
-        ns["train"](epoch, net, net2, opt, Loader(labelled, n_labelled, B),
-                    Loader(unlabelled, 10**6, B))  # fmt: skip
+        ns["train"](
+            epoch, net, net2, opt, Loader(labelled, n_labelled, B), Loader(unlabelled, 10**6, B)
+        )
     return opt.records
 
 
-def run_warmup(ns: dict, epoch: int, net, lr: float, batches: Sequence[tuple],
-               n: int) -> list[dict]:  # fmt: skip
+def run_warmup(
+    ns: dict, epoch: int, net, lr: float, batches: Sequence[tuple], n: int
+) -> list[dict]:
     """The official ``warmup(epoch, net, optimizer, dataloader)`` over ``(inputs, labels, path)``
     batches (``args.noise_mode`` chooses the confidence penalty); the recorded losses."""
     opt = sgd(ns, net, ("loss", "penalty", "L"), lr)
@@ -204,8 +236,10 @@ def run_eval_train(ns: dict, losses: np.ndarray, labels: np.ndarray, seed: int, 
     n = len(losses)
     model = LossModel(losses, labels, ns["args"].num_class)
     idx = torch.arange(n)
-    ns["eval_loader"] = [(idx[i:i + chunk], torch.from_numpy(labels[i:i + chunk]),
-                          idx[i:i + chunk]) for i in range(0, n, chunk)]  # fmt: skip
+    ns["eval_loader"] = [
+        (idx[i : i + chunk], torch.from_numpy(labels[i : i + chunk]), idx[i : i + chunk])
+        for i in range(0, n, chunk)
+    ]
     fits = []
     gmm_cls = ns["GaussianMixture"]
 

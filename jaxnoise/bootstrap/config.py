@@ -91,35 +91,53 @@ def validate(c: dict[str, Any]) -> None:
     if method in ("M-DYR-H", "M-DYR-S"):  # the bootstrapping phase must start inside the run
         s = c["bootstrap.start_epoch"]
         if s == 0 and not ms:
-            f.fail("bootstrap.start_epoch", s, "an epoch >= 2 when lr_milestones is empty (0 "
-                   "derives it from the first milestone)")  # fmt: skip
+            f.fail(
+                "bootstrap.start_epoch",
+                s,
+                "an epoch >= 2 when lr_milestones is empty (0 derives it from the first milestone)",
+            )
         s = s or ms[0] + BOOTSTRAP_AFTER_MILESTONE
         if not (2 <= s <= epochs):
-            f.fail("bootstrap.start_epoch", s, f"an epoch in [2, epochs={epochs}] (bootstrapping "
-                   "needs a mixture fitted after at least one epoch of mixup warm-up, and must "
-                   f"start before the run ends; 0 derives it as lr_milestones[0] + "
-                   f"{BOOTSTRAP_AFTER_MILESTONE})")  # fmt: skip
+            f.fail(
+                "bootstrap.start_epoch",
+                s,
+                f"an epoch in [2, epochs={epochs}] (bootstrapping "
+                "needs a mixture fitted after at least one epoch of mixup warm-up, and must "
+                f"start before the run ends; 0 derives it as lr_milestones[0] + "
+                f"{BOOTSTRAP_AFTER_MILESTONE})",
+            )
     if method == "MD-DYR-SH":
         d, s = c["bootstrap.dynamic_start_epoch"], c["bootstrap.soft_to_hard_start_epoch"]
         if not (2 <= d <= s <= epochs):
-            f.fail("bootstrap.dynamic_start_epoch / bootstrap.soft_to_hard_start_epoch", (d, s),
-                   f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={epochs} "
-                   "(at least one epoch of mixup warm-up first)")  # fmt: skip
+            f.fail(
+                "bootstrap.dynamic_start_epoch / bootstrap.soft_to_hard_start_epoch",
+                (d, s),
+                f"2 <= dynamic_start_epoch <= soft_to_hard_start_epoch <= epochs={epochs} "
+                "(at least one epoch of mixup warm-up first)",
+            )
     if c["bootstrap.loss_signal"] != "epoch" and c["bootstrap.posterior_source"] != "epoch":
-        f.fail("bootstrap.posterior_source", c["bootstrap.posterior_source"], "'epoch' when "
-               f"loss_signal={c['bootstrap.loss_signal']!r} (the mixture is fitted to an "
-               "accumulated per-sample loss, so the posteriors are the tracked samples', not one "
-               "step's batch)")  # fmt: skip
+        f.fail(
+            "bootstrap.posterior_source",
+            c["bootstrap.posterior_source"],
+            "'epoch' when "
+            f"loss_signal={c['bootstrap.loss_signal']!r} (the mixture is fitted to an "
+            "accumulated per-sample loss, so the posteriors are the tracked samples', not one "
+            "step's batch)",
+        )
     if c["bootstrap.mixup_draw"] != "none" and method != "MD-DYR-SH":
-        f.fail("bootstrap.mixup_draw", c["bootstrap.mixup_draw"], "'none' unless method="
-               "'MD-DYR-SH'")  # fmt: skip
+        f.fail(
+            "bootstrap.mixup_draw", c["bootstrap.mixup_draw"], "'none' unless method='MD-DYR-SH'"
+        )
 
 
 def validate_against_data(config: Any, num_train: int, num_devices: int) -> None:
     """Checks that need the dataset's size (before anything is compiled)."""
     b = config.bootstrap.batch_size
     if b % num_devices:
-        f.fail("bootstrap.batch_size", b, f"a multiple of the number of devices ({num_devices}) "
-               "for data parallelism")  # fmt: skip
+        f.fail(
+            "bootstrap.batch_size",
+            b,
+            f"a multiple of the number of devices ({num_devices}) for data parallelism",
+        )
     if b > num_train:
         f.fail("bootstrap.batch_size", b, f"at most the number of training samples ({num_train})")

@@ -52,12 +52,21 @@ class Pieces:
     def step_for(self, run: runkit.Run, phase: schedule.Phase, batch: int, k: int = 1):
         """The compiled train step of a phase, batch size and steps per call (built once)."""
         if (phase, batch, k) not in self.steps:
-            log(f"compiling the {phase.name} train step (batch {batch}"
-                f"{f', {k} steps per call' if k > 1 else ''}; first call)")  # fmt: skip
+            log(
+                f"compiling the {phase.name} train step (batch {batch}"
+                f"{f', {k} steps per call' if k > 1 else ''}; first call)"
+            )
             self.steps[(phase, batch, k)] = step.make_train_step(
-                self.graphdef, self.tx, run.config, phase, run.ds.num_classes, *run.mean_std,
-                run.mesh, batch, steps=k,
-            )  # fmt: skip
+                self.graphdef,
+                self.tx,
+                run.config,
+                phase,
+                run.ds.num_classes,
+                *run.mean_std,
+                run.mesh,
+                batch,
+                steps=k,
+            )
         return self.steps[(phase, batch, k)]
 
 
@@ -69,8 +78,9 @@ def make_fit_fns(config, num_classes: int):
     (``mixture_scope="class"``, a batched state).
     """
     b = config.bootstrap
-    update = jax.jit(functools.partial(signals.update, kind=b.loss_signal,
-                                       momentum=b.signal_momentum))  # fmt: skip
+    update = jax.jit(
+        functools.partial(signals.update, kind=b.loss_signal, momentum=b.signal_momentum)
+    )
 
     def fit_signal(signal_state, track_loss):
         if b.loss_signal == "epoch":
@@ -92,25 +102,40 @@ def build(c, ds, mean_std: tuple, mesh=None) -> tuple[Pieces, dict]:
     mesh (default: one device)."""
     mesh = mesh or parallel.make_mesh(1)
     graphdef, params, frozen, stats = network.split(
-        network.create(c, ds.num_classes, ds.image_shape[-1]), c)  # fmt: skip
+        network.create(c, ds.num_classes, ds.image_shape[-1]), c
+    )
     n, k = ds.train_images.shape[0], ds.num_classes
     tx = optim.direction(c)
-    state = {"params": params, "frozen": frozen, "stats": stats, "opt_state": tx.init(params),
-             "mixture": mixture.initial_state(c.bootstrap.noise_model,
-                                              k if c.bootstrap.mixture_scope == "class" else 0),
-             "step": jnp.zeros((), jnp.int32)}  # fmt: skip
-    aux = {"loss": parallel.zeros_like_sharded(mesh, (n,), jnp.float32),
-           "p_noisy": parallel.zeros_like_sharded(mesh, (n,), jnp.float32, 0.5),
-           "logits": parallel.zeros_like_sharded(mesh, (n, k), jnp.float32)}  # fmt: skip
+    state = {
+        "params": params,
+        "frozen": frozen,
+        "stats": stats,
+        "opt_state": tx.init(params),
+        "mixture": mixture.initial_state(
+            c.bootstrap.noise_model, k if c.bootstrap.mixture_scope == "class" else 0
+        ),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    aux = {
+        "loss": parallel.zeros_like_sharded(mesh, (n,), jnp.float32),
+        "p_noisy": parallel.zeros_like_sharded(mesh, (n,), jnp.float32, 0.5),
+        "logits": parallel.zeros_like_sharded(mesh, (n, k), jnp.float32),
+    }
     if c.bootstrap.loss_signal != "epoch":  # the accumulated loss the mixture fits
         fresh = signals.init(c.bootstrap.loss_signal, n, c.bootstrap.signal_k)
         aux["signal"] = signals.SignalState(
             buffer=parallel.zeros_like_sharded(mesh, fresh.buffer.shape, jnp.float32),
-            count=parallel.put_replicated(mesh, fresh.count))
+            count=parallel.put_replicated(mesh, fresh.count),
+        )
     sizes = step.epoch_batch_sizes(n, c.bootstrap.batch_size, c.bootstrap.drop_last, mesh.size)
-    pieces = Pieces(graphdef, tx, sizes,
-                    forward_lib.make_forward(graphdef, c, *mean_std, mesh),
-                    *make_fit_fns(c, k), step.make_permutation_fn(c.seed, n, mesh))  # fmt: skip
+    pieces = Pieces(
+        graphdef,
+        tx,
+        sizes,
+        forward_lib.make_forward(graphdef, c, *mean_std, mesh),
+        *make_fit_fns(c, k),
+        step.make_permutation_fn(c.seed, n, mesh),
+    )
     return pieces, {"state": parallel.put_replicated(mesh, state), "aux": aux}
 
 
@@ -135,9 +160,15 @@ def train_epoch(run: runkit.Run, p: Pieces, state, aux, epoch: int, first: int, 
         perm = p.permutation(np.int32(epoch))
         total = parallel.put_replicated(run.mesh, np.float32(loss_sum))
     later = eta.add_work({"track": 1, "eval": 1}, eta.bootstrap_work(c.epochs - epoch, spe))
-    bar = Progress(spe, f"epoch {epoch}/{c.epochs} {phase.name}", initial=first,
-                   items_per_step=c.bootstrap.batch_size, log_every_seconds=c.log_every_seconds,
-                   run=run.clock, later=later)  # fmt: skip
+    bar = Progress(
+        spe,
+        f"epoch {epoch}/{c.epochs} {phase.name}",
+        initial=first,
+        items_per_step=c.bootstrap.batch_size,
+        log_every_seconds=c.log_every_seconds,
+        run=run.clock,
+        later=later,
+    )
     t0, done, pending = time.time(), first, None
     for s, k in _calls(c, p.batch_sizes, first):
         state, metrics = p.step_for(run, phase, p.batch_sizes[s], k)(state, run.data, aux, perm)
@@ -150,10 +181,14 @@ def train_epoch(run: runkit.Run, p: Pieces, state, aux, epoch: int, first: int, 
             with jax.transfer_guard("allow"):
                 running = float(total) / done
             if not np.isfinite(running):
-                raise run.diverged(f"non-finite training loss ({running}) after step {done}/"
-                                   f"{spe} of epoch {epoch}")  # fmt: skip
-            bar.update(done - bar.n, loss=running,
-                       images_per_s=sum(p.batch_sizes[first:done]) / (time.time() - t0))
+                raise run.diverged(
+                    f"non-finite training loss ({running}) after step {done}/{spe} of epoch {epoch}"
+                )
+            bar.update(
+                done - bar.n,
+                loss=running,
+                images_per_s=sum(p.batch_sizes[first:done]) / (time.time() - t0),
+            )
         if done < spe and runkit.stop_agreed(run, sync):
             break
     bar.close()
@@ -169,21 +204,26 @@ def track_and_fit(run: runkit.Run, p: Pieces, state, aux, epoch: int):
     track_loss, track_logits = p.forward(state, run.data["images"], labels, key)
     n_bad = int(jnp.sum(~jnp.isfinite(track_loss)))
     if n_bad:  # the noise model cannot be fitted to a diverged model's losses
-        raise run.diverged(f"{n_bad} of {track_loss.shape[0]} per-sample losses of the "
-                           f"tracking pass after epoch {epoch} are NaN or infinite")  # fmt: skip
+        raise run.diverged(
+            f"{n_bad} of {track_loss.shape[0]} per-sample losses of the "
+            f"tracking pass after epoch {epoch} are NaN or infinite"
+        )
     t_track, t0 = time.time() - t0, time.time()
     signal_state, fit_loss = p.fit_signal(aux.get("signal"), track_loss)
     mix_state = p.fit_mixture(fit_loss, labels)
     # The posterior the next epoch trains with (the lookup table by default).
-    p_noisy = mixture.posterior_noisy(mix_state, fit_loss, lookup=c.bootstrap.posterior_lookup,
-                                      classes=labels)  # fmt: skip
+    p_noisy = mixture.posterior_noisy(
+        mix_state, fit_loss, lookup=c.bootstrap.posterior_lookup, classes=labels
+    )
     jax.block_until_ready(p_noisy)
     t_fit = time.time() - t0
     aux = {"loss": track_loss, "p_noisy": p_noisy, "logits": track_logits}
     if signal_state is not None:
         aux["signal"] = signal_state
-    extras = {"fit_loss": fit_loss,
-              "p_exact": mixture.posterior_noisy(mix_state, fit_loss, classes=labels)}
+    extras = {
+        "fit_loss": fit_loss,
+        "p_exact": mixture.posterior_noisy(mix_state, fit_loss, classes=labels),
+    }
     return dict(state, mixture=mix_state), aux, extras, {"track": t_track, "fit": t_fit}
 
 
@@ -206,32 +246,47 @@ def _degenerate_reason(fit_loss: jax.Array, valid) -> str:
     return "EM ended with non-finite or non-positive parameters"
 
 
-def epoch_record(run: runkit.Run, epoch: int, train_loss: float, aux: dict, extras: dict,
-                 mix_state, test: dict, seconds: dict, images: int) -> dict:  # fmt: skip
+def epoch_record(
+    run: runkit.Run,
+    epoch: int,
+    train_loss: float,
+    aux: dict,
+    extras: dict,
+    mix_state,
+    test: dict,
+    seconds: dict,
+    images: int,
+) -> dict:
     """The epoch's metrics (one line of metrics.jsonl)."""
     c = run.config
-    det = jax.device_get(metrics_lib.detection_metrics(aux["p_noisy"], extras["fit_loss"],
-                                                       run.mask))  # fmt: skip
+    det = jax.device_get(
+        metrics_lib.detection_metrics(aux["p_noisy"], extras["fit_loss"], run.mask)
+    )
     det["auroc_exact"] = metrics_lib.auroc(extras["p_exact"], run.mask)
     quant = jax.device_get(metrics_lib.loss_quantiles(aux["loss"], run.mask))
     r = {
-        "epoch": epoch, "phase": schedule.phase_for_epoch(c, epoch).name,
+        "epoch": epoch,
+        "phase": schedule.phase_for_epoch(c, epoch).name,
         "lr": lr_schedule.lr_for_epoch(c, epoch),
         "temperature": float(np.float32(schedule.temperature_for_epoch(c, epoch))),
-        "train_loss": train_loss, **test,
+        "train_loss": train_loss,
+        **test,
         **{k: float(v) for k, v in det.items()},
         "loss_quantiles_clean": [float(v) for v in quant["clean"]],
         "loss_quantiles_noisy": [float(v) for v in quant["noisy"]],
         "mixture": mixture.summary(mix_state),
-        "seconds": seconds, "images_per_s": images / max(seconds["train"], 1e-9),
-    }  # fmt: skip
+        "seconds": seconds,
+        "images_per_s": images / max(seconds["train"], 1e-9),
+    }
     valid = r["mixture"]["valid"]
     if not np.all(valid):
         where = "in those classes" if isinstance(valid, list) else "every"
-        runkit.warn_degenerate(epoch, f"the {c.bootstrap.noise_model} fit",
-                               _degenerate_reason(extras["fit_loss"], valid),
-                               f"{where} p(noisy) is 0.5 for the next epoch (no sample is "
-                               "favoured)")  # fmt: skip
+        runkit.warn_degenerate(
+            epoch,
+            f"the {c.bootstrap.noise_model} fit",
+            _degenerate_reason(extras["fit_loss"], valid),
+            f"{where} p(noisy) is 0.5 for the next epoch (no sample is favoured)",
+        )
     return r
 
 
@@ -240,10 +295,12 @@ def describer(run: runkit.Run):
 
     def describe(r: dict) -> str:
         s = r["seconds"]
-        return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  "
-                f"{runkit.accuracy_text(r)}  "
-                f"{runkit.detection_text(run, r)}  [{s['train']:.1f}s train, "
-                f"{s['track']:.1f}s track, {s['fit'] * 1e3:.0f}ms fit]")  # fmt: skip
+        return (
+            f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  "
+            f"{runkit.accuracy_text(r)}  "
+            f"{runkit.detection_text(run, r)}  [{s['train']:.1f}s train, "
+            f"{s['track']:.1f}s track, {s['fit'] * 1e3:.0f}ms fit]"
+        )
 
     return describe
 
@@ -254,11 +311,11 @@ def make_epoch(run: runkit.Run, p: Pieces):
     def epoch_fn(tree, epoch: int, first: int, partial: dict):
         state, aux, spe = tree["state"], tree["aux"], run.steps_per_epoch
         t0 = time.time()
-        state, total, done = train_epoch(run, p, state, aux, epoch, first,
-                                         partial.get("loss_sum", 0.0))  # fmt: skip
+        state, total, done = train_epoch(
+            run, p, state, aux, epoch, first, partial.get("loss_sum", 0.0)
+        )
         if done < spe:  # stopped: saved at this exact step
-            return runkit.Stopped({"state": state, "aux": aux}, done,
-                                  {"loss_sum": float(total)})  # fmt: skip
+            return runkit.Stopped({"state": state, "aux": aux}, done, {"loss_sum": float(total)})
         t_train, images = time.time() - t0, sum(p.batch_sizes[first:done])
         train_loss = float(total) / spe
         if not np.isfinite(train_loss):
@@ -270,8 +327,9 @@ def make_epoch(run: runkit.Run, p: Pieces):
         seconds = {"train": t_train, **seconds, "eval": time.time() - t0}
         run.clock.add("track", 1, w_eval - w_track)
         run.clock.add("eval", 1, eta.work_clock() - w_eval)
-        r = epoch_record(run, epoch, train_loss, aux, extras, state["mixture"], test, seconds,
-                         images)  # fmt: skip
+        r = epoch_record(
+            run, epoch, train_loss, aux, extras, state["mixture"], test, seconds, images
+        )
         return runkit.Epoch({"state": state, "aux": aux}, r, describer(run))
 
     return epoch_fn
@@ -288,9 +346,14 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     pieces, fresh = build(run.config, run.ds, run.mean_std, run.mesh)
     run.steps_per_epoch = len(pieces.batch_sizes)
     tree, meta = runkit.restore(run, fresh)
-    tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),
-                                          stop_after_epoch=stop_after_epoch,
-                                          projection=projector(run))  # fmt: skip
+    tree, interrupted = runkit.run_epochs(
+        run,
+        tree,
+        meta,
+        make_epoch(run, pieces),
+        stop_after_epoch=stop_after_epoch,
+        projection=projector(run),
+    )
     return runkit.finish(run, tree, outputs, interrupted)
 
 
@@ -301,8 +364,12 @@ def projector(run: runkit.Run):
     def projection(epoch: int, first: int) -> str | None:
         if epoch != first:
             return None
-        return eta.bootstrap_projection(run.clock, c.epochs, spe,
-                                        eta.bootstrap_work(c.epochs - epoch, spe),
-                                        runkit.faster_hint(c))  # fmt: skip
+        return eta.bootstrap_projection(
+            run.clock,
+            c.epochs,
+            spe,
+            eta.bootstrap_work(c.epochs - epoch, spe),
+            runkit.faster_hint(c),
+        )
 
     return projection

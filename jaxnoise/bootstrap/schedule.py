@@ -41,9 +41,12 @@ class Phase:
     posterior_source: str = "batch"  # "batch": a per-step eval forward | "epoch": tracking pass
 
     def __post_init__(self) -> None:
-        for field, allowed in (("mixup", MIXUPS), ("bootstrap", BOOTSTRAPS),
-                               ("pair_weight", PAIR_WEIGHTS),
-                               ("posterior_source", POSTERIOR_SOURCES)):  # fmt: skip
+        for field, allowed in (
+            ("mixup", MIXUPS),
+            ("bootstrap", BOOTSTRAPS),
+            ("pair_weight", PAIR_WEIGHTS),
+            ("posterior_source", POSTERIOR_SOURCES),
+        ):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"Phase.{field} = {getattr(self, field)!r}; allowed: {allowed}")
         if self.bootstrap != "none" and self.mixup == "none":
@@ -51,8 +54,9 @@ class Phase:
         if self.regularize and self.bootstrap == "none":
             raise ValueError("Phase: the class-balance regulariser goes with bootstrapping")
         if self.posteriors_after_mixed and (self.bootstrap != "hard" or self.mixup != "static"):
-            raise ValueError("Phase: posteriors_after_mixed is M-DYR-H's (static mixup, hard "
-                             "bootstrapping)")  # fmt: skip
+            raise ValueError(
+                "Phase: posteriors_after_mixed is M-DYR-H's (static mixup, hard bootstrapping)"
+            )
         if self.pair_weight == "beta" and (self.mixup != "dynamic" or self.bootstrap != "none"):
             raise ValueError("Phase: the 'beta' pair weight is MD-DYR-SH's dynamic-mixup phase")
 

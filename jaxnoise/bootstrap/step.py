@@ -32,8 +32,9 @@ from jaxnoise.keys import epoch_keys
 def make_permutation_fn(seed: int, n: int, mesh=None):
     """Jitted epoch -> permutation of the training set (replicated over the mesh)."""
     out = parallel.replicated(mesh) if mesh is not None else None
-    return jax.jit(lambda epoch: jax.random.permutation(epoch_keys(seed, epoch)[0], n),
-                   out_shardings=out)  # fmt: skip
+    return jax.jit(
+        lambda epoch: jax.random.permutation(epoch_keys(seed, epoch)[0], n), out_shardings=out
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,30 +72,43 @@ def mix_inputs(phase: Phase, config: ml_collections.ConfigDict, x, w, draws: Ste
     if phase.mixup == "static":
         lam = draws.lam
     elif phase.mixup == "dynamic":  # weighted by the clean posteriors 1 - w
-        lam = losses.dynamic_mixup_lambda(draws.key, w, draws.pair,
-                                          draw=config.bootstrap.mixup_draw,
-                                          n=config.bootstrap.binomial_n)  # fmt: skip
+        lam = losses.dynamic_mixup_lambda(
+            draws.key,
+            w,
+            draws.pair,
+            draw=config.bootstrap.mixup_draw,
+            n=config.bootstrap.binomial_n,
+        )
     else:
         return jnp.ones((), jnp.float32), x, jnp.ones((), jnp.float32)
-    pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight,
-              "mix": lam}[phase.pair_weight]  # fmt: skip
+    pair_w = {"half": jnp.full((), 0.5, jnp.float32), "beta": draws.pair_weight, "mix": lam}[
+        phase.pair_weight
+    ]
     return lam, losses.mix(x, draws.pair, lam), pair_w
 
 
-def phase_loss(phase: Phase, logits, y, w, logits_clean, pair, pair_w, temperature, *,
-               num_classes: int):  # fmt: skip
+def phase_loss(
+    phase: Phase, logits, y, w, logits_clean, pair, pair_w, temperature, *, num_classes: int
+):
     """The phase's data term: CE, mixup CE, or mixup with bootstrapped targets (eq. 8)."""
     if phase.mixup == "none":
         return jnp.mean(losses.cross_entropy(logits, y))
     if phase.bootstrap == "none":
         return losses.mixup_ce_loss(logits, y, pair, pair_w)
-    return losses.mixup_bootstrap_loss(logits, y, w, logits_clean, pair, pair_w,
-                                       num_classes=num_classes, mode=phase.bootstrap,
-                                       temperature=temperature)  # fmt: skip
+    return losses.mixup_bootstrap_loss(
+        logits,
+        y,
+        w,
+        logits_clean,
+        pair,
+        pair_w,
+        num_classes=num_classes,
+        mode=phase.bootstrap,
+        temperature=temperature,
+    )
 
 
-def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
-                num_classes: int):  # fmt: skip
+def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase, num_classes: int):
     """The optimizer step of one phase on a prepared batch (the core of the train step).
 
     ``update(state, x, y, epoch_rows, draws, temperature, lr) -> (state, loss)``: ``x`` the
@@ -126,16 +140,19 @@ def make_update(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
                 logits_clean = jax.lax.stop_gradient(logits_clean)
         late_w = phase.posteriors_after_mixed and not from_epoch
         if phase.needs_posteriors and not late_w:
-            w = (losses.clip_posteriors(epoch_rows["p_noisy"]) if from_epoch
-                 else batch_posteriors(params, stats))  # fmt: skip
+            w = (
+                losses.clip_posteriors(epoch_rows["p_noisy"])
+                if from_epoch
+                else batch_posteriors(params, stats)
+            )
 
         lam, x_in, pair_w = mix_inputs(phase, config, x, w, draws)
 
         def loss_fn(p):
             logits, new_stats = network.apply(graphdef, p, frozen, stats, x_in, True)
             w_ = batch_posteriors(jax.lax.stop_gradient(p), new_stats) if late_w else w
-            loss = phase_loss(phase, logits, y, w_, logits_clean, draws.pair, pair_w, temperature,
-                              num_classes=num_classes)  # fmt: skip
+            targets = (y, w_, logits_clean, draws.pair, pair_w, temperature)
+            loss = phase_loss(phase, logits, *targets, num_classes=num_classes)
             if phase.regularize:
                 reg = losses.class_balance_regularizer(logits, prior=prior)
                 loss = loss + config.bootstrap.reg_weight * reg
@@ -154,9 +171,18 @@ def step_position(count, steps_per_epoch: int):
     return schedule.epoch_of_step(count, steps_per_epoch), count % steps_per_epoch
 
 
-def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: Phase,
-                    num_classes: int, mean: np.ndarray, std: np.ndarray, mesh=None,
-                    batch_size: int | None = None, steps: int = 1):  # fmt: skip
+def make_train_step(
+    graphdef,
+    tx,
+    config: ml_collections.ConfigDict,
+    phase: Phase,
+    num_classes: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    mesh=None,
+    batch_size: int | None = None,
+    steps: int = 1,
+):
     """Build the jitted train step for one phase and batch size (the last batch of an epoch
     may be smaller, see ``config.drop_last``): ``step(state, data, aux, perm) -> (state,
     metrics)``, ``metrics["loss"]`` the summed loss of its ``steps`` optimizer steps.
@@ -187,8 +213,8 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, phase: Phas
         if phase.posterior_source == "epoch":
             rows = {k: parallel.constrain_batch(aux[k][idx], mesh) for k in ("p_noisy", "logits")}
         draws = step_draws(k_draws, B, b.mixup_alpha)
-        state, loss = update(state, x, y, rows, draws, schedule.temperature(config, epoch),
-                             lr_schedule.lr(config, epoch))
+        at = (schedule.temperature(config, epoch), lr_schedule.lr(config, epoch))
+        state, loss = update(state, x, y, rows, draws, *at)
         return state, {"loss": loss}
 
     def step(state, data, aux, perm):
@@ -214,5 +240,3 @@ def epoch_batch_sizes(n: int, batch_size: int, drop_last: bool, num_devices: int
     sizes = [batch_size] * (n // batch_size)
     tail = 0 if drop_last else (n % batch_size) // num_devices * num_devices
     return sizes + [tail] * (tail > 0)
-
-

@@ -33,8 +33,11 @@ HELP_FLAGS = ("-h", "--help", "-help", "help")
 
 def interrupted_while_starting(signum, frame) -> None:
     """SIGINT before a run installs its own handlers: one line, exit 128 + signal."""
-    print(f"interrupted ({signal.Signals(signum).name} while starting): nothing to save",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"interrupted ({signal.Signals(signum).name} while starting): nothing to save",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(128 + signum)
 
 
@@ -42,18 +45,20 @@ def help_text() -> str:
     """What ``jaxnoise --help`` prints."""
     width = max(map(len, VERBS))
     lines = [f"  {verb:<{width}}  {text}" for verb, (_, text) in VERBS.items()]
-    return "\n".join([
-        "usage: jaxnoise VERB [ARGS ...]",
-        "",
-        "Learning with noisy labels (Arazo et al., ICML 2019; DivideMix) in JAX: train, list the "
-        "labels that are probably wrong, predict with the trained model.",
-        "",
-        "verbs:",
-        *lines,
-        "",
-        "jaxnoise VERB --help describes a verb; jaxnoise train --help lists the presets and "
-        "every config field.",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "usage: jaxnoise VERB [ARGS ...]",
+            "",
+            "Learning with noisy labels (Arazo et al., ICML 2019; DivideMix) in JAX: train, list "
+            "the labels that are probably wrong, predict with the trained model.",
+            "",
+            "verbs:",
+            *lines,
+            "",
+            "jaxnoise VERB --help describes a verb; jaxnoise train --help lists the presets and "
+            "every config field.",
+        ]
+    )
 
 
 def refuse(message: str) -> int:
@@ -74,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         close = difflib.get_close_matches(verb, list(VERBS), n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
-        return refuse(f"unknown verb {verb!r}{hint}; the verbs: {', '.join(VERBS)} "
-                      "(jaxnoise --help)")  # fmt: skip
+        return refuse(
+            f"unknown verb {verb!r}{hint}; the verbs: {', '.join(VERBS)} (jaxnoise --help)"
+        )
     module = importlib.import_module(f"jaxnoise.cli.{VERBS[verb][0]}")
     if verb != "train":  # train keeps the handler until the run installs its own
         signal.signal(signal.SIGINT, signal.default_int_handler)

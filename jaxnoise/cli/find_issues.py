@@ -35,8 +35,9 @@ def _load(parser, flag: str, spec: str | None):
     try:
         with f:
             if not key and len(f.files) != 1:
-                parser.error(f"{flag} {spec}: the .npz holds {', '.join(f.files)}; name one "
-                             f"as {path}:KEY")  # fmt: skip
+                parser.error(
+                    f"{flag} {spec}: the .npz holds {', '.join(f.files)}; name one as {path}:KEY"
+                )
             key = key or f.files[0]
             if key not in f.files:
                 parser.error(f"{flag} {spec}: no array {key!r} (it holds {', '.join(f.files)})")
@@ -54,59 +55,83 @@ def write_csv(path: str, table: dict, order: np.ndarray) -> None:
     w = csv.writer(text)
     w.writerow([first, "given_label", "predicted_label", "label_score", "p_noisy"])
     for i in order.tolist():
-        w.writerow([table["id"][i] if first == "id" else i, int(table["given_label"][i]),
-                    int(table["predicted_label"][i]), f"{table['label_score'][i]:.6g}",
-                    f"{table['p_noisy'][i]:.6g}"])  # fmt: skip
+        w.writerow(
+            [
+                table["id"][i] if first == "id" else i,
+                int(table["given_label"][i]),
+                int(table["predicted_label"][i]),
+                f"{table['label_score'][i]:.6g}",
+                f"{table['p_noisy'][i]:.6g}",
+            ]
+        )
     workdir_lib.atomic_write_text(path, text.getvalue())
 
 
-def run(argv: list[str], prog: str = "jaxnoise find-issues") -> int:
-    """Find the label issues and write the CSV; the exit code (2: refused in one line)."""
+def make_parser(prog: str):
+    """The verb's flags (every refusal one line)."""
     from jaxnoise.report import OneLineParser
 
-    parser = OneLineParser(prog=prog, description="The wrong labels of a dataset from its labels "
-                           "and its class probabilities, embeddings or losses (no training).")
-    parser.add_argument("--labels", required=True, help="(N,) integer labels: FILE.npy or "
-                        "FILE.npz:KEY")  # fmt: skip
+    parser = OneLineParser(
+        prog=prog,
+        description="The wrong labels of a dataset from its labels and its class probabilities, "
+        "embeddings or losses (no training).",
+    )
+    parser.add_argument("--labels", required=True, help="(N,) integers: FILE.npy or FILE.npz:KEY")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred-probs", help="(N, K) out-of-sample class probabilities")
     source.add_argument("--features", help="(N, D) embeddings (k nearest neighbours vote)")
     source.add_argument("--losses", help="(N,) per-sample losses (higher = more suspect)")
     parser.add_argument("--ids", help="(N,) ids to write instead of the row index")
     cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, help="list p(noisy) > T (default: as many as "
-                     "the noise model estimates wrong)")  # fmt: skip
+    default = "default: as many as the noise model estimates wrong"
+    cut.add_argument("--threshold", type=float, help=f"list p(noisy) > T ({default})")
     cut.add_argument("--count", type=int, help="list the COUNT most suspect")
-    parser.add_argument("--model", default="bmm", choices=("bmm", "gmm"),
-                        help="the mixture fitted to the losses (default bmm)")  # fmt: skip
-    parser.add_argument("--scope", default="global", choices=("global", "class"),
-                        help="one mixture, or one per given label (default global)")  # fmt: skip
+    parser.add_argument("--model", default="bmm", choices=("bmm", "gmm"), help="the mixture")
+    parser.add_argument(
+        "--scope",
+        default="global",
+        choices=("global", "class"),
+        help="one mixture, or one per given label",
+    )
     parser.add_argument("--k", type=int, default=10, help="neighbours for --features (10)")
-    parser.add_argument("--out", default="label_issues.csv", help="the CSV to write "
-                        "(default label_issues.csv)")  # fmt: skip
-    args = parser.parse_args(argv)
-    arrays = {name: _load(parser, flag, spec) for name, flag, spec in (
-        ("labels", "--labels", args.labels), ("pred_probs", "--pred-probs", args.pred_probs),
-        ("features", "--features", args.features), ("losses", "--losses", args.losses),
-        ("ids", "--ids", args.ids))}  # fmt: skip
-    cut = ("threshold" if args.threshold is not None else
-           "count" if args.count is not None else "auto")  # fmt: skip
-    options = dict(cut=cut, model=args.model, scope=args.scope)
-    if cut == "threshold":
-        options["threshold"] = args.threshold
-    if cut == "count":
-        options["count"] = args.count
+    parser.add_argument("--out", default="label_issues.csv", help="the CSV to write")
+    return parser
+
+
+def _options(args, arrays: dict) -> dict:
+    """find_label_issues' options from the flags."""
+    options = dict(cut="auto", model=args.model, scope=args.scope)
+    if args.threshold is not None:
+        options.update(cut="threshold", threshold=args.threshold)
+    if args.count is not None:
+        options.update(cut="count", count=args.count)
     if arrays["features"] is not None:
         options["k"] = args.k
+    return options
+
+
+def run(argv: list[str], prog: str = "jaxnoise find-issues") -> int:
+    """Find the label issues and write the CSV; the exit code (2: refused in one line)."""
     import warnings
 
+    parser = make_parser(prog)
+    args = parser.parse_args(argv)
+    flags = [
+        ("labels", "--labels"),
+        ("pred_probs", "--pred-probs"),
+        ("features", "--features"),
+        ("losses", "--losses"),
+        ("ids", "--ids"),
+    ]
+    arrays = {name: _load(parser, flag, getattr(args, name)) for name, flag in flags}
+    options = _options(args, arrays)
     from jaxnoise import label_issues
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            table = label_issues.label_issues_table(**{k: v for k, v in arrays.items()
-                                                       if v is not None}, **options)  # fmt: skip
+            given = {k: v for k, v in arrays.items() if v is not None}
+            table = label_issues.label_issues_table(**given, **options)
     except ValueError as e:
         parser.error(str(e))
     for w in caught:
@@ -115,9 +140,11 @@ def run(argv: list[str], prog: str = "jaxnoise find-issues") -> int:
     ranked = label_issues.rank(table["p_noisy"], table["loss"])  # find_label_issues' order
     order = ranked[np.isin(ranked, listed)]
     write_csv(args.out, table, order)
-    how = ("as many as the noise model estimates wrong" if cut == "auto" else
-           f"p(noisy) > {args.threshold:g}" if cut == "threshold" else "the most suspect")
-    how += " per class" if cut == "auto" and args.scope == "class" else ""
-    print(f"label issues: {args.out} ({order.size} of {table['given_label'].size} samples: "
-          f"{how})")  # fmt: skip
+    how = {
+        "auto": "as many as the noise model estimates wrong",
+        "count": "the most suspect",
+        "threshold": f"p(noisy) > {args.threshold}",
+    }[options["cut"]]
+    how += " per class" if options["cut"] == "auto" and args.scope == "class" else ""
+    print(f"label issues: {args.out} ({order.size} of {table['given_label'].size} samples: {how})")
     return 0

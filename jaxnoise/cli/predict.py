@@ -21,8 +21,7 @@ def write_csv(path: str, out: dict, class_names: list[str], names: list[str] | N
 
     text = io.StringIO(newline="")
     w = csv.writer(text)
-    w.writerow(["file" if names else "index", "predicted_label", "predicted_class",
-                "probability"])  # fmt: skip
+    w.writerow(["file" if names else "index", "predicted_label", "predicted_class", "probability"])
     top = out["probs"][np.arange(len(out["prediction"])), out["prediction"]]
     for i, (label, p) in enumerate(zip(out["prediction"].tolist(), top.tolist())):
         w.writerow([names[i] if names else i, label, class_names[label], f"{p:.6g}"])
@@ -35,14 +34,21 @@ def run(argv: list[str], prog: str = "jaxnoise predict") -> int:
     from jaxnoise import inference
     from jaxnoise.report import OneLineParser
 
-    parser = OneLineParser(prog=prog, description="The model of a trained run's newest "
-                           "checkpoint on new data: one CSV row per input.")  # fmt: skip
+    parser = OneLineParser(
+        prog=prog,
+        description="The model of a trained run's newest "
+        "checkpoint on new data: one CSV row per input.",
+    )
     parser.add_argument("workdir", help="a training run's --workdir")
-    parser.add_argument("--inputs", required=True,
-                        help="a .npy / .npz file (uint8 images (M, H, W, C) like the training "
-                        "images, or float features (M, D)) or a folder of images")  # fmt: skip
-    parser.add_argument("--out", default="predictions.csv",
-                        help="the CSV to write (default predictions.csv)")  # fmt: skip
+    parser.add_argument(
+        "--inputs",
+        required=True,
+        help="a .npy / .npz file (uint8 images (M, H, W, C) like the training "
+        "images, or float features (M, D)) or a folder of images",
+    )
+    parser.add_argument(
+        "--out", default="predictions.csv", help="the CSV to write (default predictions.csv)"
+    )
     args = parser.parse_args(argv)
     try:
         loaded = inference.load_run(args.workdir)
@@ -52,6 +58,8 @@ def run(argv: list[str], prog: str = "jaxnoise predict") -> int:
         parser.error(str(e))
     out = loaded.predict(x)
     write_csv(args.out, out, loaded.class_names, names)
-    print(f"predictions: {args.out} ({len(x)} inputs; the model of checkpoint "
-          f"{loaded.checkpoint}, {loaded.position}, of {args.workdir})")  # fmt: skip
+    print(
+        f"predictions: {args.out} ({len(x)} inputs; the model of checkpoint "
+        f"{loaded.checkpoint}, {loaded.position}, of {args.workdir})"
+    )
     return 0

@@ -73,8 +73,9 @@ def refuse(message: str) -> None:
 # --help: the config fields with their comments, read from configs/default.py.
 
 
-def default_fields(path: str = DEFAULT_CONFIG, var: str = "c",
-                   prefix: str = "") -> list[tuple[str, str, str]]:  # fmt: skip
+def default_fields(
+    path: str = DEFAULT_CONFIG, var: str = "c", prefix: str = ""
+) -> list[tuple[str, str, str]]:
     """(field, default value, comment) of every field set as ``var.FIELD = value`` in a file,
     in order, named ``prefix + FIELD``.
 
@@ -210,13 +211,17 @@ def _config_argv(argv: list[str]) -> tuple[list[str], str]:
     path), and the value as given; a missing or unknown config refused."""
     found = _config_path(argv[1:])
     if found is None:
-        refuse(f"--config CONFIG is required, e.g. {PROG} --config quickstart; {PROG} --help "
-               "lists the presets and fields")  # fmt: skip
+        refuse(
+            f"--config CONFIG is required, e.g. {PROG} --config quickstart; {PROG} --help "
+            "lists the presets and fields"
+        )
     i, value = found
     path = resolve_config(value)
     if path is None:
-        refuse(f"--config {value}: no such file, and no preset of that name (the presets: "
-               f"{', '.join(presets.names())}; {PROG} --help describes them)")  # fmt: skip
+        refuse(
+            f"--config {value}: no such file, and no preset of that name (the presets: "
+            f"{', '.join(presets.names())}; {PROG} --help describes them)"
+        )
     argv = list(argv)
     argv[i + 1] = path if argv[i + 1] == value else argv[i + 1].split("=", 1)[0] + "=" + path
     return argv, path
@@ -251,11 +256,15 @@ def parse_flags(argv: list[str]) -> list[str]:
             why = config_lib.foreign_field(name, config.method)
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
-            refuse(f"--config.{name}: {why or f'not a config field{hint}'}; {PROG} --help "
-                   "lists the fields")  # fmt: skip
+            refuse(
+                f"--config.{name}: {why or f'not a config field{hint}'}; {PROG} --help "
+                "lists the fields"
+            )
         if name in names[:i]:  # ml_collections would silently join two tuples into one
-            refuse(f"--config.{name} is given twice: give each field once (ml_collections "
-                   "would join two tuples, e.g. (128,) and (512,) into (128, 512))")
+            refuse(
+                f"--config.{name} is given twice: give each field once (ml_collections "
+                "would join two tuples, e.g. (128,) and (512,) into (128, 512))"
+            )
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -365,8 +374,7 @@ def done_line(config, summary: dict, workdir: str, labels: str) -> str:
         detection = f"est. noisy {summary['est_noisy']:.1%} (which labels are wrong is unknown)"
     accuracy = "no test set"
     if summary.get("has_test", True):
-        accuracy = (f"best test acc {summary['best_acc']:.2f}% last "
-                    f"{summary['last_acc']:.2f}%")  # fmt: skip
+        accuracy = f"best test acc {summary['best_acc']:.2f}% last {summary['last_acc']:.2f}%"
     return f"done: {config.method} {labels} {accuracy}  {detection}  workdir {workdir}"
 
 

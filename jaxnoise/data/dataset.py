@@ -60,9 +60,7 @@ class Dataset:
                 raise ValueError(f"train_ids has shape {self.train_ids.shape}, expected ({n},)")
         for key, values in self.label_sets.items():
             if np.shape(values) != (n,):
-                raise ValueError(
-                    f"label set {key!r} has shape {np.shape(values)}, expected ({n},)"
-                )
+                raise ValueError(f"label set {key!r} has shape {np.shape(values)}, expected ({n},)")
 
     def ids(self) -> np.ndarray:
         """The training samples' identifiers as strings (the row index when none are known)."""

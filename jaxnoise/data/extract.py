@@ -70,15 +70,24 @@ def _extract(ds: Dataset, extractor: str, kmeans, weights: str, batch: int):
     """(train features, test features, extra arrays to cache) computed by `extractor`."""
     if extractor == "kmeans":
         model = extractors.learn_kmeans(ds.train_images, kmeans or extractors.KMeansSettings())
-        xtr, xte = (extractors.kmeans_features(model, images, batch=batch,
-                                               desc=f"k-means features ({split})")
-                    for images, split in ((ds.train_images, "train"), (ds.test_images, "test")))
-        extra = {"kmeans_centroids": model.centroids, "kmeans_mean": model.mean,
-                 "kmeans_whitening": model.whitening}  # fmt: skip
+        xtr, xte = (
+            extractors.kmeans_features(
+                model, images, batch=batch, desc=f"k-means features ({split})"
+            )
+            for images, split in ((ds.train_images, "train"), (ds.test_images, "test"))
+        )
+        extra = {
+            "kmeans_centroids": model.centroids,
+            "kmeans_mean": model.mean,
+            "kmeans_whitening": model.whitening,
+        }
         return xtr, xte, extra
-    xtr, xte = (extractors.resnet50_features(weights, images, batch=batch,
-                                             desc=f"resnet50 features ({split})")
-                for images, split in ((ds.train_images, "train"), (ds.test_images, "test")))
+    xtr, xte = (
+        extractors.resnet50_features(
+            weights, images, batch=batch, desc=f"resnet50 features ({split})"
+        )
+        for images, split in ((ds.train_images, "train"), (ds.test_images, "test"))
+    )
     return xtr, xte, {}
 
 
@@ -106,8 +115,9 @@ def extract_cached(
         try:
             out = load_features(str(path), name=ds.name)
             log(f"loaded {extractor} features {out.train_images.shape} from cache {path}")
-            return dataclasses.replace(out, train_paths=ds.train_paths, train_ids=ds.train_ids,
-                                       label_sets=ds.label_sets)  # fmt: skip
+            return dataclasses.replace(
+                out, train_paths=ds.train_paths, train_ids=ds.train_ids, label_sets=ds.label_sets
+            )
         except ValueError as err:  # a torn or foreign file: recompute
             log(f"warning: ignoring unreadable features cache {path}: {err}")
     t0 = time.time()
@@ -125,6 +135,14 @@ def extract_cached(
         **extra,
     }
     cache.write_npz(path, arrays)
-    return Dataset(xtr, ds.train_labels, xte, ds.test_labels, list(ds.class_names),
-                   ds.name, train_paths=ds.train_paths, train_ids=ds.train_ids,
-                   label_sets=ds.label_sets)  # fmt: skip
+    return Dataset(
+        xtr,
+        ds.train_labels,
+        xte,
+        ds.test_labels,
+        list(ds.class_names),
+        ds.name,
+        train_paths=ds.train_paths,
+        train_ids=ds.train_ids,
+        label_sets=ds.label_sets,
+    )

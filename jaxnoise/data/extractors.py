@@ -204,15 +204,20 @@ def learn_kmeans(images: np.ndarray, settings: KMeansSettings) -> KMeansModel:
     for it in range(settings.iters):
         centroids, loss = _kmeans_iteration(xw, centroids)
         if it == 0 or it == settings.iters - 1:
-            log(f"k-means iteration {it + 1}/{settings.iters}: mean squared distance "
-                f"{float(loss):.4f}")  # fmt: skip
-    log(f"learned {settings.centroids} k-means centroids from {settings.num_patches} patches "
-        f"({time.time() - t0:.1f}s)")  # fmt: skip
+            log(
+                f"k-means iteration {it + 1}/{settings.iters}: mean squared distance "
+                f"{float(loss):.4f}"
+            )
+    log(
+        f"learned {settings.centroids} k-means centroids from {settings.num_patches} patches "
+        f"({time.time() - t0:.1f}s)"
+    )
     return KMeansModel(settings, mean, matrix, np.asarray(centroids, np.float32))
 
 
-def kmeans_encode(images: jax.Array, model_arrays: dict[str, jax.Array], *, patch: int,
-                  patch_eps: float) -> jax.Array:  # fmt: skip
+def kmeans_encode(
+    images: jax.Array, model_arrays: dict[str, jax.Array], *, patch: int, patch_eps: float
+) -> jax.Array:
     """uint8 (B, H, W, C) -> (B, 4K) float32 features (steps 5-6 of the module docstring)."""
     x = extract_patches(images.astype(jnp.float32), patch)
     x = normalize_patches(x, patch_eps)
@@ -228,8 +233,9 @@ _kmeans_encode_jit = jax.jit(kmeans_encode, static_argnames=("patch", "patch_eps
 # Batched application with a progress bar.
 
 
-def apply_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray, batch: int,
-                  desc: str) -> np.ndarray:  # fmt: skip
+def apply_batched(
+    fn: Callable[[jax.Array], jax.Array], images: np.ndarray, batch: int, desc: str
+) -> np.ndarray:
     """Apply a jitted (B, ...) -> (B, D) function over images in fixed-size batches (one compile).
 
     The last batch is padded by repeating its first image; shows a progress bar and logs a line
@@ -259,8 +265,9 @@ def apply_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray, batc
     return out
 
 
-def kmeans_features(model: KMeansModel, images: np.ndarray, *, batch: int = 64,
-                    desc: str = "k-means features") -> np.ndarray:  # fmt: skip
+def kmeans_features(
+    model: KMeansModel, images: np.ndarray, *, batch: int = 64, desc: str = "k-means features"
+) -> np.ndarray:
     """(N, H, W, C) uint8 -> (N, 4K) float32 k-means features."""
     arrays = {
         "mean": jnp.asarray(model.mean),
@@ -268,8 +275,9 @@ def kmeans_features(model: KMeansModel, images: np.ndarray, *, batch: int = 64,
         "centroids": jnp.asarray(model.centroids),
     }
     s = model.settings
-    fn = functools.partial(_kmeans_encode_jit, model_arrays=arrays, patch=s.patch,
-                           patch_eps=s.patch_eps)  # fmt: skip
+    fn = functools.partial(
+        _kmeans_encode_jit, model_arrays=arrays, patch=s.patch, patch_eps=s.patch_eps
+    )
     return apply_batched(fn, images, batch, desc)
 
 
@@ -277,8 +285,9 @@ def kmeans_features(model: KMeansModel, images: np.ndarray, *, batch: int = 64,
 # Frozen ResNet-50 (torchvision weights from a local .npz).
 
 
-def resnet50_features(weights: str, images: np.ndarray, *, batch: int = 64,
-                      desc: str = "resnet50 features") -> np.ndarray:  # fmt: skip
+def resnet50_features(
+    weights: str, images: np.ndarray, *, batch: int = 64, desc: str = "resnet50 features"
+) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, 2048) globally pooled ResNet-50 features (eval-mode BN).
 
     Images are normalised with the ImageNet mean/std that torchvision's weights expect.

@@ -153,8 +153,11 @@ def list_images(folder: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
-        out += [os.path.normpath(os.path.join(rel, f)) for f in filenames
-                if f[0] != "." and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]  # fmt: skip
+        out += [
+            os.path.normpath(os.path.join(rel, f))
+            for f in filenames
+            if f[0] != "." and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        ]
     return sorted(out)
 
 

@@ -66,8 +66,14 @@ def _as_image(value: Any, where: str) -> np.ndarray:
 
 
 # Features of tfds records that are label sets of the training split (cifar10_n, cifar100_n).
-TFDS_LABEL_SETS = ("worse_label", "aggre_label", "random_label1", "random_label2",
-                   "random_label3", "noise_label")  # fmt: skip
+TFDS_LABEL_SETS = (
+    "worse_label",
+    "aggre_label",
+    "random_label1",
+    "random_label2",
+    "random_label3",
+    "noise_label",
+)
 
 
 def _text(value: Any) -> str:
@@ -153,8 +159,9 @@ def _load_tfds_with_tf(name: str, data_dir: str | None, download: bool) -> Datas
     train = tfds.as_numpy(train)
     ids = np.asarray([_text(v) for v in train["id"]]) if "id" in train else None
     sets = {k: np.asarray(train[k], np.int32) for k in _label_set_names(info)}
-    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name, train_ids=ids,
-                   label_sets=sets)  # fmt: skip
+    return Dataset(
+        xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name, train_ids=ids, label_sets=sets
+    )
 
 
 class DatasetUnavailable(RuntimeError):
@@ -280,5 +287,13 @@ def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) 
     sets = _label_set_names(info)
     xtr, ytr, ids, label_sets = _read_split(train_src, f"tfds {name!r} split 'train'", sets)
     xte, yte, _, _ = _read_split(test_src, f"tfds {name!r} split 'test'")
-    return Dataset(xtr, ytr, xte, yte, _label_names(info, [ytr, yte]), name, train_ids=ids,
-                   label_sets=label_sets)  # fmt: skip
+    return Dataset(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        _label_names(info, [ytr, yte]),
+        name,
+        train_ids=ids,
+        label_sets=label_sets,
+    )

@@ -59,11 +59,15 @@ CHECKS: dict[str, f.Check] = {
 # reproduce the paper; so do its p_threshold (0.6 at 90%) and average_loss (5 at 90%). The 0%
 # rows (no noise) are not in that file: they repeat the 20% row.
 LAMBDA_U = {  # (dataset, noise kind, noise level) -> lambda_u
-    **{("cifar10", "symmetric", r): v for r, v in ((0.0, 0.0), (0.2, 0.0), (0.5, 25.0),
-                                                   (0.8, 25.0), (0.9, 50.0))},
+    **{
+        ("cifar10", "symmetric", r): v
+        for r, v in ((0.0, 0.0), (0.2, 0.0), (0.5, 25.0), (0.8, 25.0), (0.9, 50.0))
+    },
     ("cifar10", "asymmetric", 0.4): 0.0,
-    **{("cifar100", "symmetric", r): v for r, v in ((0.0, 25.0), (0.2, 25.0), (0.5, 150.0),
-                                                    (0.8, 150.0), (0.9, 150.0))},
+    **{
+        ("cifar100", "symmetric", r): v
+        for r, v in ((0.0, 25.0), (0.2, 25.0), (0.5, 150.0), (0.8, 150.0), (0.9, 150.0))
+    },
 }  # fmt: skip  (a table: one row per dataset)
 HISTORY_NOISE = 0.9  # from this noise level the GMM fits the mean of the last loss_history
 # epochs' normalised losses (the official code: r == 0.9)
@@ -80,15 +84,24 @@ def lambda_u(config: Any) -> float:
     if float(c["dividemix.lambda_u"]) != f.AUTO:
         return float(c["dividemix.lambda_u"])
     if c["noise_kind"] == "human":
-        f.fail("dividemix.lambda_u", -1, "a number >= 0, set explicitly for noise_kind='human': "
-               "DivideMix's paper gives lambda_u for synthetic noise levels only (it picks it "
-               "from {0, 25, 50, 150} on a validation set; the official code's default is 25)")
+        f.fail(
+            "dividemix.lambda_u",
+            -1,
+            "a number >= 0, set explicitly for noise_kind='human': "
+            "DivideMix's paper gives lambda_u for synthetic noise levels only (it picks it "
+            "from {0, 25, 50, 150} on a validation set; the official code's default is 25)",
+        )
     name = _TABLE_NAME.get(c["data.name"], c["data.name"])
     key = (name, c["noise_kind"], round(float(c["noise"]), 6))
     if key not in LAMBDA_U:
-        f.fail("dividemix.lambda_u", -1, f"a number >= 0: the paper gives no lambda_u for "
-               f"{key[1]} noise {key[2]:g} on {name} (its table: "
-               + ", ".join(f"{k}/{r:g}" for d, k, r in LAMBDA_U if d == name) + ")")  # fmt: skip
+        f.fail(
+            "dividemix.lambda_u",
+            -1,
+            f"a number >= 0: the paper gives no lambda_u for "
+            f"{key[1]} noise {key[2]:g} on {name} (its table: "
+            + ", ".join(f"{k}/{r:g}" for d, k, r in LAMBDA_U if d == name)
+            + ")",
+        )
     return LAMBDA_U[key]
 
 
@@ -115,11 +128,18 @@ def validate(c: dict[str, Any]) -> None:
     features = c["data.source"] == "features" or c["data.extractor"] != "none"
     for field, weak in (("views", "'weak'"), ("warmup_strong", "0")):
         if features and c[f"dividemix.{field}"] not in ("weak", 0, 0.0):
-            f.fail(f"dividemix.{field}", c[f"dividemix.{field}"],
-                   f"{weak} on feature vectors (strong augmentation is for images)")  # fmt: skip
+            f.fail(
+                f"dividemix.{field}",
+                c[f"dividemix.{field}"],
+                f"{weak} on feature vectors (strong augmentation is for images)",
+            )
     if c["dividemix.warm_up"] >= c["epochs"]:
-        f.fail("dividemix.warm_up", c["dividemix.warm_up"], f"fewer epochs than epochs="
-               f"{c['epochs']} (warm-up is epochs 1..warm_up, then the semi-supervised epochs)")
+        f.fail(
+            "dividemix.warm_up",
+            c["dividemix.warm_up"],
+            f"fewer epochs than epochs="
+            f"{c['epochs']} (warm-up is epochs 1..warm_up, then the semi-supervised epochs)",
+        )
     lambda_u(c)  # an "auto" lambda_u must be in the paper's table
 
 

@@ -91,8 +91,15 @@ def make_divide(history_used: bool):
         x = mixture.minmax_normalize(loss, jnp.min(loss), jnp.max(loss))
         if history_used:
             history, x = signals.update(history, x, kind="mean_k")
-        gmm = mixture.fit_gmm(x, normalize="none", init="kmeans", tol=1e-2, reg_covar=5e-4,
-                              max_iters=10, noisy="max_mean")  # fmt: skip
+        gmm = mixture.fit_gmm(
+            x,
+            normalize="none",
+            init="kmeans",
+            tol=1e-2,
+            reg_covar=5e-4,
+            max_iters=10,
+            noisy="max_mean",
+        )
         return history, x, 1.0 - mixture.posterior_noisy(gmm, x), gmm
 
     return divide
@@ -102,44 +109,75 @@ def _i32(v) -> jax.Array:
     return jnp.asarray(v, jnp.int32)
 
 
+def _semi_step(graphdef, tx, c, num_classes: int, mean_std: tuple, lambda_u: float, mesh):
+    """The compiled semi-supervised (MixMatch) step of the config's DivideMix block."""
+    d = c.dividemix
+    return step.make_semi_step(
+        graphdef,
+        tx,
+        c,
+        num_classes,
+        *mean_std,
+        batch_size=d.batch_size,
+        T=d.sharpen_temperature,
+        alpha=d.mixmatch_alpha,
+        lambda_max=lambda_u,
+        warm_up=d.warm_up,
+        rampup=d.lambda_u_rampup,
+        views=d.views,
+        mesh=mesh,
+    )
+
+
 def build(c, ds, mean_std: tuple, mesh=None) -> tuple[Pieces, dict]:
     """The pieces and the fresh tree (both networks, the loss histories) of a config on a
     dataset, placed on the mesh (default: one device)."""
     mesh, d = mesh or parallel.make_mesh(1), c.dividemix
     n, B = ds.train_images.shape[0], d.batch_size
-    hyper = {"lambda_u": dm_config.lambda_u(c), "p_threshold": dm_config.p_threshold(c),
-             "loss_history": dm_config.loss_history(c)}  # fmt: skip
+    hyper = {
+        "lambda_u": dm_config.lambda_u(c),
+        "p_threshold": dm_config.p_threshold(c),
+        "loss_history": dm_config.loss_history(c),
+    }
     tx = optim.direction(c)
     nets = {}
     for k, name in enumerate(NETS):  # seeds seed and seed + 1
         model = network.create(c, ds.num_classes, ds.image_shape[-1], seed=c.seed + k)
         graphdef, params, frozen, stats = network.split(model, c)
-        nets[name] = {"params": params, "frozen": frozen, "stats": stats,
-                      "opt_state": tx.init(params)}  # fmt: skip
-    common = dict(penalty=c.noise_kind == "asymmetric", stride=2 * B, mesh=mesh,
-                  strong_prob=float(d.warmup_strong))  # fmt: skip
+        nets[name] = dict(params=params, frozen=frozen, stats=stats, opt_state=tx.init(params))
+    common = dict(
+        penalty=c.noise_kind == "asymmetric",
+        stride=2 * B,
+        mesh=mesh,
+        strong_prob=float(d.warmup_strong),
+    )
 
     def warm(batch_size):
-        return step.make_warmup_step(graphdef, tx, c, ds.num_classes, *mean_std,
-                                     batch_size=batch_size, **common)  # fmt: skip
+        return step.make_warmup_step(
+            graphdef, tx, c, ds.num_classes, *mean_std, batch_size=batch_size, **common
+        )
 
-    semi = step.make_semi_step(
-        graphdef, tx, c, ds.num_classes, *mean_std, batch_size=B, T=d.sharpen_temperature,
-        alpha=d.mixmatch_alpha, lambda_max=hyper["lambda_u"], warm_up=d.warm_up,
-        rampup=d.lambda_u_rampup, views=d.views, mesh=mesh,
-    )  # fmt: skip
-    pieces = Pieces(graphdef, tx, warm(2 * B) if n >= 2 * B else None,
-                    warm(n % (2 * B)) if n % (2 * B) else None, semi,
-                    forward_lib.make_forward(graphdef, c, *mean_std, mesh),
-                    make_divide(hyper["loss_history"] > 0), hyper)  # fmt: skip
+    pieces = Pieces(
+        graphdef,
+        tx,
+        warm(2 * B) if n >= 2 * B else None,
+        warm(n % (2 * B)) if n % (2 * B) else None,
+        _semi_step(graphdef, tx, c, ds.num_classes, mean_std, hyper["lambda_u"], mesh),
+        forward_lib.make_forward(graphdef, c, *mean_std, mesh),
+        make_divide(hyper["loss_history"] > 0),
+        hyper,
+    )
     history = {}
     if hyper["loss_history"]:  # each network's ring buffer of its last normalised losses
         fresh = signals.init("mean_k", n, hyper["loss_history"])
-        history = {name: fresh._replace(
-            buffer=parallel.zeros_like_sharded(mesh, fresh.buffer.shape, jnp.float32),
-            count=parallel.put_replicated(mesh, fresh.count)) for name in NETS}  # fmt: skip
-    return pieces, {"state": parallel.put_replicated(mesh, nets),
-                    "aux": {"loss_history": history}}  # fmt: skip
+        history = {
+            name: fresh._replace(
+                buffer=parallel.zeros_like_sharded(mesh, fresh.buffer.shape, jnp.float32),
+                count=parallel.put_replicated(mesh, fresh.count),
+            )
+            for name in NETS
+        }
+    return pieces, {"state": parallel.put_replicated(mesh, nets), "aux": {"loss_history": history}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,17 +204,20 @@ def _semi_steps(run: runkit.Run, p: Pieces) -> tuple[int, str]:
     n, B = run.data["labels"].shape[0], run.config.dividemix.batch_size
     if p.labelled:
         return eta.dividemix_semi_steps(p.labelled, B), "labelled " + "/".join(
-            map(str, p.labelled)) + f" of {n} as in the latest division"  # fmt: skip
+            map(str, p.labelled)
+        ) + f" of {n} as in the latest division"
     guess = max(1, round((1.0 - run.config.noise) * n))
     return eta.dividemix_semi_steps([guess, guess], B), (
-        f"labelled ~{guess} of {n} each, (1 - noise) N until the first division")
+        f"labelled ~{guess} of {n} each, (1 - noise) N until the first division"
+    )
 
 
 def _later(run: runkit.Run, p: Pieces, epoch: int, rest: dict) -> dict:
     """The run's work after a bar: ``rest`` of this epoch, then the epochs after it."""
     c = run.config
-    later = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix.warm_up, _warm_steps(run),
-                               _semi_steps(run, p)[0])  # fmt: skip
+    later = eta.dividemix_work(
+        epoch + 1, c.epochs, c.dividemix.warm_up, _warm_steps(run), _semi_steps(run, p)[0]
+    )
     return eta.add_work(rest, later)
 
 
@@ -190,8 +231,16 @@ def projector(run: runkit.Run, p: Pieces):
             return None
         warm, (semi, source) = _warm_steps(run), _semi_steps(run, p)
         left = eta.dividemix_work(epoch + 1, c.epochs, c.dividemix.warm_up, warm, semi)
-        return eta.dividemix_projection(run.clock, c.epochs, c.dividemix.warm_up, warm, semi,
-                                        source, left, runkit.faster_hint(c))  # fmt: skip
+        return eta.dividemix_projection(
+            run.clock,
+            c.epochs,
+            c.dividemix.warm_up,
+            warm,
+            semi,
+            source,
+            left,
+            runkit.faster_hint(c),
+        )
 
     return projection
 
@@ -209,10 +258,16 @@ def warmup_epoch(run: runkit.Run, p: Pieces, nets: dict, epoch: int) -> tuple[di
     for k, name in enumerate(NETS):
         perm = step.warmup_permutation(c.seed, n, _i32(epoch), _i32(k))
         state, total = nets[name], jnp.zeros((), jnp.float32)
-        bar = Progress(len(calls), f"epoch {epoch}/{c.epochs} warm-up {name}",
-                       items_per_step=stride, log_every_seconds=c.log_every_seconds,
-                       run=run.clock, unit="warmup", estimated=True,
-                       later=_later(run, p, epoch, {"warmup": len(calls) * (1 - k), "eval": 1}))
+        bar = Progress(
+            len(calls),
+            f"epoch {epoch}/{c.epochs} warm-up {name}",
+            items_per_step=stride,
+            log_every_seconds=c.log_every_seconds,
+            run=run.clock,
+            unit="warmup",
+            estimated=True,
+            later=_later(run, p, epoch, {"warmup": len(calls) * (1 - k), "eval": 1}),
+        )
         for s, warm_step in enumerate(calls):
             state, m = warm_step(state, run.data, perm, _i32(epoch), _i32(s), _i32(k))
             total = total + m["loss"]
@@ -225,8 +280,9 @@ def warmup_epoch(run: runkit.Run, p: Pieces, nets: dict, epoch: int) -> tuple[di
     return nets, out
 
 
-def divide(run: runkit.Run, p: Pieces, nets: dict, loss_history: dict,
-           epoch: int) -> tuple[dict, dict]:  # fmt: skip
+def divide(
+    run: runkit.Run, p: Pieces, nets: dict, loss_history: dict, epoch: int
+) -> tuple[dict, dict]:
     """Each network's division: its per-sample CE (eval mode, no augmentation), the fitted
     (normalised) losses, p_clean and the labelled mask, and its logits."""
     out, new_history = {}, {}
@@ -238,10 +294,19 @@ def divide(run: runkit.Run, p: Pieces, nets: dict, loss_history: dict,
         if hist is not None:  # kept in its placement (sharded by sample): no recompile
             new_history[name] = runkit.placed_like(hist, loss_history[name])
         if not bool(gmm.valid):
-            runkit.warn_degenerate(epoch, f"{name}'s GMM fit", "EM gave no usable two-component "
-                                   "model", "p_clean is 0.5 for its division")  # fmt: skip
-        out[name] = {"loss": loss, "fit_loss": x, "p_clean": p_clean, "logits": logits,
-                     "labelled": p_clean > p.hyper["p_threshold"]}  # fmt: skip
+            runkit.warn_degenerate(
+                epoch,
+                f"{name}'s GMM fit",
+                "EM gave no usable two-component model",
+                "p_clean is 0.5 for its division",
+            )
+        out[name] = {
+            "loss": loss,
+            "fit_loss": x,
+            "p_clean": p_clean,
+            "logits": logits,
+            "labelled": p_clean > p.hyper["p_threshold"],
+        }
     return new_history, out
 
 
@@ -252,14 +317,29 @@ def train_net(run: runkit.Run, p: Pieces, nets: dict, k: int, division: dict, ep
     n_lab = int(jnp.sum(division["labelled"]))
     steps, num_iter = -(-n_lab // B), n_lab // B + 1
     state, sums = nets[name], {"Lx": 0.0, "Lu": 0.0, "loss": 0.0}
-    bar = Progress(steps, f"epoch {epoch}/{c.epochs} {name}", items_per_step=4 * B,
-                   log_every_seconds=c.log_every_seconds, run=run.clock, unit="semi",
-                   later=_later(run, p, epoch, {"semi": steps * (1 - k), "eval": 1}),
-                   estimated=True)  # fmt: skip
+    bar = Progress(
+        steps,
+        f"epoch {epoch}/{c.epochs} {name}",
+        items_per_step=4 * B,
+        log_every_seconds=c.log_every_seconds,
+        run=run.clock,
+        unit="semi",
+        later=_later(run, p, epoch, {"semi": steps * (1 - k), "eval": 1}),
+        estimated=True,
+    )
     orders = step.pool_orders(c.seed, _i32(epoch), _i32(k), division["labelled"])
     for s in range(steps):
-        state, m = p.semi(state, nets[other], run.data, division["p_clean"], orders,
-                          _i32(epoch), _i32(s), _i32(num_iter), _i32(k))  # fmt: skip
+        state, m = p.semi(
+            state,
+            nets[other],
+            run.data,
+            division["p_clean"],
+            orders,
+            _i32(epoch),
+            _i32(s),
+            _i32(num_iter),
+            _i32(k),
+        )
         sums = {key: sums[key] + m[key] for key in sums}
         _show(bar, s + 1, m["loss"], c.log_every_steps)
         if runkit.stop_agreed(run, False):
@@ -276,8 +356,10 @@ def evaluate(run: runkit.Run, p: Pieces, nets: dict) -> dict:
         return {}
     images, labels = run.test
     logits = sum(p.forward(nets[name], images, labels)[1] for name in NETS)
-    return {"test_loss": float(jnp.mean(losses.cross_entropy(logits, labels))),
-            "test_acc": forward_lib.accuracy(logits, labels)}  # fmt: skip
+    return {
+        "test_loss": float(jnp.mean(losses.cross_entropy(logits, labels))),
+        "test_acc": forward_lib.accuracy(logits, labels),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,9 +369,11 @@ def evaluate(run: runkit.Run, p: Pieces, nets: dict) -> dict:
 def combined(divisions: dict) -> dict:
     """Both networks' division as one: mean raw CE, p(noisy) = 1 - mean p_clean, summed logits."""
     d1, d2 = divisions["net1"], divisions["net2"]
-    return {"loss": (d1["loss"] + d2["loss"]) / 2,
-            "p_noisy": 1.0 - (d1["p_clean"] + d2["p_clean"]) / 2,
-            "logits": d1["logits"] + d2["logits"]}  # fmt: skip
+    return {
+        "loss": (d1["loss"] + d2["loss"]) / 2,
+        "p_noisy": 1.0 - (d1["p_clean"] + d2["p_clean"]) / 2,
+        "logits": d1["logits"] + d2["logits"],
+    }
 
 
 def division_metrics(run: runkit.Run, divisions: dict | None) -> dict:
@@ -302,10 +386,12 @@ def division_metrics(run: runkit.Run, divisions: dict | None) -> dict:
     for name, d in divisions.items():
         lab = d["labelled"]
         tp = jnp.sum(lab & clean)
-        out[name] = {"auroc": float(metrics_lib.auroc(1.0 - d["p_clean"], run.mask)),
-                     "labelled": int(jnp.sum(lab)),
-                     "labelled_precision": float(tp / jnp.maximum(jnp.sum(lab), 1)),
-                     "labelled_recall": float(tp / jnp.maximum(jnp.sum(clean), 1))}  # fmt: skip
+        out[name] = {
+            "auroc": float(metrics_lib.auroc(1.0 - d["p_clean"], run.mask)),
+            "labelled": int(jnp.sum(lab)),
+            "labelled_precision": float(tp / jnp.maximum(jnp.sum(lab), 1)),
+            "labelled_recall": float(tp / jnp.maximum(jnp.sum(clean), 1)),
+        }
     both = combined(divisions)
     det = metrics_lib.detection_metrics(both["p_noisy"], both["loss"], run.mask)
     return {**{k: float(v) for k, v in jax.device_get(det).items()}, "division": out}
@@ -317,11 +403,13 @@ def describer(run: runkit.Run):
     def describe(r: dict) -> str:
         labelled = "/".join(str(d["labelled"]) for d in r.get("division", {}).values())
         detection = runkit.detection_text(run, r, auroc="division") if labelled else ""
-        return (f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  "
-                f"{runkit.accuracy_text(r)}"
-                f"{f'  {detection}' if detection else ''}"
-                f"{f'  labelled {labelled}' if labelled else ''}  "
-                f"[{sum(r['seconds'].values()):.1f}s]")  # fmt: skip
+        return (
+            f"epoch {r['epoch']} ({r['phase']}): train loss {r['train_loss']:.4f}  "
+            f"{runkit.accuracy_text(r)}"
+            f"{f'  {detection}' if detection else ''}"
+            f"{f'  labelled {labelled}' if labelled else ''}  "
+            f"[{sum(r['seconds'].values()):.1f}s]"
+        )
 
     return describe
 
@@ -354,9 +442,16 @@ def make_epoch(run: runkit.Run, p: Pieces):
         seconds = {"divide": t_divide, "train": t_train, "eval": time.time() - t0}
         run.clock.add("eval", 1, eta.work_clock() - w0)
         train_loss = float(np.mean([trained[name]["loss"] for name in NETS]))
-        r = {"epoch": epoch, "phase": phase, "lr": lr_schedule.lr_for_epoch(run.config, epoch),
-             "train_loss": train_loss, **test, **division_metrics(run, divisions),
-             "nets": trained, "seconds": seconds}  # fmt: skip
+        r = {
+            "epoch": epoch,
+            "phase": phase,
+            "lr": lr_schedule.lr_for_epoch(run.config, epoch),
+            "train_loss": train_loss,
+            **test,
+            **division_metrics(run, divisions),
+            "nets": trained,
+            "seconds": seconds,
+        }
         return runkit.Epoch({"state": nets, "aux": {"loss_history": history}}, r, describer(run))
 
     return epoch_fn
@@ -366,18 +461,26 @@ def train(run: runkit.Run, *, stop_after_epoch: int | None = None) -> dict:
     """Train DivideMix in the run's workdir (resuming at its newest checkpoint); the summary of
     ``runkit.finish``."""
     pieces, fresh = build(run.config, run.ds, run.mean_std, run.mesh)
-    run.clock = eta.RunClock(priors=eta.dividemix_priors(run.ds.train_images.shape[0],
-                                                         run.ds.test_images.shape[0]))
+    run.clock = eta.RunClock(
+        priors=eta.dividemix_priors(run.ds.train_images.shape[0], run.ds.test_images.shape[0])
+    )
     h, d = pieces.hyper, run.config.dividemix
     auto_human = d.p_threshold == -1 and run.config.noise_kind == "human"
     why = " (-1 with human labels: the paper's value below 90% noise)" if auto_human else ""
-    log(f"DivideMix: lambda_u {h['lambda_u']:g}, p_threshold {h['p_threshold']:g}{why}, loss "
+    log(
+        f"DivideMix: lambda_u {h['lambda_u']:g}, p_threshold {h['p_threshold']:g}{why}, loss "
         f"history {h['loss_history'] or 'off'}, warm-up epochs 1..{d.warm_up} of "
-        f"{run.config.epochs}")  # fmt: skip
+        f"{run.config.epochs}"
+    )
     tree, meta = runkit.restore(run, fresh)
-    tree, interrupted = runkit.run_epochs(run, tree, meta, make_epoch(run, pieces),
-                                          stop_after_epoch=stop_after_epoch,
-                                          projection=projector(run, pieces))  # fmt: skip
+    tree, interrupted = runkit.run_epochs(
+        run,
+        tree,
+        meta,
+        make_epoch(run, pieces),
+        stop_after_epoch=stop_after_epoch,
+        projection=projector(run, pieces),
+    )
 
     def outputs(t: dict) -> dict:  # the division the final networks make
         epoch = run.history[-1]["epoch"] + 1 if run.history else 1

@@ -26,8 +26,11 @@ states are replicated.
 Where static shapes part from the official loaders: every semi step has exactly B labelled and
 B unlabelled samples (the official last labelled batch of an epoch is smaller; here it wraps to
 the start of the epoch's shuffle, and both halves of the MixMatch batch keep B rows); a used-up
-unlabelled pool restarts in the same order (the official loader reshuffles); empty pools are
-handled instead of skipped or raised (``make_semi_step``).
+unlabelled pool restarts in the same order (the official loader reshuffles). Empty pools are
+handled instead of skipped or raised (the official code runs no step without labelled samples
+and raises StopIteration without unlabelled ones): an empty labelled pool leaves the state
+unchanged; an empty unlabelled pool gives ``lambda_u = 0``, its rows (drawn from the labelled
+samples) still entering MixMatch.
 """
 
 from __future__ import annotations
@@ -76,8 +79,11 @@ def _augmented(images, key, config: ml_collections.ConfigDict, mean, std, strong
     """One random view, normalised: weak (crop after zero padding, flip; as ``transform_train``)
     or strong (that, then AutoAugment's CIFAR-10 policy: ``strong_augment``, AugDesc-WS)."""
     kw = dict(padding=config.data.crop_padding, flip=config.data.flip)
-    x = strong_augment.strong_augment(images, key, **kw) if strong else data_lib.augment(
-        images, key, **kw)  # fmt: skip
+    x = (
+        strong_augment.strong_augment(images, key, **kw)
+        if strong
+        else data_lib.augment(images, key, **kw)
+    )
     return data_lib.normalize(x, mean, std)
 
 
@@ -133,15 +139,19 @@ def pool_orders(seed: int, epoch, net_index, labelled_mask: jax.Array) -> PoolOr
     the official loaders (``shuffle=True``, built afresh for each network's ``train()``). Made
     once per network and epoch (an O(N log N) sort), then sliced by every step."""
     k_lab, k_unl = jax.random.split(
-        jax.random.fold_in(epoch_keys(seed, official_epoch(epoch))[0], net_index))
+        jax.random.fold_in(epoch_keys(seed, official_epoch(epoch))[0], net_index)
+    )
     labelled_mask = jnp.asarray(labelled_mask, bool)
-    (order_x, n_x, valid_x), (order_u, n_u, valid_u) = (_pool_order(k_lab, labelled_mask),
-                                                        _pool_order(k_unl, ~labelled_mask))
+    (order_x, n_x, valid_x), (order_u, n_u, valid_u) = (
+        _pool_order(k_lab, labelled_mask),
+        _pool_order(k_unl, ~labelled_mask),
+    )
     return PoolOrders(order_x, order_u, n_x, n_u, valid_x, valid_u)
 
 
-def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
-               batch_size: int, alpha: float) -> SemiDraws:  # fmt: skip
+def semi_draws(
+    seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders, batch_size: int, alpha: float
+) -> SemiDraws:
     """The draws of one DivideMix step of network ``net_index``.
 
     The labelled batches of an epoch are consecutive slices of the epoch's shuffle of the
@@ -155,18 +165,36 @@ def semi_draws(seed: int, epoch, step_in_epoch, net_index, orders: PoolOrders,
     k_views, k_mix = jax.random.split(step_key(seed, epoch, step_in_epoch, net_index))
     lam, mix_perm = pieces.mixmatch_draw(k_mix, 4 * batch_size, alpha)
     strong_keys = jax.random.split(jax.random.fold_in(k_views, 1), 4)
-    return SemiDraws(idx_x, idx_u, orders.labelled_valid, orders.unlabelled_valid,
-                     jax.random.split(k_views, 4), strong_keys, lam, mix_perm)  # fmt: skip
+    return SemiDraws(
+        idx_x,
+        idx_u,
+        orders.labelled_valid,
+        orders.unlabelled_valid,
+        jax.random.split(k_views, 4),
+        strong_keys,
+        lam,
+        mix_perm,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Warm-up: cross-entropy (+ the confidence penalty for asymmetric noise), one network.
 
 
-def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
-                     mean: np.ndarray, std: np.ndarray, *, penalty: bool, batch_size: int,
-                     stride: int | None = None, strong_prob: float = 0.0,
-                     mesh=None):  # fmt: skip
+def make_warmup_step(
+    graphdef,
+    tx,
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    penalty: bool,
+    batch_size: int,
+    stride: int | None = None,
+    strong_prob: float = 0.0,
+    mesh=None,
+):
     """The jitted official ``warmup()`` step: ``step(state, data, perm, epoch, step_in_epoch,
     net_index) -> (state, metrics)``.
 
@@ -190,8 +218,9 @@ def make_warmup_step(graphdef, tx, config: ml_collections.ConfigDict, num_classe
         y = parallel.constrain_batch(data["labels"][idx], mesh)
 
         def loss_fn(params):
-            logits, stats = network.apply(graphdef, params, state["frozen"], state["stats"], x,
-                                          True)  # fmt: skip
+            logits, stats = network.apply(
+                graphdef, params, state["frozen"], state["stats"], x, True
+            )
             if logits.shape[-1] != num_classes:
                 raise ValueError(f"the model has {logits.shape[-1]} outputs, not {num_classes}")
             ce = jnp.mean(losses.cross_entropy(logits, y))
@@ -228,8 +257,9 @@ def _co_targets(graphdef, state, other, views, labels_onehot, w_clean, T: float)
         return network.apply(graphdef, state["params"], state["frozen"], stats, x, True)
 
     def other_net(x):
-        return network.apply(graphdef, other["params"], other["frozen"], other["stats"], x,
-                             False)[0]  # fmt: skip
+        return network.apply(graphdef, other["params"], other["frozen"], other["stats"], x, False)[
+            0
+        ]
 
     logits_u1, stats = net(u1, stats)
     logits_u2, stats = net(u2, stats)
@@ -243,8 +273,9 @@ def _co_targets(graphdef, state, other, views, labels_onehot, w_clean, T: float)
 def _state_if(update: jax.Array, new: dict, old: dict) -> dict:
     """``new`` where ``update`` is True, else ``old`` (params, stats and optimizer state)."""
     keys = ("params", "stats", "opt_state")
-    kept = jax.tree.map(lambda a, b: jnp.where(update, a, b), {k: new[k] for k in keys},
-                        {k: old[k] for k in keys})  # fmt: skip
+    kept = jax.tree.map(
+        lambda a, b: jnp.where(update, a, b), {k: new[k] for k in keys}, {k: old[k] for k in keys}
+    )
     return dict(new, **kept)
 
 
@@ -253,10 +284,12 @@ def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u,
     one forward of the mixed batch (train mode; the fifth move of the running statistics)."""
 
     def loss_fn(params):
-        logits, new_stats = network.apply(graphdef, params, state["frozen"], stats, mixed_inputs,
-                                          True)  # fmt: skip
-        lx, lu = pieces.semi_losses(logits[: 2 * B], mixed_targets[: 2 * B],
-                                    logits[2 * B :], mixed_targets[2 * B :])  # fmt: skip
+        logits, new_stats = network.apply(
+            graphdef, params, state["frozen"], stats, mixed_inputs, True
+        )
+        lx, lu = pieces.semi_losses(
+            logits[: 2 * B], mixed_targets[: 2 * B], logits[2 * B :], mixed_targets[2 * B :]
+        )
         penalty = losses.class_balance_regularizer(logits)  # uniform prior, all 4B mixed rows
         return lx + weight_u * lu + penalty, (new_stats, lx, lu, penalty)
 
@@ -266,39 +299,46 @@ def _semi_loss_fn(graphdef, state, stats, mixed_inputs, mixed_targets, weight_u,
 def _semi_views(data, d: SemiDraws, config, mean, std, strong: bool, mesh):
     """(views, trained views) of ``[x1, x2, u1, u2]``: the weak views the targets are made
     from, and the views MixMatch mixes (the same; AugDesc-WS: strong views of the samples)."""
-    images_x, images_u = (parallel.constrain_batch(data["images"][i], mesh)
-                          for i in (d.labelled, d.unlabelled))  # fmt: skip
+    images_x, images_u = (
+        parallel.constrain_batch(data["images"][i], mesh) for i in (d.labelled, d.unlabelled)
+    )
     batches = (images_x, images_x, images_u, images_u)  # x1, x2, u1, u2
     views = [_augmented(b, k, config, mean, std) for b, k in zip(batches, d.view_keys)]
     if not strong:  # DivideMix mixes the views it made its targets from
         return views, views
-    return views, [_augmented(b, k, config, mean, std, strong=True)
-                   for b, k in zip(batches, d.strong_keys)]  # fmt: skip
+    return views, [
+        _augmented(b, k, config, mean, std, strong=True) for b, k in zip(batches, d.strong_keys)
+    ]
 
 
-def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes: int,
-                   mean: np.ndarray, std: np.ndarray, *, batch_size: int = 64, T: float = 0.5,
-                   alpha: float = 4.0, lambda_max: float, warm_up: float,
-                   rampup: float = 16.0, views: str = "weak", mesh=None):  # fmt: skip
-    """The jitted official ``train()`` step of network ``net`` with the other one fixed:
-    ``step(state, other, data, p_clean, orders, epoch, step_in_epoch, num_iter,
-    net_index) -> (state, metrics)``.
-
-    ``p_clean`` (N,) and the labelled mask behind ``orders`` (``pool_orders``, made once per
-    network and epoch) come from the *other* network's GMM (co-divide);
-    ``num_iter = |labelled| // batch_size + 1`` as the official ramp; run ``ceil(|labelled| /
-    batch_size)`` steps per epoch. B labelled and B unlabelled samples (``semi_draws``), two
-    augmented views each; co-guessing and co-refinement (``_co_targets``); MixMatch of
-    ``[x1, x2, u1, u2]``; ``Lx + lambda_u(epoch + step / num_iter) * Lu + penalty``, the gradient
-    only through the mixed forward; one optimizer update at ``schedule.lr(config, epoch)``.
-
-    Empty pools (the official code runs no step without labelled samples and raises
-    StopIteration without unlabelled ones): an empty labelled pool leaves the state unchanged
-    (``metrics["updated"] = 0``); an empty unlabelled pool gives ``lambda_u = 0``, its rows
-    (drawn from the labelled samples) still entering MixMatch. Both give finite metrics.
-    ``views="augdesc-ws"`` (Nishi et al., CVPR 2021): the targets come from the weak views as
-    above and MixMatch mixes four *strong* views instead (``strong_augment``; the official
-    AugDesc ``labeled_transforms = [strong, strong, weak, weak]``).
+def make_semi_step(
+    graphdef,
+    tx,
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    batch_size: int = 64,
+    T: float = 0.5,
+    alpha: float = 4.0,
+    lambda_max: float,
+    warm_up: float,
+    rampup: float = 16.0,
+    views: str = "weak",
+    mesh=None,
+):
+    """The jitted official ``train()`` step of one network with the other fixed: ``step(state,
+    other, data, p_clean, orders, epoch, step_in_epoch, num_iter, net_index) -> (state,
+    metrics)``. ``p_clean`` (N,) and the labelled mask behind ``orders`` (``pool_orders``, once
+    per network and epoch) come from the *other* network's GMM (co-divide); ``num_iter =
+    |labelled| // batch_size + 1`` as the official ramp. B labelled and B unlabelled samples
+    (``semi_draws``), two augmented views each; co-guessing and co-refinement
+    (``_co_targets``); MixMatch of ``[x1, x2, u1, u2]``; ``Lx + lambda_u(epoch + step /
+    num_iter) * Lu + penalty``, the gradient only through the mixed forward; one update at
+    ``schedule.lr(config, epoch)``. Empty pools: see the module docstring (no labelled sample:
+    ``metrics["updated"] = 0``). ``views="augdesc-ws"`` (Nishi et al., CVPR 2021): MixMatch
+    mixes four *strong* views (``strong_augment``), the targets still from the weak ones.
     Metrics: Lx, Lu, penalty, loss, lambda_u (the weight applied), lr, updated.
     """
     if views not in VIEWS:
@@ -313,21 +353,20 @@ def make_semi_step(graphdef, tx, config: ml_collections.ConfigDict, num_classes:
         w_clean = jnp.asarray(p_clean, jnp.float32)[d.labelled]
         targets_x, targets_u, stats = _co_targets(graphdef, state, other, views, onehot, w_clean, T)
         all_targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])  # (4B, C)
-        mixed_x = losses.mix(parallel.constrain_batch(jnp.concatenate(trained), mesh), d.mix_perm,
-                             d.lam)  # fmt: skip
+        trained_x = parallel.constrain_batch(jnp.concatenate(trained), mesh)
+        mixed_x = losses.mix(trained_x, d.mix_perm, d.lam)
         mixed_t = losses.mix(all_targets, d.mix_perm, d.lam)
-        progress = (official_epoch(epoch).astype(jnp.float32)
-                    + step_in_epoch / jnp.asarray(num_iter, jnp.float32))  # fmt: skip
+        iters = jnp.asarray(num_iter, jnp.float32)
+        progress = official_epoch(epoch).astype(jnp.float32) + step_in_epoch / iters
         weight_u = pieces.lambda_u(progress, warm_up, lambda_max, rampup) * d.unlabelled_valid
         loss_fn = _semi_loss_fn(graphdef, state, stats, mixed_x, mixed_t, weight_u, B)
-        (loss, (stats, lx, lu, pen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (stats, lx, lu, pen)), grads = grad_fn(state["params"])
         lr = lr_schedule.lr(config, epoch)
         params, opt_state = optim.apply(tx, grads, state["opt_state"], state["params"], lr)
         new = dict(state, params=params, stats=stats, opt_state=opt_state)
-        metrics = {"Lx": lx, "Lu": lu, "penalty": pen, "loss": loss, "lambda_u": weight_u,
-                   "lr": lr, "updated": d.labelled_valid.astype(jnp.float32)}  # fmt: skip
-        return _state_if(d.labelled_valid, new, state), metrics
+        updated = d.labelled_valid.astype(jnp.float32)
+        metrics = dict(Lx=lx, Lu=lu, penalty=pen, loss=loss, lambda_u=weight_u, lr=lr)
+        return _state_if(d.labelled_valid, new, state), dict(metrics, updated=updated)
 
     return jax.jit(step, donate_argnums=(0,))

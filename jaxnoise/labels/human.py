@@ -61,8 +61,7 @@ def key_names(key: str) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def resolve(ds: Dataset, *, label_file: str, label_key: str,
-            label_order: str = "auto") -> Dataset:  # fmt: skip
+def resolve(ds: Dataset, *, label_file: str, label_key: str, label_order: str = "auto") -> Dataset:
     """``ds`` with the chosen human label set aligned to its samples in ``label_sets[KEY]``."""
     if label_order not in ORDERS:
         raise ValueError(f"config.label_order = {label_order!r}; allowed: {', '.join(ORDERS)}")
@@ -101,16 +100,19 @@ def _id_rows(ds: Dataset, ids: np.ndarray, path: str) -> np.ndarray:
     for row, i in enumerate(ids.tolist()):
         key = os.path.normpath(str(i).strip())
         if key in where:
-            raise ValueError(f"label file {path!r}: id {i!r} appears twice (rows {where[key]} "
-                             f"and {row})")  # fmt: skip
+            raise ValueError(
+                f"label file {path!r}: id {i!r} appears twice (rows {where[key]} and {row})"
+            )
         where[key] = row
     names = [ds.ids()]
     cifar = _cifar_rows(ds)
     if cifar is not None:  # an index array: a CIFAR sample's position in the original order
         names.append(cifar.astype(str))
     if ds.train_paths is not None:  # image folders: also absolute paths, or relative to train/
-        names += [np.asarray(ds.train_paths), np.asarray([os.path.relpath(p, "train")
-                                                          for p in ds.ids()])]  # fmt: skip
+        names += [
+            np.asarray(ds.train_paths),
+            np.asarray([os.path.relpath(p, "train") for p in ds.ids()]),
+        ]
     rows = np.full(len(ds.train_labels), -1)
     for candidates in names:
         for n, name in enumerate(candidates.tolist()):
@@ -146,9 +148,11 @@ def _auto_order(ds: Dataset, labels: files.LabelSet, keys: list[str]) -> str:
 
 def no_path_column(path: str) -> str:
     """Why label_order="auto" refuses a file without ids on an image folder, and what to do."""
-    return (f"label file {path!r} has no path column: give a CSV with 'path,label' rows (paths "
-            "relative to the image folder), or pass config.label_order='dataset' if it follows "
-            "the folder's sorted listing (train/<class>/<file>)")  # fmt: skip
+    return (
+        f"label file {path!r} has no path column: give a CSV with 'path,label' rows (paths "
+        "relative to the image folder), or pass config.label_order='dataset' if it follows "
+        "the folder's sorted listing (train/<class>/<file>)"
+    )
 
 
 def names_its_samples(path: str, key: str) -> bool:
@@ -173,8 +177,10 @@ def _from_file(ds: Dataset, path: str, key: str, order: str) -> np.ndarray:
     n = len(ds.train_labels)
     if order == "id":
         if chosen.ids is None:
-            raise ValueError(f"config.label_order = 'id': label file {path!r} has no id/path "
-                             "column (CSV) or ids array (.npz)")  # fmt: skip
+            raise ValueError(
+                f"config.label_order = 'id': label file {path!r} has no id/path "
+                "column (CSV) or ids array (.npz)"
+            )
         rows = _id_rows(ds, chosen.ids, path)
     elif order == "cifar":
         rows = _cifar_rows(ds)
@@ -186,8 +192,10 @@ def _from_file(ds: Dataset, path: str, key: str, order: str) -> np.ndarray:
                 "an id/path column, or label_order='dataset'"
             )
         if rows.max(initial=-1) >= len(chosen.labels):
-            raise ValueError(f"label file {path!r} has {len(chosen.labels)} rows; the dataset's "
-                             f"CIFAR ids reach train_{rows.max():05d}")  # fmt: skip
+            raise ValueError(
+                f"label file {path!r} has {len(chosen.labels)} rows; the dataset's "
+                f"CIFAR ids reach train_{rows.max():05d}"
+            )
     else:
         if len(chosen.labels) != n:
             raise ValueError(
@@ -197,8 +205,10 @@ def _from_file(ds: Dataset, path: str, key: str, order: str) -> np.ndarray:
         rows = np.arange(n)
     labels = np.asarray(chosen.labels)[rows]
     if labels.size and (labels.min() < 0 or labels.max() >= ds.num_classes):
-        raise ValueError(f"label file {path!r}: labels must lie in [0, {ds.num_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")  # fmt: skip
+        raise ValueError(
+            f"label file {path!r}: labels must lie in [0, {ds.num_classes}), got "
+            f"[{labels.min()}, {labels.max()}]"
+        )
     if "clean_label" in keys and key != "clean_label":
         clean = np.asarray(files.read(path, "clean_label").labels)[rows]
         wrong = int(np.sum(clean != ds.train_labels))

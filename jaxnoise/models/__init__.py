@@ -86,8 +86,14 @@ def create_model(
 ) -> nnx.Module:
     """Build the model called `name` (one of MODEL_NAMES); `options` go to that model only."""
     _check_name(name)
-    cls = {"preact_resnet18": PreActResNet18, "resnet34": ResNet34, "small_cnn": SmallCNN,
-           "resnet50": ResNet50, "linear": LinearHead, "mlp": MLPHead}[name]  # fmt: skip
+    cls = {
+        "preact_resnet18": PreActResNet18,
+        "resnet34": ResNet34,
+        "small_cnn": SmallCNN,
+        "resnet50": ResNet50,
+        "linear": LinearHead,
+        "mlp": MLPHead,
+    }[name]
     return cls(num_classes, width=width, in_channels=in_channels, rngs=rngs, **options)
 
 

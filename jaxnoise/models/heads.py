@@ -32,14 +32,22 @@ class LinearHead(nnx.Module):
 class MLPHead(nnx.Module):
     """ReLU MLP on feature vectors: hidden layers of the given sizes (He init), linear output."""
 
-    def __init__(self, num_classes: int, *, width: int = 0, in_channels: int,
-                 hidden: Sequence[int] = (512,), rngs: nnx.Rngs):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        width: int = 0,
+        in_channels: int,
+        hidden: Sequence[int] = (512,),
+        rngs: nnx.Rngs,
+    ):
         del width  # the hidden sizes are `hidden`
         sizes = (in_channels, *(int(h) for h in hidden))
         self.hidden = nnx.List(
             [
-                nnx.Linear(a, b, kernel_init=he_normal_init,
-                           bias_init=jax.nn.initializers.zeros, rngs=rngs)  # fmt: skip
+                nnx.Linear(
+                    a, b, kernel_init=he_normal_init, bias_init=jax.nn.initializers.zeros, rngs=rngs
+                )
                 for a, b in zip(sizes[:-1], sizes[1:])
             ]
         )

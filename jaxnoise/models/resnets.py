@@ -40,8 +40,15 @@ class PreActBlock(nnx.Module):
     al.'s identity mapping, as in Kuang Liu's pytorch-cifar).
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, *,
-                 shortcut: str = "preactivated", rngs: nnx.Rngs):  # fmt: skip
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "preactivated",
+        rngs: nnx.Rngs,
+    ):
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         self.identity_from_input = shortcut == "input"
@@ -140,8 +147,15 @@ class BasicBlock(nnx.Module):
 class ResNet34(nnx.Module):
     """3x3 stem conv + BN + ReLU, basic blocks (3, 4, 6, 3) at widths w..8w, pool, linear."""
 
-    def __init__(self, num_classes: int, *, width: int = 64, in_channels: int = 3,
-                 blocks: tuple[int, ...] = (3, 4, 6, 3), rngs: nnx.Rngs):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        width: int = 64,
+        in_channels: int = 3,
+        blocks: tuple[int, ...] = (3, 4, 6, 3),
+        rngs: nnx.Rngs,
+    ):
         self.conv1 = _conv(in_channels, width, 3, 1, rngs=rngs)
         self.bn1 = _bn(width, rngs=rngs)
         in_planes, layers = width, []

@@ -90,8 +90,10 @@ def load_torch_state(model: nnx.Module, state: dict[str, np.ndarray]) -> None:
             problems.append(f"{k}: shape {got} (as NNX layout), model has {want}")
     if problems:
         raise ValueError("cannot load the state_dict: " + "; ".join(problems[:10]))
-    flat = [(p, var.replace(jnp.asarray(_from_torch(np.asarray(given[k])), dtype=var.dtype)))
-            for k, (p, var) in keyed.items()]  # fmt: skip
+    flat = [
+        (p, var.replace(jnp.asarray(_from_torch(np.asarray(given[k])), dtype=var.dtype)))
+        for k, (p, var) in keyed.items()
+    ]
     nnx.update(model, nnx.from_flat_state(flat))
 
 
