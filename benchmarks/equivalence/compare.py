@@ -431,7 +431,7 @@ def main(argv=None) -> int:
             lines.append(f"| {kind} (`{fn_name}`) | {phase.name}"
                          f"{f', T={temp:.4f}' if phase.bootstrap == 'soft' else ''} | {n_steps} | "
                          f"{abs(np.mean(losses_j) - loss_f32) / abs(loss_f32):.1e} | "
-                         f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | {vs_exact / floor:.1f} | "
+                         f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | {vs_exact / floor:.2g} | "
                          f"{worst:.1e} (`{worst_key}`) |")  # fmt: skip
             pre = f"step/{kind}/{n_steps}/"
             fx[pre + "loss"] = np.float64(loss_f32)
