@@ -19,8 +19,15 @@ jaxnoise's ``PreActResNet18``, and compares, on real CIFAR-10 images:
    permutations, each code's
    posteriors from its own fit of the same tracked losses.
 
-It writes benchmarks/results/equivalence.md, and with ``--write-fixtures`` the original's
-outputs (numbers only) to tests/fixtures/equivalence_w2.npz for tests/test_equivalence.py.
+It writes benchmarks/results/equivalence.md (or ``--out``), and with ``--write-fixtures`` the
+original's outputs (numbers only) to tests/fixtures/equivalence_w2.npz for
+tests/test_equivalence.py. A section of the existing page headed ``## 4.`` (measured with the
+options below, by hand) is kept when the page is rewritten.
+
+Float32 rounding studies: ``--width 8 --row-seed K`` permutes the rows of every step batch (the
+same order for both codes, the mixup pairs renumbered with them, so the mathematics is
+unchanged and only the order of the float32 sums moves), ``--kinds``/``--step-counts`` pick
+step kinds and step counts, ``--logit-widths`` with no value skips the further logit widths.
 """
 
 from __future__ import annotations
@@ -90,6 +97,19 @@ def load_images(tar_path: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
                 labels.append(label)
     order = np.random.default_rng(0).permutation(len(labels))  # classes interleaved
     return np.stack(images)[order], np.asarray(labels, np.int64)[order]
+
+
+def permute_rows(n_steps: int, draws: list[dict], seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Row order of the step batches for ``seed`` (0: as given) and the draws with the pairs
+    renumbered, so that every row is mixed with the same image as before."""
+    if seed == 0:
+        return np.arange(n_steps * BATCH), draws
+    rng, order, out = np.random.default_rng(seed), [], []
+    for s, d in enumerate(draws[:n_steps]):
+        r = rng.permutation(BATCH)  # new row i holds old row r[i]
+        order.append(s * BATCH + r)
+        out.append({**d, "pair": np.argsort(r)[d["pair"][r]]})  # old pair[r[i]], renumbered
+    return np.concatenate(order), out
 
 
 def jax_config(method: str, width: int):
@@ -288,8 +308,43 @@ def main(argv=None) -> int:
         default=[16, 64],
         help="further widths whose logits are compared (64 = the published net)",
     )
+    ap.add_argument(
+        "--row-seed",
+        type=int,
+        default=0,
+        help="permute the rows of every step batch with this seed (0: as given)",
+    )
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(STEP_KINDS),
+        default=list(STEP_KINDS),
+        metavar="KIND",
+        help="step kinds compared (default: all)",
+    )
+    ap.add_argument(
+        "--step-counts",
+        type=int,
+        nargs="+",
+        choices=range(1, STEPS + 1),
+        default=[1, STEPS],
+        metavar="N",
+        help="steps per comparison (default: 1 3)",
+    )
+    ap.add_argument("--out", default=RESULTS, help="the page written")
     ap.add_argument("--write-fixtures", action="store_true", help=f"write {FIXTURE}")
     args = ap.parse_args(argv)
+    defaults = (args.width, args.row_seed, args.kinds, args.step_counts) == (
+        2,
+        0,
+        list(STEP_KINDS),
+        [1, STEPS],
+    )
+    if args.write_fixtures and not defaults:
+        sys.exit(
+            "error: --write-fixtures needs the default --width, --row-seed, --kinds and "
+            "--step-counts (the fixture is what tests/test_equivalence.py reads)"
+        )
     for path, what in ((args.orig_dir, "--orig-dir"), (args.data, "--data")):
         if not os.path.exists(path):
             sys.exit(f"error: {what} {path!r} does not exist")
@@ -428,11 +483,15 @@ def main(argv=None) -> int:
         "",
         "| step kind (original function) | jaxnoise phase | steps | mean loss (rel. diff) | "
         "update distance to the original (float32) | to the original in float64 | "
-        "float32 floor: original float32 vs float64 | worst single tensor (vs float32) |",
-        "|---|---|---|---|---|---|---|---|",
+        "float32 floor: original float32 vs float64 | to float64 / floor | "
+        "worst single tensor (vs float32) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, (_, epoch, fn_name) in STEP_KINDS.items():
-        for n_steps in (1, STEPS):
+    rows, draws = permute_rows(STEPS, draws, args.row_seed)
+    x_s, images_s, labels_s = x_t[rows], images[rows], labels[rows]
+    for kind in args.kinds:
+        _, epoch, fn_name = STEP_KINDS[kind]
+        for n_steps in args.step_counts:
             after_t, loss_t = {}, {}
             for dtype in (torch.float32, torch.float64):  # float64: the exact reference
                 net_k = orig_lib.original_resnet18(PreResNet, args.width)
@@ -442,8 +501,8 @@ def main(argv=None) -> int:
                 net_k.train().to(dtype)
                 batches = [
                     (
-                        x_t[s * BATCH : (s + 1) * BATCH].to(dtype),
-                        torch.from_numpy(labels[s * BATCH : (s + 1) * BATCH]),
+                        x_s[s * BATCH : (s + 1) * BATCH].to(dtype),
+                        torch.from_numpy(labels_s[s * BATCH : (s + 1) * BATCH]),
                     )
                     for s in range(n_steps)
                 ]
@@ -455,7 +514,7 @@ def main(argv=None) -> int:
                 }
             exact, f32 = after_t[torch.float64], after_t[torch.float32]
             after_j, losses_j, phase, temp = run_jax_steps(
-                kind, args.width, state0, images, labels, mix_j, draws[:n_steps], epoch
+                kind, args.width, state0, images_s, labels_s, mix_j, draws[:n_steps], epoch
             )
             vs_f32, worst, worst_key = update_distance(after_j, f32, state0)
             vs_exact = update_distance(after_j, exact, state0)[0]
@@ -465,7 +524,7 @@ def main(argv=None) -> int:
                 f"| {kind} (`{fn_name}`) | {phase.name}"
                 f"{f', T={temp:.4f}' if phase.bootstrap == 'soft' else ''} | {n_steps} | "
                 f"{abs(np.mean(losses_j) - loss_f32) / abs(loss_f32):.1e} | "
-                f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | "
+                f"{vs_f32:.1e} | {vs_exact:.1e} | {floor:.1e} | {vs_exact / floor:.2g} | "
                 f"{worst:.1e} (`{worst_key}`) |"
             )
             pre = f"step/{kind}/{n_steps}/"
@@ -484,7 +543,8 @@ def main(argv=None) -> int:
     lines += [
         "",
         "Reading the table: in float32 a few steps of this tiny network are "
-        "ill-conditioned (a width-2 net, 16 images per BatchNorm batch, 40% random labels): "
+        f"ill-conditioned (a width-{args.width} net, 16 images per BatchNorm batch, 40% "
+        "random labels): "
         "the original's own float32 run is as far from its float64 run (`float32 floor`) "
         "as jaxnoise is. jaxnoise (float32) is as close to the exact original (float64) as "
         "the original's float32 run is, which is what float32 rounding allows.",
@@ -500,8 +560,8 @@ def main(argv=None) -> int:
     header = [
         "# Equivalence with the published code (PaulAlbert31/LabelNoiseCorrection)",
         "",
-        f"Command: `python benchmarks/equivalence/compare.py --orig-dir ORIG"
-        f"{' --write-fixtures' if args.write_fixtures else ''}` (torch {torch.__version__}, "
+        f"Command: `python benchmarks/equivalence/compare.py --orig-dir ORIG --data TAR"
+        f"{command_options(args)}` (torch {torch.__version__}, "
         f"jax {jax.__version__}, {platform.machine()} CPU, jaxnoise {git_commit()}, "
         f"{time.time() - t0:.0f} s). Real CIFAR-10 images (the first 5 training JPEGs of each "
         "class from ../shared/data, 48 used), 40% of their labels redrawn at random; the "
@@ -509,14 +569,39 @@ def main(argv=None) -> int:
         "into jaxnoise's; no augmentation on either side (the same batch goes to both).",
         "",
     ]
-    write_files(RESULTS, header + lines, FIXTURE if args.write_fixtures else None, fx)
+    write_files(args.out, header + lines, FIXTURE if args.write_fixtures else None, fx)
     return 0
 
 
+def command_options(args) -> str:
+    """The options of this run that differ from the defaults, as typed."""
+    out = []
+    if args.width != 2:
+        out.append(f"--width {args.width}")
+    if args.logit_widths != [16, 64]:
+        out.append(" ".join(["--logit-widths", *map(str, args.logit_widths)]))
+    if args.row_seed:
+        out.append(f"--row-seed {args.row_seed}")
+    if args.kinds != list(STEP_KINDS):
+        out.append(" ".join(["--kinds", *(f'"{k}"' if " " in k else k for k in args.kinds)]))
+    if args.step_counts != [1, STEPS]:
+        out.append(" ".join(["--step-counts", *map(str, args.step_counts)]))
+    if args.write_fixtures:
+        out.append("--write-fixtures")
+    return "".join(" " + o for o in out)
+
+
 def write_files(results: str, lines: list[str], fixture: str | None, fx: dict) -> None:
-    """The results page, and (``fixture`` given) the original's outputs as the test fixture."""
+    """The results page (keeping its hand-measured ``## 4.`` section), and (``fixture`` given) the
+    original's outputs as the test fixture."""
+    kept = ""
+    if os.path.exists(results):
+        with open(results) as f:
+            old = f.read()
+        if "\n## 4." in old:
+            kept = "\n" + old[old.index("\n## 4.") + 1 :]
     with open(results, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n" + kept)
     print(f"wrote {results}")
     if fixture:
         os.makedirs(os.path.dirname(fixture), exist_ok=True)
