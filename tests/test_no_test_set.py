@@ -86,7 +86,8 @@ def _assert_no_test_metrics(wd: str) -> list[dict]:
     assert roc_auc_score(per["noise_mask"], per["p_noisy"]) > 0.9
     with open(os.path.join(wd, "label_issues.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == int(np.sum(per["p_noisy"] > 0.5)) > 0
+    # the default cut: as many as the noise model estimates wrong, round(sum p(noisy))
+    assert len(rows) == int(np.rint(np.sum(per["p_noisy"], dtype=np.float64))) > 0
     assert os.path.isfile(os.path.join(wd, "figures", "accuracy_auroc.png"))
     return records
 
@@ -132,6 +133,7 @@ def test_a_features_file_without_a_test_set_trains_end_to_end(tmp_path):
     assert len(_assert_no_test_metrics(str(wd))) == 3
 
 
+@pytest.mark.slow  # the features path without a test set is in the fast tier
 def test_dividemix_without_a_test_set(tmp_path):
     """DivideMix on the train side of a pair alone: the summary's accuracies are NaN, the done
     line says "no test set", the division still finds the flipped labels."""

@@ -811,6 +811,7 @@ def test_a_workdir_that_is_a_file_or_below_one_is_refused_before_loading(tmp_pat
     assert len(child.lines) == 1, child.output
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_for_lack_of_space_is_one_line_at_once(reference, tmp_path):
     """The disk full at the save of epoch 2: one line naming the checkpoint folder and the last
     committed checkpoint, exit 1, nothing after it; the run stops there (no epoch 3)."""
@@ -830,6 +831,7 @@ def test_a_save_that_fails_for_lack_of_space_is_one_line_at_once(reference, tmp_
     assert "epoch 3" not in child.output and _committed_steps(wd) == [STEPS]
 
 
+@pytest.mark.slow
 def test_a_second_signal_while_saving_waits_and_saved_means_committed(reference, tmp_path):
     """SIGTERM mid-epoch, then SIGINT while that checkpoint is being written: one line, the
     write completes, and "saved" is printed only once the checkpoint is committed."""

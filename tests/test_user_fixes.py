@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from jaxnoise import inputs, loops, mixture, runkit
 from jaxnoise import metrics as metrics_lib
+from jaxnoise import writers as writers_lib
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.dividemix import config as dm_config
 
@@ -77,6 +78,7 @@ def fake_run(tmp_path, config, mask: np.ndarray) -> types.SimpleNamespace:
         noise_known=metrics_lib.noise_known(mask),
         has_test=True,
         guard=types.SimpleNamespace(signal_name=None, signum=None),
+        writers=writers_lib.Writers(),  # none open
     )
 
 
