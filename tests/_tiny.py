@@ -1,9 +1,30 @@
-"""Helpers for tests that read the session's shared tiny run (tests/conftest.py
-``bootstrap_run``, whose config is ``tests/_signal_run.py``'s ``get_config``)."""
+"""The session's shared tiny runs (tests/conftest.py): ``bootstrap_run``, whose config is
+``tests/_signal_run.py``'s ``get_config``, and ``dividemix_run``, whose config is
+:func:`dividemix_config`; helpers for the tests that read them."""
 
 from __future__ import annotations
 
 import shutil
+
+from configs import quickstart_dividemix
+from tests._signal_run import set_fields
+
+
+def dividemix_config(**overrides):
+    """quickstart_dividemix shrunk: 500 digits at 90% symmetric noise (so the loss-history path
+    of the official ``r == 0.9`` branch runs, and lambda_u / p_threshold come from the paper's
+    table), width 8, 3 epochs (warm-up epoch 1, semi-supervised 2 and 3)."""
+    c = quickstart_dividemix.get_config()
+    c.data.subset_per_class = 50
+    c.width = 8
+    c.noise = 0.9
+    c.epochs = 3
+    c.lr_milestones = (3,)
+    c.dividemix.warm_up = 1
+    c.dividemix.lambda_u_rampup = 1.0
+    c.dividemix.loss_history = 2
+    c.log_every_seconds = 0.0
+    return set_fields(c, **overrides)
 
 
 def copy_run(workdir, destination):

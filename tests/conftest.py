@@ -60,3 +60,24 @@ def bootstrap_run(tmp_path_factory):
         mp.setattr(bootstrap_loop, "build", capture_pieces)
         summary = loops.train_and_evaluate(_signal_run.get_config(), str(workdir))
     return summary, workdir, (runs[-1], built[-1][0])
+
+
+@pytest.fixture(scope="session")
+def dividemix_run(tmp_path_factory):
+    """The tiny DivideMix run (``tests/_tiny.py`` ``dividemix_config``) through
+    ``loops.train_and_evaluate``: (summary, workdir, its ``Pieces``: the compiled functions)."""
+    from jaxnoise import loops
+    from jaxnoise.dividemix import loop as dm_loop
+    from tests import _tiny
+
+    built, build = [], dm_loop.build
+
+    def capture(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    workdir = str(tmp_path_factory.mktemp("dividemix_run") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dm_loop, "build", capture)
+        summary = loops.train_and_evaluate(_tiny.dividemix_config(), workdir)
+    return summary, workdir, built[-1][0]

@@ -18,29 +18,16 @@ import sys
 import numpy as np
 import pytest
 
-from configs import quickstart_dividemix
 from jaxnoise import config as config_lib
 from jaxnoise import loops, runkit, stops
 from jaxnoise.dividemix import config as dm_config
 from jaxnoise.dividemix import loop as dm_loop
-from tests._signal_run import set_fields
+from tests import _tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
-    """quickstart_dividemix shrunk: 500 samples, width 8, 3 epochs (warm-up epoch 1)."""
-    c = quickstart_dividemix.get_config()
-    c.data.subset_per_class = 50
-    c.width = 8
-    c.noise = 0.9
-    c.epochs = 3
-    c.lr_milestones = (3,)
-    c.dividemix.warm_up = 1
-    c.dividemix.lambda_u_rampup = 1.0
-    c.dividemix.loss_history = 2
-    c.log_every_seconds = 0.0
-    return set_fields(c, **overrides)
+tiny_config = _tiny.dividemix_config
 
 
 def _without_seconds(history) -> str:
@@ -48,23 +35,10 @@ def _without_seconds(history) -> str:
     return json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in history])
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    """(summary, workdir, pieces) of the uninterrupted tiny run, through
-    loops.train_and_evaluate (``pieces``: its compiled functions)."""
-    wd = str(tmp_path_factory.mktemp("dividemix") / "full")
-    built, build = [], dm_loop.build
-
-    def capture(*args, **kwargs):
-        built.append(build(*args, **kwargs))
-        return built[-1]
-
-    dm_loop.build = capture
-    try:
-        summary = loops.train_and_evaluate(tiny_config(), wd)
-    finally:
-        dm_loop.build = build
-    return summary, wd, built[-1][0]
+@pytest.fixture
+def full_run(dividemix_run):
+    """(summary, workdir, pieces) of the session's uninterrupted tiny run."""
+    return dividemix_run
 
 
 def test_tiny_run_finishes_with_finite_metrics_and_writes_the_workdir(full_run):

@@ -288,6 +288,7 @@ def test_config_refuses_mismatched_features_settings(tmp_path):
 # One run on tiny synthetic embeddings
 
 
+@pytest.mark.slow  # the embeddings path end to end in the fast tier: tests/test_no_test_set.py
 def test_end_to_end_on_synthetic_embeddings(tmp_path):
     k, d = 4, 16
     centers = RNG.normal(0, 3, (k, d))

@@ -4,8 +4,8 @@ newest checkpoint on new data, normalised as the run's inputs were.
 The check: the predictions of a run's own training images equal the run's per_sample.npz
 predictions (made by the run itself, from the same checkpoint): a wrong mean / std, a train-mode
 forward or, for DivideMix, one network instead of the sum of both would change them. Tiny runs:
-a width-8 CNN on 300 digits, 2 epochs (the bootstrap baseline CE, and DivideMix with one warm-up
-epoch and one semi-supervised epoch).
+the bootstrap baseline CE, a width-8 CNN on 300 digits for 2 epochs, and the session's DivideMix
+run (tests/conftest.py ``dividemix_run``: 500 digits, one warm-up and two semi-supervised epochs).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import types
 import numpy as np
 import pytest
 
-from configs import quickstart, quickstart_dividemix
+from configs import quickstart
 from jaxnoise import inference, inputs, loops
+from tests import _tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,21 +46,18 @@ def bootstrap_config():
     return c
 
 
-def dividemix_config():
-    """DivideMix on digits: epoch 1 warm-up, epoch 2 semi-supervised."""
-    c = _shrink(quickstart_dividemix.get_config())
-    c.dividemix.warm_up = 1
-    c.dividemix.lambda_u_rampup = 1.0
-    return c
-
-
 @pytest.fixture(scope="module", params=["bootstrap", "dividemix"])
 def finished(request, tmp_path_factory):
-    """(config, workdir, training images) of a finished tiny run."""
-    c = bootstrap_config() if request.param == "bootstrap" else dividemix_config()
-    wd = str(tmp_path_factory.mktemp(request.param) / "run")
-    summary = loops.train_and_evaluate(c, wd)
-    assert summary["epochs_done"] == 2 and not summary["interrupted"]
+    """(config, workdir, training images) of a finished tiny run: CE trained here; DivideMix
+    the session's run (tests/conftest.py ``dividemix_run``, read only)."""
+    if request.param == "dividemix":
+        summary, wd, _ = request.getfixturevalue("dividemix_run")
+        c = _tiny.dividemix_config()
+    else:
+        c = bootstrap_config()
+        wd = str(tmp_path_factory.mktemp(request.param) / "run")
+        summary = loops.train_and_evaluate(c, wd)
+    assert summary["epochs_done"] == c.epochs and not summary["interrupted"]
     return c, wd, inputs.load_data(c).train_images
 
 
@@ -70,10 +68,10 @@ def test_predictions_of_the_training_images_are_the_runs_own(finished):
     run = inference.load_run(wd)
     assert run.class_names == [str(i) for i in range(10)]
     assert run.input_shape == (8, 8, 1) and run.input_dtype == "uint8"
-    assert run.position == "the end of epoch 2" and run.config.method == c.method
+    assert run.position == f"the end of epoch {c.epochs}" and run.config.method == c.method
     out = run.predict(images)
     per = np.load(os.path.join(wd, "per_sample.npz"))
-    assert out["logits"].dtype == np.float32 and out["logits"].shape == (300, 10)
+    assert out["logits"].dtype == np.float32 and out["logits"].shape == (len(images), 10)
     assert out["probs"].dtype == np.float32 and out["prediction"].dtype == np.int32
     np.testing.assert_array_equal(out["prediction"], per["prediction"])
     np.testing.assert_allclose(out["logits"], per["logits"], rtol=1e-5, atol=1e-5)

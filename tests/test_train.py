@@ -129,6 +129,7 @@ def test_each_method_step_reduces_its_loss(warm, case):
      pytest.param(dict(mixture_scope="class", loss_signal="mean_k", signal_k=2,
                        posterior_source="epoch"), True, id="class+mean_k")],
 )  # fmt: skip
+@pytest.mark.slow  # ~30 s; the per-class fits and signals themselves: test_mixture_scope.py
 def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
     """mixture_scope="class" and an accumulated loss_signal train end to end (bootstrapping from
     epoch 2 uses them), and a run stopped after epoch 1 resumes with the same mixtures and
