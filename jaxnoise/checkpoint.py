@@ -251,12 +251,19 @@ def array_checksums(items: dict[str, Any]) -> dict[str, dict[str, str]]:
     This detects accidental damage, not tampering: anyone can recompute a checksum.
     """
     named = [(k, n, x) for k, item in items.items() for n, x in _named(item).items()]
-    # One small program per shape, dtype and sharding (params and momentum share theirs), all
-    # dispatched before the first result is read.
-    sums = [_checksum_jit(x if isinstance(x, jax.Array) else jnp.asarray(x)) for _, _, x in named]
+    # One small program per shape, dtype and sharding (params and momentum share theirs). On one
+    # process all are dispatched before the first result is read. On several, each program is a
+    # collective across the processes, and XLA:CPU may run programs in flight concurrently, so
+    # two processes could enter their collectives in different orders and wait on each other
+    # for ever (seen: a two-process DivideMix run hung at a save): one at a time there.
+    one_by_one = jax.process_count() > 1
+    sums = []
+    for _, _, x in named:
+        s = _checksum_jit(x if isinstance(x, jax.Array) else jnp.asarray(x))
+        sums.append(_to_host(s) if one_by_one else s)
     out: dict[str, dict[str, str]] = {k: {} for k in items}
     for (k, n, _), s in zip(named, sums):
-        a, b = _to_host(s)
+        a, b = s if one_by_one else _to_host(s)
         out[k][n] = f"{int(a):08x}{int(b):08x}"
     return out
 
