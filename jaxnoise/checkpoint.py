@@ -37,11 +37,15 @@ names are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -69,6 +73,26 @@ _FRESH = "use another --workdir, or pass --fresh to discard that run and start a
 
 class CheckpointMismatch(ValueError):
     """A checkpoint whose structure differs from this run's (another code version or config)."""
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Orbax's reads of a damaged checkpoint leave coroutines whose error Python prints with a
+    traceback when they are collected (``Exception ignored in: <coroutine ...
+    _read_array_index_and_device_put>``). The damage is reported in one warning line instead;
+    any other unraisable error is printed as usual."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if "_read_array_index" not in repr(unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # collect the failed reads' coroutines while the hook is in place
+        sys.unraisablehook = previous
 
 
 class _Unreadable(Exception):
@@ -378,14 +402,15 @@ class Checkpointer:
         here = num_devices or device_count(template)
         failed: list[tuple[int, str]] = []
         restored = None
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self._restore(step, template, here)
-                break
-            except CheckpointMismatch:
-                raise
-            except Exception as e:  # damaged files: orbax/tensorstore/JSON errors of any type
-                failed.append((step, _reason(e)))
+        with _quiet_failed_reads():
+            for step in sorted(self.manager.all_steps(), reverse=True):
+                try:
+                    restored = self._restore(step, template, here)
+                    break
+                except CheckpointMismatch:
+                    raise
+                except Exception as e:  # damaged files: orbax/tensorstore/JSON errors of any type
+                    failed.append((step, _reason(e)))
         if restored is None and not failed:
             return None
         if restored is None:

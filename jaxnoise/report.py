@@ -61,6 +61,13 @@ def load_workdir(workdir: str) -> dict[str, Any]:
     if not os.path.isdir(workdir):
         raise WorkdirError(f"{workdir!r} is not a directory")
     missing = [f for f in REQUIRED if not os.path.exists(os.path.join(workdir, f))]
+    newest = newest_checkpoint(workdir) if missing else None
+    if missing and newest is not None:
+        raise WorkdirError(
+            f"{workdir!r} lacks {', '.join(missing)} but holds checkpoint {newest}: its outputs "
+            "were not written (the run was stopped or killed before them); re-run the training "
+            "command, which rebuilds them from the checkpoint"
+        )
     if missing:
         raise WorkdirError(
             f"{workdir!r} lacks {', '.join(missing)}: it does not hold a run with at least one "

@@ -103,6 +103,7 @@ def open_workdir(config, workdir: str, *, fresh: bool):
         os.makedirs(workdir, exist_ok=True)
         return None
     workdir_lib.check_writable(workdir)
+    workdir_lib.quiet_named_save_errors()  # a failed save is one line, not orbax's tracebacks
     lock = workdir_lib.lock(workdir)
     try:
         ckpt_lib.check_workdir_config(workdir, fingerprint(config), fresh=fresh)
@@ -487,7 +488,13 @@ def finish(run: Run, tree: dict, outputs: Callable[[dict], dict], interrupted: b
             )
         arrays = {k: parallel.gather_to_host(v) for k, v in outputs(tree).items()}  # collective
         if jax.process_index() == 0:
-            write_outputs(run, arrays, step)
+            try:
+                write_outputs(run, arrays, step)
+            except OSError as e:  # e.g. the disk filled after the final checkpoint committed
+                failed = workdir_lib.outputs_failed(e, run.workdir, step)
+                if failed is None:
+                    raise
+                raise failed from None
     return summary(run, interrupted)
 
 

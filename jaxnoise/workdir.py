@@ -17,10 +17,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -445,3 +447,51 @@ def save_failed(error: BaseException, path: str, last_committed: int | None) -> 
     return SaveFailed(
         f"could not save a checkpoint to {path}: {what} ({errno.errorcode[code]}); {fix}, {then}"
     )
+
+
+def outputs_failed(error: BaseException, workdir: str, step: int | None) -> SaveFailed | None:
+    """The one-line :class:`SaveFailed` of an error raised while writing a finished run's outputs
+    (per_sample.npz, the report) for the same OS errors as :func:`save_failed`; None for others."""
+    code = os_error_code(error)
+    if code not in _SAVE_ERRORS:
+        return None
+    what, fix = _SAVE_ERRORS[code]
+    return SaveFailed(
+        f"could not write the outputs of checkpoint {step} to {workdir}: {what} "
+        f"({errno.errorcode[code]}); {fix}, then rerun the same command (it rebuilds them from "
+        "the checkpoint, which is committed)"
+    )
+
+
+class NamedSaveErrors(logging.Filter):
+    """Drops the tracebacks orbax's background threads log for a save that failed for an OS
+    reason jaxnoise names in one line (:func:`save_failed`): a full disk logs one per thread
+    (18 for one save of a small run), the one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            if os_error_code(record.exc_info[1]) in _SAVE_ERRORS:
+                return False
+        message = record.getMessage()
+        return not any(f"[Errno {c}]" in message or f"os_error_code='{c}'" in message
+                       for c in _SAVE_ERRORS)  # fmt: skip
+
+
+def quiet_named_save_errors() -> None:
+    """Install :class:`NamedSaveErrors` on the logger orbax logs through (absl's), once; and
+    drop the ``Event loop is closed`` errors that the I/O callbacks of such a failed save print
+    after orbax closed their event loop (through ``sys.excepthook``)."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, NamedSaveErrors) for f in logger.filters):
+        logger.addFilter(NamedSaveErrors())
+    if not getattr(sys.excepthook, "jaxnoise", False):
+        previous = sys.excepthook
+
+        def hook(kind, value, tb) -> None:
+            if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+                previous(kind, value, tb)
+
+        hook.jaxnoise = True
+        sys.excepthook = hook

@@ -248,3 +248,32 @@ def test_save_failed_names_the_path_and_the_last_checkpoint():
         assert f": {what}; " in msg and "\n" not in msg
     assert workdir_lib.save_failed(ValueError("shape mismatch"), path, 3) is None
     assert workdir_lib.save_failed(OSError(errno.ENOENT, "No such file"), path, 3) is None
+
+
+def test_orbax_tracebacks_of_a_named_save_error_are_dropped_and_others_kept():
+    """The filter on absl's logger drops ERROR records of a save that failed for an OS reason
+    the one line names (ENOSPC as an OSError, or tensorstore's os_error_code), keeps the rest."""
+    import errno
+    import logging
+
+    f = workdir_lib.NamedSaveErrors()
+
+    def record(msg, exc=None, level=logging.ERROR):
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("absl", level, "x.py", 1, msg, (), info)
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert not f.filter(record("_SignalingThread.run() raised an exception", full))
+    assert not f.filter(record("RESOURCE_EXHAUSTED: ... [os_error_code='28']"))
+    assert f.filter(record("something else failed", ValueError("bad value")))
+    assert f.filter(record("[Errno 28] as a warning", level=logging.WARNING))
+    assert f.filter(record("permission", OSError(errno.EACCES, "Permission denied")))
+
+
+def test_outputs_failed_names_the_checkpoint_and_the_rerun():
+    import errno
+
+    e = workdir_lib.outputs_failed(OSError(errno.ENOSPC, "full"), "/w", 72)
+    assert isinstance(e, workdir_lib.SaveFailed) and "outputs of checkpoint 72 to /w" in str(e)
+    assert "(ENOSPC)" in str(e) and "rerun the same command" in str(e)
+    assert workdir_lib.outputs_failed(ValueError("x"), "/w", 72) is None

@@ -336,8 +336,11 @@ def main(argv):
     try:
         summary = loops.train_and_evaluate(config, workdir, fresh=_FRESH.value)
     except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        sys.exit(1)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+        # The failed save's I/O threads would print 'Event loop is closed' tracebacks while the
+        # interpreter shuts down; nothing is left to write (the lock goes with the process).
+        sys.stdout.flush()
+        os._exit(1)
     except (workdir_lib.WorkdirConflict, workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
         refuse(e)  # before any data was loaded
     except (ValueError, FileNotFoundError, FloatingPointError, data_lib.DatasetUnavailable) as e:
