@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -480,18 +479,7 @@ class NamedSaveErrors(logging.Filter):
 
 
 def quiet_named_save_errors() -> None:
-    """Install :class:`NamedSaveErrors` on the logger orbax logs through (absl's), once; and
-    drop the ``Event loop is closed`` errors that the I/O callbacks of such a failed save print
-    after orbax closed their event loop (through ``sys.excepthook``)."""
+    """Install :class:`NamedSaveErrors` on the logger orbax logs through (absl's), once."""
     logger = logging.getLogger("absl")
     if not any(isinstance(f, NamedSaveErrors) for f in logger.filters):
         logger.addFilter(NamedSaveErrors())
-    if not getattr(sys.excepthook, "jaxnoise", False):
-        previous = sys.excepthook
-
-        def hook(kind, value, tb) -> None:
-            if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-                previous(kind, value, tb)
-
-        hook.jaxnoise = True
-        sys.excepthook = hook

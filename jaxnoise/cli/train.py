@@ -337,9 +337,11 @@ def main(argv):
         summary = loops.train_and_evaluate(config, workdir, fresh=_FRESH.value)
     except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
         print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
-        # The failed save's I/O threads would print 'Event loop is closed' tracebacks while the
-        # interpreter shuts down; nothing is left to write (the lock goes with the process).
+        # The failed save's I/O threads go on failing for a moment and print 'Event loop is
+        # closed' tracebacks of their own (not through Python's hooks): the line above names
+        # the failure, so the process ends here, without them (the lock goes with it).
         sys.stdout.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         os._exit(1)
     except (workdir_lib.WorkdirConflict, workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
         refuse(e)  # before any data was loaded
