@@ -1248,8 +1248,10 @@ def row_7d() -> None:
         # Still starting: nothing may be saved. Already training (with a warm compilation
         # cache the tiny run trains within seconds): the checkpoint the line names is saved.
         saved, says = bool(committed(wd)), any("is saved in" in x for x in p.err)
-        what = "training had begun: the checkpoint the line names is saved" if says else (
-            "nothing saved"
+        what = (
+            "training had begun: the checkpoint the line names is saved"
+            if says
+            else ("nothing saved")
         )
         row(
             "7d",

@@ -474,8 +474,9 @@ class NamedSaveErrors(logging.Filter):
             if os_error_code(record.exc_info[1]) in _SAVE_ERRORS:
                 return False
         message = record.getMessage()
-        return not any(f"[Errno {c}]" in message or f"os_error_code='{c}'" in message
-                       for c in _SAVE_ERRORS)  # fmt: skip
+        return not any(
+            f"[Errno {c}]" in message or f"os_error_code='{c}'" in message for c in _SAVE_ERRORS
+        )
 
 
 def quiet_named_save_errors() -> None:
