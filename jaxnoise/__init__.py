@@ -19,7 +19,7 @@ The loss pieces for your own Flax/optax loop (``jaxnoise.losses``):
     mix, sample_mixup_lambda, dynamic_mixup_lambda, bootstrap_targets, mixup_bootstrap_loss,
     class_balance_regularizer
 
-Runs (``jaxnoise.api``, ``jaxnoise.inference``):
+Runs (``jaxnoise.api``, ``jaxnoise.config``, ``jaxnoise.inference``):
     get_config             a preset config by name, with fields overridden
     validate               check a config without loading anything
     train                  train a config in a workdir; returns the summary
@@ -50,7 +50,7 @@ _EXPORTS = {
     "mixup_bootstrap_loss": "jaxnoise.losses",
     "class_balance_regularizer": "jaxnoise.losses",
     "get_config": "jaxnoise.api",
-    "validate": "jaxnoise.api",
+    "validate": "jaxnoise.config",
     "train": "jaxnoise.api",
     "load_run": "jaxnoise.inference",
 }

@@ -28,12 +28,6 @@ def get_config(name: str = "default", /, **overrides: Any) -> ml_collections.Con
     return config_lib.override(configs.get(name), **overrides)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Check every field's type, range and consistency without loading anything; a one-line
-    ``ValueError`` names the first bad field, its value and what is allowed."""
-    config_lib.validate(config)
-
-
 def train(
     config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False
 ) -> dict[str, Any]:

@@ -280,14 +280,13 @@ def array_checksums(items: dict[str, Any]) -> dict[str, dict[str, str]]:
     # collective across the processes, and XLA:CPU may run programs in flight concurrently, so
     # two processes could enter their collectives in different orders and wait on each other
     # for ever (seen: a two-process DivideMix run hung at a save): one at a time there.
-    one_by_one = jax.process_count() > 1
-    sums = []
-    for _, _, x in named:
-        s = _checksum_jit(x if isinstance(x, jax.Array) else jnp.asarray(x))
-        sums.append(_to_host(s) if one_by_one else s)
+    arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, _, x in named]
+    if jax.process_count() > 1:
+        sums = [_to_host(_checksum_jit(x)) for x in arrays]
+    else:
+        sums = [_to_host(s) for s in [_checksum_jit(x) for x in arrays]]
     out: dict[str, dict[str, str]] = {k: {} for k in items}
-    for (k, n, _), s in zip(named, sums):
-        a, b = s if one_by_one else _to_host(s)
+    for (k, n, _), (a, b) in zip(named, sums):
         out[k][n] = f"{int(a):08x}{int(b):08x}"
     return out
 

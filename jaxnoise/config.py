@@ -180,7 +180,8 @@ def _check_names(flat: dict[str, Any], method: str) -> None:
 
 
 def validate(config: Any) -> None:
-    """Check every field's type, range and consistency; raise ValueError naming the field."""
+    """Check every field's type, range and consistency without loading anything; a one-line
+    ``ValueError`` names the first bad field, its value and what is allowed."""
     flat = _as_flat_dict(config)
     method = _check_method(flat)
     _check_names(flat, method)

@@ -428,14 +428,27 @@ def _cut(a: _Analysis, cut: str, threshold: float, count) -> np.ndarray:
         return flagged
     if noise.class_counts is None:
         return _top(a.keys, noise.noisy_count)
-    by_class = np.argsort(a.labels, kind="stable")
-    bounds = np.searchsorted(a.labels[by_class], np.arange(noise.class_counts.size + 1))
+    return _top_per_class(a.keys, a.labels, noise.class_counts)
+
+
+def _top_per_class(keys: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The ``counts[k]`` first samples of the order among those labelled ``k``, for every
+    class k (unordered)."""
+    by_class = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[by_class], np.arange(counts.size + 1))
     return np.concatenate(
-        [
-            _top(a.keys, int(c), by_class[bounds[k] : bounds[k + 1]])
-            for k, c in enumerate(noise.class_counts)
-        ]
+        [_top(keys, int(c), by_class[bounds[k] : bounds[k + 1]]) for k, c in enumerate(counts)]
     )
+
+
+def top_per_class(
+    p_noisy: np.ndarray, losses: np.ndarray, labels: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Indices of the ``counts[k]`` most suspect samples (the order of :func:`rank`) of each
+    class ``k`` of ``labels`` (N,) int, in the order of :func:`rank`: (M,) int64."""
+    keys = _sort_keys(p_noisy, losses)
+    labels = np.asarray(labels, np.int64)
+    return _order(keys, _top_per_class(keys, labels, np.asarray(counts))).astype(np.int64)
 
 
 def _check_cut(cut, threshold, count) -> None:

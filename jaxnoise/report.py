@@ -224,21 +224,14 @@ def flagged(
     if cut not in CUTS:
         raise ValueError(f"cut must be one of {', '.join(CUTS)}, got {cut!r}")
     p = np.asarray(per_sample["p_noisy"], np.float32)
-    order = issues_lib.rank(p, np.asarray(per_sample["loss"], np.float32))
+    loss = np.asarray(per_sample["loss"], np.float32)
+    if cut == "auto" and per_class:
+        labels = np.asarray(per_sample["noisy_label"], np.int64)
+        return issues_lib.top_per_class(p, loss, labels, estimated_wrong(p, labels))
+    order = issues_lib.rank(p, loss)
     if cut == "threshold":
         return order[p[order] > threshold]
-    if cut == "count":
-        return order[: int(count)]
-    if not per_class:
-        return order[: int(estimated_wrong(p))]
-    labels = np.asarray(per_sample["noisy_label"], np.int64)
-    counts = estimated_wrong(p, labels)
-    ranked = labels[order]  # each position's class; its rank within the class below
-    within = np.empty(order.size, np.int64)
-    for c in range(counts.size):
-        at = np.flatnonzero(ranked == c)
-        within[at] = np.arange(at.size)
-    return order[within < counts[ranked]]
+    return order[: int(count if cut == "count" else estimated_wrong(p))]
 
 
 def label_issues(

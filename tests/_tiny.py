@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 from configs import quickstart_dividemix
 from tests._signal_run import set_fields
@@ -31,3 +32,28 @@ def copy_run(workdir, destination):
     """A copy of a shared run's workdir (for a test that writes into it)."""
     shutil.copytree(workdir, destination)
     return destination
+
+
+def record_returns(mp, module, name: str) -> list:
+    """Patch ``module.name`` (with ``mp``, a pytest MonkeyPatch) to also append each value it
+    returns to the list returned here (e.g. a run's compiled pieces)."""
+    returned, original = [], getattr(module, name)
+
+    def recording(*args, **kwargs):
+        returned.append(original(*args, **kwargs))
+        return returned[-1]
+
+    mp.setattr(module, name, recording)
+    return returned
+
+
+def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``jaxnoise ARGS`` called in this process: its exit code and captured stdout / stderr."""
+    from jaxnoise import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)

@@ -41,23 +41,12 @@ def bootstrap_run(tmp_path_factory):
     ``Pieces``, whose compiled steps later calls reuse))."""
     from jaxnoise import loops, runkit
     from jaxnoise.bootstrap import loop as bootstrap_loop
-    from tests import _signal_run
-
-    runs, built = [], []
-    open_run, build = runkit.open_run, bootstrap_loop.build
-
-    def capture_run(*args, **kwargs):
-        runs.append(open_run(*args, **kwargs))
-        return runs[-1]
-
-    def capture_pieces(*args, **kwargs):
-        built.append(build(*args, **kwargs))
-        return built[-1]
+    from tests import _signal_run, _tiny
 
     workdir = tmp_path_factory.mktemp("bootstrap_run") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runkit, "open_run", capture_run)
-        mp.setattr(bootstrap_loop, "build", capture_pieces)
+        runs = _tiny.record_returns(mp, runkit, "open_run")
+        built = _tiny.record_returns(mp, bootstrap_loop, "build")
         summary = loops.train_and_evaluate(_signal_run.get_config(), str(workdir))
     return summary, workdir, (runs[-1], built[-1][0])
 
@@ -70,14 +59,8 @@ def dividemix_run(tmp_path_factory):
     from jaxnoise.dividemix import loop as dm_loop
     from tests import _tiny
 
-    built, build = [], dm_loop.build
-
-    def capture(*args, **kwargs):
-        built.append(build(*args, **kwargs))
-        return built[-1]
-
     workdir = str(tmp_path_factory.mktemp("dividemix_run") / "run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dm_loop, "build", capture)
+        built = _tiny.record_returns(mp, dm_loop, "build")
         summary = loops.train_and_evaluate(_tiny.dividemix_config(), workdir)
     return summary, workdir, built[-1][0]

@@ -19,6 +19,7 @@ import pytest
 
 from jaxnoise import configs
 from jaxnoise.cli import train as train_cli
+from tests import _tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = os.path.join(ROOT, "jaxnoise", "configs")
@@ -335,24 +336,12 @@ def test_find_issues_writes_the_libraries_list(tmp_path):
         assert [int(row["index"]) for row in csv.DictReader(f)] == expected[:7].tolist()
 
 
-def _in_process(capsys, *args: str):
-    """``jaxnoise ARGS`` called in this process: (exit code, stdout, stderr)."""
-    from jaxnoise import cli
-
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
 def test_find_issues_refuses_in_one_line(tmp_path, capsys):
     """A missing file, an .npz without the key, two sources, mismatched lengths: one line each
     (the command called in this process)."""
 
     def cli(*args):
-        return _in_process(capsys, *args)
+        return _tiny.cli_in_process(capsys, *args)
 
     _digits_probs(tmp_path)
     labels, arrays = str(tmp_path / "labels.npy"), str(tmp_path / "arrays.npz")

@@ -61,13 +61,9 @@ def _linear_state(seed: int):
     )
 
 
-@pytest.fixture(scope="module")
-def linear():
-    """(config, graphdef, tx, state, other state, data, p_clean, the jitted semi step)."""
-    c, graphdef, tx, state = _linear_state(0)
-    _, _, _, other = _linear_state(1)
-    x, y, p_clean = _problem()
-    step = dms.make_semi_step(
+def _semi_step(graphdef, tx, c, **options):
+    """The semi step of this file's linear problem (its constants), with ``options``."""
+    return dms.make_semi_step(
         graphdef,
         tx,
         c,
@@ -80,7 +76,17 @@ def linear():
         lambda_max=LAMBDA_MAX,
         warm_up=WARM_UP,
         rampup=RAMPUP,
+        **options,
     )
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """(config, graphdef, tx, state, other state, data, p_clean, the jitted semi step)."""
+    c, graphdef, tx, state = _linear_state(0)
+    _, _, _, other = _linear_state(1)
+    x, y, p_clean = _problem()
+    step = _semi_step(graphdef, tx, c)
     data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
     return c, graphdef, tx, state, other, data, p_clean, step
 
@@ -213,21 +219,7 @@ def test_augdesc_ws_targets_from_weak_views_mixmatch_of_strong_views(linear, mon
     gradient) on the strong ones; the same draws as the weak step."""
     monkeypatch.setattr(strong_augment, "strong_augment", _fake_strong)
     c, graphdef, tx, state, other, data, p_clean, _ = linear
-    step = dms.make_semi_step(
-        graphdef,
-        tx,
-        c,
-        C,
-        MEAN,
-        STD,
-        batch_size=B,
-        T=T,
-        alpha=ALPHA,
-        lambda_max=LAMBDA_MAX,
-        warm_up=WARM_UP,
-        rampup=RAMPUP,
-        views="augdesc-ws",
-    )
+    step = _semi_step(graphdef, tx, c, views="augdesc-ws")
     x, y = np.asarray(data["images"], np.float64), np.asarray(data["labels"])
     mask, (epoch, s, net) = p_clean > 0.5, (13, 1, 0)
     new, m, num_iter = _call_semi(linear, mask, epoch, s, net, step=step)
@@ -392,20 +384,7 @@ def test_batchnorm_modes_and_running_statistics_order():
     graphdef, state = _bn_state(0, tx)
     _, other = _bn_state(1, tx)
     other["stats"] = jax.tree.map(lambda v: v + 0.5, other["stats"])  # eval != train mode
-    step = dms.make_semi_step(
-        graphdef,
-        tx,
-        c,
-        C,
-        MEAN,
-        STD,
-        batch_size=B,
-        T=T,
-        alpha=ALPHA,
-        lambda_max=LAMBDA_MAX,
-        warm_up=WARM_UP,
-        rampup=RAMPUP,
-    )
+    step = _semi_step(graphdef, tx, c)
     epoch, s, net, num_iter = 30, 1, 0, int(mask.sum()) // B + 1
     data = {"images": jnp.asarray(x), "labels": jnp.asarray(y)}
     orders = dms.pool_orders(c.seed, _int(epoch), _int(net), jnp.asarray(mask))

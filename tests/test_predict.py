@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -203,18 +202,6 @@ def test_inputs_that_do_not_fit_the_model_are_refused(finished, tmp_path):
         run.predict(str(tmp_path / "absent.npy"))
 
 
-def _cli_in_process(capsys, *args: str):
-    """``jaxnoise ARGS`` called in this process: (exit code, stdout, stderr)."""
-    from jaxnoise import cli
-
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return types.SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-
 def test_the_predict_verb_refuses_in_one_line_with_exit_code_2(finished, tmp_path, capsys):
     """(In this process: the command's own exit code and stderr; the subprocess form is the
     verb test above.)"""
@@ -226,7 +213,7 @@ def test_the_predict_verb_refuses_in_one_line_with_exit_code_2(finished, tmp_pat
         ((bare, "--inputs", str(tmp_path / "f.npy")), "holds no checkpoint"),
         ((wd,), "the following arguments are required: --inputs"),
     ]:
-        r = _cli_in_process(capsys, "predict", *args, "--out", str(tmp_path / "p.csv"))
+        r = _tiny.cli_in_process(capsys, "predict", *args, "--out", str(tmp_path / "p.csv"))
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
         assert lines[0].startswith("error: ") and text in lines[0], lines[0]

@@ -20,7 +20,7 @@ from jaxnoise import inputs, loops, mixture, optim, runkit, schedule
 from jaxnoise.bootstrap import loop as bootstrap_loop
 from jaxnoise.bootstrap import schedule as bootstrap_schedule
 from jaxnoise.bootstrap import step as step_lib
-from tests import _signal_run
+from tests import _signal_run, _tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,12 +149,8 @@ def test_noise_model_options_run_and_resume_exactly(tmp_path, options, resume):
 def _run_capturing(config, workdir, monkeypatch):
     """train_and_evaluate, also returning its bootstrap Pieces (the compiled steps) and the train
     state saved at the end of each epoch (on the host)."""
-    built, saved = [], {}
-    build, save = bootstrap_loop.build, runkit.save
-
-    def capture_pieces(*args, **kwargs):
-        built.append(build(*args, **kwargs))
-        return built[-1]
+    saved, save = {}, runkit.save
+    built = _tiny.record_returns(monkeypatch, bootstrap_loop, "build")
 
     def capture_save(run, tree, epoch_done, step_in_epoch=0, **partial):
         saved[(epoch_done, step_in_epoch)] = jax.device_get(
@@ -162,7 +158,6 @@ def _run_capturing(config, workdir, monkeypatch):
         )
         return save(run, tree, epoch_done, step_in_epoch, **partial)
 
-    monkeypatch.setattr(bootstrap_loop, "build", capture_pieces)
     monkeypatch.setattr(runkit, "save", capture_save)
     return loops.train_and_evaluate(config, workdir), built[-1][0], saved
 
