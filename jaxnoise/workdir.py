@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -479,8 +480,36 @@ class NamedSaveErrors(logging.Filter):
         )
 
 
+def _late_io_callback(unraisable: Any) -> bool:
+    """Whether an unraisable error is a tensorstore I/O callback that found orbax's event loop
+    closed: when one write of a save fails (a full disk), orbax closes the save's loop while the
+    save's other writes are still in flight, and each of them, on completing, calls
+    ``loop.call_soon_threadsafe`` from tensorstore's C++ thread (no Python caller, so no object
+    to name) and gets ``RuntimeError: Event loop is closed``. Up to 27 such tracebacks came
+    before the one line of :func:`save_failed`; the failed save itself is reported by that line."""
+    error, tb = unraisable.exc_value, unraisable.exc_traceback
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    if unraisable.object is not None or tb is None:
+        return False
+    return tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+
+
+def _drop_late_io_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(unraisable: Any) -> None:
+        if not _late_io_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_late_io_callbacks = True  # type: ignore[attr-defined]
+    return hook
+
+
 def quiet_named_save_errors() -> None:
-    """Install :class:`NamedSaveErrors` on the logger orbax logs through (absl's), once."""
+    """Install :class:`NamedSaveErrors` on the logger orbax logs through (absl's), and drop the
+    late I/O callbacks of a failed save (:func:`_late_io_callback`) from ``sys.unraisablehook``;
+    once each. Every other log record and unraisable error goes where it went before."""
     logger = logging.getLogger("absl")
     if not any(isinstance(f, NamedSaveErrors) for f in logger.filters):
         logger.addFilter(NamedSaveErrors())
+    if not getattr(sys.unraisablehook, "drops_late_io_callbacks", False):
+        sys.unraisablehook = _drop_late_io_callbacks(sys.unraisablehook)

@@ -277,3 +277,40 @@ def test_outputs_failed_names_the_checkpoint_and_the_rerun():
     assert isinstance(e, workdir_lib.SaveFailed) and "outputs of checkpoint 72 to /w" in str(e)
     assert "(ENOSPC)" in str(e) and "rerun the same command" in str(e)
     assert workdir_lib.outputs_failed(ValueError("x"), "/w", 72) is None
+
+
+def test_late_io_callbacks_of_a_failed_save_are_dropped_and_nothing_else(monkeypatch):
+    """A tensorstore future completing after orbax closed the save's event loop (what the
+    save's other writes do once one write hit a full disk) raises ``Event loop is closed`` in
+    tensorstore's thread; Python prints it through ``sys.unraisablehook``, with a traceback
+    before jaxnoise's one line. The filter drops exactly that; other unraisable errors pass."""
+    import asyncio
+
+    import tensorstore as ts
+
+    seen: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    workdir_lib.quiet_named_save_errors()
+    workdir_lib.quiet_named_save_errors()  # once: not wrapped twice
+
+    promise, write = ts.Promise.new()
+
+    async def pending_write() -> None:
+        await write
+
+    async def failed_save() -> None:
+        asyncio.ensure_future(pending_write())
+        await asyncio.sleep(0.01)  # another write failed: the save ends, this one in flight
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(failed_save())
+    loop.close()
+    promise.set_result(1)  # the write completes into the closed loop
+    assert seen == []
+
+    class Collected:
+        def __del__(self):
+            raise ValueError("another unraisable error")
+
+    Collected()
+    assert [str(e) for e in seen] == ["another unraisable error"]
