@@ -121,17 +121,25 @@ def newest_checkpoint(workdir: str) -> int | None:
 
 def _check_made_from_newest(workdir: str, arrays: dict) -> int | None:
     """The checkpoint per_sample.npz was made from; WorkdirError when the workdir holds a newer
-    one (the outputs are stale: the training command rebuilds them). Arrays written before
-    jaxnoise recorded it name none and are taken as they are."""
+    one (the outputs are stale: the training command rebuilds them), or when the arrays do not
+    say (written by a jaxnoise from before outputs recorded their checkpoint: they may be those
+    of a stop, older than the newest checkpoint). Without checkpoints there is nothing to
+    compare with, and the arrays are taken as they are."""
     made = int(arrays.pop("checkpoint")) if "checkpoint" in arrays else None
     newest = newest_checkpoint(workdir)
-    if made is not None and newest is not None and made != newest:
+    if newest is None or made == newest:
+        return made
+    if made is None:
         raise WorkdirError(
-            f"{workdir!r}: its per_sample.npz was made from checkpoint {made}, but its newest "
-            f"checkpoint is {newest} (a run stopped or killed before it wrote its outputs): "
-            "re-run the training command, which makes them from the newest checkpoint"
+            f"{workdir!r}: its per_sample.npz does not record the checkpoint it was made from "
+            f"(written by an older jaxnoise, perhaps at a stop) and its newest checkpoint is "
+            f"{newest}: re-run the training command, which rebuilds the outputs from it"
         )
-    return made
+    raise WorkdirError(
+        f"{workdir!r}: its per_sample.npz was made from checkpoint {made}, but its newest "
+        f"checkpoint is {newest} (a run stopped or killed before it wrote its outputs): "
+        "re-run the training command, which makes them from the newest checkpoint"
+    )
 
 
 # ------------------------------------------------------------------------------------------------

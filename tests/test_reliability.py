@@ -747,7 +747,8 @@ class _Killed(BaseException):
 def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monkeypatch, capsys):
     """A kill after the final checkpoint commits and before the outputs are written (a fresh
     workdir, and a workdir holding the outputs of an earlier checkpoint, as a run stopped after
-    epoch 1 leaves them): the report refuses the stale outputs in one line; a re-run makes the
+    epoch 1 leaves them, also as a jaxnoise from before outputs recorded their checkpoint left
+    them): the report refuses the stale outputs in one line; a re-run makes the
     outputs of the newest checkpoint, says so, and they equal an uninterrupted run's byte for
     byte."""
     from jaxnoise import report
@@ -759,22 +760,29 @@ def test_outputs_of_a_kill_after_the_final_checkpoint_are_rebuilt(tmp_path, monk
     def killed(*args, **kwargs):
         raise _Killed
 
-    for name, first_epochs in (("fresh", 0), ("stopped", 1)):
+    for name, first_epochs in (("fresh", 0), ("stopped", 1), ("stopped-pre-fix", 1)):
         wd = tmp_path / name
         if first_epochs:  # outputs of checkpoint 24 (epoch 1) in the workdir
             loops.train_and_evaluate(c, str(wd), stop_after_epoch=first_epochs)
             assert json.loads((wd / "outputs.json").read_text())["checkpoint"] == STEPS
+        if name.endswith("pre-fix"):  # per_sample.npz without its checkpoint, no outputs.json
+            with np.load(wd / "per_sample.npz") as d:
+                arrays = {k: d[k] for k in d.files if k != "checkpoint"}
+            np.savez(wd / "per_sample.npz", **arrays)
+            (wd / "outputs.json").unlink()
         monkeypatch.setattr(runkit, "write_outputs", killed)
         with pytest.raises(_Killed):
             loops.train_and_evaluate(c, str(wd))
         monkeypatch.setattr(runkit, "write_outputs", write)
         assert _committed_steps(wd)[-1] == 3 * STEPS
         if first_epochs:
-            with pytest.raises(
-                report.WorkdirError,
-                match=rf"made from checkpoint {STEPS}, but its "
-                rf"newest checkpoint is {3 * STEPS}",
-            ):
+            refused = (
+                rf"does not record the checkpoint it was made from .* newest checkpoint is "
+                rf"{3 * STEPS}: re-run the training command"
+                if name.endswith("pre-fix")
+                else rf"made from checkpoint {STEPS}, but its newest checkpoint is {3 * STEPS}"
+            )
+            with pytest.raises(report.WorkdirError, match=refused):
                 report.load_workdir(str(wd))
         capsys.readouterr()
         loops.train_and_evaluate(c, str(wd))
