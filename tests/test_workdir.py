@@ -285,6 +285,7 @@ def test_late_io_callbacks_of_a_failed_save_are_dropped_and_nothing_else(monkeyp
     tensorstore's thread; Python prints it through ``sys.unraisablehook``, with a traceback
     before jaxnoise's one line. The filter drops exactly that; other unraisable errors pass."""
     import asyncio
+    import gc
 
     import tensorstore as ts
 
@@ -303,9 +304,11 @@ def test_late_io_callbacks_of_a_failed_save_are_dropped_and_nothing_else(monkeyp
         await asyncio.sleep(0.01)  # another write failed: the save ends, this one in flight
 
     loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # the task left pending, collected
     loop.run_until_complete(failed_save())
     loop.close()
     promise.set_result(1)  # the write completes into the closed loop
+    gc.collect()
     assert seen == []
 
     class Collected:
