@@ -62,6 +62,7 @@ from jaxnoise.workdir import (  # noqa: F401  (re-exported: train.py, main.py an
     atomic_write,
     atomic_write_text,
     check_workdir_config,
+    dropping_unraisable,
 )
 
 META = "meta"  # the JSON item; the other items are named by the tree's top-level keys
@@ -82,12 +83,9 @@ def _quiet_failed_reads() -> Iterator[None]:
     _read_array_index_and_device_put>``). The damage is reported in one warning line instead;
     any other unraisable error is printed as usual."""
     previous = sys.unraisablehook
-
-    def hook(unraisable) -> None:
-        if "_read_array_index" not in repr(unraisable.object):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
+    sys.unraisablehook = dropping_unraisable(
+        previous, lambda unraisable: "_read_array_index" in repr(unraisable.object)
+    )
     try:
         yield
     finally:

@@ -162,15 +162,7 @@ def _check_names(flat: dict[str, Any], method: str) -> None:
     """Every field is one of the method's config, and none is missing."""
     known = fields_of(method)
     for name in sorted(set(flat) - set(known)):
-        why = foreign_field(name, method)
-        if why is None:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean config.{close[0]}?)" if close else ""
-            why = (
-                f"config.{name} is not a config field{hint}; the fields are documented in "
-                "jaxnoise/configs/default.py and jaxnoise train --help"
-            )
-        raise ConfigError(why)
+        raise ConfigError(not_a_field(name, method, known))
     missing = [k for k in known if k not in flat]
     if missing:
         raise ConfigError(
@@ -313,17 +305,22 @@ def override(config: Any, **fields: Any) -> Any:
         elif name not in config:
             target = next((config[b] for b in BLOCKS if b in config and name in config[b]), None)
         if target is None or key not in target:
-            raise ConfigError(_unknown(config, name))
+            method = config.method if "method" in config else None
+            raise ConfigError(not_a_field(name, method, list(_as_flat_dict(config))))
         with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
             target[key] = value
     return config
 
 
-def _unknown(config: Any, name: str) -> str:
-    """Why ``name`` is not a field of ``config``: another method's, or a misspelling."""
-    why = foreign_field(name, config.method) if "method" in config else None
+def not_a_field(name: str, method: str | None, known: list[str]) -> str:
+    """Why ``name`` is not a field of a config of ``method`` with the fields ``known``: another
+    method's, or a misspelling (with the closest field)."""
+    why = foreign_field(name, method) if method is not None else None
     if why:
         return why
-    close = difflib.get_close_matches(name, list(_as_flat_dict(config)), n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return f"config.{name} is not a config field{hint}"
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean config.{close[0]}?)" if close else ""
+    return (
+        f"config.{name} is not a config field{hint}; the fields are documented in "
+        "jaxnoise/configs/default.py and jaxnoise train --help"
+    )

@@ -113,21 +113,13 @@ def _pred_probs_and_labels(pred_probs, labels) -> tuple[np.ndarray, np.ndarray, 
     """(pred_probs (N, K) float32, labels, losses ``-log max(p[i, label_i], PROB_FLOOR)``)
     after every check. On the host: a pass over (N, K) costs less there than its copy to a
     device, and only the (N,) losses go on to the fit."""
-    p = np.asarray(pred_probs)
-    if p.ndim != 2 or p.size == 0:
-        raise ValueError(f"pred_probs: expected a non-empty (N, K) array, got shape {p.shape}")
-    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)):
-        raise ValueError(f"pred_probs: must be numbers, got dtype {p.dtype}")
+    p = _check_array("pred_probs", pred_probs, 2, None)
     if p.shape[1] < 2:
         raise ValueError(f"pred_probs: needs K >= 2 class columns, got shape {p.shape}")
     y = _check_labels(labels, p.shape[1])
     if p.shape[0] != y.size:
         raise ValueError(f"pred_probs: has {p.shape[0]} rows but labels has {y.size}")
-    p = p.astype(np.float32, copy=False)
-    lo, hi = np.min(p), np.max(p)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"pred_probs: contains NaN or inf ({int(np.sum(~np.isfinite(p)))} values)")
-    if lo < 0.0 or hi > 1.0:
+    if np.min(p) < 0.0 or np.max(p) > 1.0:
         raise ValueError(f"pred_probs: {int(np.sum((p < 0) | (p > 1)))} values lie outside [0, 1]")
     dev = float(np.max(np.abs(np.sum(p, axis=1) - 1.0)))
     if dev > PROB_SUM_TOL:
@@ -537,8 +529,7 @@ def label_issues_table(
     ``given_label``, ``predicted_label`` (argmax of the class probabilities; -1 when only
     ``losses`` are given), ``p_noisy``, ``loss`` (the loss the noise model saw: (N,) float32;
     ``rank(p_noisy, loss)`` is the order of :func:`find_label_issues`), and ``id`` when ``ids``
-    are given. ``as_dataframe``: a
-    pandas DataFrame instead (needs pandas).
+    are given. ``as_dataframe``: a pandas DataFrame instead (needs pandas).
     """
     _check_cut(cut, threshold, count)
     if ids is not None and np.ndim(ids) != 1:

@@ -324,14 +324,9 @@ def default_out_dir(workdir: str, threshold: float | None = None, count: int | N
     (``report-threshold-T``, ``report-count-N`` or ``report-auto``)."""
     if not os.path.exists(os.path.join(workdir, "label_issues.csv")):
         return workdir
-    name = (
-        "auto"
-        if threshold is None and count is None
-        else f"threshold-{threshold:g}"
-        if threshold is not None
-        else f"count-{count}"
-    )
-    return os.path.join(workdir, f"report-{name}")
+    if threshold is not None:
+        return os.path.join(workdir, f"report-threshold-{threshold:g}")
+    return os.path.join(workdir, "report-auto" if count is None else f"report-count-{count}")
 
 
 def write_figures(fig_dir: str, run: dict[str, Any], mask: np.ndarray | None) -> dict[str, str]:
@@ -486,9 +481,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxnoise.report")
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: the workdir until it holds its report, "
-        "then WORKDIR/report-threshold-T; a run's own files are never "
-        "rewritten)",
+        help="output directory (default: the workdir until it holds its report, then "
+        "WORKDIR/report-auto, report-threshold-T or report-count-N; a run's own files are "
+        "never rewritten)",
     )
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:

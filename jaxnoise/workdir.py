@@ -495,12 +495,17 @@ def _late_io_callback(unraisable: Any) -> bool:
     return tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
 
 
-def _drop_late_io_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+def dropping_unraisable(
+    previous: Callable[[Any], None], drop: Callable[[Any], bool]
+) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that passes every unraisable error to ``previous`` but those
+    ``drop`` is true of (its ``drops`` attribute is ``drop``)."""
+
     def hook(unraisable: Any) -> None:
-        if not _late_io_callback(unraisable):
+        if not drop(unraisable):
             previous(unraisable)
 
-    hook.drops_late_io_callbacks = True  # type: ignore[attr-defined]
+    hook.drops = drop  # type: ignore[attr-defined]
     return hook
 
 
@@ -511,5 +516,5 @@ def quiet_named_save_errors() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, NamedSaveErrors) for f in logger.filters):
         logger.addFilter(NamedSaveErrors())
-    if not getattr(sys.unraisablehook, "drops_late_io_callbacks", False):
-        sys.unraisablehook = _drop_late_io_callbacks(sys.unraisablehook)
+    if getattr(sys.unraisablehook, "drops", None) is not _late_io_callback:
+        sys.unraisablehook = dropping_unraisable(sys.unraisablehook, _late_io_callback)

@@ -40,37 +40,40 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The quickstart shrunk: width-8 CNN, 3 epochs, bootstrapping from epoch 2 (tests/test_cli.py
+# runs the same through the command line: ``flags(SHRUNK)``).
+SHRUNK = {
+    "width": 8,
+    "epochs": 3,
+    "lr_milestones": (2,),
+    "bootstrap.start_epoch": 2,
+    "bootstrap.dynamic_start_epoch": 2,
+    "bootstrap.soft_to_hard_start_epoch": 3,
+    "bootstrap.temperature_epochs": 2,
+}
+
+
 def get_config():
     """The tiny run (also what the tests compare against)."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     from configs import quickstart
 
-    c = quickstart.get_config()
-    c.width = 8
-    c.epochs = 3
-    c.lr_milestones = (2,)
-    c.bootstrap.start_epoch = 2
-    c.bootstrap.dynamic_start_epoch = 2
-    c.bootstrap.soft_to_hard_start_epoch = 3
-    c.bootstrap.temperature_epochs = 2
-    return c
+    return set_fields(quickstart.get_config(), **SHRUNK)
 
 
 def set_fields(c, **fields):
-    """Set config fields by name: a shared field, a field of the config's method block
-    (``batch_size`` is ``bootstrap.batch_size`` on a bootstrap config), or a dotted path."""
-    for name, value in fields.items():
-        target, key = c, name
-        if "." in name:
-            *path, key = name.split(".")
-            for part in path:
-                target = target[part]
-        elif name not in c:
-            target = next(c[b] for b in ("bootstrap", "dividemix") if b in c and name in c[b])
-        with c.unlocked():
-            target[key] = value
-    return c
+    """Set config fields by name (``jaxnoise.config.override``): a shared field, a field of the
+    config's method block (``batch_size`` is ``bootstrap.batch_size`` on a bootstrap config), or
+    a dotted path."""
+    from jaxnoise import config as config_lib
+
+    return config_lib.override(c, **fields)
+
+
+def flags(fields: dict) -> list[str]:
+    """The same fields as command-line overrides: ``--config.NAME=VALUE``."""
+    return [f"--config.{name}={value}" for name, value in fields.items()]
 
 
 def _install_hooks() -> None:

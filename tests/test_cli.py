@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from jaxnoise import progress
+from tests import _signal_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "configs", "quickstart.py")
@@ -193,15 +194,7 @@ def test_format_duration():
 # The quickstart shrunk to the shared tiny run's config (tests/_signal_run.py) by overrides, so
 # that the command line's run can be compared with the in-process one (and reuses its compiled
 # programs from the session's compilation cache).
-TINY_OVERRIDES = [
-    "--config.width=8",
-    "--config.epochs=3",
-    "--config.lr_milestones=(2,)",
-    "--config.bootstrap.start_epoch=2",
-    "--config.bootstrap.dynamic_start_epoch=2",
-    "--config.bootstrap.soft_to_hard_start_epoch=3",
-    "--config.bootstrap.temperature_epochs=2",
-]
+TINY_OVERRIDES = _signal_run.flags(_signal_run.SHRUNK)
 
 
 def test_run_without_terminal_or_workdir(bootstrap_run, tmp_path):

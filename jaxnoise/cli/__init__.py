@@ -1,7 +1,7 @@
 """The ``jaxnoise`` command: one verb per job.
 
     jaxnoise train --config quickstart [--config.FIELD=VALUE ...] [--workdir DIR] [--fresh]
-    jaxnoise report WORKDIR [--threshold T] [--out DIR]
+    jaxnoise report WORKDIR [--threshold T | --count N] [--out DIR]
     jaxnoise predict WORKDIR --inputs PATH [--out FILE]
     jaxnoise find-issues --labels FILE (--pred-probs | --features | --losses) FILE [--out CSV]
 

@@ -136,9 +136,8 @@ def run(argv: list[str], prog: str = "jaxnoise find-issues") -> int:
         parser.error(str(e))
     for w in caught:
         print(f"warning: {' '.join(str(w.message).split())}")
-    listed = np.flatnonzero(table["is_label_issue"])
     ranked = label_issues.rank(table["p_noisy"], table["loss"])  # find_label_issues' order
-    order = ranked[np.isin(ranked, listed)]
+    order = ranked[table["is_label_issue"][ranked]]
     write_csv(args.out, table, order)
     how = {
         "auto": "as many as the noise model estimates wrong",

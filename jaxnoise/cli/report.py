@@ -1,5 +1,5 @@
-"""``jaxnoise report WORKDIR [--threshold T] [--out DIR]``: a run's figures and label issues
-(:mod:`jaxnoise.report`, also ``python -m jaxnoise.report``)."""
+"""``jaxnoise report WORKDIR [--threshold T | --count N] [--out DIR]``: a run's figures and label
+issues (:mod:`jaxnoise.report`, also ``python -m jaxnoise.report``)."""
 
 from __future__ import annotations
 

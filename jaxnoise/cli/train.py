@@ -161,9 +161,9 @@ def help_text() -> str:
 AFTER_A_RUN = [
     "",
     "after (or during) a run:",
-    "  jaxnoise report WORKDIR [--threshold T]   figures and label_issues.csv of a run (as many "
-    "samples as the noise model estimates wrong, or p(noisy) > T; also: python -m "
-    "jaxnoise.report WORKDIR)",
+    "  jaxnoise report WORKDIR [--threshold T | --count N]   figures and label_issues.csv of a "
+    "run (as many samples as the noise model estimates wrong, p(noisy) > T, or the N most "
+    "suspect; also: python -m jaxnoise.report WORKDIR)",
     "  jaxnoise predict WORKDIR --inputs PATH    the run's model on new data (.npy, .npz or an "
     "image folder): predictions.csv",
     "",
@@ -337,9 +337,9 @@ def main(argv):
         summary = loops.train_and_evaluate(config, workdir, fresh=_FRESH.value)
     except workdir_lib.SaveFailed as e:  # a disk that filled, or a filesystem gone read-only
         print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
-        # The failed save's I/O threads go on failing for a moment and print 'Event loop is
-        # closed' tracebacks of their own (not through Python's hooks): the line above names
-        # the failure, so the process ends here, without them (the lock goes with it).
+        # The failed save's I/O threads go on failing for a moment ('Event loop is closed',
+        # dropped by workdir.quiet_named_save_errors): the line above names the failure, so
+        # the process ends here, before anything else they print (the lock goes with it).
         sys.stdout.flush()
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         os._exit(1)
